@@ -1,0 +1,113 @@
+"""The `cds-service` command.
+
+  cds-service evaluate --trial NCT06462092 [--as-of YYYY-MM-DD] [--format json|text] FILE
+
+Exit status: 0 when the input was evaluated (whatever the eligibility), 2 for
+unreadable or non-FHIR input or bad arguments (one line on stderr), 1 for an
+internal error (one line; --debug shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import orjson
+
+from .engine import PatientRecord, TrialEvaluation, evaluate
+from .engine.evaluate import Trial
+from .fhir.bundles import InputError, patient_groups_from_bytes
+from .report import text_report
+from .trials import DefinitionError, load_trial, load_trials
+
+
+class UsageError(Exception):
+    """Bad arguments or input: exit 2 with the message."""
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cds-service", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("evaluate", help="evaluate the patients in a FHIR file against a trial")
+    ev.add_argument("file", metavar="FILE", help="FHIR Bundle (collection, searchset, transaction), a single "
+                                                 "resource, or NDJSON; '-' reads standard input")
+    ev.add_argument("--trial", help="NCT id of a bundled trial (default: the only bundled trial)")
+    ev.add_argument("--trial-file", type=Path, help="a trial definition file instead of a bundled trial")
+    ev.add_argument("--as-of", type=_date, help="evaluation date (default: today)")
+    ev.add_argument("--format", choices=("json", "text"), default="json")
+    return parser
+
+
+def _trial(args: argparse.Namespace) -> Trial:
+    if args.trial_file is not None:
+        return load_trial(args.trial_file)
+    trials = load_trials()
+    if args.trial is None:
+        if len(trials) != 1:
+            raise UsageError(f"give --trial: one of {', '.join(trials)}")
+        return next(iter(trials.values()))
+    if args.trial not in trials:
+        raise UsageError(f"unknown trial {args.trial}; available: {', '.join(trials)}")
+    return trials[args.trial]
+
+
+def _read(file: str) -> bytes:
+    try:
+        if file == "-":
+            return sys.stdin.buffer.read()
+        return Path(file).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {file}: {exc.strerror or exc}") from None
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    trial = _trial(args)
+    groups = patient_groups_from_bytes(_read(args.file))
+    as_of = args.as_of or dt.date.today()
+    evaluations: list[TrialEvaluation] = [
+        evaluate(trial, PatientRecord(g.resources, g.full_urls), as_of) for g in groups]
+    if args.format == "text":
+        sys.stdout.write("\n".join(text_report(e, trial) for e in evaluations))
+    else:
+        payload = [e.to_json() for e in evaluations]
+        document = payload[0] if len(payload) == 1 else payload
+        sys.stdout.buffer.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "evaluate":
+            return run_evaluate(args)
+        parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse guards this
+    except DefinitionError as exc:  # every problem in the trial file, one per line
+        print("\n".join(f"cds-service: {line}" for line in str(exc).splitlines()), file=sys.stderr)
+        return 2
+    except (UsageError, InputError) as exc:
+        print(f"cds-service: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # never a traceback for users; --debug for developers
+        if args.debug:
+            raise
+        print(f"cds-service: internal error ({type(exc).__name__}); rerun with --debug for details",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

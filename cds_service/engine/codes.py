@@ -1,0 +1,114 @@
+"""Code sets and code matching: by system and code, never by display."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+UCUM = "http://unitsofmeasure.org"
+
+# Systems whose codes arrive with and without punctuation ("C79.32" / "C7932"):
+# compare them without dots, upper-cased.
+_DOTLESS_SYSTEMS = {ICD10CM, "http://hl7.org/fhir/sid/icd-10"}
+
+# Other spellings of the same system seen in EHR data (HL7 v3 / C-CDA OIDs).
+SYSTEM_ALIASES = {
+    "urn:oid:2.16.840.1.113883.6.1": LOINC,
+    "urn:oid:2.16.840.1.113883.6.96": SNOMED,
+    "urn:oid:2.16.840.1.113883.6.90": ICD10CM,
+    "urn:oid:2.16.840.1.113883.6.88": RXNORM,
+    "urn:oid:2.16.840.1.113883.6.8": UCUM,
+    "http://snomed.info/sct/": SNOMED,
+    "http://loinc.org/": LOINC,
+}
+
+
+def canonical_system(system: str | None) -> str | None:
+    if system is None:
+        return None
+    system = system.strip()
+    return SYSTEM_ALIASES.get(system, system)
+
+
+def normalize_code(system: str | None, code: str) -> str:
+    code = code.strip()
+    if system in _DOTLESS_SYSTEMS:
+        return code.replace(".", "").upper()
+    return code
+
+
+def coding_key(system: str | None, code: str | None) -> tuple[str, str] | None:
+    """The key under which a coding is indexed and matched, or None when the
+    coding cannot be matched (no system or no code)."""
+    if not system or not code or not isinstance(system, str) or not isinstance(code, str):
+        return None
+    system = canonical_system(system)
+    return system, normalize_code(system, code)
+
+
+@dataclass(frozen=True)
+class CodeEntry:
+    system: str
+    code: str | None  # exact code
+    prefix: str | None  # or every code that starts with this prefix (ICD-10-CM chapters, categories)
+    display: str
+    source: str
+    confirmed: bool = True
+
+
+@dataclass
+class CodeSet:
+    name: str
+    title: str
+    entries: list[CodeEntry]
+    exact: frozenset[tuple[str, str]] = field(init=False)
+    prefixes: tuple[tuple[str, str], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        exact, prefixes = set(), []
+        for e in self.entries:
+            system = canonical_system(e.system)
+            if e.code is not None:
+                exact.add((system, normalize_code(system, e.code)))
+            if e.prefix is not None:
+                prefixes.append((system, normalize_code(system, e.prefix)))
+        self.exact = frozenset(exact)
+        self.prefixes = tuple(prefixes)
+
+    def contains(self, key: tuple[str, str] | None) -> bool:
+        if key is None:
+            return False
+        if key in self.exact:
+            return True
+        system, code = key
+        return any(system == s and code.startswith(p) for s, p in self.prefixes)
+
+    def matches_any(self, keys: Iterable[tuple[str, str] | None]) -> bool:
+        return any(self.contains(k) for k in keys)
+
+    def display_for(self, key: tuple[str, str]) -> str | None:
+        system, code = key
+        for e in self.entries:
+            es = canonical_system(e.system)
+            if es != system:
+                continue
+            if e.code is not None and normalize_code(es, e.code) == code:
+                return e.display
+            if e.prefix is not None and code.startswith(normalize_code(es, e.prefix)):
+                return e.display
+        return None
+
+
+def union(name: str, sets: Iterable[CodeSet]) -> CodeSet:
+    entries: list[CodeEntry] = []
+    for s in sets:
+        entries.extend(s.entries)
+    return CodeSet(name=name, title=name, entries=entries)
+
+
+def format_key(key: tuple[str, str]) -> str:
+    return f"{key[0]}|{key[1]}"

@@ -1,0 +1,73 @@
+"""Evaluate one trial for one patient on a given date."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .codes import CodeSet
+from .definition import AppliesTo, Criterion, TrialDefinition
+from .model import CriterionResult, Result, TrialEvaluation
+from .quantities import UnitTable
+from .record import PatientRecord
+from .rules.base import CodeLibrary, Context
+
+
+@dataclass
+class Trial:
+    """A trial definition with the code sets and unit table it was validated against."""
+
+    definition: TrialDefinition
+    library: CodeLibrary
+    units: UnitTable
+
+    @property
+    def id(self) -> str:
+        return self.definition.nct_id
+
+    def codesets_used(self) -> dict[str, CodeSet]:
+        names = {n for c in self.definition.criteria for n in c.rule.codeset_names()}
+        return {n: self.library.sets[n] for n in sorted(names)}
+
+
+def evaluate(trial: Trial, record: PatientRecord | Iterable[dict[str, Any]], as_of: dt.date) -> TrialEvaluation:
+    """Pure: the same record and date always give the same evaluation."""
+    if not isinstance(record, PatientRecord):
+        record = PatientRecord(record)
+    ctx = Context(record=record, as_of=as_of, library=trial.library, units=trial.units)
+    results = [_evaluate_criterion(trial, criterion, ctx) for criterion in trial.definition.criteria]
+    patient_id = record.patient_raw.get("id") if record.patient_raw else None
+    return TrialEvaluation(trial=trial.id, definition_version=trial.definition.definition_version,
+                           patient=patient_id if isinstance(patient_id, str) else None, as_of=as_of,
+                           criteria=results)
+
+
+def _evaluate_criterion(trial: Trial, criterion: Criterion, ctx: Context) -> CriterionResult:
+    outside = _outside(criterion.applies_to, ctx)
+    if outside:
+        return CriterionResult(criterion.id, criterion.kind, Result.NOT_APPLICABLE, outside,
+                               title=criterion.title)
+    outcome = criterion.rule.evaluate(ctx)
+    order = None
+    order_key = getattr(criterion.rule, "order", None)
+    if outcome.result is Result.UNKNOWN and outcome.orderable and order_key:
+        order = trial.definition.orders[order_key].as_order(order_key)
+    return CriterionResult(criterion.id, criterion.kind, outcome.result, outcome.reason, outcome.evidence,
+                           why=outcome.why if outcome.result is Result.UNKNOWN else None, order=order,
+                           title=criterion.title)
+
+
+def _outside(applies: AppliesTo | None, ctx: Context) -> str | None:
+    """Why the criterion does not concern this patient, or None if it does (or may)."""
+    if applies is None:
+        return None
+    if applies.sex is not None and ctx.sex is not None and ctx.sex != applies.sex:
+        return f"applies to {applies.sex} patients only"
+    if ctx.age is not None:
+        youngest, oldest = ctx.age
+        if applies.max_age is not None and youngest > applies.max_age:
+            return f"applies up to age {applies.max_age}; patient is {youngest}"
+        if applies.min_age is not None and oldest < applies.min_age:
+            return f"applies from age {applies.min_age}; patient is {oldest}"
+    return None

@@ -1,0 +1,205 @@
+"""What an evaluation produces: per-criterion results with their evidence.
+
+These types are the engine's output contract. `to_json()` gives the shape
+`cds-service evaluate` prints and that other programs read; keys with no
+value are omitted, never emitted as null or empty.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+
+class Result(str, Enum):
+    PASS = "pass"  # does not stand in the way
+    FAIL = "fail"  # rules the patient out
+    UNKNOWN = "unknown"  # data missing, stale or unusable
+    REVIEW = "review"  # needs a person's judgement
+    NOT_APPLICABLE = "not-applicable"
+
+
+class Status(str, Enum):
+    ELIGIBLE = "eligible"
+    NEEDS_DATA = "needs-data"
+    INELIGIBLE = "ineligible"
+
+
+class Why(str, Enum):
+    """Typed reasons for an `unknown` result."""
+
+    NO_DATA = "no-data"
+    STALE = "stale"
+    NO_DATE = "no-date"
+    IMPRECISE_DATE = "imprecise-date"
+    NO_VALUE = "no-value"
+    UNIT_NOT_CONVERTIBLE = "unit-not-convertible"
+    NO_REFERENCE_RANGE = "no-reference-range"
+    DIAGNOSIS_UNCONFIRMED = "diagnosis-unconfirmed"
+    NONSPECIFIC_CODE = "nonspecific-code"
+    CONFLICTING_RESULTS = "conflicting-results"
+    EQUIVOCAL = "equivocal"
+    PARTIAL_DATE = "partial-date"
+    SPECIMEN_NOT_CONFIRMED = "specimen-not-confirmed"
+    INVALID_RESOURCE = "invalid-resource"
+    UNINTERPRETABLE = "uninterpretable-value"
+
+
+class Role(str, Enum):
+    DECISIVE = "decisive"  # this piece of evidence decided the result
+    SUPPORTING = "supporting"  # considered, agrees or adds context
+    IGNORED = "ignored"  # seen but not usable; `note` says why
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return _decimal_text(value)
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def _decimal_text(value: Decimal) -> str:
+    """A decimal as plain text without exponent and without trailing zeros
+    beyond what was computed (1.500 stays 1.500; 1E+1 becomes 10)."""
+    text = format(value, "f")
+    return text
+
+
+@dataclass
+class Measured:
+    value: Decimal
+    unit: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": _decimal_text(self.value), "unit": self.unit}
+
+
+@dataclass
+class UpperLimit:
+    """The upper limit of normal used for a ×ULN rule."""
+
+    value: Decimal
+    unit: str
+    source: str  # "referenceRange.high" or "fallback"
+    assumed: bool
+    note: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"value": _decimal_text(self.value), "unit": self.unit, "source": self.source,
+               "assumed": self.assumed}
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+@dataclass
+class Evidence:
+    reference: str  # "Observation/abc" (or the entry's fullUrl when there is no id)
+    role: Role = Role.SUPPORTING
+    code: str | None = None  # "system|code" that matched
+    display: str | None = None  # human label for the matched concept
+    value: str | None = None  # as recorded: "1500", "Negative", "2+"
+    unit: str | None = None  # as recorded
+    comparator: str | None = None
+    converted: Measured | None = None
+    uln: UpperLimit | None = None
+    ratio_to_uln: Decimal | None = None
+    date: str | None = None  # effective/onset date as recorded
+    status: str | None = None
+    note: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"reference": self.reference, "role": self.role.value}
+        for key, attr in (("code", "code"), ("display", "display"), ("value", "value"),
+                          ("unit", "unit"), ("comparator", "comparator"), ("date", "date"),
+                          ("status", "status")):
+            val = getattr(self, attr)
+            if val not in (None, ""):
+                out[key] = _plain(val)
+        if self.converted is not None:
+            out["converted"] = self.converted.to_json()
+        if self.uln is not None:
+            out["uln"] = self.uln.to_json()
+        if self.ratio_to_uln is not None:
+            out["ratioToUln"] = _decimal_text(self.ratio_to_uln)
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+@dataclass
+class Order:
+    """An orderable test that would settle an unknown criterion."""
+
+    key: str
+    system: str
+    code: str
+    display: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "system": self.system, "code": self.code, "display": self.display}
+
+
+@dataclass
+class CriterionResult:
+    id: str
+    kind: str  # "inclusion" | "exclusion"
+    result: Result
+    reason: str
+    evidence: list[Evidence] = field(default_factory=list)
+    why: Why | None = None  # set for unknown results
+    order: Order | None = None  # set for unknown results that an order can settle
+    title: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "kind": self.kind, "result": self.result.value,
+                               "reason": self.reason}
+        if self.title:
+            out["title"] = self.title
+        if self.why is not None:
+            out["reasonCode"] = self.why.value
+        if self.order is not None:
+            out["order"] = self.order.to_json()
+        out["evidence"] = [e.to_json() for e in self.evidence]
+        if not out["evidence"]:
+            del out["evidence"]
+        return out
+
+
+@dataclass
+class TrialEvaluation:
+    trial: str
+    definition_version: str
+    patient: str | None
+    as_of: dt.date
+    criteria: list[CriterionResult]
+
+    @property
+    def status(self) -> Status:
+        results = {c.result for c in self.criteria}
+        if Result.FAIL in results:
+            return Status.INELIGIBLE
+        if Result.UNKNOWN in results:
+            return Status.NEEDS_DATA
+        return Status.ELIGIBLE
+
+    def criterion(self, criterion_id: str) -> CriterionResult:
+        for c in self.criteria:
+            if c.id == criterion_id:
+                return c
+        raise KeyError(criterion_id)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"trial": self.trial, "definitionVersion": self.definition_version}
+        if self.patient:
+            out["patient"] = self.patient
+        out["asOf"] = self.as_of.isoformat()
+        out["status"] = self.status.value
+        out["criteria"] = [c.to_json() for c in self.criteria]
+        return out

@@ -1,0 +1,136 @@
+"""Unit conversion for lab values, in decimal.
+
+UCUM units are converted with the `ucumvert` parser on top of pint. Pint
+works in binary floating point (1500 /mm3 comes out as 1.5000000000000004
+×10^9/L), so only the *factor* between two units is taken from it, rounded
+to 12 significant digits (UCUM factors are exact decimals), and values are
+multiplied in decimal at the precision they were reported with.
+
+What UCUM cannot say is data (see trials/units.yaml): local unit spellings
+("K/uL"), unit equivalences that are domain facts ([IU]/L = U/L for ALT/AST)
+and molar-mass factors per analyte (haemoglobin mmol/L -> g/dL).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+_registry = None
+_registry_lock = threading.Lock()
+
+
+def _ucum():
+    """The UCUM registry; building it takes most of a second, so only once."""
+    global _registry
+    if _registry is None:
+        with _registry_lock:
+            if _registry is None:
+                from ucumvert import PintUcumRegistry
+
+                _registry = PintUcumRegistry()
+    return _registry
+
+
+class NotConvertible(ValueError):
+    pass
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(unit: str):
+    try:
+        return _ucum().from_ucum(unit)
+    except Exception as exc:  # ucumvert raises its own parse errors and pint's
+        raise NotConvertible(f"'{unit}' is not a UCUM unit") from exc
+
+
+@functools.lru_cache(maxsize=4096)
+def ucum_factor(from_unit: str, to_unit: str) -> Decimal:
+    """Decimal factor f with value[from_unit] * f = value[to_unit]."""
+    if from_unit == to_unit:
+        return Decimal(1)
+    a, b = _parse(from_unit), _parse(to_unit)
+    try:
+        magnitude = a.to(b.units).magnitude / b.magnitude
+    except Exception as exc:  # pint DimensionalityError and friends
+        raise NotConvertible(f"'{from_unit}' cannot be converted to '{to_unit}'") from exc
+    return Decimal(f"{magnitude:.12g}")
+
+
+def is_ucum(unit: str) -> bool:
+    try:
+        _parse(unit)
+    except NotConvertible:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class UnitBridge:
+    """A conversion UCUM cannot make on its own, for one analyte."""
+
+    from_unit: str
+    to_unit: str
+    factor: Decimal
+    source: str
+
+
+@dataclass
+class UnitTable:
+    aliases: dict[str, str] = field(default_factory=dict)  # local spelling -> UCUM
+    bridges: dict[str, list[UnitBridge]] = field(default_factory=dict)  # analyte -> bridges
+    _factors: dict[tuple[str, str, str | None], Decimal | str] = field(
+        default_factory=dict, repr=False, compare=False)
+
+    def ucum_of(self, code: str | None, unit: str | None, system: str | None) -> str | None:
+        """The UCUM unit of a FHIR Quantity: its code when coded in UCUM, else its
+        human unit string, through the alias table."""
+        from .codes import UCUM, canonical_system
+
+        candidates = []
+        if code and (system is None or canonical_system(system) == UCUM):
+            candidates.append(code)
+        if unit:
+            candidates.append(unit)
+        for c in candidates:
+            c = c.strip()
+            if c in self.aliases:
+                return self.aliases[c]
+        for c in candidates:
+            c = c.strip()
+            if c:
+                return c
+        return None
+
+    def factor(self, from_unit: str, to_unit: str, analyte: str | None = None) -> Decimal:
+        key = (from_unit, to_unit, analyte)
+        found = self._factors.get(key)
+        if found is None:
+            try:
+                found = self._find_factor(from_unit, to_unit, analyte)
+            except NotConvertible as exc:
+                found = str(exc)  # remember failures too: parsing a bad unit is slow
+            self._factors[key] = found
+        if isinstance(found, str):
+            raise NotConvertible(found)
+        return found
+
+    def _find_factor(self, from_unit: str, to_unit: str, analyte: str | None) -> Decimal:
+        try:
+            return ucum_factor(from_unit, to_unit)
+        except NotConvertible:
+            pass
+        for bridge in self.bridges.get(analyte or "", ()):
+            for a, b, f in ((bridge.from_unit, bridge.to_unit, bridge.factor),
+                            (bridge.to_unit, bridge.from_unit, Decimal(1) / bridge.factor)):
+                try:
+                    return ucum_factor(from_unit, a) * f * ucum_factor(b, to_unit)
+                except NotConvertible:
+                    continue
+        raise NotConvertible(f"'{from_unit}' cannot be converted to '{to_unit}'"
+                             + (f" for {analyte}" if analyte else ""))
+
+    def convert(self, value: Decimal, from_unit: str, to_unit: str, analyte: str | None = None) -> Decimal:
+        return value * self.factor(from_unit, to_unit, analyte)

@@ -1,0 +1,228 @@
+"""What every rule kind shares: the evaluation context, the outcome type, the
+definition base model, and the readers for FHIR statuses and dates."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Iterable, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+from ..codes import CodeSet, coding_key, union
+from ..dates import FhirDate, age_range, parse_fhir_date
+from ..model import Evidence, Result, Role, Why
+from ..quantities import UnitTable
+from ..record import InvalidResource, PatientRecord
+
+
+class RuleModel(BaseModel):
+    """Base of every rule definition read from a trial file (camelCase keys)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel,
+                              populate_by_name=True)
+
+    def evaluate(self, ctx: "Context") -> "Outcome":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def codeset_names(self) -> Iterable[str]:
+        """Every code-set name the rule refers to. By convention these are the
+        fields named `codes` or ending in `Codes` (lists of names), at any depth."""
+        yield from _codeset_names(self)
+
+
+def _codeset_names(model: BaseModel) -> Iterable[str]:
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        alias = info.alias or name
+        if alias == "codes" or alias.endswith("Codes"):
+            if isinstance(value, (list, tuple)):
+                yield from value
+        elif isinstance(value, BaseModel):
+            yield from _codeset_names(value)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, BaseModel):
+                    yield from _codeset_names(item)
+
+
+@dataclass
+class Outcome:
+    result: Result
+    reason: str
+    evidence: list[Evidence] = field(default_factory=list)
+    why: Why | None = None
+    orderable: bool = False  # an order (the criterion's `order`) would settle this unknown
+
+
+class CodeLibrary:
+    """Named code sets, with unions of several names built once."""
+
+    def __init__(self, sets: Mapping[str, CodeSet]):
+        self.sets = dict(sets)
+        self._unions: dict[tuple[str, ...], CodeSet] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.sets
+
+    def get(self, names: Sequence[str] | str) -> CodeSet:
+        key = (names,) if isinstance(names, str) else tuple(names)
+        found = self._unions.get(key)
+        if found is None:
+            found = self.sets[key[0]] if len(key) == 1 else union("+".join(key), (self.sets[n] for n in key))
+            self._unions[key] = found
+        return found
+
+
+FEMALE, MALE = "female", "male"
+_BIRTHSEX_URL = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex"
+
+
+@dataclass
+class Context:
+    record: PatientRecord
+    as_of: dt.date
+    library: CodeLibrary
+    units: UnitTable
+
+    def codes(self, names: Sequence[str] | str) -> CodeSet:
+        return self.library.get(names)
+
+    @cached_property
+    def patient(self) -> Any | None:
+        try:
+            return self.record.patient()
+        except InvalidResource:
+            return None
+
+    @cached_property
+    def sex(self) -> str | None:
+        """Sex for pregnancy rules: the US Core birth-sex extension when present,
+        else administrative gender; None when neither says female or male."""
+        p = self.patient
+        if p is None:
+            return None
+        for ext in p.extension or ():
+            if ext.url == _BIRTHSEX_URL and ext.valueCode in ("F", "M"):
+                return FEMALE if ext.valueCode == "F" else MALE
+        if p.gender in (FEMALE, MALE):
+            return p.gender
+        return None
+
+    @cached_property
+    def birth_date(self) -> FhirDate | None:
+        p = self.patient
+        return parse_fhir_date(p.birthDate) if p is not None else None
+
+    @cached_property
+    def age(self) -> tuple[int, int] | None:
+        """(youngest, oldest) possible age on the evaluation date."""
+        return age_range(self.birth_date, self.as_of) if self.birth_date else None
+
+
+# -- statuses -------------------------------------------------------------
+
+VALID_OBSERVATION_STATUSES = frozenset({"final", "amended", "corrected", "preliminary"})
+
+_VER_SYSTEMS = {"http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                "http://hl7.org/fhir/condition-ver-status"}
+_CLIN_SYSTEMS = {"http://terminology.hl7.org/CodeSystem/condition-clinical",
+                 "http://hl7.org/fhir/condition-clinical"}
+_ALLERGY_VER_SYSTEMS = {"http://terminology.hl7.org/CodeSystem/allergyintolerance-verification"}
+_ALLERGY_CLIN_SYSTEMS = {"http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"}
+
+CONFIRMED, UNCONFIRMED, EXCLUDED = "confirmed", "unconfirmed", "excluded"
+
+
+def _status_code(concept: Any, systems: set[str]) -> str | None:
+    if concept is None:
+        return None
+    for coding in concept.coding or ():
+        if coding.system in systems and coding.code:
+            return coding.code
+    return None
+
+
+def verification(resource: Any) -> str:
+    """confirmed / unconfirmed / excluded (refuted or entered-in-error).
+    A Condition or AllergyIntolerance without a verification status counts as
+    confirmed: problem lists and allergy lists in US Core often omit it."""
+    if resource.get_resource_type() == "AllergyIntolerance":
+        code = _status_code(resource.verificationStatus, _ALLERGY_VER_SYSTEMS)
+    else:
+        code = _status_code(resource.verificationStatus, _VER_SYSTEMS)
+    if code in ("refuted", "entered-in-error"):
+        return EXCLUDED
+    if code in ("unconfirmed", "provisional", "differential"):
+        return UNCONFIRMED
+    return CONFIRMED
+
+
+ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
+
+
+def clinical_status(resource: Any) -> str:
+    """The clinical status code; a resource without one is taken as active."""
+    systems = _ALLERGY_CLIN_SYSTEMS if resource.get_resource_type() == "AllergyIntolerance" else _CLIN_SYSTEMS
+    return _status_code(resource.clinicalStatus, systems) or "active"
+
+
+# -- dates ----------------------------------------------------------------
+
+def observation_date(obs: Any) -> FhirDate | None:
+    if obs.effectiveDateTime is not None:
+        return parse_fhir_date(obs.effectiveDateTime)
+    if obs.effectiveInstant is not None:
+        return parse_fhir_date(obs.effectiveInstant)
+    period = obs.effectivePeriod
+    if period is not None:
+        return parse_fhir_date(period.start or period.end)
+    return None
+
+
+def condition_date(cond: Any) -> FhirDate | None:
+    if cond.onsetDateTime is not None:
+        return parse_fhir_date(cond.onsetDateTime)
+    if cond.onsetPeriod is not None and (cond.onsetPeriod.start or cond.onsetPeriod.end):
+        return parse_fhir_date(cond.onsetPeriod.start or cond.onsetPeriod.end)
+    return parse_fhir_date(cond.recordedDate)
+
+
+# -- evidence helpers -----------------------------------------------------
+
+def matching_coding(concept: Any, codes: CodeSet) -> Any | None:
+    """The first coding of a (validated) CodeableConcept that is in `codes`."""
+    if concept is None:
+        return None
+    for coding in concept.coding or ():
+        if codes.contains(coding_key(coding.system, coding.code)):
+            return coding
+    return None
+
+
+def concept_in(concept: Any, codes: CodeSet) -> bool:
+    return matching_coding(concept, codes) is not None
+
+
+def coding_text(coding: Any) -> str:
+    return f"{coding.system}|{coding.code}"
+
+
+def concept_label(concept: Any, coding: Any | None = None) -> str | None:
+    """A human label for display only (never used for matching)."""
+    if coding is not None and coding.display:
+        return coding.display
+    if concept is not None:
+        if concept.text:
+            return concept.text
+        for c in concept.coding or ():
+            if c.display:
+                return c.display
+    return None
+
+
+def invalid_evidence(ctx: Context, raw: dict[str, Any], exc: InvalidResource) -> Evidence:
+    return Evidence(reference=ctx.record.reference(raw), role=Role.IGNORED,
+                    note=f"not valid FHIR, skipped: {exc}")

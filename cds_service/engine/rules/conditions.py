@@ -1,0 +1,268 @@
+"""Diagnoses: a qualifying Condition must be present (inclusion), or a
+disqualifying one must be absent (exclusion)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ..model import Evidence, Result, Role, Why
+from ..record import InvalidResource
+from .base import (ACTIVE_CLINICAL, CONFIRMED, EXCLUDED, UNCONFIRMED, VALID_OBSERVATION_STATUSES, Context,
+                   Outcome, RuleModel, clinical_status, coding_text, concept_in, concept_label,
+                   condition_date, invalid_evidence, matching_coding, observation_date, verification)
+
+
+@dataclass
+class FoundCondition:
+    raw: dict[str, Any]
+    model: Any
+    verification: str
+    clinical: str
+    evidence: Evidence
+
+    @property
+    def active(self) -> bool:
+        return self.clinical in ACTIVE_CLINICAL
+
+
+def find_conditions(ctx: Context, code_names: list[str]) -> tuple[list[FoundCondition], list[Evidence]]:
+    """Conditions coded in the named sets, with status read; refuted,
+    entered-in-error, invalid and future-dated ones come back as ignored evidence."""
+    if not code_names:
+        return [], []
+    codes = ctx.codes(code_names)
+    found, ignored = [], []
+    for hit in ctx.record.find("Condition", codes):
+        try:
+            cond = ctx.record.model(hit.raw)
+        except InvalidResource as exc:
+            ignored.append(invalid_evidence(ctx, hit.raw, exc))
+            continue
+        coding = matching_coding(cond.code, codes)
+        date = condition_date(cond)
+        ver, clin = verification(cond), clinical_status(cond)
+        ev = Evidence(reference=ctx.record.reference(hit.raw), code=coding_text(coding) if coding else None,
+                      display=concept_label(cond.code, coding), date=date.text if date else None,
+                      status=f"{clin}/{_ver_text(cond, ver)}")
+        if ver == EXCLUDED:
+            ev.role, ev.note = Role.IGNORED, "refuted or entered in error; ignored"
+            ignored.append(ev)
+        elif date is not None and date.first_day > ctx.as_of:
+            ev.role, ev.note = Role.IGNORED, "dated after the evaluation date; ignored"
+            ignored.append(ev)
+        else:
+            found.append(FoundCondition(hit.raw, cond, ver, clin, ev))
+    return found, ignored
+
+
+def _ver_text(cond: Any, ver: str) -> str:
+    if cond.verificationStatus is None:
+        return "no verification status"
+    for c in cond.verificationStatus.coding or ():
+        if c.code:
+            return c.code
+    return ver
+
+
+def _label(found: FoundCondition) -> str:
+    return found.evidence.display or found.evidence.code or "condition"
+
+
+def decided(result: Result, reason: str, decisive: list[Evidence], everything: list[Evidence],
+            why: Why | None = None) -> Outcome:
+    """An outcome whose decisive evidence comes first, then the rest as seen."""
+    chosen = {id(e) for e in decisive}
+    for e in decisive:
+        e.role = Role.DECISIVE
+    rest = [e for e in everything if id(e) not in chosen]
+    return Outcome(result, reason, list(decisive) + rest, why=why)
+
+
+def has_invalid(evidence: list[Evidence]) -> bool:
+    return any(e.role is Role.IGNORED and (e.note or "").startswith("not valid FHIR") for e in evidence)
+
+
+class SiteDependentCodes(RuleModel):
+    """Codes too general on their own (e.g. 'malignant neoplastic disease') that
+    qualify when the Condition's bodySite says where."""
+
+    codes: list[str] = Field(min_length=1)
+    body_site_codes: list[str] = Field(min_length=1)
+
+
+class Cytology(RuleModel):
+    """A positive cytology result on a named specimen type also qualifies."""
+
+    codes: list[str] = Field(min_length=1)
+    specimen_type_codes: list[str] = Field(min_length=1)
+    positive_value_codes: list[str] = Field(min_length=1)
+    label: str
+
+
+class ConditionPresentRule(RuleModel):
+    type: Literal["condition-present"]
+    label: str  # what is looked for, in words: "primary breast cancer"
+    codes: list[str] = Field(min_length=1)
+    nonspecific_codes: list[str] = []
+    site_dependent: SiteDependentCodes | None = None
+    inactive_result: Literal["pass", "review"] = "pass"
+    cytology: Cytology | None = None
+
+    def evaluate(self, ctx: Context) -> Outcome:
+        found, ignored = find_conditions(ctx, self.codes)
+        nonspecific, more_ignored = find_conditions(ctx, self.nonspecific_codes)
+        ignored += more_ignored
+        if self.site_dependent is not None:
+            general, more_ignored = find_conditions(ctx, self.site_dependent.codes)
+            ignored += more_ignored
+            sites = ctx.codes(self.site_dependent.body_site_codes)
+            for g in general:
+                if any(concept_in(site, sites) for site in g.model.bodySite or ()):
+                    g.evidence.note = "general code; its body site qualifies it"
+                    found.append(g)
+                elif g.model.bodySite:
+                    g.evidence.role, g.evidence.note = Role.IGNORED, "general code with another body site"
+                    ignored.append(g.evidence)
+                else:
+                    g.evidence.note = "general code without a body site"
+                    nonspecific.append(g)
+        positive, unsure, cyto_ignored = _cytology(ctx, self.cytology) if self.cytology else ([], [], [])
+        everything = [f.evidence for f in found + nonspecific] + positive + unsure + ignored + cyto_ignored
+        confirmed = [f for f in found if f.verification == CONFIRMED]
+        counting = [f for f in confirmed if f.active or self.inactive_result == "pass"]
+        inactive = [f for f in confirmed if f not in counting]
+        unconfirmed = [f for f in found if f.verification == UNCONFIRMED]
+        if counting:
+            return decided(Result.PASS, f"{_label(counting[0])} recorded", [f.evidence for f in counting],
+                           everything)
+        if positive:
+            return decided(Result.PASS, f"{self.cytology.label} positive for malignant cells", positive,
+                           everything)
+        if inactive:
+            return decided(Result.REVIEW, f"{_label(inactive[0])} recorded as {inactive[0].clinical}: "
+                           "confirm it is current", [f.evidence for f in inactive], everything)
+        if unconfirmed:
+            return decided(Result.UNKNOWN, f"{_label(unconfirmed[0])} is not confirmed "
+                           f"({_ver_text(unconfirmed[0].model, UNCONFIRMED)})",
+                           [f.evidence for f in unconfirmed], everything, Why.DIAGNOSIS_UNCONFIRMED)
+        if nonspecific:
+            return decided(Result.UNKNOWN, f"only a nonspecific code ({_label(nonspecific[0])}): confirm "
+                           f"{self.label}", [f.evidence for f in nonspecific], everything, Why.NONSPECIFIC_CODE)
+        if unsure:
+            return decided(Result.UNKNOWN, f"positive cytology, but the specimen is not recorded as "
+                           f"{self.cytology.label}", unsure, everything, Why.SPECIMEN_NOT_CONFIRMED)
+        if has_invalid(everything):
+            return decided(Result.UNKNOWN, f"a possibly relevant record is not valid FHIR; cannot rule out "
+                           f"{self.label}", [], everything, Why.INVALID_RESOURCE)
+        return decided(Result.FAIL, f"no {self.label} recorded", [], everything)
+
+
+def _cytology(ctx: Context, spec: Cytology) -> tuple[list[Evidence], list[Evidence], list[Evidence]]:
+    """(positive on the right specimen, positive on an unconfirmed specimen, ignored)."""
+    codes = ctx.codes(spec.codes)
+    positive_values = ctx.codes(spec.positive_value_codes)
+    specimen_types = ctx.codes(spec.specimen_type_codes)
+    positive, unsure, ignored = [], [], []
+    for rtype in ("Observation", "DiagnosticReport"):
+        for hit in ctx.record.find(rtype, codes):
+            if hit.component is not None:
+                continue
+            try:
+                res = ctx.record.model(hit.raw)
+            except InvalidResource as exc:
+                ignored.append(invalid_evidence(ctx, hit.raw, exc))
+                continue
+            ev = Evidence(reference=ctx.record.reference(hit.raw), code=None, status=res.status,
+                          display=concept_label(res.code))
+            coding = matching_coding(res.code, codes)
+            ev.code = coding_text(coding) if coding else None
+            date = observation_date(res) if rtype == "Observation" else _report_date(res)
+            ev.date = date.text if date else None
+            if res.status not in VALID_OBSERVATION_STATUSES or (date and date.first_day > ctx.as_of):
+                ev.role, ev.note = Role.IGNORED, "not a valid result on the evaluation date; ignored"
+                ignored.append(ev)
+                continue
+            values = [res.valueCodeableConcept] if rtype == "Observation" else list(res.conclusionCode or ())
+            value_coding = next((matching_coding(v, positive_values) for v in values
+                                 if matching_coding(v, positive_values) is not None), None)
+            if value_coding is None:
+                ev.role, ev.note = Role.IGNORED, "not positive for malignant cells"
+                ignored.append(ev)
+                continue
+            ev.value = value_coding.display or value_coding.code
+            specimens = [res.specimen] if rtype == "Observation" else list(res.specimen or ())
+            if any(_specimen_is(ctx, res, s, specimen_types) for s in specimens if s is not None):
+                positive.append(ev)
+            else:
+                ev.note = "specimen type not recorded as " + spec.label
+                unsure.append(ev)
+    return positive, unsure, ignored
+
+
+def _report_date(report: Any):
+    from ..dates import parse_fhir_date
+
+    if report.effectiveDateTime is not None:
+        return parse_fhir_date(report.effectiveDateTime)
+    if report.effectivePeriod is not None:
+        return parse_fhir_date(report.effectivePeriod.start or report.effectivePeriod.end)
+    return None
+
+
+def _specimen_is(ctx: Context, resource: Any, ref: Any, types) -> bool:
+    target = ref.reference or ""
+    raw = None
+    if target.startswith("#"):
+        for contained in resource.contained or ():
+            if contained.id == target[1:]:
+                return concept_in(getattr(contained, "type", None), types)
+        return False
+    raw = ctx.record.resolve(target)
+    if raw is None or raw.get("resourceType") != "Specimen":
+        return False
+    try:
+        specimen = ctx.record.model(raw)
+    except InvalidResource:
+        return False
+    return concept_in(specimen.type, types)
+
+
+class ConditionAbsentRule(RuleModel):
+    type: Literal["condition-absent"]
+    label: str  # "HIV infection or primary immunodeficiency"
+    fail_codes: list[str] = Field(min_length=1)
+    review_codes: list[str] = []
+    inactive_result: Literal["fail", "review", "pass"] = "review"
+
+    def evaluate(self, ctx: Context) -> Outcome:
+        failing, ignored = find_conditions(ctx, self.fail_codes)
+        reviewing, more_ignored = find_conditions(ctx, self.review_codes)
+        ignored += more_ignored
+        confirmed = [f for f in failing if f.verification == CONFIRMED]
+        current = [f for f in confirmed if f.active or self.inactive_result == "fail"]
+        inactive = [f for f in confirmed if f not in current]
+        unconfirmed = [f for f in failing if f.verification == UNCONFIRMED]
+        to_review = [r for r in reviewing if r.active]
+        for r in reviewing:
+            if not r.active:
+                r.evidence.role, r.evidence.note = Role.IGNORED, f"{r.clinical}; not current"
+        everything = [f.evidence for f in failing + reviewing] + ignored
+        if current:
+            return decided(Result.FAIL, f"{_label(current[0])} recorded", [f.evidence for f in current],
+                           everything)
+        if unconfirmed:
+            return decided(Result.UNKNOWN, f"{_label(unconfirmed[0])} is recorded but not confirmed",
+                           [f.evidence for f in unconfirmed], everything, Why.DIAGNOSIS_UNCONFIRMED)
+        if has_invalid(everything):
+            return decided(Result.UNKNOWN, f"a possibly relevant record is not valid FHIR; cannot rule out "
+                           f"{self.label}", [], everything, Why.INVALID_RESOURCE)
+        if inactive and self.inactive_result == "review":
+            return decided(Result.REVIEW, f"{_label(inactive[0])} recorded as {inactive[0].clinical}: "
+                           "a clinician's call", [f.evidence for f in inactive], everything)
+        if to_review:
+            return decided(Result.REVIEW, f"{_label(to_review[0])} recorded: a clinician's call",
+                           [f.evidence for f in to_review], everything)
+        return decided(Result.PASS, f"no {self.label} recorded", [], everything)

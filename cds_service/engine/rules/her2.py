@@ -1,0 +1,208 @@
+"""HER2 status of a breast tumour from IHC, ISH, an overall interpretation or a
+HER2-coded diagnosis, as ASCO/CAP reads them: IHC 0 / 1+ negative, IHC 3+
+positive, IHC 2+ equivocal until ISH decides.
+
+The most recent assessment decides. Results of one calendar day form one
+assessment (an ISH reported the same day resolves an IHC 2+). If the most
+recent assessment holds no definitive result, the status is unknown even
+when older results were definitive: the tumour may have changed, and the
+clinician is told which older results exist. HER2 results do not expire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field
+
+from ..dates import FhirDate
+from ..model import Evidence, Result, Role, Why
+from ..record import InvalidResource
+from .base import (CONFIRMED, EXCLUDED, VALID_OBSERVATION_STATUSES, Context, Outcome, RuleModel, coding_text,
+                   concept_label, condition_date, invalid_evidence, matching_coding,
+                   observation_date)
+from .conditions import decided, find_conditions
+
+NEGATIVE, POSITIVE, OPEN = "negative", "positive", "not definitive"
+
+
+@dataclass
+class Finding:
+    category: str  # NEGATIVE / POSITIVE / OPEN
+    label: str  # "IHC 2+", "ISH negative"
+    date: FhirDate | None
+    evidence: Evidence
+    why: Why = Why.EQUIVOCAL  # for OPEN findings: equivocal or uninterpretable
+
+    @property
+    def day(self):
+        return self.date.last_day if self.date else None
+
+
+class Her2Rule(RuleModel):
+    type: Literal["her2-status"]
+    require: Literal["negative", "positive"] = "negative"
+    ihc_codes: list[str] = Field(min_length=1)
+    interpretation_codes: list[str] = []
+    ish_codes: list[str] = []
+    ish_numeric_codes: list[str] = []  # ratio / copy number: not interpreted on their own
+    negative_condition_codes: list[str] = []
+    positive_condition_codes: list[str] = []
+    ihc_negative_score_codes: list[str] = Field(min_length=1)  # IHC 0, 1+
+    ihc_equivocal_score_codes: list[str] = Field(min_length=1)  # IHC 2+, indeterminate
+    ihc_positive_score_codes: list[str] = Field(min_length=1)  # IHC 3+
+    negative_value_codes: list[str] = Field(min_length=1)  # Negative, Absent
+    positive_value_codes: list[str] = Field(min_length=1)  # Positive, Present
+    equivocal_value_codes: list[str] = Field(min_length=1)
+    order: str | None = None
+
+    def evaluate(self, ctx: Context) -> Outcome:
+        findings, ignored = self._findings(ctx)
+        everything = [f.evidence for f in findings] + ignored
+        if not findings:
+            invalid = any((e.note or "").startswith("not valid FHIR") for e in ignored)
+            return decided(Result.UNKNOWN, "HER2 result not valid FHIR" if invalid else "no HER2 result recorded",
+                           [], everything, Why.INVALID_RESOURCE if invalid else Why.NO_DATA)
+        # Latest day first; undated results count but rank as the oldest.
+        days = sorted({f.day for f in findings if f.day is not None}, reverse=True)
+        latest_day = days[0] if days else None
+        latest = [f for f in findings if f.day == latest_day]
+        older = [f for f in findings if f.day != latest_day]
+        definitive = [f for f in latest if f.category != OPEN]
+        categories = {f.category for f in definitive}
+        when = f" on {latest_day.isoformat()}" if latest_day else " (undated)"
+        if len(categories) > 1:
+            return decided(Result.UNKNOWN, f"HER2 results{when} disagree: "
+                           + ", ".join(f.label for f in definitive), [f.evidence for f in definitive],
+                           everything, Why.CONFLICTING_RESULTS)
+        older_definitive = [f for f in older if f.category != OPEN]
+        if not definitive:
+            older_text = (f"; older: {', '.join(_dated(f) for f in older_definitive)}"
+                          if older_definitive else "")
+            first = latest[0]
+            if first.why is Why.EQUIVOCAL and any("2+" in f.label for f in latest):
+                reason = f"HER2 IHC 2+{when} without an ISH result"
+            else:
+                reason = f"HER2 {first.label}{when} is not definitive"
+            outcome = decided(Result.UNKNOWN, reason + older_text, [f.evidence for f in latest], everything,
+                              first.why)
+            outcome.orderable = first.why is Why.EQUIVOCAL
+            return outcome
+        category = categories.pop()
+        discordant = [f for f in older_definitive if f.category != category]
+        for f in discordant:
+            f.evidence.note = f"older result disagrees with the deciding one ({category})"
+        reason = f"HER2-{category}: " + ", ".join(f.label for f in definitive) + when
+        if discordant:
+            reason += "; older discordant: " + ", ".join(_dated(f) for f in discordant)
+        result = Result.PASS if category == self.require else Result.FAIL
+        return decided(result, reason, [f.evidence for f in definitive], everything)
+
+    def _findings(self, ctx: Context) -> tuple[list[Finding], list[Evidence]]:
+        c = ctx.codes
+        findings: list[Finding] = []
+        ignored: list[Evidence] = []
+        sources = (
+            (self.ihc_codes, "IHC", self._read_ihc),
+            (self.interpretation_codes, "overall", self._read_result),
+            (self.ish_codes, "ISH", self._read_result),
+            (self.ish_numeric_codes, "ISH", None),
+        )
+        for names, label, reader in sources:
+            if not names:
+                continue
+            codes = c(names)
+            for hit in ctx.record.find("Observation", codes):
+                try:
+                    obs = ctx.record.model(hit.raw)
+                except InvalidResource as exc:
+                    ignored.append(invalid_evidence(ctx, hit.raw, exc))
+                    continue
+                source = obs.component[hit.component] if hit.component is not None else obs
+                coding = matching_coding(source.code, codes)
+                date = observation_date(obs)
+                ev = Evidence(reference=ctx.record.reference(hit.raw), code=coding_text(coding) if coding else None,
+                              display=concept_label(source.code, coding), status=obs.status,
+                              date=date.text if date else None)
+                if obs.status not in VALID_OBSERVATION_STATUSES or (date and date.first_day > ctx.as_of):
+                    ev.role = Role.IGNORED
+                    ev.note = (f"status '{obs.status}' is not a valid result; ignored"
+                               if obs.status not in VALID_OBSERVATION_STATUSES
+                               else "dated after the evaluation date; ignored")
+                    ignored.append(ev)
+                    continue
+                if reader is None:
+                    ev.value = _value_text(source)
+                    findings.append(Finding(OPEN, f"{label} numbers only ({ev.value})", date, ev,
+                                            Why.UNINTERPRETABLE))
+                else:
+                    findings.append(reader(ctx, label, source, date, ev))
+        for names, category in ((self.negative_condition_codes, NEGATIVE),
+                                (self.positive_condition_codes, POSITIVE)):
+            found, more_ignored = find_conditions(ctx, names)
+            ignored += more_ignored
+            for f in found:
+                if f.verification == CONFIRMED:
+                    findings.append(Finding(category, f"diagnosis {f.evidence.display or category}",
+                                            condition_date(f.model), f.evidence))
+                elif f.verification != EXCLUDED:
+                    f.evidence.note = "diagnosis not confirmed"
+                    findings.append(Finding(OPEN, f"unconfirmed diagnosis {f.evidence.display or ''}".strip(),
+                                            condition_date(f.model), f.evidence, Why.DIAGNOSIS_UNCONFIRMED))
+        return findings, ignored
+
+    def _read_ihc(self, ctx: Context, label: str, source, date, ev: Evidence) -> Finding:
+        value = source.valueCodeableConcept
+        for names, category, why in ((self.ihc_negative_score_codes, NEGATIVE, None),
+                                     (self.ihc_positive_score_codes, POSITIVE, None),
+                                     (self.ihc_equivocal_score_codes, OPEN, Why.EQUIVOCAL)):
+            coding = matching_coding(value, ctx.codes(names))
+            if coding is not None:
+                score = ctx.codes(names).display_for((coding.system, coding.code)) or coding.display or coding.code
+                ev.value = score
+                return Finding(category, f"IHC {score}", date, ev, why or Why.EQUIVOCAL)
+        coding = matching_coding(value, ctx.codes(self.negative_value_codes))
+        if coding is not None:
+            ev.value = coding.display or coding.code
+            return Finding(NEGATIVE, "IHC negative", date, ev)
+        if matching_coding(value, ctx.codes(self.positive_value_codes)) is not None:
+            ev.value = "positive (no score)"
+            ev.note = "IHC positive without a score does not decide HER2 status"
+            return Finding(OPEN, "IHC positive without a score", date, ev, Why.EQUIVOCAL)
+        if matching_coding(value, ctx.codes(self.equivocal_value_codes)) is not None:
+            ev.value = "equivocal"
+            return Finding(OPEN, "IHC equivocal", date, ev, Why.EQUIVOCAL)
+        ev.value = _value_text(source)
+        ev.note = "value cannot be interpreted"
+        return Finding(OPEN, f"IHC result '{ev.value}'", date, ev, Why.UNINTERPRETABLE)
+
+    def _read_result(self, ctx: Context, label: str, source, date, ev: Evidence) -> Finding:
+        value = source.valueCodeableConcept
+        for names, category, text in ((self.negative_value_codes, NEGATIVE, "negative"),
+                                      (self.positive_value_codes, POSITIVE, "positive")):
+            coding = matching_coding(value, ctx.codes(names))
+            if coding is not None:
+                ev.value = coding.display or coding.code
+                return Finding(category, f"{label} {text}", date, ev)
+        if matching_coding(value, ctx.codes(self.equivocal_value_codes)) is not None:
+            ev.value = "equivocal"
+            return Finding(OPEN, f"{label} equivocal", date, ev, Why.EQUIVOCAL)
+        ev.value = _value_text(source)
+        ev.note = "value cannot be interpreted"
+        return Finding(OPEN, f"{label} result '{ev.value}'", date, ev, Why.UNINTERPRETABLE)
+
+
+def _dated(f: Finding) -> str:
+    return f"{f.label} ({f.date.day_text if f.date else 'undated'})"
+
+
+def _value_text(source) -> str:
+    if source.valueQuantity is not None and source.valueQuantity.value is not None:
+        q = source.valueQuantity
+        return f"{format(q.value, 'f')} {q.unit or q.code or ''}".strip()
+    if source.valueString:
+        return source.valueString[:80]
+    if source.valueCodeableConcept is not None:
+        return concept_label(source.valueCodeableConcept) or "coded value"
+    return "no value"

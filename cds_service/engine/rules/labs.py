@@ -1,0 +1,303 @@
+"""Lab thresholds: the latest valid result within a look-back window against an
+absolute threshold or a multiple of the upper limit of normal (ULN).
+
+One rule may hold several analytes (ALT and AST): any analyte failing fails
+the criterion; all passing passes it; anything else is unknown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from ..dates import FhirDate, Recency, recency
+from ..model import Evidence, Measured, Result, Role, UpperLimit, Why
+from ..quantities import NotConvertible
+from ..record import Hit, InvalidResource
+from .base import (VALID_OBSERVATION_STATUSES, Context, Outcome, RuleModel, coding_text,
+                   concept_label, invalid_evidence, matching_coding, observation_date)
+
+Comparator = Literal["<", "<=", ">", ">="]
+
+
+class Threshold(RuleModel):
+    """The values that rule the patient out: `value comparator threshold`."""
+
+    comparator: Comparator
+    value: Decimal | None = None
+    unit: str | None = None
+    uln_multiple: Decimal | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Threshold":
+        if (self.value is None) == (self.uln_multiple is None):
+            raise ValueError("give either value (with unit) or ulnMultiple")
+        if self.value is not None and not self.unit:
+            raise ValueError("an absolute threshold needs a unit")
+        return self
+
+
+class FallbackUln(RuleModel):
+    value: Decimal = Field(gt=0)
+    unit: str
+    source: str
+
+
+class Analyte(RuleModel):
+    name: str
+    codes: list[str] = Field(min_length=1)
+    conversions: str | None = None  # key of the analyte's unit bridges in units.yaml
+    fail_when: Threshold
+    fallback_uln: FallbackUln | None = None
+
+
+class LabRule(RuleModel):
+    type: Literal["lab"]
+    lookback_days: int = Field(gt=0)
+    analytes: list[Analyte] = Field(min_length=1)
+    order: str | None = None
+
+    def units_used(self) -> list[str]:
+        out = []
+        for a in self.analytes:
+            if a.fail_when.unit:
+                out.append(a.fail_when.unit)
+            if a.fallback_uln:
+                out.append(a.fallback_uln.unit)
+        return out
+
+    def evaluate(self, ctx: Context) -> Outcome:
+        outcomes = [_evaluate_analyte(ctx, a, self.lookback_days) for a in self.analytes]
+        evidence = [e for o in outcomes for e in o.evidence]
+        failed = [o for o in outcomes if o.result is Result.FAIL]
+        if failed:
+            return Outcome(Result.FAIL, "; ".join(o.reason for o in failed), evidence)
+        unknown = [o for o in outcomes if o.result is Result.UNKNOWN]
+        if unknown:
+            return Outcome(Result.UNKNOWN, "; ".join(o.reason for o in unknown), evidence,
+                           why=unknown[0].why, orderable=True)
+        return Outcome(Result.PASS, "; ".join(o.reason for o in outcomes), evidence)
+
+
+# -- one analyte ----------------------------------------------------------
+
+@dataclass
+class _Candidate:
+    hit: Hit
+    obs: Any
+    source: Any  # the Observation or its component carrying the value
+    quantity: Any
+    date: FhirDate | None
+    evidence: Evidence
+
+
+@dataclass
+class _AnalyteOutcome:
+    result: Result
+    reason: str
+    evidence: list[Evidence] = field(default_factory=list)
+    why: Why | None = None
+
+
+def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> _AnalyteOutcome:
+    codes = ctx.codes(analyte.codes)
+    name = analyte.name
+    ignored: list[Evidence] = []
+    dated: list[_Candidate] = []
+    undated: list[_Candidate] = []
+    no_value = invalid = 0
+    for hit in ctx.record.find("Observation", codes):
+        try:
+            obs = ctx.record.model(hit.raw)
+        except InvalidResource as exc:
+            invalid += 1
+            ignored.append(invalid_evidence(ctx, hit.raw, exc))
+            continue
+        source = obs.component[hit.component] if hit.component is not None else obs
+        coding = matching_coding(source.code, codes)
+        date = observation_date(obs)
+        ev = Evidence(reference=ctx.record.reference(hit.raw), role=Role.IGNORED,
+                      code=coding_text(coding) if coding else None,
+                      display=concept_label(source.code, coding), status=obs.status,
+                      date=date.text if date else None)
+        q = source.valueQuantity
+        if q is not None and q.value is not None:
+            ev.value, ev.unit, ev.comparator = format(q.value, "f"), q.unit or q.code, q.comparator
+        if obs.status not in VALID_OBSERVATION_STATUSES:
+            ev.note = f"status '{obs.status}' is not a valid result; ignored"
+            ignored.append(ev)
+            continue
+        if date is not None and date.first_day > ctx.as_of:
+            ev.note = "dated after the evaluation date; ignored"
+            ignored.append(ev)
+            continue
+        if q is None or q.value is None:
+            no_value += 1
+            absent = concept_label(source.dataAbsentReason)
+            ev.note = "no numeric value" + (f" (data absent: {absent})" if absent else "") + "; ignored"
+            ignored.append(ev)
+            continue
+        cand = _Candidate(hit, obs, source, q, date, ev)
+        (dated if date is not None else undated).append(cand)
+
+    if dated:
+        dated.sort(key=lambda c: c.date.sort_key(), reverse=True)
+        latest = dated[0]
+        for c in undated:
+            c.evidence.note = "no effective date; cannot show recency; ignored"
+        older = dated[1:]
+        stand = recency(latest.date, ctx.as_of, lookback_days)
+        if stand is Recency.STALE:
+            latest.evidence.role = Role.DECISIVE
+            latest.evidence.note = f"older than {lookback_days} days"
+            _note_older(older)
+            return _AnalyteOutcome(Result.UNKNOWN, f"{name}: latest result ({latest.date.day_text}) is older than "
+                                   f"{lookback_days} days", _collect(latest, older, undated, ignored),
+                                   Why.STALE)
+        if stand is Recency.IMPRECISE:
+            latest.evidence.role = Role.DECISIVE
+            latest.evidence.note = f"date too imprecise to place within {lookback_days} days"
+            _note_older(older)
+            return _AnalyteOutcome(Result.UNKNOWN, f"{name}: date of latest result ({latest.date.text}) is too "
+                                   f"imprecise to show it is within {lookback_days} days",
+                                   _collect(latest, older, undated, ignored), Why.IMPRECISE_DATE)
+        same_time = [c for c in dated if c.date.sort_key() == latest.date.sort_key()]
+        judged = [(c, _judge(ctx, analyte, c)) for c in same_time]
+        outcomes = {j.result for _, j in judged}
+        for c, _ in judged:
+            c.evidence.role = Role.DECISIVE
+        rest = [c for c in dated if c not in same_time]
+        _note_older(rest)
+        evidence = [c.evidence for c in same_time] + [c.evidence for c in rest] + \
+                   [c.evidence for c in undated] + ignored
+        if len(outcomes) > 1:
+            return _AnalyteOutcome(Result.UNKNOWN, f"{name}: results at the same time disagree",
+                                   evidence, Why.CONFLICTING_RESULTS)
+        judgement = judged[0][1]
+        return _AnalyteOutcome(judgement.result, judgement.reason, evidence, judgement.why)
+
+    if undated:
+        for c in undated:
+            c.evidence.note = "no effective date; cannot show recency"
+        return _AnalyteOutcome(Result.UNKNOWN, f"{name}: result has no date, so recency cannot be shown",
+                               [c.evidence for c in undated] + ignored, Why.NO_DATE)
+    if no_value:
+        return _AnalyteOutcome(Result.UNKNOWN, f"{name}: no usable value in the results found", ignored,
+                               Why.NO_VALUE)
+    if invalid:
+        return _AnalyteOutcome(Result.UNKNOWN, f"{name}: results found are not valid FHIR", ignored,
+                               Why.INVALID_RESOURCE)
+    return _AnalyteOutcome(Result.UNKNOWN, f"{name}: no valid result", ignored, Why.NO_DATA)
+
+
+def _note_older(older: list[_Candidate]) -> None:
+    for c in older:
+        c.evidence.role = Role.SUPPORTING
+        c.evidence.note = c.evidence.note or "older result; not used"
+
+
+def _collect(latest: _Candidate, older: list[_Candidate], undated: list[_Candidate],
+             ignored: list[Evidence]) -> list[Evidence]:
+    return [latest.evidence] + [c.evidence for c in older] + [c.evidence for c in undated] + ignored
+
+
+def _judge(ctx: Context, analyte: Analyte, cand: _Candidate) -> _AnalyteOutcome:
+    """Apply the threshold to one dated, fresh result."""
+    q, ev, name, rule = cand.quantity, cand.evidence, analyte.name, analyte.fail_when
+    unit = ctx.units.ucum_of(q.code, q.unit, q.system)
+    if unit is None:
+        return _AnalyteOutcome(Result.UNKNOWN, f"{name}: result has no unit", why=Why.UNIT_NOT_CONVERTIBLE)
+    value = Decimal(q.value)
+    if rule.value is not None:
+        try:
+            converted = ctx.units.convert(value, unit, rule.unit, analyte.conversions)
+        except NotConvertible:
+            return _AnalyteOutcome(Result.UNKNOWN, f"{name}: unit '{q.unit or q.code}' cannot be converted to "
+                                   f"{rule.unit}", why=Why.UNIT_NOT_CONVERTIBLE)
+        ev.converted = Measured(converted, rule.unit)
+        limit, limit_text = rule.value, f"{format(rule.value, 'f')} {rule.unit}"
+        shown = f"{format(converted, 'f')} {rule.unit}"
+        compared = converted
+    else:
+        uln = _upper_limit(ctx, analyte, cand, unit)
+        if isinstance(uln, _AnalyteOutcome):
+            return uln
+        ev.uln = uln
+        ev.ratio_to_uln = (value / uln.value).quantize(Decimal("0.01"))
+        limit = rule.uln_multiple * uln.value
+        limit_text = f"{format(rule.uln_multiple, 'f')} × ULN {format(uln.value, 'f')} {uln.unit}" + \
+                     (" (assumed ULN)" if uln.assumed else "")
+        shown = f"{format(value, 'f')} {unit} ({ev.ratio_to_uln} × ULN)"
+        compared = value
+    verdict = classify(compared, q.comparator, rule.comparator, limit)
+    when = cand.date.day_text if cand.date else "undated"
+    if verdict is None:
+        return _AnalyteOutcome(Result.UNKNOWN, f"{name} reported as {q.comparator}{format(value, 'f')}: cannot "
+                               f"tell whether it is {rule.comparator} {limit_text}", why=Why.UNINTERPRETABLE)
+    if verdict:
+        return _AnalyteOutcome(Result.FAIL, f"{name} {shown} on {when} is {rule.comparator} {limit_text}")
+    return _AnalyteOutcome(Result.PASS, f"{name} {shown} on {when} is not {rule.comparator} {limit_text}")
+
+
+_NORMAL_RANGE = {("http://terminology.hl7.org/CodeSystem/referencerange-meaning", "normal")}
+
+
+def _upper_limit(ctx: Context, analyte: Analyte, cand: _Candidate, unit: str) -> UpperLimit | _AnalyteOutcome:
+    """The ULN in the result's unit: the result's own reference range, else the
+    configured fallback (flagged as assumed)."""
+    for rr in cand.source.referenceRange or ():
+        if rr.high is None or rr.high.value is None:
+            continue
+        if rr.type is not None and not any((c.system, c.code) in _NORMAL_RANGE for c in rr.type.coding or ()):
+            continue
+        high_unit = ctx.units.ucum_of(rr.high.code, rr.high.unit, rr.high.system)
+        high = Decimal(rr.high.value)
+        if high <= 0:
+            continue
+        if high_unit is None:
+            return UpperLimit(high, unit, "referenceRange.high", assumed=False,
+                              note="the range gives no unit; taken to be the result's unit")
+        try:
+            converted = ctx.units.convert(high, high_unit, unit, analyte.conversions)
+        except NotConvertible:
+            return _AnalyteOutcome(Result.UNKNOWN, f"{analyte.name}: reference range unit '{high_unit}' cannot be "
+                                   f"converted to the result's unit '{unit}'", why=Why.UNIT_NOT_CONVERTIBLE)
+        return UpperLimit(converted, unit, "referenceRange.high", assumed=False)
+    fallback = analyte.fallback_uln
+    if fallback is None:
+        return _AnalyteOutcome(Result.UNKNOWN, f"{analyte.name}: result has no reference range and no fallback "
+                               "ULN is configured", why=Why.NO_REFERENCE_RANGE)
+    try:
+        converted = ctx.units.convert(fallback.value, fallback.unit, unit, analyte.conversions)
+    except NotConvertible:
+        return _AnalyteOutcome(Result.UNKNOWN, f"{analyte.name}: unit '{unit}' cannot be converted to the fallback "
+                               f"ULN's unit {fallback.unit}", why=Why.UNIT_NOT_CONVERTIBLE)
+    return UpperLimit(converted, unit, "fallback", assumed=True,
+                      note=f"no reference range on the result; fallback ULN {format(fallback.value, 'f')} "
+                           f"{fallback.unit} ({fallback.source})")
+
+
+# -- interval arithmetic for reported comparators ("<0.2") ------------------
+
+def classify(value: Decimal, reported: str | None, comparator: str, limit: Decimal) -> bool | None:
+    """True when every value the result can stand for satisfies `x comparator
+    limit`, False when none does, None when the report does not tell."""
+    lo, lo_closed, hi, hi_closed = value, True, value, True
+    if reported in ("<", "<="):
+        lo, lo_closed, hi_closed = None, False, reported == "<="
+    elif reported in (">", ">="):
+        hi, hi_closed, lo_closed = None, False, reported == ">="
+    if comparator in ("<", "<="):  # region (-inf, limit)
+        inside = hi is not None and (hi < limit or (hi == limit and (comparator == "<=" or not hi_closed)))
+        outside = lo is not None and (lo > limit or (lo == limit and (comparator == "<" or not lo_closed)))
+    else:  # region (limit, +inf)
+        inside = lo is not None and (lo > limit or (lo == limit and (comparator == ">=" or not lo_closed)))
+        outside = hi is not None and (hi < limit or (hi == limit and (comparator == ">" or not hi_closed)))
+    if inside:
+        return True
+    if outside:
+        return False
+    return None

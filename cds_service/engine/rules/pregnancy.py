@@ -1,0 +1,201 @@
+"""Pregnancy and breastfeeding, from diagnoses, pregnancy status and hCG tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import Field
+
+from ..dates import FhirDate, Recency, recency
+from ..model import Evidence, Measured, Result, Role, Why
+from ..quantities import NotConvertible
+from ..record import InvalidResource
+from .base import (CONFIRMED, UNCONFIRMED, VALID_OBSERVATION_STATUSES, Context, Outcome, RuleModel,
+                   coding_text, concept_label, invalid_evidence, matching_coding, observation_date)
+from .conditions import decided, find_conditions
+from .labs import classify
+
+POSITIVE, NEGATIVE, INDETERMINATE = "positive", "negative", "indeterminate"
+
+
+class CodedTest(RuleModel):
+    """An observation whose coded value says positive or negative."""
+
+    label: str
+    codes: list[str] = Field(min_length=1)
+    positive_value_codes: list[str] = Field(min_length=1)
+    negative_value_codes: list[str] = []
+
+
+class QuantitativeTest(RuleModel):
+    """A numeric test read against two cut-offs; between them it decides nothing."""
+
+    label: str
+    codes: list[str] = Field(min_length=1)
+    unit: str
+    negative_below: Decimal
+    positive_at_or_above: Decimal
+
+
+class WhenNoData(RuleModel):
+    max_age: int | None = None
+    result: Literal["unknown", "review"]
+
+
+@dataclass
+class _Test:
+    outcome: str
+    date: FhirDate
+    evidence: Evidence
+
+
+class PregnancyRule(RuleModel):
+    type: Literal["pregnancy"]
+    lookback_days: int = Field(gt=0)
+    pregnancy_condition_codes: list[str] = Field(min_length=1)
+    breastfeeding_condition_codes: list[str] = []
+    coded_tests: list[CodedTest] = []
+    quantitative_tests: list[QuantitativeTest] = []
+    breastfeeding_tests: list[CodedTest] = []
+    when_no_data: list[WhenNoData] = Field(min_length=1)
+    order: str | None = None
+
+    def units_used(self) -> list[str]:
+        return [t.unit for t in self.quantitative_tests]
+
+    def evaluate(self, ctx: Context) -> Outcome:
+        pregnant, ignored = find_conditions(ctx, self.pregnancy_condition_codes)
+        feeding, more_ignored = find_conditions(ctx, self.breastfeeding_condition_codes)
+        ignored += more_ignored
+        current = [f for f in pregnant + feeding if f.active]
+        for f in pregnant + feeding:
+            if not f.active:
+                f.evidence.role, f.evidence.note = Role.IGNORED, f"{f.clinical}; not current"
+        tests, feeding_tests, stale, test_ignored = self._tests(ctx)
+        everything = [f.evidence for f in pregnant + feeding] + [t.evidence for t in tests + feeding_tests] + \
+            stale + ignored + test_ignored
+        confirmed = [f for f in current if f.verification == CONFIRMED]
+        if confirmed:
+            return decided(Result.FAIL, f"{confirmed[0].evidence.display or 'pregnancy or breastfeeding'} recorded",
+                           [f.evidence for f in confirmed], everything)
+        positive_feeding = [t for t in feeding_tests if t.outcome == POSITIVE]
+        if positive_feeding:
+            return decided(Result.FAIL, f"breastfeeding ({positive_feeding[0].date.day_text})",
+                           [t.evidence for t in positive_feeding], everything)
+        latest = _latest(tests)
+        outcomes = {t.outcome for t in latest}
+        if POSITIVE in outcomes and NEGATIVE in outcomes:
+            return decided(Result.UNKNOWN, "pregnancy tests on the same day disagree", [t.evidence for t in latest],
+                           everything, Why.CONFLICTING_RESULTS)
+        if outcomes == {POSITIVE}:
+            return decided(Result.FAIL, f"positive {latest[0].evidence.display or 'pregnancy test'} "
+                           f"({latest[0].date.day_text})", [t.evidence for t in latest], everything)
+        unconfirmed = [f for f in current if f.verification == UNCONFIRMED]
+        if unconfirmed:
+            return decided(Result.UNKNOWN, f"{unconfirmed[0].evidence.display or 'pregnancy'} recorded but not "
+                           "confirmed", [f.evidence for f in unconfirmed], everything, Why.DIAGNOSIS_UNCONFIRMED)
+        if NEGATIVE in outcomes:
+            return decided(Result.PASS, f"negative {latest[0].evidence.display or 'pregnancy test'} "
+                           f"({latest[0].date.day_text}); no breastfeeding recorded", [t.evidence for t in latest],
+                           everything)
+        if outcomes == {INDETERMINATE}:
+            why, what = Why.EQUIVOCAL, f"indeterminate pregnancy test ({latest[0].date.day_text})"
+        elif stale:
+            why, what = Why.STALE, f"no pregnancy test within {self.lookback_days} days"
+        else:
+            why, what = Why.NO_DATA, f"no pregnancy test within {self.lookback_days} days"
+        for rule in self.when_no_data:
+            if rule.max_age is None or ctx.age is None or ctx.age[0] <= rule.max_age:
+                if rule.result == "review":
+                    return decided(Result.REVIEW, f"{what}; pregnancy unlikely at this age — confirm", [],
+                                   everything)
+                outcome = decided(Result.UNKNOWN, what, [], everything, why)
+                outcome.orderable = True
+                return outcome
+        return decided(Result.REVIEW, what, [], everything)  # pragma: no cover - definitions end with a catch-all
+
+    def _tests(self, ctx: Context):
+        tests, feeding, stale, ignored = [], [], [], []
+        readers = [(t, self._read_coded, tests) for t in self.coded_tests] + \
+                  [(t, self._read_quantity, tests) for t in self.quantitative_tests] + \
+                  [(t, self._read_coded, feeding) for t in self.breastfeeding_tests]
+        for test, read, into in readers:
+            codes = ctx.codes(test.codes)
+            for hit in ctx.record.find("Observation", codes):
+                if hit.component is not None:
+                    continue
+                try:
+                    obs = ctx.record.model(hit.raw)
+                except InvalidResource as exc:
+                    ignored.append(invalid_evidence(ctx, hit.raw, exc))
+                    continue
+                coding = matching_coding(obs.code, codes)
+                date = observation_date(obs)
+                ev = Evidence(reference=ctx.record.reference(hit.raw), code=coding_text(coding) if coding else None,
+                              display=test.label, status=obs.status, date=date.text if date else None)
+                if obs.status not in VALID_OBSERVATION_STATUSES:
+                    ev.role, ev.note = Role.IGNORED, f"status '{obs.status}' is not a valid result; ignored"
+                    ignored.append(ev)
+                    continue
+                if date is None:
+                    ev.role, ev.note = Role.IGNORED, "no date; cannot show it is current"
+                    ignored.append(ev)
+                    continue
+                stand = recency(date, ctx.as_of, self.lookback_days)
+                if stand is not Recency.FRESH:
+                    ev.role, ev.note = Role.IGNORED, f"not within {self.lookback_days} days ({stand.value}); ignored"
+                    (stale if stand is not Recency.FUTURE else ignored).append(ev)
+                    continue
+                outcome = read(ctx, test, obs, ev)
+                if outcome is None:
+                    ev.role = Role.IGNORED
+                    ignored.append(ev)
+                else:
+                    into.append(_Test(outcome, date, ev))
+        return tests, feeding, stale, ignored
+
+    @staticmethod
+    def _read_coded(ctx: Context, test: CodedTest, obs, ev: Evidence) -> str | None:
+        if obs.valueBoolean is not None:  # e.g. breastfeeding status sent as true / false
+            ev.value = "yes" if obs.valueBoolean else "no"
+            return POSITIVE if obs.valueBoolean else NEGATIVE
+        value = obs.valueCodeableConcept
+        for names, outcome in ((test.positive_value_codes, POSITIVE), (test.negative_value_codes, NEGATIVE)):
+            if names:
+                coding = matching_coding(value, ctx.codes(names))
+                if coding is not None:
+                    ev.value = coding.display or coding.code
+                    return outcome
+        ev.value = concept_label(value) if value is not None else None
+        ev.note = "value neither positive nor negative"
+        return INDETERMINATE if value is not None else None
+
+    @staticmethod
+    def _read_quantity(ctx: Context, test: QuantitativeTest, obs, ev: Evidence) -> str | None:
+        q = obs.valueQuantity
+        if q is None or q.value is None:
+            ev.note = "no numeric value; ignored"
+            return None
+        ev.value, ev.unit, ev.comparator = format(q.value, "f"), q.unit or q.code, q.comparator
+        unit = ctx.units.ucum_of(q.code, q.unit, q.system)
+        try:
+            value = ctx.units.convert(Decimal(q.value), unit or "", test.unit)
+        except NotConvertible:
+            ev.note = f"unit '{q.unit or q.code}' cannot be converted to {test.unit}"
+            return INDETERMINATE
+        ev.converted = Measured(value, test.unit)
+        if classify(value, q.comparator, "<", test.negative_below):
+            return NEGATIVE
+        if classify(value, q.comparator, ">=", test.positive_at_or_above):
+            return POSITIVE
+        ev.note = f"between {test.negative_below} and {test.positive_at_or_above} {test.unit}: indeterminate"
+        return INDETERMINATE
+
+
+def _latest(tests: list[_Test]) -> list[_Test]:
+    if not tests:
+        return []
+    day = max(t.date.last_day for t in tests)
+    return [t for t in tests if t.date.last_day == day]

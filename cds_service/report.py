@@ -1,0 +1,43 @@
+"""A readable checklist of an evaluation, for terminals and research coordinators."""
+
+from __future__ import annotations
+
+from .engine import Result, TrialEvaluation
+from .engine.evaluate import Trial
+from .engine.model import Evidence, Role
+
+MARKS = {Result.PASS: "✔", Result.FAIL: "✘", Result.UNKNOWN: "?", Result.REVIEW: "👁",
+         Result.NOT_APPLICABLE: "–"}
+
+
+def evidence_line(e: Evidence) -> str:
+    parts = [e.display or e.code or e.reference]
+    if e.value is not None:
+        parts.append(" ".join(p for p in (e.comparator, e.value, e.unit) if p))
+    if e.converted is not None:
+        parts.append(f"= {format(e.converted.value, 'f')} {e.converted.unit}")
+    if e.uln is not None:
+        parts.append(f"ULN {format(e.uln.value, 'f')} {e.uln.unit}" + (" (assumed)" if e.uln.assumed else ""))
+    if e.date:
+        parts.append(e.date)
+    parts.append(e.reference)
+    if e.note:
+        parts.append(e.note)
+    return " · ".join(parts)
+
+
+def text_report(evaluation: TrialEvaluation, trial: Trial) -> str:
+    d = trial.definition
+    lines = [f"{d.nct_id} — {d.short_title} (definition {d.definition_version})",
+             f"Patient {evaluation.patient or '(no id)'} · as of {evaluation.as_of.isoformat()} · "
+             f"status: {evaluation.status.value.upper()}", ""]
+    width = max(len(c.id) for c in evaluation.criteria)
+    for c in evaluation.criteria:
+        tag = f" [{c.why.value}]" if c.why else ""
+        lines.append(f"  {MARKS[c.result]} {c.id:<{width}}  {c.result.value:<14} {c.reason}{tag}")
+        if c.order is not None:
+            lines.append(f"      → order: {c.order.display} (LOINC {c.order.code})")
+        for e in c.evidence:
+            if e.role is not Role.IGNORED or c.result is Result.UNKNOWN:
+                lines.append(f"      {'•' if e.role is Role.DECISIVE else '·'} {evidence_line(e)}")
+    return "\n".join(lines) + "\n"

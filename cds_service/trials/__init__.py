@@ -1,0 +1,7 @@
+"""Trial definitions as data: one YAML file per trial under definitions/, the
+code sets they name under codesets/, unit spellings and analyte conversion
+factors in units.yaml. See the README for the format."""
+
+from .loader import DefinitionError, load_codesets, load_trial, load_trials, load_units
+
+__all__ = ["DefinitionError", "load_codesets", "load_trial", "load_trials", "load_units"]

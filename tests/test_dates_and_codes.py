@@ -1,0 +1,93 @@
+"""FHIR dates as day intervals, look-back windows, age; code matching."""
+
+import datetime as dt
+
+import pytest
+from fhir.resources.R4B.observation import Observation
+
+from cds_service.engine.codes import ICD10CM, LOINC, CodeEntry, CodeSet, coding_key
+from cds_service.engine.dates import Recency, age_on, age_range, parse_fhir_date, recency
+
+AS_OF = dt.date(2026, 6, 15)
+
+
+def _fhir_datetime(text):
+    """What fhir.resources hands the engine for an effectiveDateTime."""
+    obs = Observation.model_validate({"resourceType": "Observation", "status": "final",
+                                      "code": {"text": "x"}, "effectiveDateTime": text})
+    return parse_fhir_date(obs.effectiveDateTime)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2026-05-18", Recency.FRESH),  # exactly 28 days: inclusive
+    ("2026-05-17", Recency.STALE),
+    ("2026-06-15", Recency.FRESH),
+    ("2026-06-16", Recency.FUTURE),
+    ("2026-05", Recency.IMPRECISE),  # could be 1 May (stale) or 31 May (fresh)
+    ("2026-06", Recency.IMPRECISE),  # could be after the evaluation date
+    ("2025", Recency.STALE),
+    ("2026-05-18T00:30:00+09:00", Recency.FRESH),  # 17 May in UTC, but 18 May where it was taken
+    ("2026-05-17T23:30:00-05:00", Recency.STALE),  # 18 May in UTC, but 17 May where it was taken
+])
+def test_recency_in_local_calendar_days(text, expected):
+    assert recency(_fhir_datetime(text), AS_OF, 28) is expected
+
+
+def test_partial_dates_are_intervals():
+    d = parse_fhir_date("2024-02")
+    assert (d.first_day, d.last_day) == (dt.date(2024, 2, 1), dt.date(2024, 2, 29))
+    assert parse_fhir_date("1970").last_day == dt.date(1970, 12, 31)
+    assert parse_fhir_date("not a date") is None
+    assert parse_fhir_date("2024-13") is None
+
+
+def test_offset_aware_instants_order_by_utc():
+    early = _fhir_datetime("2026-06-01T10:00:00+02:00")  # 08:00Z
+    late = _fhir_datetime("2026-06-01T09:00:00Z")
+    assert early.sort_key() < late.sort_key()
+
+
+@pytest.mark.parametrize("birth, on, age", [
+    ("2008-06-15", "2026-06-15", 18),  # 18th birthday
+    ("2008-06-16", "2026-06-15", 17),  # the day before
+    ("2008-06-14", "2026-06-15", 18),
+    ("1950-06-16", "2026-06-15", 75),  # day before the 76th birthday: still 75
+    ("1950-06-15", "2026-06-15", 76),
+    ("2004-02-29", "2026-02-28", 21),  # leap-day birthday: not yet in a common year
+    ("2004-02-29", "2026-03-01", 22),
+    ("2004-02-29", "2028-02-29", 24),
+])
+def test_age_in_completed_years(birth, on, age):
+    assert age_on(dt.date.fromisoformat(birth), dt.date.fromisoformat(on)) == age
+
+
+def test_age_range_of_a_partial_birth_date():
+    assert age_range(parse_fhir_date("1951"), AS_OF) == (74, 75)
+    assert age_range(parse_fhir_date("1970"), AS_OF) == (55, 56)
+    assert age_range(parse_fhir_date("1970-01"), AS_OF) == (56, 56)
+
+
+ICD = CodeSet("x", "x", [
+    CodeEntry(ICD10CM, "C79.32", None, "LM", "test"),
+    CodeEntry(ICD10CM, None, "C50", "breast", "test"),
+    CodeEntry(LOINC, "2106-3", None, "hCG urine", "test"),
+])
+
+
+@pytest.mark.parametrize("system, code, matches", [
+    (ICD10CM, "C79.32", True),
+    (ICD10CM, "C7932", True),  # undotted
+    (ICD10CM, "c79.32", True),
+    (ICD10CM, "C79.31", False),
+    (ICD10CM, "C50.912", True),  # prefix
+    (ICD10CM, "C50912", True),
+    (ICD10CM, "C79.81", False),  # secondary neoplasm OF the breast
+    ("urn:oid:2.16.840.1.113883.6.90", "C50.911", True),  # ICD-10-CM by OID
+    ("http://hl7.org/fhir/sid/icd-10", "C50.9", False),  # WHO ICD-10 is another system
+    (LOINC, "2106-3", True),
+    ("urn:oid:2.16.840.1.113883.6.238", "2106-3", False),  # CDC race code "White"
+    (None, "2106-3", False),  # no system: never matched
+    (LOINC, "", False),
+])
+def test_codes_match_by_system_and_code(system, code, matches):
+    assert ICD.contains(coding_key(system, code)) is matches
