@@ -46,8 +46,10 @@ def coding_key(system: str | None, code: str | None) -> tuple[str, str] | None:
     coding cannot be matched (no system or no code)."""
     if not system or not code or not isinstance(system, str) or not isinstance(code, str):
         return None
-    system = canonical_system(system)
-    return system, normalize_code(system, code)
+    system = SYSTEM_ALIASES.get(system) or (system if system == system.strip() else canonical_system(system))
+    if system in _DOTLESS_SYSTEMS:
+        return system, code.strip().replace(".", "").upper()
+    return system, code.strip()
 
 
 @dataclass(frozen=True)

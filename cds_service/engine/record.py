@@ -63,22 +63,23 @@ class Hit:
 
     raw: dict[str, Any]
     component: int | None  # index into Observation.component, None for the resource itself
-
-
-def _codings(concept: Any) -> list[dict[str, Any]]:
-    if not isinstance(concept, dict):
-        return []
-    codings = concept.get("coding")
-    return [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
+    position: int = 0  # order of the resource in the input, to keep results stable
 
 
 def concept_keys(concept: Any) -> list[tuple[str, str]]:
-    """Matchable (system, code) keys of a raw CodeableConcept."""
+    """Matchable (system, code) keys of a raw CodeableConcept (hot path: once
+    per resource, so it stays in plain dict and list work)."""
+    if not isinstance(concept, dict):
+        return []
+    codings = concept.get("coding")
+    if not isinstance(codings, list):
+        return []
     keys = []
-    for c in _codings(concept):
-        key = coding_key(c.get("system"), c.get("code"))
-        if key is not None:
-            keys.append(key)
+    for c in codings:
+        if isinstance(c, dict):
+            key = coding_key(c.get("system"), c.get("code"))
+            if key is not None:
+                keys.append(key)
     return keys
 
 
@@ -98,38 +99,32 @@ class PatientRecord:
         self.by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._index: dict[tuple[str, str, str], list[Hit]] = defaultdict(list)
         self._codes_by_system: dict[tuple[str, str], set[str]] = defaultdict(set)
-        self._by_reference: dict[str, dict[str, Any]] = {}
+        self._full_urls = dict(full_urls or {})
+        self._by_reference: dict[str, dict[str, Any]] | None = None  # built on first resolve()
         self._models: dict[int, Any] = {}
-        self._full_url_of: dict[int, str] = {}
-        for url, raw in (full_urls or {}).items():
-            self._by_reference[url] = raw
-            self._full_url_of[id(raw)] = url
-        for raw in resources:
-            self._add(raw)
+        self._full_url_of = {id(raw): url for url, raw in self._full_urls.items()}
+        for position, raw in enumerate(resources):
+            self._add(raw, position)
 
-    def _add(self, raw: dict[str, Any]) -> None:
-        if not isinstance(raw, dict):
-            return
-        rtype = raw.get("resourceType")
+    def _add(self, raw: dict[str, Any], position: int) -> None:
+        # The hot path: runs once per resource, so plain dict work only.
+        rtype = raw.get("resourceType") if isinstance(raw, dict) else None
         if not isinstance(rtype, str):
             return
         self.by_type[rtype].append(raw)
-        rid = raw.get("id")
-        if isinstance(rid, str):
-            self._by_reference[f"{rtype}/{rid}"] = raw
         if rtype == "Patient" and self.patient_raw is None:
             self.patient_raw = raw
         if rtype not in _INDEXED_TYPES:
             return
         for key in concept_keys(raw.get("code")):
-            self._put(rtype, key, Hit(raw, None))
+            self._put(rtype, key, Hit(raw, None, position))
         if rtype == "Observation":
             components = raw.get("component")
             if isinstance(components, list):
                 for i, comp in enumerate(components):
                     if isinstance(comp, dict):
                         for key in concept_keys(comp.get("code")):
-                            self._put(rtype, key, Hit(raw, i))
+                            self._put(rtype, key, Hit(raw, i, position))
 
     def _put(self, rtype: str, key: tuple[str, str], hit: Hit) -> None:
         self._index[(rtype, key[0], key[1])].append(hit)
@@ -147,22 +142,20 @@ class PatientRecord:
             for code in self._codes_by_system.get((resource_type, system), ()):
                 if code.startswith(prefix) and (system, code) not in codes.exact:
                     hits.extend(self._index[(resource_type, system, code)])
-        seen: set[tuple[int, int | None]] = set()
-        unique = []
-        for h in hits:
-            k = (id(h.raw), h.component)
-            if k not in seen:
-                seen.add(k)
-                unique.append(h)
-        order = {id(r): i for i, r in enumerate(self.by_type.get(resource_type, ()))}
-        unique.sort(key=lambda h: (order.get(id(h.raw), 0), h.component if h.component is not None else -1))
-        return unique
+        unique = {(h.position, h.component): h for h in hits}
+        return [unique[k] for k in sorted(unique, key=lambda k: (k[0], -1 if k[1] is None else k[1]))]
 
     def resolve(self, reference: str | None) -> dict[str, Any] | None:
         """A referenced resource of this record: "Type/id", an absolute URL ending
         in Type/id, or a fullUrl (urn:uuid:...)."""
         if not reference:
             return None
+        if self._by_reference is None:
+            self._by_reference = dict(self._full_urls)
+            for rtype, items in self.by_type.items():
+                for raw in items:
+                    if isinstance(raw.get("id"), str):
+                        self._by_reference[f"{rtype}/{raw['id']}"] = raw
         if reference in self._by_reference:
             return self._by_reference[reference]
         parts = reference.rstrip("/").split("/")

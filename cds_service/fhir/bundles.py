@@ -37,7 +37,7 @@ def parse_fhir_json(data: bytes) -> list[Entry]:
         document = orjson.loads(text)
     except orjson.JSONDecodeError:
         return _parse_ndjson(text)
-    return _entries_of(document, where="input")
+    return entries_of(document, where="input")
 
 
 def _parse_ndjson(text: bytes) -> list[Entry]:
@@ -51,11 +51,13 @@ def _parse_ndjson(text: bytes) -> list[Entry]:
         except orjson.JSONDecodeError as exc:
             raise InputError(f"not JSON or NDJSON (line {number}: {exc.args[0] if exc.args else 'invalid'})") \
                 from None
-        entries.extend(_entries_of(document, where=f"line {number}"))
+        entries.extend(entries_of(document, where=f"line {number}"))
     return entries
 
 
-def _entries_of(document: Any, where: str) -> list[Entry]:
+def entries_of(document: Any, where: str = "input") -> list[Entry]:
+    """Entries of a parsed FHIR JSON document: a Bundle's resources (nested Bundles
+    flattened) or the single resource itself."""
     if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
         raise InputError(f"{where} is not a FHIR resource (no resourceType)")
     if document["resourceType"] != "Bundle":
@@ -72,7 +74,7 @@ def _entries_of(document: Any, where: str) -> list[Entry]:
             continue  # a transaction entry without a resource (DELETE) or junk
         full_url = item.get("fullUrl") if isinstance(item.get("fullUrl"), str) else None
         if resource["resourceType"] == "Bundle":
-            entries.extend(_entries_of(resource, where))
+            entries.extend(entries_of(resource, where))
         else:
             entries.append(Entry(resource, full_url))
     return entries
