@@ -89,9 +89,6 @@ class CodeSet:
         system, code = key
         return any(system == s and code.startswith(p) for s, p in self.prefixes)
 
-    def matches_any(self, keys: Iterable[tuple[str, str] | None]) -> bool:
-        return any(self.contains(k) for k in keys)
-
     def display_for(self, key: tuple[str, str]) -> str | None:
         system, code = key
         for e in self.entries:
@@ -111,6 +108,3 @@ def union(name: str, sets: Iterable[CodeSet]) -> CodeSet:
         entries.extend(s.entries)
     return CodeSet(name=name, title=name, entries=entries)
 
-
-def format_key(key: tuple[str, str]) -> str:
-    return f"{key[0]}|{key[1]}"

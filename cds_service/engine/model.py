@@ -65,10 +65,8 @@ def _plain(value: Any) -> Any:
 
 
 def _decimal_text(value: Decimal) -> str:
-    """A decimal as plain text without exponent and without trailing zeros
-    beyond what was computed (1.500 stays 1.500; 1E+1 becomes 10)."""
-    text = format(value, "f")
-    return text
+    """A decimal as plain text, never in exponent form (1E+1 -> "10")."""
+    return format(value, "f")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from ..codes import CodeSet, coding_key, union
 from ..dates import FhirDate, age_range, parse_fhir_date
 from ..model import Evidence, Result, Role, Why
 from ..quantities import UnitTable
-from ..record import InvalidResource, PatientRecord
+from ..record import Hit, InvalidResource, PatientRecord
 
 
 class RuleModel(BaseModel):
@@ -172,9 +172,10 @@ def clinical_status(resource: Any) -> str:
 # -- dates ----------------------------------------------------------------
 
 def observation_date(obs: Any) -> FhirDate | None:
+    """effective[x] of an Observation or DiagnosticReport (Period: its start)."""
     if obs.effectiveDateTime is not None:
         return parse_fhir_date(obs.effectiveDateTime)
-    if obs.effectiveInstant is not None:
+    if getattr(obs, "effectiveInstant", None) is not None:
         return parse_fhir_date(obs.effectiveInstant)
     period = obs.effectivePeriod
     if period is not None:
@@ -223,6 +224,57 @@ def concept_label(concept: Any, coding: Any | None = None) -> str | None:
     return None
 
 
+INVALID_NOTE = "not valid FHIR, skipped"
+
+
 def invalid_evidence(ctx: Context, raw: dict[str, Any], exc: InvalidResource) -> Evidence:
-    return Evidence(reference=ctx.record.reference(raw), role=Role.IGNORED,
-                    note=f"not valid FHIR, skipped: {exc}")
+    return Evidence(reference=ctx.record.reference(raw), role=Role.IGNORED, note=f"{INVALID_NOTE}: {exc}")
+
+
+def has_invalid(evidence: Iterable[Evidence]) -> bool:
+    return any(e.role is Role.IGNORED and (e.note or "").startswith(INVALID_NOTE) for e in evidence)
+
+
+@dataclass
+class Reading:
+    """One valid result whose code matched: the resource, the part carrying the
+    value (the resource or one of its components), its date, and the evidence
+    entry started for it."""
+
+    hit: Hit
+    resource: Any
+    source: Any
+    date: FhirDate | None
+    evidence: Evidence
+
+
+def read_results(ctx: Context, codes: CodeSet, resource_type: str = "Observation",
+                 components: bool = True) -> tuple[list[Reading], list[Evidence]]:
+    """Results coded in `codes` that are valid FHIR, have a valid status and are
+    not dated after the evaluation date. Everything else comes back as ignored
+    evidence saying why."""
+    readings: list[Reading] = []
+    ignored: list[Evidence] = []
+    for hit in ctx.record.find(resource_type, codes):
+        if hit.component is not None and not components:
+            continue
+        try:
+            resource = ctx.record.model(hit.raw)
+        except InvalidResource as exc:
+            ignored.append(invalid_evidence(ctx, hit.raw, exc))
+            continue
+        source = resource.component[hit.component] if hit.component is not None else resource
+        coding = matching_coding(source.code, codes)
+        date = observation_date(resource)
+        ev = Evidence(reference=ctx.record.reference(hit.raw), code=coding_text(coding) if coding else None,
+                      display=concept_label(source.code, coding), status=resource.status,
+                      date=date.text if date else None)
+        if resource.status not in VALID_OBSERVATION_STATUSES:
+            ev.role, ev.note = Role.IGNORED, f"status '{resource.status}' is not a valid result; ignored"
+            ignored.append(ev)
+        elif date is not None and date.first_day > ctx.as_of:
+            ev.role, ev.note = Role.IGNORED, "dated after the evaluation date; ignored"
+            ignored.append(ev)
+        else:
+            readings.append(Reading(hit, resource, source, date, ev))
+    return readings, ignored

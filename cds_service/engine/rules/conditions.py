@@ -10,9 +10,9 @@ from pydantic import Field
 
 from ..model import Evidence, Result, Role, Why
 from ..record import InvalidResource
-from .base import (ACTIVE_CLINICAL, CONFIRMED, EXCLUDED, UNCONFIRMED, VALID_OBSERVATION_STATUSES, Context,
-                   Outcome, RuleModel, clinical_status, coding_text, concept_in, concept_label,
-                   condition_date, invalid_evidence, matching_coding, observation_date, verification)
+from .base import (ACTIVE_CLINICAL, CONFIRMED, EXCLUDED, UNCONFIRMED, Context, Outcome, RuleModel,
+                   clinical_status, coding_text, concept_in, concept_label, condition_date, has_invalid,
+                   invalid_evidence, matching_coding, read_results, verification)
 
 
 @dataclass
@@ -79,10 +79,6 @@ def decided(result: Result, reason: str, decisive: list[Evidence], everything: l
         e.role = Role.DECISIVE
     rest = [e for e in everything if id(e) not in chosen]
     return Outcome(result, reason, list(decisive) + rest, why=why)
-
-
-def has_invalid(evidence: list[Evidence]) -> bool:
-    return any(e.role is Role.IGNORED and (e.note or "").startswith("not valid FHIR") for e in evidence)
 
 
 class SiteDependentCodes(RuleModel):
@@ -167,27 +163,12 @@ def _cytology(ctx: Context, spec: Cytology) -> tuple[list[Evidence], list[Eviden
     specimen_types = ctx.codes(spec.specimen_type_codes)
     positive, unsure, ignored = [], [], []
     for rtype in ("Observation", "DiagnosticReport"):
-        for hit in ctx.record.find(rtype, codes):
-            if hit.component is not None:
-                continue
-            try:
-                res = ctx.record.model(hit.raw)
-            except InvalidResource as exc:
-                ignored.append(invalid_evidence(ctx, hit.raw, exc))
-                continue
-            ev = Evidence(reference=ctx.record.reference(hit.raw), code=None, status=res.status,
-                          display=concept_label(res.code))
-            coding = matching_coding(res.code, codes)
-            ev.code = coding_text(coding) if coding else None
-            date = observation_date(res) if rtype == "Observation" else _report_date(res)
-            ev.date = date.text if date else None
-            if res.status not in VALID_OBSERVATION_STATUSES or (date and date.first_day > ctx.as_of):
-                ev.role, ev.note = Role.IGNORED, "not a valid result on the evaluation date; ignored"
-                ignored.append(ev)
-                continue
+        readings, more_ignored = read_results(ctx, codes, rtype, components=False)
+        ignored += more_ignored
+        for r in readings:
+            res, ev = r.resource, r.evidence
             values = [res.valueCodeableConcept] if rtype == "Observation" else list(res.conclusionCode or ())
-            value_coding = next((matching_coding(v, positive_values) for v in values
-                                 if matching_coding(v, positive_values) is not None), None)
+            value_coding = next(filter(None, (matching_coding(v, positive_values) for v in values)), None)
             if value_coding is None:
                 ev.role, ev.note = Role.IGNORED, "not positive for malignant cells"
                 ignored.append(ev)
@@ -202,19 +183,8 @@ def _cytology(ctx: Context, spec: Cytology) -> tuple[list[Evidence], list[Eviden
     return positive, unsure, ignored
 
 
-def _report_date(report: Any):
-    from ..dates import parse_fhir_date
-
-    if report.effectiveDateTime is not None:
-        return parse_fhir_date(report.effectiveDateTime)
-    if report.effectivePeriod is not None:
-        return parse_fhir_date(report.effectivePeriod.start or report.effectivePeriod.end)
-    return None
-
-
 def _specimen_is(ctx: Context, resource: Any, ref: Any, types) -> bool:
     target = ref.reference or ""
-    raw = None
     if target.startswith("#"):
         for contained in resource.contained or ():
             if contained.id == target[1:]:

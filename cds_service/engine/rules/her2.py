@@ -17,11 +17,9 @@ from typing import Literal
 from pydantic import Field
 
 from ..dates import FhirDate
-from ..model import Evidence, Result, Role, Why
-from ..record import InvalidResource
-from .base import (CONFIRMED, EXCLUDED, VALID_OBSERVATION_STATUSES, Context, Outcome, RuleModel, coding_text,
-                   concept_label, condition_date, invalid_evidence, matching_coding,
-                   observation_date)
+from ..model import Evidence, Result, Why
+from .base import (CONFIRMED, EXCLUDED, Context, Outcome, RuleModel, concept_label, condition_date,
+                   matching_coding, read_results)
 from .conditions import decided, find_conditions
 
 NEGATIVE, POSITIVE, OPEN = "negative", "positive", "not definitive"
@@ -112,32 +110,15 @@ class Her2Rule(RuleModel):
         for names, label, reader in sources:
             if not names:
                 continue
-            codes = c(names)
-            for hit in ctx.record.find("Observation", codes):
-                try:
-                    obs = ctx.record.model(hit.raw)
-                except InvalidResource as exc:
-                    ignored.append(invalid_evidence(ctx, hit.raw, exc))
-                    continue
-                source = obs.component[hit.component] if hit.component is not None else obs
-                coding = matching_coding(source.code, codes)
-                date = observation_date(obs)
-                ev = Evidence(reference=ctx.record.reference(hit.raw), code=coding_text(coding) if coding else None,
-                              display=concept_label(source.code, coding), status=obs.status,
-                              date=date.text if date else None)
-                if obs.status not in VALID_OBSERVATION_STATUSES or (date and date.first_day > ctx.as_of):
-                    ev.role = Role.IGNORED
-                    ev.note = (f"status '{obs.status}' is not a valid result; ignored"
-                               if obs.status not in VALID_OBSERVATION_STATUSES
-                               else "dated after the evaluation date; ignored")
-                    ignored.append(ev)
-                    continue
+            readings, more_ignored = read_results(ctx, c(names))
+            ignored += more_ignored
+            for r in readings:
                 if reader is None:
-                    ev.value = _value_text(source)
-                    findings.append(Finding(OPEN, f"{label} numbers only ({ev.value})", date, ev,
+                    r.evidence.value = _value_text(r.source)
+                    findings.append(Finding(OPEN, f"{label} numbers only ({r.evidence.value})", r.date, r.evidence,
                                             Why.UNINTERPRETABLE))
                 else:
-                    findings.append(reader(ctx, label, source, date, ev))
+                    findings.append(reader(ctx, label, r.source, r.date, r.evidence))
         for names, category in ((self.negative_condition_codes, NEGATIVE),
                                 (self.positive_condition_codes, POSITIVE)):
             found, more_ignored = find_conditions(ctx, names)

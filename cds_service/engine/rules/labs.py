@@ -16,9 +16,8 @@ from pydantic import Field, model_validator
 from ..dates import FhirDate, Recency, recency
 from ..model import Evidence, Measured, Result, Role, UpperLimit, Why
 from ..quantities import NotConvertible
-from ..record import Hit, InvalidResource
-from .base import (VALID_OBSERVATION_STATUSES, Context, Outcome, RuleModel, coding_text,
-                   concept_label, invalid_evidence, matching_coding, observation_date)
+from ..record import Hit
+from .base import Context, Outcome, RuleModel, concept_label, has_invalid, read_results
 
 Comparator = Literal["<", "<=", ">", ">="]
 
@@ -103,45 +102,23 @@ class _AnalyteOutcome:
 
 
 def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> _AnalyteOutcome:
-    codes = ctx.codes(analyte.codes)
     name = analyte.name
-    ignored: list[Evidence] = []
+    readings, ignored = read_results(ctx, ctx.codes(analyte.codes))
     dated: list[_Candidate] = []
     undated: list[_Candidate] = []
-    no_value = invalid = 0
-    for hit in ctx.record.find("Observation", codes):
-        try:
-            obs = ctx.record.model(hit.raw)
-        except InvalidResource as exc:
-            invalid += 1
-            ignored.append(invalid_evidence(ctx, hit.raw, exc))
-            continue
-        source = obs.component[hit.component] if hit.component is not None else obs
-        coding = matching_coding(source.code, codes)
-        date = observation_date(obs)
-        ev = Evidence(reference=ctx.record.reference(hit.raw), role=Role.IGNORED,
-                      code=coding_text(coding) if coding else None,
-                      display=concept_label(source.code, coding), status=obs.status,
-                      date=date.text if date else None)
-        q = source.valueQuantity
-        if q is not None and q.value is not None:
-            ev.value, ev.unit, ev.comparator = format(q.value, "f"), q.unit or q.code, q.comparator
-        if obs.status not in VALID_OBSERVATION_STATUSES:
-            ev.note = f"status '{obs.status}' is not a valid result; ignored"
-            ignored.append(ev)
-            continue
-        if date is not None and date.first_day > ctx.as_of:
-            ev.note = "dated after the evaluation date; ignored"
-            ignored.append(ev)
-            continue
+    no_value = 0
+    for r in readings:
+        q, ev = r.source.valueQuantity, r.evidence
+        ev.role = Role.IGNORED
         if q is None or q.value is None:
             no_value += 1
-            absent = concept_label(source.dataAbsentReason)
+            absent = concept_label(r.source.dataAbsentReason)
             ev.note = "no numeric value" + (f" (data absent: {absent})" if absent else "") + "; ignored"
             ignored.append(ev)
             continue
-        cand = _Candidate(hit, obs, source, q, date, ev)
-        (dated if date is not None else undated).append(cand)
+        ev.value, ev.unit, ev.comparator = format(q.value, "f"), q.unit or q.code, q.comparator
+        cand = _Candidate(r.hit, r.resource, r.source, q, r.date, ev)
+        (dated if r.date is not None else undated).append(cand)
 
     if dated:
         dated.sort(key=lambda c: c.date.sort_key(), reverse=True)
@@ -187,7 +164,7 @@ def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> _An
     if no_value:
         return _AnalyteOutcome(Result.UNKNOWN, f"{name}: no usable value in the results found", ignored,
                                Why.NO_VALUE)
-    if invalid:
+    if has_invalid(ignored):
         return _AnalyteOutcome(Result.UNKNOWN, f"{name}: results found are not valid FHIR", ignored,
                                Why.INVALID_RESOURCE)
     return _AnalyteOutcome(Result.UNKNOWN, f"{name}: no valid result", ignored, Why.NO_DATA)

@@ -11,9 +11,8 @@ from pydantic import Field
 from ..dates import FhirDate, Recency, recency
 from ..model import Evidence, Measured, Result, Role, Why
 from ..quantities import NotConvertible
-from ..record import InvalidResource
-from .base import (CONFIRMED, UNCONFIRMED, VALID_OBSERVATION_STATUSES, Context, Outcome, RuleModel,
-                   coding_text, concept_label, invalid_evidence, matching_coding, observation_date)
+from .base import (CONFIRMED, UNCONFIRMED, Context, Outcome, RuleModel, concept_label, matching_coding,
+                   read_results)
 from .conditions import decided, find_conditions
 from .labs import classify
 
@@ -122,38 +121,25 @@ class PregnancyRule(RuleModel):
                   [(t, self._read_quantity, tests) for t in self.quantitative_tests] + \
                   [(t, self._read_coded, feeding) for t in self.breastfeeding_tests]
         for test, read, into in readers:
-            codes = ctx.codes(test.codes)
-            for hit in ctx.record.find("Observation", codes):
-                if hit.component is not None:
-                    continue
-                try:
-                    obs = ctx.record.model(hit.raw)
-                except InvalidResource as exc:
-                    ignored.append(invalid_evidence(ctx, hit.raw, exc))
-                    continue
-                coding = matching_coding(obs.code, codes)
-                date = observation_date(obs)
-                ev = Evidence(reference=ctx.record.reference(hit.raw), code=coding_text(coding) if coding else None,
-                              display=test.label, status=obs.status, date=date.text if date else None)
-                if obs.status not in VALID_OBSERVATION_STATUSES:
-                    ev.role, ev.note = Role.IGNORED, f"status '{obs.status}' is not a valid result; ignored"
-                    ignored.append(ev)
-                    continue
-                if date is None:
+            readings, more_ignored = read_results(ctx, ctx.codes(test.codes), components=False)
+            ignored += more_ignored
+            for r in readings:
+                ev = r.evidence
+                ev.display = test.label
+                if r.date is None:
                     ev.role, ev.note = Role.IGNORED, "no date; cannot show it is current"
                     ignored.append(ev)
                     continue
-                stand = recency(date, ctx.as_of, self.lookback_days)
-                if stand is not Recency.FRESH:
-                    ev.role, ev.note = Role.IGNORED, f"not within {self.lookback_days} days ({stand.value}); ignored"
-                    (stale if stand is not Recency.FUTURE else ignored).append(ev)
+                if recency(r.date, ctx.as_of, self.lookback_days) is not Recency.FRESH:
+                    ev.role, ev.note = Role.IGNORED, f"not within {self.lookback_days} days; ignored"
+                    stale.append(ev)
                     continue
-                outcome = read(ctx, test, obs, ev)
+                outcome = read(ctx, test, r.resource, ev)
                 if outcome is None:
                     ev.role = Role.IGNORED
                     ignored.append(ev)
                 else:
-                    into.append(_Test(outcome, date, ev))
+                    into.append(_Test(outcome, r.date, ev))
         return tests, feeding, stale, ignored
 
     @staticmethod
