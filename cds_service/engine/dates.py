@@ -37,7 +37,7 @@ class FhirDate:
         from the start of their (last possible) day in UTC."""
         if self.instant is not None:
             return self.instant
-        return dt.datetime.combine(self.last_day, dt.time(), tzinfo=dt.timezone.utc)
+        return dt.datetime.combine(self.last_day, dt.time.min, tzinfo=dt.timezone.utc)
 
 
 def parse_fhir_date(value: object) -> FhirDate | None:
