@@ -1,6 +1,8 @@
 """The `cds-service` command.
 
   cds-service evaluate --trial NCT06462092 [--as-of YYYY-MM-DD] [--format json|text] FILE
+  cds-service serve [--host 127.0.0.1] [--port 8080] [--workers N] [--threads N]
+  cds-service demo-request NAME [--as-of YYYY-MM-DD] [--fhir-server URL]
 
 Exit status: 0 when the input was evaluated (whatever the eligibility), 2 for
 unreadable or non-FHIR input or bad arguments (one line on stderr), 1 for an
@@ -17,9 +19,11 @@ from typing import Sequence
 
 import orjson
 
+from .demo import DEMO_PATIENTS, hook_request
 from .engine import PatientRecord, TrialEvaluation, evaluate
 from .engine.evaluate import Trial
 from .fhir.bundles import InputError, patient_groups_from_bytes
+from .hooks.config import ConfigError
 from .report import text_report
 from .trials import DefinitionError, load_trial, load_trials
 
@@ -47,6 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--trial-file", type=Path, help="a trial definition file instead of a bundled trial")
     ev.add_argument("--as-of", type=_date, help="evaluation date (default: today)")
     ev.add_argument("--format", choices=("json", "text"), default="json")
+
+    sv = sub.add_parser("serve", help="run the CDS Hooks service (gunicorn); configuration from CDS_* variables")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    sv.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
+
+    dr = sub.add_parser("demo-request", help="print a patient-view request for a demo patient, with prefetch")
+    dr.add_argument("name", choices=sorted(DEMO_PATIENTS))
+    dr.add_argument("--as-of", type=_date, help="date the request is for (default: today); the demo record is "
+                                                 "shifted so it looks the same on that day")
+    dr.add_argument("--fhir-server", help="fhirServer to put in the request")
     return parser
 
 
@@ -87,17 +103,33 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    from .hooks.config import Settings
+    from .hooks.server import serve
+
+    settings = Settings.from_env()
+    load_trials(only=settings.trials or None)  # fail here, once, not in every worker
+    return serve(settings, host=args.host, port=args.port, workers=args.workers, threads=args.threads)
+
+
+def run_demo_request(args: argparse.Namespace) -> int:
+    request = hook_request(args.name, args.as_of or dt.date.today(), fhir_server=args.fhir_server)
+    sys.stdout.buffer.write(orjson.dumps(request, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
+COMMANDS = {"evaluate": run_evaluate, "serve": run_serve, "demo-request": run_demo_request}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "evaluate":
-            return run_evaluate(args)
-        parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse guards this
+        return COMMANDS[args.command](args)
     except DefinitionError as exc:  # every problem in the trial file, one per line
         print("\n".join(f"cds-service: {line}" for line in str(exc).splitlines()), file=sys.stderr)
         return 2
-    except (UsageError, InputError) as exc:
+    except (UsageError, InputError, ConfigError) as exc:
         print(f"cds-service: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # never a traceback for users; --debug for developers
@@ -106,7 +138,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cds-service: internal error ({type(exc).__name__}); rerun with --debug for details",
               file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

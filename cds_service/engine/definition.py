@@ -56,6 +56,7 @@ class Criterion(RuleModel):
     protocol_text: str = Field(min_length=1)  # verbatim from the protocol
     interpretation: str = Field(min_length=1)  # how the product reads it
     applies_to: AppliesTo | None = None
+    card_note: str | None = None  # a reading clinicians must see on the card, in one line
     rule: Rule
 
 

@@ -28,6 +28,36 @@ _MODEL_MODULES = {
 }
 _INDEXED_TYPES = ("Observation", "Condition", "AllergyIntolerance", "DiagnosticReport")
 
+# The elements criteria read, per type. Only these are validated: a malformed
+# narrative or performer must not discard a valid lab value, and validating the
+# rest would cost time for nothing (fhir.resources takes ~100-300 µs a resource).
+_READ_ELEMENTS = {
+    "Patient": {"resourceType", "id", "gender", "birthDate", "deceasedBoolean", "deceasedDateTime", "extension"},
+    "Observation": {"resourceType", "id", "status", "code", "subject", "effectiveDateTime", "effectiveInstant",
+                    "effectivePeriod", "valueQuantity", "valueCodeableConcept", "valueString", "valueBoolean",
+                    "dataAbsentReason", "referenceRange", "component", "specimen", "contained"},
+    "Condition": {"resourceType", "id", "code", "subject", "clinicalStatus", "verificationStatus", "bodySite",
+                  "onsetDateTime", "onsetPeriod", "recordedDate"},
+    "AllergyIntolerance": {"resourceType", "id", "code", "patient", "clinicalStatus", "verificationStatus",
+                           "recordedDate", "onsetDateTime"},
+    "DiagnosticReport": {"resourceType", "id", "status", "code", "subject", "effectiveDateTime",
+                         "effectivePeriod", "conclusionCode", "specimen", "contained"},
+    "Specimen": {"resourceType", "id", "type", "subject"},
+}
+_BIRTHSEX_URL = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex"
+
+
+def read_elements(raw: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resource the engine reads (what gets validated)."""
+    keep = _READ_ELEMENTS[raw["resourceType"]]
+    trimmed = {k: v for k, v in raw.items() if k in keep}
+    if raw["resourceType"] == "Patient" and isinstance(trimmed.get("extension"), list):
+        trimmed["extension"] = [e for e in trimmed["extension"]
+                                if isinstance(e, dict) and e.get("url") == _BIRTHSEX_URL]
+        if not trimmed["extension"]:
+            del trimmed["extension"]
+    return trimmed
+
 _model_classes: dict[str, type] = {}
 
 
@@ -173,7 +203,7 @@ class PatientRecord:
         cached = self._models.get(key)
         if cached is None:
             try:
-                cached = model_class(raw["resourceType"]).model_validate(raw)
+                cached = model_class(raw["resourceType"]).model_validate(read_elements(raw))
             except ValidationError as exc:
                 cached = InvalidResource(describe_validation_error(exc))
             except (KeyError, TypeError, ValueError, RecursionError) as exc:

@@ -26,6 +26,9 @@ class AllergyRule(RuleModel):
     no_known_allergy_codes: list[str] = []
     uninformative_codes: list[str] = []  # entries that say nothing about drug allergy
 
+    def reads(self) -> dict[str, list[str]]:
+        return {"AllergyIntolerance": []}  # every entry: the list as a whole is evidence
+
     def evaluate(self, ctx: Context) -> Outcome:
         fail_set = ctx.codes(self.fail_codes)
         review_set = ctx.codes(self.review_codes) if self.review_codes else None

@@ -27,6 +27,11 @@ class RuleModel(BaseModel):
     def evaluate(self, ctx: "Context") -> "Outcome":  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def reads(self) -> dict[str, list[str]]:
+        """What the rule reads, for building FHIR queries: resource type -> names of
+        the code sets that select its resources (an empty list: all of that type)."""
+        return {}
+
     def codeset_names(self) -> Iterable[str]:
         """Every code-set name the rule refers to. By convention these are the
         fields named `codes` or ending in `Codes` (lists of names), at any depth."""

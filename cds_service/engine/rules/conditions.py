@@ -107,6 +107,14 @@ class ConditionPresentRule(RuleModel):
     inactive_result: Literal["pass", "review"] = "pass"
     cytology: Cytology | None = None
 
+    def reads(self) -> dict[str, list[str]]:
+        conditions = self.codes + self.nonspecific_codes + (self.site_dependent.codes if self.site_dependent else [])
+        out = {"Condition": conditions}
+        if self.cytology:
+            out |= {"Observation": self.cytology.codes, "DiagnosticReport": self.cytology.codes,
+                    "Specimen": self.cytology.specimen_type_codes}
+        return out
+
     def evaluate(self, ctx: Context) -> Outcome:
         found, ignored = find_conditions(ctx, self.codes)
         nonspecific, more_ignored = find_conditions(ctx, self.nonspecific_codes)
@@ -206,6 +214,9 @@ class ConditionAbsentRule(RuleModel):
     fail_codes: list[str] = Field(min_length=1)
     review_codes: list[str] = []
     inactive_result: Literal["fail", "review", "pass"] = "review"
+
+    def reads(self) -> dict[str, list[str]]:
+        return {"Condition": self.fail_codes + self.review_codes}
 
     def evaluate(self, ctx: Context) -> Outcome:
         failing, ignored = find_conditions(ctx, self.fail_codes)

@@ -55,6 +55,10 @@ class Her2Rule(RuleModel):
     equivocal_value_codes: list[str] = Field(min_length=1)
     order: str | None = None
 
+    def reads(self) -> dict[str, list[str]]:
+        return {"Observation": self.ihc_codes + self.interpretation_codes + self.ish_codes + self.ish_numeric_codes,
+                "Condition": self.negative_condition_codes + self.positive_condition_codes}
+
     def evaluate(self, ctx: Context) -> Outcome:
         findings, ignored = self._findings(ctx)
         everything = [f.evidence for f in findings] + ignored

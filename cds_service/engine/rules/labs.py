@@ -59,6 +59,9 @@ class LabRule(RuleModel):
     analytes: list[Analyte] = Field(min_length=1)
     order: str | None = None
 
+    def reads(self) -> dict[str, list[str]]:
+        return {"Observation": [n for a in self.analytes for n in a.codes]}
+
     def units_used(self) -> list[str]:
         out = []
         for a in self.analytes:

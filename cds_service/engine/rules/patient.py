@@ -36,6 +36,9 @@ class AliveRule(RuleModel):
 
     type: Literal["alive"]
 
+    def reads(self) -> dict[str, list[str]]:
+        return {"Patient": []}
+
     def evaluate(self, ctx: Context) -> Outcome:
         missing = _missing_patient(ctx)
         if missing:
@@ -65,6 +68,9 @@ class AgeRule(RuleModel):
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError("min is greater than max")
         return self
+
+    def reads(self) -> dict[str, list[str]]:
+        return {"Patient": []}
 
     def _fits(self, age: int) -> bool:
         return (self.min is None or age >= self.min) and (self.max is None or age <= self.max)

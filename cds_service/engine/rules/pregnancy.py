@@ -61,6 +61,11 @@ class PregnancyRule(RuleModel):
     when_no_data: list[WhenNoData] = Field(min_length=1)
     order: str | None = None
 
+    def reads(self) -> dict[str, list[str]]:
+        tests = [n for t in self.coded_tests + self.quantitative_tests + self.breastfeeding_tests for n in t.codes]
+        return {"Condition": self.pregnancy_condition_codes + self.breastfeeding_condition_codes,
+                "Observation": tests}
+
     def units_used(self) -> list[str]:
         return [t.unit for t in self.quantitative_tests]
 

@@ -1,0 +1,197 @@
+"""Hook-call speed: full prefetch vs JSON parsing, and the fetch path against a
+slow local FHIR server.
+
+1. prefetch: patient-view calls carrying full prefetch for the demo eligible
+   patient padded to N observations (EHR-shaped, ~1.5 kB each). Service-side
+   time is measured inside the app (from the route being entered to the
+   response built: body parsing, gathering, evaluation, cards, audit write);
+   compared with orjson-parsing the same request body. Target p50 <= 3x.
+2. fetch: the same patient without prefetch; the service fetches everything
+   from a stub FHIR server on 127.0.0.1 that sleeps 50 ms per request. Target:
+   p50 <= 1.5x the slowest single FHIR request (queries run in parallel).
+
+  python bench/hook_bench.py [--calls 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cds_service.demo import hook_request  # noqa: E402
+from cds_service.hooks.app import create_app  # noqa: E402
+from cds_service.hooks.config import Settings  # noqa: E402
+
+AS_OF = dt.date(2026, 6, 15)
+SERVICE = "/cds-services/trial-eligibility"
+
+
+def ehr_observation(i: int, patient: str) -> dict:
+    """An unrelated lab result shaped like what EHRs send (identifiers, several
+    codings, performer, interpretation, reference range with text, note)."""
+    day = AS_OF - dt.timedelta(days=i % 900)
+    code = ["2345-7", "2160-0", "2823-3", "2951-2", "1751-7", "6690-2", "789-8", "4544-3"][i % 8]
+    return {
+        "resourceType": "Observation", "id": f"lab-{i}",
+        "meta": {"versionId": "1", "lastUpdated": f"{day}T10:15:00Z", "source": "#epic-lab-interface"},
+        "identifier": [{"use": "official", "system": "urn:oid:1.2.840.114350.1.13.0.1.7.2.798268",
+                        "value": f"{900000 + i}"},
+                       {"system": "urn:oid:1.2.840.114350.1.13.0.1.7.3.798268.800", "value": f"{i}-1"}],
+        "basedOn": [{"reference": f"ServiceRequest/order-{i // 10}", "display": "Basic metabolic panel"}],
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                  "code": "laboratory", "display": "Laboratory"}], "text": "Laboratory"}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": f"LOINC {code}"},
+                            {"system": "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.72", "code": str(1500 + i % 40),
+                             "display": f"LAB TEST {i % 40}"}], "text": f"Lab test {i % 40}"},
+        "subject": {"reference": f"Patient/{patient}"},
+        "encounter": {"reference": f"Encounter/enc-{i // 5}", "display": "Office Visit"},
+        "effectiveDateTime": f"{day}T08:{i % 60:02d}:00-05:00", "issued": f"{day}T11:{i % 60:02d}:00Z",
+        "performer": [{"reference": "Organization/lab-1", "display": "Main Hospital Laboratory"}],
+        "valueQuantity": {"value": 3 + i % 17, "unit": "mmol/L", "system": "http://unitsofmeasure.org",
+                          "code": "mmol/L"},
+        "interpretation": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                                        "code": "N", "display": "Normal"}], "text": "Normal"}],
+        "referenceRange": [{"low": {"value": 3, "unit": "mmol/L", "system": "http://unitsofmeasure.org",
+                                    "code": "mmol/L"},
+                            "high": {"value": 20, "unit": "mmol/L", "system": "http://unitsofmeasure.org",
+                                     "code": "mmol/L"}, "text": "3 - 20 mmol/L"}],
+        "note": [{"text": "Specimen received in good condition."}],
+    }
+
+
+def padded_request(n_observations: int, *, prefetch: bool = True, fhir_server: str | None = None) -> dict:
+    request = hook_request("eligible", AS_OF, fhir_server=fhir_server)
+    entries = request["prefetch"]["observations"]["entry"]
+    entries += [{"resource": ehr_observation(i, "g001"), "search": {"mode": "match"}}
+                for i in range(max(0, n_observations - len(entries)))]
+    if not prefetch:
+        del request["prefetch"]
+    return request
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def service_side_ms(app) -> float:
+    return app.extensions["trial_eligibility"].store.hook_calls()[-1]["latency_ms"]
+
+
+def bench_prefetch(calls: int, tmp: Path) -> None:
+    app = create_app(Settings(database=tmp / "bench.sqlite3", evaluation_date=AS_OF))
+    client = app.test_client()
+    print("with full prefetch (service-side, measured in the app)")
+    print(f"{'observations':>12} {'body kB':>8} {'parse ms':>9} {'p50 ms':>7} {'p95 ms':>7} {'p50/parse':>9}")
+    for n in (100, 1000):
+        body = orjson.dumps(padded_request(n))
+        client.post(SERVICE, data=body, content_type="application/json")  # warm up
+        parse = []
+        for _ in range(calls):
+            gc.collect()
+            start = time.perf_counter()
+            orjson.loads(body)
+            parse.append((time.perf_counter() - start) * 1000)
+        served = []
+        for _ in range(calls):
+            response = client.post(SERVICE, data=body, content_type="application/json")
+            assert response.status_code == 200 and response.get_json()["cards"], response.get_json()
+            served.append(service_side_ms(app))
+        p50_parse = statistics.median(parse)
+        print(f"{n:>12,} {len(body) / 1024:>8.0f} {p50_parse:>9.2f} {statistics.median(served):>7.2f} "
+              f"{percentile(served, 95):>7.2f} {statistics.median(served) / p50_parse:>9.2f}")
+
+
+class _StubFhir(BaseHTTPRequestHandler):
+    """A FHIR server holding one patient; every request takes `delay` seconds."""
+
+    resources: dict[str, list[dict]] = {}
+    delay = 0.05
+    durations: list[float] = []
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        start = time.perf_counter()
+        time.sleep(self.delay)
+        url = urlsplit(self.path)
+        parts = [p for p in url.path.split("/") if p]
+        rtype = parts[-2] if len(parts) >= 2 and parts[-2] == "Patient" else parts[-1]
+        if rtype == "Patient":
+            body = self.resources["Patient"][0]
+        else:
+            query = parse_qs(url.query)
+            assert query.get("patient") == ["g001"], query
+            matches = self.resources.get(rtype, [])
+            body = {"resourceType": "Bundle", "type": "searchset", "total": len(matches),
+                    "entry": [{"resource": r, "search": {"mode": "match"}} for r in matches]}
+        data = orjson.dumps(body)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self.durations.append((time.perf_counter() - start) * 1000)
+
+    def log_message(self, *args):
+        pass
+
+
+def bench_fetch(calls: int, tmp: Path) -> None:
+    request = padded_request(100)
+    resources: dict[str, list[dict]] = {"Patient": [request["prefetch"]["patient"]]}
+    for key, bundle in request["prefetch"].items():
+        if key != "patient":
+            for entry in bundle["entry"]:
+                resources.setdefault(entry["resource"]["resourceType"], []).append(entry["resource"])
+    _StubFhir.resources = resources
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StubFhir)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/fhir"
+    app = create_app(Settings(database=tmp / "bench-fetch.sqlite3", evaluation_date=AS_OF,
+                              allowed_fhir_servers=(base,), fhir_cache_ttl=0.0))
+    client = app.test_client()
+    body = orjson.dumps(padded_request(100, prefetch=False, fhir_server=base))
+    client.post(SERVICE, data=body, content_type="application/json")  # warm up connections
+    served, slowest = [], []
+    for _ in range(calls):
+        _StubFhir.durations = []
+        response = client.post(SERVICE, data=body, content_type="application/json")
+        assert response.status_code == 200 and response.get_json()["cards"], response.get_json()
+        served.append(service_side_ms(app))
+        slowest.append(max(_StubFhir.durations))
+    server.shutdown()
+    requests_per_call = len(_StubFhir.durations)
+    print()
+    print(f"without prefetch: {requests_per_call} FHIR requests per call to a stub adding 50 ms each "
+          f"(cache off)")
+    print(f"  slowest single FHIR request p50 {statistics.median(slowest):.1f} ms; "
+          f"hook p50 {statistics.median(served):.1f} ms, p95 {percentile(served, 95):.1f} ms; "
+          f"p50 ratio {statistics.median(served) / statistics.median(slowest):.2f} "
+          f"(sequential would be ~{requests_per_call * 50} ms)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=30)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        bench_prefetch(args.calls, Path(tmp))
+        bench_fetch(args.calls, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,579 @@
+"""CDS Hooks 2.0 cards from trial evaluations.
+
+The engine says what is true (`TrialEvaluation`); this module says it to a
+clinician: one `info` card per trial that the patient may qualify for (or that
+needs data to decide), with a short Markdown checklist, suggestions that create
+draft FHIR ServiceRequests (the missing tests; a referral to the study team),
+and the evaluation JSON itself under `extension` for integrations.
+
+Everything a person reads comes from the templates folder (by default the
+packaged `cds_service.card_templates`, i.e. the top-level `cards/` folder):
+`summary.txt.j2`, `detail.md.j2` and `text.yaml`. They are read and checked once,
+when the renderer is built: a missing file or key, a template syntax error or a
+misspelt variable is a ValueError naming the file, at start-up rather than when
+a chart opens.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.resources
+import re
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import jinja2
+import jinja2.meta
+import yaml
+
+from ..engine.codes import CodeSet, coding_key
+from ..engine.evaluate import Trial
+from ..engine.model import (CriterionResult, Evidence, Measured, Order, Result, Role, Status, TrialEvaluation,
+                            UpperLimit, Why)
+
+SUMMARY_TEMPLATE = "summary.txt.j2"
+DETAIL_TEMPLATE = "detail.md.j2"
+TEXT_FILE = "text.yaml"
+TEMPLATE_FILES = (SUMMARY_TEMPLATE, DETAIL_TEMPLATE, TEXT_FILE)
+
+SUMMARY_LIMIT = 140  # CDS Hooks: "<140-character summary"
+INDICATOR = "info"
+TOPIC_SYSTEM = "https://clinicaltrials.gov"
+SNOMED = "http://snomed.info/sct"
+LAB_CATEGORY = {"system": SNOMED, "code": "108252007", "display": "Laboratory procedure"}
+REFERRAL_CODE = {"system": SNOMED, "code": "3457005", "display": "Patient referral"}
+MAX_DECISIVE_EVIDENCE = 2
+
+# Checklist order: what needs doing first. An ineligible card leads with what rules the patient out.
+ORDER_DEFAULT = (Result.UNKNOWN, Result.FAIL, Result.REVIEW, Result.PASS, Result.NOT_APPLICABLE)
+ORDER_INELIGIBLE = (Result.FAIL, Result.UNKNOWN, Result.REVIEW, Result.PASS, Result.NOT_APPLICABLE)
+
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_REQUESTER = re.compile(r"^(Practitioner|PractitionerRole)/[A-Za-z0-9\-.]{1,64}$")
+_RAW_HTML = re.compile(r"<[A-Za-z/!?]")
+
+# text.yaml: the template strings, and the variables each may use.
+_TRIAL_VARS = frozenset({"nct_id", "short_title", "title", "study_url"})
+_ORDER_VARS = _TRIAL_VARS | {"order", "criteria", "criteria_titles"}
+TEXT_TEMPLATES: dict[str, frozenset[str]] = {
+    "source.label": _TRIAL_VARS,
+    "link.label": _TRIAL_VARS,
+    "suggestions.order.label": _ORDER_VARS,
+    "suggestions.order.description": _ORDER_VARS,
+    "suggestions.referral.label": _TRIAL_VARS,
+    "suggestions.referral.description": _TRIAL_VARS,
+    "service_request.order_reason": _ORDER_VARS,
+    "service_request.referral_text": _TRIAL_VARS,
+    "service_request.referral_reason": _TRIAL_VARS,
+    "service_request.referral_note": _TRIAL_VARS,
+}
+# The variables the two file templates are given (see cards/README.md).
+TEMPLATE_VARS = frozenset({"trial", "status", "as_of", "patient_id", "items", "missing", "notes", "needs",
+                           "fails", "symbols"})
+
+
+# -- helpers usable on their own -------------------------------------------------------------------
+
+def fit_summary(text: str) -> str:
+    """One line under 140 characters: whitespace collapsed; longer text is cut
+    to 138 characters plus "…" (139 in all)."""
+    text = " ".join(text.split())
+    if len(text) >= SUMMARY_LIMIT:
+        text = text[:SUMMARY_LIMIT - 2] + "…"
+    return text
+
+
+def find_empty_values(obj: Any, path: str = "$") -> list[str]:
+    """JSON paths of every null, "", [] or {} in `obj` (CDS Hooks 2.0 forbids them)."""
+    if obj is None or (isinstance(obj, (str, list, tuple, dict)) and len(obj) == 0):
+        return [path]
+    found: list[str] = []
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            found.extend(find_empty_values(value, f"{path}.{key}"))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            found.extend(find_empty_values(value, f"{path}[{i}]"))
+    return found
+
+
+_MD_ESCAPES = {"\\": "\\\\", "`": "\\`", "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]", "#": "\\#",
+               "|": "\\|", "~": "\\~", "&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_MD_SPECIAL = re.compile("[" + re.escape("".join(_MD_ESCAPES)) + "]")
+
+
+def md_escape(value: Any) -> str:
+    """A data value as inert Markdown text on one line: Markdown punctuation is
+    backslash-escaped, and & < > become entities, so no raw HTML can appear."""
+    if value is None:
+        return ""
+    text = " ".join(str(value).split())
+    return _MD_SPECIAL.sub(lambda m: _MD_ESCAPES[m.group()], text)
+
+
+# -- the request context ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CardContext:
+    """What the hook request says about who and where (CDS Hooks `context`)."""
+
+    patient_id: str  # context.patientId
+    user_id: str | None = None  # context.userId, e.g. "Practitioner/123" -> ServiceRequest.requester
+    encounter_id: str | None = None  # context.encounterId -> ServiceRequest.encounter
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.patient_id, str) or not _FHIR_ID.match(self.patient_id):
+            raise ValueError(f"patient_id {self.patient_id!r} is not a FHIR id")
+        if self.encounter_id:
+            enc = self.encounter_id.removeprefix("Encounter/")
+            if not _FHIR_ID.match(enc):
+                raise ValueError(f"encounter_id {self.encounter_id!r} is not a FHIR id")
+
+    @property
+    def requester(self) -> dict[str, str] | None:
+        """Only a Practitioner or PractitionerRole can request a ServiceRequest
+        here; a Patient or RelatedPerson user (patient portals) cannot."""
+        if self.user_id and _REQUESTER.match(self.user_id):
+            return {"reference": self.user_id}
+        return None
+
+    @property
+    def encounter(self) -> dict[str, str] | None:
+        if self.encounter_id:
+            return {"reference": f"Encounter/{self.encounter_id.removeprefix('Encounter/')}"}
+        return None
+
+
+# -- what the renderer needs to know about a trial -----------------------------------------------
+
+@dataclass(frozen=True)
+class _CriterionInfo:
+    title: str
+    card_note: str | None
+    analytes: tuple[tuple[str, CodeSet], ...]  # lab analyte names and their codes, to label evidence
+
+
+@dataclass(frozen=True)
+class _TrialInfo:
+    nct_id: str
+    short_title: str
+    title: str
+    study_url: str
+    definition_version: str
+    criteria: Mapping[str, _CriterionInfo]
+
+    @classmethod
+    def of(cls, trial: Trial) -> "_TrialInfo":
+        d = trial.definition
+        criteria = {}
+        for c in d.criteria:
+            analytes = tuple((a.name, trial.library.get(a.codes)) for a in getattr(c.rule, "analytes", ()))
+            criteria[c.id] = _CriterionInfo(title=c.title, card_note=c.card_note, analytes=analytes)
+        return cls(nct_id=d.nct_id, short_title=d.short_title, title=d.title, study_url=d.study_url,
+                   definition_version=d.definition_version, criteria=criteria)
+
+    def text_vars(self) -> dict[str, str]:
+        return {"nct_id": self.nct_id, "short_title": self.short_title, "title": self.title,
+                "study_url": self.study_url}
+
+
+# -- loading and checking the templates -------------------------------------------------------------
+
+def _read_files(template_dir: str | Path | None) -> dict[str, str]:
+    if template_dir is None:
+        root: Any = importlib.resources.files("cds_service.card_templates")
+        where = "packaged card templates"
+    else:
+        root = Path(template_dir)
+        where = str(root)
+        if not root.is_dir():
+            raise ValueError(f"card template directory {where} does not exist")
+    files = {}
+    for name in TEMPLATE_FILES:
+        entry = root / name
+        if not entry.is_file():
+            raise ValueError(f"{name}: missing from {where}")
+        try:
+            files[name] = entry.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{name}: cannot read from {where}: {exc}") from None
+    return files
+
+
+def _lookup(data: Any, dotted: str) -> Any:
+    node = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ValueError(f"{TEXT_FILE}: missing key '{dotted}'")
+        node = node[part]
+    return node
+
+
+def _nonempty_str(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{TEXT_FILE}: '{key}' must be a non-empty string")
+    return value
+
+
+def _name_map(data: dict, key: str) -> dict[str, str]:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip()
+                                              for k, v in value.items()):
+        raise ValueError(f"{TEXT_FILE}: '{key}' must map criterion ids to non-empty names")
+    return dict(value)
+
+
+# -- the renderer -----------------------------------------------------------------------------------
+
+class CardRenderer:
+    """Renders CDS Hooks 2.0 cards for trial evaluations. Build it once (it reads
+    and checks the templates) and reuse it; it holds no per-request state."""
+
+    def __init__(self, template_dir: str | Path | None = None, *, show_ineligible: bool = False,
+                 new_uuid: Callable[[], str] = lambda: str(uuid.uuid4())):
+        self.show_ineligible = show_ineligible
+        self._new_uuid = new_uuid
+        files = _read_files(template_dir)
+        self._env = jinja2.Environment(
+            loader=jinja2.DictLoader({SUMMARY_TEMPLATE: files[SUMMARY_TEMPLATE],
+                                      DETAIL_TEMPLATE: files[DETAIL_TEMPLATE]}),
+            undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True,
+            keep_trailing_newline=False)
+        self._env.filters["md"] = md_escape
+        self._templates = {name: self._compile_file(name, files[name]) for name in (SUMMARY_TEMPLATE,
+                                                                                 DETAIL_TEMPLATE)}
+        self._load_text(files[TEXT_FILE])
+        self._self_check()
+
+    # construction ------------------------------------------------------------
+
+    def _compile_file(self, name: str, source: str) -> jinja2.Template:
+        try:
+            undeclared = jinja2.meta.find_undeclared_variables(self._env.parse(source, name=name))
+            template = self._env.get_template(name)
+        except jinja2.TemplateError as exc:
+            raise ValueError(f"{name}: {_jinja_error(exc)}") from None
+        unknown = sorted(undeclared - TEMPLATE_VARS)
+        if unknown:
+            raise ValueError(f"{name}: unknown variable(s) {', '.join(unknown)}; "
+                             f"available: {', '.join(sorted(TEMPLATE_VARS))}")
+        return template
+
+    def _load_text(self, source: str) -> None:
+        try:
+            data = yaml.safe_load(source)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{TEXT_FILE}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{TEXT_FILE}: must be a mapping")
+        self._texts: dict[str, jinja2.Template] = {}
+        for key, allowed in TEXT_TEMPLATES.items():
+            value = _nonempty_str(_lookup(data, key), key)
+            try:
+                undeclared = jinja2.meta.find_undeclared_variables(self._env.parse(value))
+                self._texts[key] = self._env.from_string(value)
+            except jinja2.TemplateError as exc:
+                raise ValueError(f"{TEXT_FILE}: '{key}': {_jinja_error(exc)}") from None
+            unknown = sorted(undeclared - allowed)
+            if unknown:
+                raise ValueError(f"{TEXT_FILE}: '{key}': unknown variable(s) {', '.join(unknown)}; "
+                                 f"available: {', '.join(sorted(allowed))}")
+        self._symbols = {r.value: _nonempty_str(_lookup(data, f"symbols.{r.value}"), f"symbols.{r.value}")
+                         for r in Result}
+        system = _nonempty_str(_lookup(data, "override_reasons.system"), "override_reasons.system")
+        reasons = _lookup(data, "override_reasons.reasons")
+        if not isinstance(reasons, list) or not reasons:
+            raise ValueError(f"{TEXT_FILE}: 'override_reasons.reasons' must be a non-empty list")
+        self._override_reasons = []
+        for i, reason in enumerate(reasons):
+            key = f"override_reasons.reasons[{i}]"
+            if not isinstance(reason, dict):
+                raise ValueError(f"{TEXT_FILE}: '{key}' must be a mapping with code and display")
+            self._override_reasons.append({
+                "system": system,
+                "code": _nonempty_str(reason.get("code"), f"{key}.code"),
+                "display": _nonempty_str(reason.get("display"), f"{key}.display")})
+        codes = [r["code"] for r in self._override_reasons]
+        if len(set(codes)) != len(codes):
+            raise ValueError(f"{TEXT_FILE}: 'override_reasons.reasons' repeats a code")
+        self._short_names = _name_map(data, "short_names")
+        self._failed_names = _name_map(data, "failed_names")
+
+    def _self_check(self) -> None:
+        """Render sample cards of every status, so a template that breaks on some
+        data (a misspelt attribute, a filter on None) fails now, not at chart open."""
+        info, evaluations = _samples()
+        ctx = CardContext("sample", "Practitioner/sample", "sample")
+        for evaluation in evaluations:
+            self._render(info, evaluation, ctx, show_ineligible=True, new_uuid=lambda: str(uuid.uuid4()))
+
+    # rendering ----------------------------------------------------------------
+
+    def render(self, trial: Trial, evaluation: TrialEvaluation, ctx: CardContext) -> dict | None:
+        """The card for one trial, or None when there is nothing to show
+        (ineligible, unless show_ineligible)."""
+        if evaluation.trial != trial.id:
+            raise ValueError(f"evaluation is for trial {evaluation.trial}, not {trial.id}")
+        if evaluation.patient is not None and evaluation.patient != ctx.patient_id:
+            raise ValueError(f"evaluation is for patient {evaluation.patient}, not {ctx.patient_id}")
+        return self._render(_TrialInfo.of(trial), evaluation, ctx, show_ineligible=self.show_ineligible,
+                            new_uuid=self._new_uuid)
+
+    def render_all(self, results: Iterable[tuple[Trial, TrialEvaluation]], ctx: CardContext) -> list[dict]:
+        """Cards for several trials, in the order given; trials without a card are left out."""
+        cards = []
+        for trial, evaluation in results:
+            card = self.render(trial, evaluation, ctx)
+            if card is not None:
+                cards.append(card)
+        return cards
+
+    def _render(self, info: _TrialInfo, evaluation: TrialEvaluation, ctx: CardContext, *,
+                show_ineligible: bool, new_uuid: Callable[[], str]) -> dict | None:
+        status = evaluation.status
+        if status is Status.INELIGIBLE and not show_ineligible:
+            return None
+        view = self._view(info, evaluation, ctx)
+        summary = fit_summary(self._file(SUMMARY_TEMPLATE, view))
+        if not summary:
+            raise ValueError(f"{SUMMARY_TEMPLATE}: rendered an empty summary for status {status.value}")
+        detail = self._file(DETAIL_TEMPLATE, view).strip()
+        if _RAW_HTML.search(detail):
+            raise ValueError(f"{DETAIL_TEMPLATE}: the detail contains raw HTML")
+        tv = info.text_vars()
+        card: dict[str, Any] = {"uuid": new_uuid(), "summary": summary, "indicator": INDICATOR}
+        if detail:
+            card["detail"] = detail
+        card["source"] = {"label": self._text("source.label", tv), "url": info.study_url,
+                          "topic": {"system": TOPIC_SYSTEM, "code": info.nct_id, "display": info.short_title}}
+        suggestions = self._suggestions(info, evaluation, ctx, new_uuid)
+        if suggestions:
+            card["suggestions"] = suggestions
+            card["selectionBehavior"] = "any"
+        card["overrideReasons"] = [dict(r) for r in self._override_reasons]
+        card["links"] = [{"label": self._text("link.label", tv), "url": info.study_url, "type": "absolute"}]
+        card["extension"] = {"trial-eligibility": evaluation.to_json()}
+        empty = find_empty_values(card)
+        if empty:
+            raise ValueError(f"card for {info.nct_id} would carry empty values at {', '.join(empty)}")
+        return card
+
+    def _file(self, name: str, view: dict[str, Any]) -> str:
+        try:
+            return self._templates[name].render(view)
+        except jinja2.TemplateError as exc:
+            raise ValueError(f"{name}: {_jinja_error(exc)}") from None
+
+    def _text(self, key: str, variables: dict[str, str]) -> str:
+        try:
+            text = " ".join(self._texts[key].render(variables).split())
+        except jinja2.TemplateError as exc:
+            raise ValueError(f"{TEXT_FILE}: '{key}': {_jinja_error(exc)}") from None
+        if not text:
+            raise ValueError(f"{TEXT_FILE}: '{key}' rendered empty")
+        return text
+
+    # the template variables ------------------------------------------------------
+
+    def _short_name(self, info: _TrialInfo, c: CriterionResult) -> str:
+        if c.id in self._short_names:
+            return self._short_names[c.id]
+        ci = info.criteria.get(c.id)
+        if ci is not None and ci.analytes:
+            return "/".join(name for name, _ in ci.analytes)
+        return _title(info, c)
+
+    def _view(self, info: _TrialInfo, evaluation: TrialEvaluation, ctx: CardContext) -> dict[str, Any]:
+        status = evaluation.status
+        items = [self._item(info, c) for c in evaluation.criteria]
+        rank = {r: i for i, r in enumerate(ORDER_INELIGIBLE if status is Status.INELIGIBLE else ORDER_DEFAULT)}
+        ordered = sorted(items, key=lambda item: rank[Result(item["result"])])  # stable: definition order within
+        unknown = [i for i in items if i["result"] == Result.UNKNOWN.value]
+        failed = [i for i in items if i["result"] == Result.FAIL.value]
+        return {
+            "trial": {"nct_id": info.nct_id, "short_title": info.short_title, "title": info.title,
+                      "study_url": info.study_url, "definition_version": info.definition_version},
+            "status": status.value,
+            "as_of": evaluation.as_of.isoformat(),
+            "patient_id": ctx.patient_id,
+            "items": ordered,
+            "missing": unknown,
+            "notes": [i for i in items if i["card_note"]],
+            "needs": _distinct(i["short_name"] for i in unknown),
+            "fails": _distinct(self._failed_names.get(i["id"], i["short_name"]) for i in failed),
+            "symbols": dict(self._symbols),
+        }
+
+    def _item(self, info: _TrialInfo, c: CriterionResult) -> dict[str, Any]:
+        ci = info.criteria.get(c.id)
+        decisive = [e for e in c.evidence if e.role is Role.DECISIVE][:MAX_DECISIVE_EVIDENCE]
+        return {
+            "id": c.id,
+            "kind": c.kind,
+            "result": c.result.value,
+            "symbol": self._symbols[c.result.value],
+            "title": _title(info, c),
+            "short_name": self._short_name(info, c),
+            "reason": c.reason,
+            "reason_code": c.why.value if c.why is not None else None,
+            "order": c.order.to_json() if c.order is not None else None,
+            "evidence": [_evidence_view(e, ci) for e in decisive],
+            "card_note": ci.card_note if ci is not None else None,
+        }
+
+    # suggestions ------------------------------------------------------------------
+
+    def _suggestions(self, info: _TrialInfo, evaluation: TrialEvaluation, ctx: CardContext,
+                     new_uuid: Callable[[], str]) -> list[dict[str, Any]]:
+        status = evaluation.status
+        if status is Status.INELIGIBLE:
+            return []  # nothing to order or refer: a criterion already rules the patient out
+        tv = info.text_vars()
+        out = []
+        orders: dict[tuple[str, str], tuple[Order, list[CriterionResult]]] = {}
+        for c in evaluation.criteria:
+            if c.result is Result.UNKNOWN and c.order is not None:
+                orders.setdefault((c.order.system, c.order.code), (c.order, []))[1].append(c)
+        for order, criteria in orders.values():
+            ov = dict(tv, order=order.display,
+                      criteria=", ".join(_distinct(self._short_name(info, c) for c in criteria)),
+                      criteria_titles="; ".join(_title(info, c) for c in criteria))
+            resource = self._service_request(
+                ctx, code={"coding": [{"system": order.system, "code": order.code, "display": order.display}],
+                           "text": order.display},
+                reason=self._text("service_request.order_reason", ov), category=LAB_CATEGORY)
+            out.append({"label": self._text("suggestions.order.label", ov), "uuid": new_uuid(),
+                        "isRecommended": True,
+                        "actions": [{"type": "create", "description": self._text("suggestions.order.description", ov),
+                                     "resource": resource}]})
+        referral = self._service_request(
+            ctx, code={"coding": [dict(REFERRAL_CODE)], "text": self._text("service_request.referral_text", tv)},
+            reason=self._text("service_request.referral_reason", tv),
+            note=self._text("service_request.referral_note", tv))
+        out.append({"label": self._text("suggestions.referral.label", tv), "uuid": new_uuid(),
+                    "isRecommended": status is Status.ELIGIBLE,
+                    "actions": [{"type": "create", "description": self._text("suggestions.referral.description", tv),
+                                 "resource": referral}]})
+        return out
+
+    @staticmethod
+    def _service_request(ctx: CardContext, *, code: dict, reason: str, category: dict | None = None,
+                         note: str | None = None) -> dict[str, Any]:
+        sr: dict[str, Any] = {"resourceType": "ServiceRequest", "status": "draft", "intent": "proposal"}
+        if category is not None:
+            sr["category"] = [{"coding": [dict(category)]}]
+        sr["code"] = code
+        sr["subject"] = {"reference": f"Patient/{ctx.patient_id}"}
+        if ctx.requester is not None:
+            sr["requester"] = ctx.requester
+        if ctx.encounter is not None:
+            sr["encounter"] = ctx.encounter
+        sr["reasonCode"] = [{"text": reason}]
+        if note:
+            sr["note"] = [{"text": note}]
+        return sr
+
+
+# -- evidence as the templates see it -------------------------------------------------------------
+
+def _title(info: _TrialInfo, c: CriterionResult) -> str:
+    ci = info.criteria.get(c.id)
+    return c.title or (ci.title if ci is not None else None) or c.id
+
+
+def _distinct(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(v for v in values if v))
+
+
+def _dec(value: Decimal) -> str:
+    return format(value, "f")
+
+
+def _evidence_view(e: Evidence, ci: _CriterionInfo | None) -> dict[str, Any]:
+    """One decisive piece of evidence: as recorded, plus the converted value
+    only when it differs from what was recorded (number or unit)."""
+    label = None
+    if ci is not None and ci.analytes and e.code and "|" in e.code:
+        key = coding_key(*e.code.split("|", 1))
+        label = next((name for name, codes in ci.analytes if codes.contains(key)), None)
+    if label is None and e.value in (None, ""):
+        label = e.display  # a diagnosis or allergy: what was found is the evidence
+    converted = None
+    if e.converted is not None and _differs(e.value, e.unit, e.converted):
+        converted = {"value": _dec(e.converted.value), "unit": e.converted.unit}
+    uln = None
+    if e.uln is not None:
+        uln = {"value": _dec(e.uln.value), "unit": e.uln.unit, "assumed": e.uln.assumed}
+    return {
+        "reference": e.reference,
+        "label": label,
+        "display": e.display,
+        "comparator": e.comparator,
+        "value": e.value,
+        "unit": e.unit,
+        "converted": converted,
+        "uln": uln,
+        "ratio_to_uln": _dec(e.ratio_to_uln) if e.ratio_to_uln is not None else None,
+        "date": e.date[:10] if e.date else None,
+        "note": e.note,
+    }
+
+
+_NO_BRACKETS = str.maketrans("", "", "[]")
+
+
+def _differs(value: str | None, unit: str | None, converted: Measured) -> bool:
+    # UCUM brackets only mark arbitrary units: "IU/L" and "[IU]/L" are the same unit as written.
+    if (unit or "").translate(_NO_BRACKETS) != converted.unit.translate(_NO_BRACKETS):
+        return True
+    try:
+        return value is None or Decimal(value) != converted.value
+    except (InvalidOperation, ValueError):
+        return True
+
+
+def _jinja_error(exc: jinja2.TemplateError) -> str:
+    line = getattr(exc, "lineno", None)
+    return f"line {line}: {exc.message}" if line else str(exc.message or exc)
+
+
+# -- sample data for the start-up check -------------------------------------------------------------
+
+def _samples() -> tuple[_TrialInfo, list[TrialEvaluation]]:
+    """A made-up trial and one evaluation per status, using every result, every
+    evidence field and an order, so that the self-check walks every template branch."""
+    lab_codes = CodeSet(name="sample", title="sample", entries=[])
+    info = _TrialInfo(
+        nct_id="NCT00000000", short_title="Sample trial", title="Sample trial for the template check",
+        study_url="https://clinicaltrials.gov/study/NCT00000000", definition_version="0",
+        criteria={"lab": _CriterionInfo("Sample lab", "Sample note", (("A", lab_codes), ("B", lab_codes))),
+                  "dx": _CriterionInfo("Sample diagnosis", None, ())})
+    order = Order(key="o", system="http://loinc.org", code="0-0", display="Sample order")
+
+    def lab_evidence() -> list[Evidence]:
+        return [Evidence(reference="Observation/a", role=Role.DECISIVE, code="http://loinc.org|0-0",
+                         display="Sample", value="1", unit="10*3/uL", comparator="<", date="2026-01-01T00:00:00Z",
+                         converted=Measured(Decimal("1"), "10*9/L"),
+                         uln=UpperLimit(Decimal("2"), "U/L", "fallback", True, "note"),
+                         ratio_to_uln=Decimal("0.5"), status="final", note="note"),
+                Evidence(reference="Condition/b", role=Role.DECISIVE, display="Sample diagnosis", date="2026")]
+
+    def criteria(*extra: CriterionResult) -> list[CriterionResult]:
+        return [CriterionResult("dx", "inclusion", Result.PASS, "present", lab_evidence(), title="Sample diagnosis"),
+                CriterionResult("r", "exclusion", Result.REVIEW, "to review"),
+                CriterionResult("na", "exclusion", Result.NOT_APPLICABLE, "not applicable"),
+                *extra]
+
+    unknown = [CriterionResult("lab", "exclusion", Result.UNKNOWN, "stale", lab_evidence(), why=Why.STALE,
+                               order=order, title="Sample lab"),
+               CriterionResult("u2", "exclusion", Result.UNKNOWN, "no data", why=Why.NO_DATA)]
+    fail = CriterionResult("f", "exclusion", Result.FAIL, "fails", lab_evidence())
+    as_of = dt.date(2026, 1, 1)
+    return info, [TrialEvaluation(info.nct_id, "0", "sample", as_of, criteria()),
+                  TrialEvaluation(info.nct_id, "0", "sample", as_of, criteria(*unknown)),
+                  TrialEvaluation(info.nct_id, "0", "sample", as_of, criteria(*unknown, fail))]

@@ -1,0 +1,492 @@
+"""Fetching a patient's data from the EHR's FHIR server (CDS Hooks `fhirServer`
+with `fhirAuthorization`): allowlisted servers only, one overall deadline,
+paging, retries of transient failures, and a short-lived cache.
+
+The access token is transient (CDS Hooks best practice: never store, share or
+log it): it goes into the Authorization header and nowhere else; the cache is
+keyed by its SHA-256. Logs name the query key and status, never a URL, since
+search URLs carry the patient id."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from functools import partial
+from http.cookiejar import DefaultCookiePolicy
+from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import unquote, urljoin, urlsplit
+
+import orjson
+import requests
+from cachetools import TTLCache
+from requests.adapters import HTTPAdapter
+
+from cds_service.fhir.queries import Query, Read
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_BACKOFF_SECONDS = 0.1
+_DIAGNOSTICS_LIMIT = 200
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+# Characters that parsers disagree about (urlsplit vs urllib3), so a URL holding
+# them could be checked as one host and requested from another.
+_UNSAFE_URL_CHARS = re.compile(r"[\\\s\x00-\x1f\x7f]")
+
+
+class FhirError(Exception):
+    """A query that gave no data. `reason` is one line, never holds the access
+    token or a URL; `key` is the query key, `status` the HTTP status if any."""
+
+    def __init__(self, reason: str, *, key: str | None = None, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.key = key
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.reason}" if self.key else self.reason
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(key={self.key!r}, reason={self.reason!r}, status={self.status!r})"
+
+
+class FhirNotAllowed(FhirError):
+    """The server (or a next-page link) is not on the allowlist; no request was made."""
+
+
+class FhirAccessDenied(FhirError):
+    """401 or 403."""
+
+
+class FhirUnavailable(FhirError):
+    """Timeout, connection failure, 5xx or 429 after retries, or the deadline passed."""
+
+
+class FhirBadResponse(FhirError):
+    """An answer the service cannot use: not JSON, wrong resource type,
+    OperationOutcome, or a 4xx other than 401/403 (and 404/410 on a read)."""
+
+
+class _NextPageGone(Exception):
+    """410 on a next-page link: HAPI has expired the paged search."""
+
+
+@dataclass
+class FetchResult:
+    key: str
+    resources: list[dict] = field(repr=False)  # patient data: kept out of logs that print a result
+    not_found: bool = False
+    pages: int = 0
+    requests: int = 0
+    truncated: bool = False
+    elapsed_ms: float = 0.0
+    error: FhirError | None = None
+
+
+@dataclass
+class _Call:
+    """One key's work against one server: what every request needs, and counters
+    the waiting thread can read if the deadline passes first."""
+
+    key: str
+    base: str
+    headers: dict[str, str] = field(repr=False)
+    token: str | None = field(repr=False)  # only to blank it out of server-supplied text
+    token_hash: str
+    deadline: float
+    read_cache: bool
+    started: float = field(default_factory=time.monotonic)
+    pages: int = 0
+    requests: int = 0
+
+
+def _normalise_url(url: str) -> str | None:
+    """`scheme://host[:port]/path[?query]` with scheme and host lower-cased, the
+    default port and any fragment dropped; None for anything but a plain
+    http(s) URL (userinfo, dot segments and ambiguous characters refused)."""
+    if not isinstance(url, str) or _UNSAFE_URL_CHARS.search(url):
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if scheme not in _DEFAULT_PORTS or not host or parts.username is not None or parts.password is not None:
+        return None
+    # A server resolves "..": /fhir/../admin would pass a prefix check on /fhir.
+    if any(segment in (".", "..") for segment in unquote(parts.path).split("/")):
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{scheme}://{netloc}{parts.path}{query}"
+
+
+def _normalise_base(url: str) -> str | None:
+    normal = _normalise_url(url)
+    if normal is None or "?" in normal:
+        return None
+    return normal.rstrip("/")
+
+
+def _is_under(url: str, base: str) -> bool:
+    return url == base or url.startswith(base + "/") or url.startswith(base + "?")
+
+
+class FhirClient:
+    """Shared by all requests of the process: the session, worker pool and cache
+    are thread-safe, and per-fetch state lives in `_Call` objects."""
+
+    def __init__(self, allowed_servers: Iterable[str], *, page_limit: int = 20, retries: int = 2,
+                 cache_ttl: float = 60.0, cache_size: int = 512, max_workers: int = 8,
+                 session: requests.Session | None = None, user_agent: str = "cds-service") -> None:
+        self._allowed = tuple(self._allowed_entry(server) for server in allowed_servers if server.strip())
+        self._page_limit = page_limit
+        self._retries = retries
+        self._user_agent = user_agent
+        self._cache: TTLCache[tuple[str, str, str], bytes] = TTLCache(maxsize=cache_size, ttl=cache_ttl)
+        self._cache_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fhir-fetch")
+        self._owns_session = session is None
+        self._session = session if session is not None else self._new_session(max_workers)
+
+    @staticmethod
+    def _allowed_entry(server: str) -> str:
+        base = _normalise_base(server.strip())
+        if base is None:
+            raise ValueError("an allowed FHIR server is not a plain http(s) base URL")
+        return base
+
+    @staticmethod
+    def _new_session(max_workers: int) -> requests.Session:
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_maxsize=max_workers * 2)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        # The session is shared across patients and users: a server's cookie must
+        # not ride along on someone else's requests.
+        session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        return session
+
+    def is_allowed(self, url: str) -> bool:
+        normal = _normalise_url(url)
+        return normal is not None and any(_is_under(normal, base) for base in self._allowed)
+
+    def fetch(self, base: str, token: str | None, queries: Mapping[str, Query], patient_id: str,
+              deadline: float, *, no_cache: bool = False) -> dict[str, FetchResult]:
+        """Run the queries in parallel; returns by `deadline` (a time.monotonic()
+        value) with one result per key, in the order of `queries`."""
+        if not isinstance(patient_id, str) or not _FHIR_ID.match(patient_id):
+            # An empty patient parameter would make some servers search all patients.
+            raise ValueError("patient_id is not a FHIR id")
+        call_base = self._call_base(base)
+        if call_base is None:
+            return {key: _refused(key) for key in queries}
+        calls = {key: self._new_call(key, call_base, token, deadline, no_cache) for key in queries}
+        futures = {key: self._executor.submit(self._run, calls[key], partial(self._query, query=query,
+                                                                             patient_id=patient_id))
+                   for key, query in queries.items()}
+        return self._results_by_deadline(calls, futures, deadline)
+
+    def follow_next(self, base: str, token: str | None, bundle: dict, key: str, deadline: float,
+                    *, no_cache: bool = False) -> FetchResult:
+        """The resources of the pages after a prefetched search Bundle (the caller
+        has its first page); an empty result when it has no next link."""
+        next_href = _link_url(bundle, "next")
+        if next_href is None:
+            return FetchResult(key, [])
+        call_base = self._call_base(base)
+        if call_base is None:
+            return _refused(key)
+        call = self._new_call(key, call_base, token, deadline, no_cache)
+        future = self._executor.submit(self._run, call, partial(self._next_pages, next_href=next_href,
+                                                                   self_href=_link_url(bundle, "self")))
+        return self._results_by_deadline({key: call}, {key: future}, deadline)[key]
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._owns_session:
+            self._session.close()
+
+    def _call_base(self, base: str) -> str | None:
+        normal = _normalise_base(base) if isinstance(base, str) else None
+        if normal is None or not any(_is_under(normal, allowed) for allowed in self._allowed):
+            host = urlsplit(normal).hostname if normal else "invalid URL"
+            log.warning("FHIR server not on the allowlist: %r", host)
+            return None
+        return normal
+
+    def _new_call(self, key: str, base: str, token: str | None, deadline: float, no_cache: bool) -> _Call:
+        headers = {"Accept": "application/fhir+json", "User-Agent": self._user_agent}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if no_cache:
+            headers["Cache-Control"] = "no-cache"
+        token_hash = hashlib.sha256(token.encode()).hexdigest() if token else ""
+        return _Call(key, base, headers, token or None, token_hash, deadline, read_cache=not no_cache)
+
+    def _results_by_deadline(self, calls: Mapping[str, _Call], futures: Mapping[str, Future[FetchResult]],
+                             deadline: float) -> dict[str, FetchResult]:
+        # Never wait past the deadline: a server that trickles bytes can outlast
+        # the per-request timeouts. Late workers finish on their own; their results are dropped.
+        done, _ = wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()))
+        results = {}
+        for key, future in futures.items():
+            if future in done:
+                results[key] = future.result()
+                continue
+            future.cancel()
+            call = calls[key]
+            log.warning("FHIR %s: deadline exceeded", key)
+            results[key] = FetchResult(key, [], pages=call.pages, requests=call.requests,
+                                       elapsed_ms=(time.monotonic() - call.started) * 1000,
+                                       error=FhirUnavailable("deadline exceeded", key=key))
+        return results
+
+    def _run(self, call: _Call, work: Callable[[_Call, FetchResult], None]) -> FetchResult:
+        result = FetchResult(call.key, [])
+        try:
+            work(call, result)
+        except FhirError as error:
+            error.key = call.key
+            result.resources, result.not_found, result.truncated, result.error = [], False, False, error
+            log.warning("FHIR %s: %s (status %s)", call.key, type(error).__name__, error.status)
+        result.pages, result.requests = call.pages, call.requests
+        result.elapsed_ms = (time.monotonic() - call.started) * 1000
+        return result
+
+    def _query(self, call: _Call, result: FetchResult, *, query: Query, patient_id: str) -> None:
+        url = f"{call.base}/{query.relative_url(patient_id)}"
+        if isinstance(query, Read):
+            resource = self._get(call, url, expect=query.resource_type, is_read=True)
+            result.resources = [] if resource is None else [resource]
+            result.not_found = resource is None
+        else:
+            result.resources, result.truncated = self._pages(call, url, restart_url=url, first_page_held=False)
+
+    def _next_pages(self, call: _Call, result: FetchResult, *, next_href: str, self_href: str | None) -> None:
+        next_url = self._resolve_link(call, next_href)
+        # The self link re-runs the search if HAPI has expired the paged results.
+        restart_url = _normalise_url(urljoin(call.base + "/", self_href)) if self_href else None
+        if restart_url is not None and not _is_under(restart_url, call.base):
+            restart_url = None
+        result.resources, result.truncated = self._pages(call, next_url, restart_url=restart_url,
+                                                         first_page_held=True)
+
+    def _pages(self, call: _Call, url: str, *, restart_url: str | None,
+               first_page_held: bool) -> tuple[list[dict[str, Any]], bool]:
+        """Resources of the pages from `url` on, and whether page_limit cut them
+        short. `first_page_held`: the caller has the search's first page, so it
+        counts towards page_limit and, after a restart, is not returned again."""
+        resources: list[dict[str, Any]] = []
+        fetched = {restart_url} if first_page_held and restart_url else set()
+        page_number = 1 if first_page_held else 0  # pages of the search read so far, held one included
+        restarted = False
+        next_url: str | None = url
+        while next_url is not None:
+            if next_url in fetched:
+                log.warning("FHIR %s: next link repeats a page already read; paging stopped", call.key)
+                break
+            fetched.add(next_url)
+            try:
+                bundle = self._get(call, next_url, expect="Bundle", is_next_page=page_number > 0)
+            except _NextPageGone:
+                if restarted or restart_url is None:
+                    again = " again after re-running it" if restarted else ""
+                    raise FhirUnavailable(f"paged search expired (410 Gone){again}", status=410) from None
+                log.info("FHIR %s: paged search expired; re-running it", call.key)
+                restarted = True
+                call.read_cache = False  # a cached first page would hand back the same expired link
+                resources.clear()
+                fetched.clear()
+                page_number = 0
+                next_url = restart_url
+                continue
+            page_number += 1
+            if not (first_page_held and page_number == 1):
+                resources.extend(_resources_of(bundle))
+            next_href = _link_url(bundle, "next")
+            if next_href is None:
+                break
+            if page_number >= self._page_limit:
+                return resources, True
+            next_url = self._resolve_link(call, next_href)
+        return resources, False
+
+    def _resolve_link(self, call: _Call, href: str) -> str:
+        # A next link must stay on the server the token was issued for, not just
+        # on the allowlist: the token goes with it.
+        url = _normalise_url(urljoin(call.base + "/", href))
+        if url is None or not _is_under(url, call.base):
+            raise FhirNotAllowed("next-page link leaves the allowed FHIR server")
+        return url
+
+    def _get(self, call: _Call, url: str, *, expect: str, is_read: bool = False,
+             is_next_page: bool = False) -> dict[str, Any] | None:
+        """The parsed 200 body, checked to be an `expect` resource; None for a
+        read that found nothing."""
+        cache_key = (call.base, call.token_hash, url)
+        if call.read_cache:
+            with self._cache_lock:
+                cached = self._cache.get(cache_key)
+            if cached is not None:
+                call.pages += 1
+                return orjson.loads(cached)
+        response = self._request(call, url)
+        status = response.status_code
+        if status == 200:
+            body = _parse(response.content, expect, call.token)
+            # Bytes, not the parsed body: each hit gets its own objects, so no
+            # caller can alter what another request reads.
+            with self._cache_lock:
+                self._cache[cache_key] = response.content
+            call.pages += 1
+            return body
+        if status in (401, 403):
+            raise FhirAccessDenied(f"FHIR server refused access ({status})", status=status)
+        if is_read and status in (404, 410):
+            return None
+        if is_next_page and status == 410:
+            raise _NextPageGone
+        if status >= 500:  # not 502/503/504 (retried in _request): 500 and the like rarely heal on retry
+            raise FhirUnavailable(f"FHIR server answered {status}", status=status)
+        reason = f"FHIR server answered {status}"
+        diagnostics = _diagnostics(response.content, call.token)
+        raise FhirBadResponse(f"{reason}: {diagnostics}" if diagnostics else reason, status=status)
+
+    def _request(self, call: _Call, url: str) -> requests.Response:
+        """One GET, retried on 429/502/503/504 and connection failures within the deadline."""
+        status: int | None = None
+        for attempt in range(self._retries + 1):
+            remaining = call.deadline - time.monotonic()
+            if remaining <= 0:
+                raise FhirUnavailable("deadline exceeded", status=status)
+            call.requests += 1
+            retry_after = None
+            try:
+                # Redirects are not followed: the target would escape the allowlist check.
+                response = self._session.get(url, headers=call.headers, timeout=(remaining, remaining),
+                                             allow_redirects=False)
+            except requests.Timeout:
+                # The timeout is the time left, so there is no time to retry in.
+                raise FhirUnavailable("FHIR server timed out") from None
+            except requests.ConnectionError:
+                problem = "connection to the FHIR server failed"
+            except requests.RequestException as error:
+                # The exception's own text holds the URL (and so the patient id).
+                raise FhirUnavailable(f"request failed ({type(error).__name__})") from None
+            else:
+                log.debug("FHIR %s: GET -> %s", call.key, response.status_code)
+                if response.status_code not in _RETRY_STATUSES:
+                    return response
+                status = response.status_code
+                problem = f"FHIR server answered {status}"
+                retry_after = _retry_after_seconds(response)
+            if attempt == self._retries:
+                break
+            pause = retry_after if retry_after is not None else _BACKOFF_SECONDS * 2 ** attempt
+            if time.monotonic() + pause >= call.deadline:
+                raise FhirUnavailable(f"{problem}; retrying would pass the deadline", status=status)
+            log.info("FHIR %s: %s; retrying in %.2f s", call.key, problem, pause)
+            time.sleep(pause)
+        raise FhirUnavailable(f"{problem} after {self._retries + 1} attempts", status=status)
+
+
+def _refused(key: str) -> FetchResult:
+    return FetchResult(key, [], error=FhirNotAllowed("FHIR server is not on the allowlist", key=key))
+
+
+def _parse(content: bytes, expect: str, token: str | None) -> dict[str, Any]:
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        raise FhirBadResponse("FHIR server answered with something that is not JSON", status=200) from None
+    resource_type = body.get("resourceType") if isinstance(body, dict) else None
+    if resource_type == "OperationOutcome":
+        diagnostics = _diagnostics(content, token)
+        raise FhirBadResponse("FHIR server answered with an OperationOutcome"
+                              + (f": {diagnostics}" if diagnostics else ""), status=200)
+    if resource_type != expect:
+        found = _one_line(resource_type, token)[:40] if isinstance(resource_type, str) else "no resource"
+        raise FhirBadResponse(f"expected a {expect}, got {found}", status=200)
+    if expect == "Bundle" and not isinstance(body.get("entry", []), list):
+        raise FhirBadResponse("Bundle.entry is not a list", status=200)
+    return body
+
+
+def _diagnostics(content: bytes, token: str | None) -> str:
+    """The issues' text of an OperationOutcome body, one line, at most 200 characters."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return ""
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        return ""
+    texts = []
+    for issue in body.get("issue") or []:
+        if not isinstance(issue, dict):
+            continue
+        details = issue.get("details")
+        text = issue.get("diagnostics") or (details.get("text") if isinstance(details, dict) else None)
+        if isinstance(text, str):
+            texts.append(text)
+    return _one_line("; ".join(texts), token)[:_DIAGNOSTICS_LIMIT]
+
+
+def _one_line(text: str, token: str | None) -> str:
+    # Servers sometimes echo the credentials they rejected.
+    if token:
+        text = text.replace(token, "***")
+    return " ".join(text.split())
+
+
+def _link_url(bundle: dict[str, Any], relation: str) -> str | None:
+    links = bundle.get("link") if isinstance(bundle, dict) else None
+    for link in links if isinstance(links, list) else []:
+        url = link.get("url") if isinstance(link, dict) and link.get("relation") == relation else None
+        if isinstance(url, str) and url.strip():
+            return url
+    return None
+
+
+def _resources_of(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entries' resources, without OperationOutcomes: a search reports
+    warnings as entries (search.mode "outcome") that are not patient data."""
+    resources = []
+    for entry in bundle.get("entry", []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+            continue
+        search = entry.get("search")
+        if entry["resource"].get("resourceType") == "OperationOutcome" or \
+                (isinstance(search, dict) and search.get("mode") == "outcome"):
+            continue
+        resources.append(entry["resource"])
+    return resources
+
+
+def _retry_after_seconds(response: requests.Response) -> float | None:
+    """Retry-After in seconds: either delay-seconds or an HTTP date."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())

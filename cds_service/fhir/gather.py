@@ -1,0 +1,219 @@
+"""Gathering one patient's data for a hook call: prefetch first, the EHR's
+FHIR server for whatever prefetch did not satisfy.
+
+Prefetch is never trusted to be complete (CDS Hooks 2.0 §Prefetch):
+  key absent                        -> fetch it
+  null                              -> the client ran the query: no data
+  Bundle (possibly empty)           -> use it; a next link -> fetch the next pages
+  OperationOutcome, or a Bundle
+  holding one, or not FHIR at all   -> not satisfied: fetch it
+Resources about another patient are dropped and counted, wherever they came from.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .bundles import patient_reference, reference_key
+from .client import FetchResult, FhirClient, FhirError, FhirNotAllowed
+from .queries import Read
+
+PREFETCH = "prefetch"  # satisfied by prefetch
+PREFETCH_PAGED = "prefetch+fetched"  # first page prefetched, the rest fetched
+FETCHED = "fetched"
+NO_DATA = "null"  # the client said there is no data
+MISSING = "missing"
+
+
+@dataclass
+class KeyData:
+    """What became of one prefetch key (the audit records this, never the data)."""
+
+    key: str
+    source: str = MISSING
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    detail: str | None = None  # why prefetch was not used, or why it is missing
+    foreign: int = 0  # resources about another patient, dropped
+    requests: int = 0
+    truncated: bool = False
+    elapsed_ms: float = 0.0
+
+    def audit(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.source, "resources": len(self.resources)}
+        for name in ("detail", "foreign", "requests", "truncated"):
+            value = getattr(self, name)
+            if value:
+                out[name] = value
+        if self.elapsed_ms:
+            out["ms"] = round(self.elapsed_ms, 1)
+        return out
+
+
+@dataclass(frozen=True)
+class FhirAccess:
+    """Where and how to fetch: the request's fhirServer and bearer token (if any)."""
+
+    client: FhirClient
+    base: str
+    token: str | None
+
+
+@dataclass
+class Gathered:
+    keys: dict[str, KeyData]
+
+    def resources(self) -> list[dict[str, Any]]:
+        return [r for k in self.keys.values() for r in k.resources]
+
+    def missing(self, required: set[str]) -> list[KeyData]:
+        return [k for name, k in self.keys.items() if name in required and k.source == MISSING]
+
+
+def gather(needs: Mapping[str, Read | Any], required: set[str], prefetch: Mapping[str, Any] | None,
+           patient_id: str, access: FhirAccess | None, deadline: float) -> Gathered:
+    """Resources for every needed key. `needs` maps prefetch keys to queries."""
+    keys = {key: KeyData(key) for key in needs}
+    to_fetch: dict[str, Any] = {}
+    to_page: dict[str, dict[str, Any]] = {}
+    prefetch = prefetch or {}
+    for key, query in needs.items():
+        data = keys[key]
+        if key not in prefetch:
+            data.detail = "not in prefetch"
+            to_fetch[key] = query
+            continue
+        value = prefetch[key]
+        if value is None:
+            data.source = NO_DATA
+            continue
+        usable, why = _usable(value, query, patient_id)
+        if not usable:
+            data.detail = why
+            to_fetch[key] = query
+            continue
+        data.source = PREFETCH
+        data.resources = _resources_of(value)
+        if isinstance(value, dict) and value.get("resourceType") == "Bundle" and _next_link(value):
+            to_page[key] = value
+    if to_fetch or to_page:
+        _fetch(keys, to_fetch, to_page, patient_id, access, deadline)
+    for data in keys.values():
+        data.resources, data.foreign = _own(data.resources, patient_id)
+    return Gathered(keys)
+
+
+def _usable(value: Any, query: Any, patient_id: str) -> tuple[bool, str | None]:
+    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+        return False, "prefetch value is not a FHIR resource"
+    rtype = value["resourceType"]
+    if rtype == "OperationOutcome":
+        return False, "prefetch reported an error (OperationOutcome)"
+    if isinstance(query, Read):
+        if rtype != query.resource_type:
+            return False, f"prefetch holds a {rtype}, not a {query.resource_type}"
+        if value.get("id") != patient_id:
+            return False, "prefetch holds another patient's record"
+        return True, None
+    if rtype != "Bundle":
+        return False, f"prefetch holds a {rtype}, not a search Bundle"
+    entries = value.get("entry", [])
+    if not isinstance(entries, list):
+        return False, "prefetch Bundle.entry is not a list"
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome":
+            return False, "prefetch Bundle holds an OperationOutcome"
+    return True, None
+
+
+def _resources_of(value: dict[str, Any]) -> list[dict[str, Any]]:
+    if value.get("resourceType") != "Bundle":
+        return [value]
+    out = []
+    for entry in value.get("entry", []):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and isinstance(resource.get("resourceType"), str):
+            out.append(resource)
+    return out
+
+
+def _next_link(bundle: dict[str, Any]) -> str | None:
+    links = bundle.get("link")
+    if not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return link["url"]
+    return None
+
+
+def _fetch(keys: dict[str, KeyData], to_fetch: dict[str, Any], to_page: dict[str, dict[str, Any]],
+           patient_id: str, access: FhirAccess | None, deadline: float) -> None:
+    if access is None:
+        for key in to_fetch:
+            keys[key].detail = (keys[key].detail or "") + "; no FHIR server to fetch from"
+        for key in to_page:
+            _missing(keys[key], "prefetch has more pages and there is no FHIR server to fetch them from")
+        return
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=1 + len(to_page)) as pool:
+        searches = pool.submit(access.client.fetch, access.base, access.token, to_fetch, patient_id, deadline) \
+            if to_fetch else None
+        pages = {key: pool.submit(access.client.follow_next, access.base, access.token, bundle, key, deadline)
+                 for key, bundle in to_page.items()}
+        fetched: dict[str, FetchResult] = searches.result() if searches else {}
+        paged = {key: future.result() for key, future in pages.items()}
+    for key, result in fetched.items():
+        data = keys[key]
+        _account(data, result)
+        if result.error is not None:
+            data.detail = f"{data.detail}; fetch failed: {_why(result.error)}"
+        else:
+            data.source, data.resources = FETCHED, list(result.resources)
+    for key, result in paged.items():
+        data = keys[key]
+        _account(data, result)
+        if result.error is not None:  # the first page alone would be silently incomplete
+            _missing(data, f"prefetch has more pages; fetching them failed: {_why(result.error)}")
+        else:
+            data.source = PREFETCH_PAGED
+            data.resources = data.resources + list(result.resources)
+    elapsed = (time.monotonic() - started) * 1000
+    for key in list(to_fetch) + list(to_page):
+        keys[key].elapsed_ms = keys[key].elapsed_ms or elapsed
+
+
+def _account(data: KeyData, result: FetchResult) -> None:
+    data.requests += result.requests
+    data.truncated = data.truncated or result.truncated
+    data.elapsed_ms = result.elapsed_ms
+
+
+def _missing(data: KeyData, why: str) -> None:
+    data.source, data.resources, data.detail = MISSING, [], why
+
+
+def _why(error: FhirError) -> str:
+    if isinstance(error, FhirNotAllowed):
+        return "the FHIR server is not on the service's allowlist"
+    return error.reason
+
+
+def _own(resources: list[dict[str, Any]], patient_id: str) -> tuple[list[dict[str, Any]], int]:
+    """Keep the resources about this patient: the Patient itself, and resources
+    whose subject/patient reference names it."""
+    own_key = f"Patient/{patient_id}"
+    kept, foreign = [], 0
+    for resource in resources:
+        if resource.get("resourceType") == "Patient":
+            mine = resource.get("id") == patient_id
+        else:
+            mine = reference_key(patient_reference(resource)) == own_key
+        if mine:
+            kept.append(resource)
+        else:
+            foreign += 1
+    return kept, foreign

@@ -1,0 +1,131 @@
+"""The Flask application: CDS Hooks discovery, the trial-eligibility service,
+its feedback endpoint, and health checks.
+
+    create_app()                 # settings from the environment
+    create_app(Settings(...))    # explicit settings (tests)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+from flask import Blueprint, Flask, current_app, request
+from flask_cors import CORS
+from werkzeug.exceptions import HTTPException
+
+from ..cards import CardRenderer
+from ..fhir.client import FhirClient
+from ..trials import load_trials
+from .config import Settings
+from .discovery import SERVICE_ID
+from .responses import error_response, json_response, problems_response
+from .service import TrialEligibilityService, log_event
+from .store import Store
+from .validation import Invalid, parse_feedback
+
+_JSON_TYPES = ("application/json", "application/fhir+json")
+
+api = Blueprint("cds_hooks", __name__)
+
+
+def _service() -> TrialEligibilityService:
+    return current_app.extensions["trial_eligibility"]
+
+
+def _json_body() -> tuple[Any, Any]:
+    """(parsed body, None) or (None, error response)."""
+    if request.mimetype not in _JSON_TYPES:
+        return None, error_response(415, "not-supported", "the body must be JSON (Content-Type: application/json)")
+    try:
+        return orjson.loads(request.get_data(cache=False)), None
+    except orjson.JSONDecodeError:
+        return None, error_response(400, "structure", "the body is not valid JSON")
+
+
+def _unknown_service(service_id: str):
+    return error_response(404, "not-found", f"no CDS service with id '{service_id}'; see /cds-services")
+
+
+@api.get("/cds-services")
+def discovery():
+    return json_response({"services": [_service().description]})
+
+
+@api.post("/cds-services/<service_id>")
+def call_service(service_id: str):
+    started = time.monotonic()
+    if service_id != SERVICE_ID:
+        return _unknown_service(service_id)
+    body, error = _json_body()
+    if error is not None:
+        return error
+    return _service().call(body, started)
+
+
+@api.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str):
+    if service_id != SERVICE_ID:
+        return _unknown_service(service_id)
+    body, error = _json_body()
+    if error is not None:
+        return error
+    try:
+        parsed = parse_feedback(body)
+    except Invalid as exc:
+        return problems_response(400, "invalid", exc.problems)
+    items = [item.model_dump(exclude_none=True) for item in parsed.feedback]
+    new = _service().store.record_feedback(SERVICE_ID, items)
+    log_event(event="feedback", service=SERVICE_ID, outcome="stored", status=200, items=len(items), new=new)
+    return json_response({"stored": new, "duplicates": len(items) - new})
+
+
+@api.get("/healthz")
+def healthz():
+    return json_response({"status": "ok"})
+
+
+@api.get("/readyz")
+def readyz():
+    service = _service()
+    try:
+        service.store.ping()
+    except Exception as exc:  # the database is a dependency of every call
+        return error_response(503, "transient", f"database not usable: {type(exc).__name__}")
+    return json_response({"status": "ready", "service": SERVICE_ID,
+                          "trials": {t.id: t.definition.definition_version for t in service.trials},
+                          "fhirServers": len(service.settings.allowed_fhir_servers)})
+
+
+def create_app(settings: Settings | None = None, *, client: FhirClient | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    trials = list(load_trials(only=settings.trials or None).values())
+    client = client or FhirClient(settings.allowed_fhir_servers, page_limit=settings.fhir_page_limit,
+                                  cache_ttl=settings.fhir_cache_ttl, cache_size=settings.fhir_cache_size)
+    renderer = CardRenderer(settings.card_templates, show_ineligible=settings.show_ineligible)
+    store = Store(settings.database_path)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.extensions["trial_eligibility"] = TrialEligibilityService(settings, trials, client, renderer, store)
+    app.register_blueprint(api)
+    if settings.cors_origins:
+        CORS(app, resources={r"/cds-services*": {"origins": list(settings.cors_origins)}},
+             methods=["GET", "POST", "OPTIONS"], allow_headers=["Authorization", "Content-Type"], max_age=600)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        codes = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
+        headers = {"Allow": exc.get_response().headers["Allow"]} if exc.code == 405 else None
+        return error_response(exc.code or 500, codes.get(exc.code, "processing"), exc.description or exc.name,
+                              headers=headers)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        logging.getLogger("cds_service").error("unexpected %s on %s %s", type(exc).__name__, request.method,
+                                               request.path)
+        return error_response(500, "exception", "internal error; see the service log")
+
+    return app

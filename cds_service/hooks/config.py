@@ -1,0 +1,102 @@
+"""Service configuration, read once from the environment.
+
+Every setting has a default that works on a developer's machine with no
+configuration at all (`cds-service serve`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the variable."""
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return default
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1/0, true/false, yes/no or on/off (got {value!r})")
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float, kind=float):
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number (got {value!r})") from None
+    if number < minimum:
+        raise ConfigError(f"{name} must be at least {minimum} (got {value!r})")
+    return number
+
+
+@dataclass(frozen=True)
+class Settings:
+    trials: tuple[str, ...] = ()  # NCT ids to evaluate; empty = every bundled trial
+    allowed_fhir_servers: tuple[str, ...] = ()  # FHIR base URLs the service may call; empty = prefetch only
+    show_ineligible: bool = False  # also return a card for ineligible patients
+    data_dir: Path = Path(".cds-data")  # feedback and audit database
+    database: Path | None = None  # defaults to data_dir / "cds-service.sqlite3"
+    fhir_deadline: float = 3.0  # seconds for all FHIR requests of one hook call together
+    fhir_page_limit: int = 20
+    fhir_page_size: int = 100  # _count of the searches
+    fhir_cache_ttl: float = 60.0
+    fhir_cache_size: int = 512
+    cors_origins: tuple[str, ...] = ()  # browser EHR origins allowed to call the service
+    card_templates: Path | None = None  # directory with edited card templates
+    evaluation_date: dt.date | None = None  # fixed evaluation date (demos, re-runs); default today
+    max_request_bytes: int = 20 * 1024 * 1024
+
+    @property
+    def database_path(self) -> Path:
+        return self.database or self.data_dir / "cds-service.sqlite3"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        evaluation_date = None
+        if env.get("CDS_EVALUATION_DATE"):
+            try:
+                evaluation_date = dt.date.fromisoformat(env["CDS_EVALUATION_DATE"])
+            except ValueError:
+                raise ConfigError(f"CDS_EVALUATION_DATE must be YYYY-MM-DD "
+                                  f"(got {env['CDS_EVALUATION_DATE']!r})") from None
+        servers = _split(env.get("CDS_ALLOWED_FHIR_SERVERS"))
+        for s in servers:
+            if not s.startswith(("https://", "http://")):
+                raise ConfigError(f"CDS_ALLOWED_FHIR_SERVERS: {s!r} is not an http(s) URL")
+        return cls(
+            trials=_split(env.get("CDS_TRIALS")),
+            allowed_fhir_servers=servers,
+            show_ineligible=_flag(env, "CDS_SHOW_INELIGIBLE", False),
+            data_dir=Path(env.get("CDS_DATA_DIR") or ".cds-data"),
+            database=Path(env["CDS_DATABASE"]) if env.get("CDS_DATABASE") else None,
+            fhir_deadline=_number(env, "CDS_FHIR_DEADLINE", 3.0, 0.1),
+            fhir_page_limit=_number(env, "CDS_FHIR_PAGE_LIMIT", 20, 1, int),
+            fhir_page_size=_number(env, "CDS_FHIR_PAGE_SIZE", 100, 1, int),
+            fhir_cache_ttl=_number(env, "CDS_FHIR_CACHE_TTL", 60.0, 0.0),
+            fhir_cache_size=_number(env, "CDS_FHIR_CACHE_SIZE", 512, 1, int),
+            cors_origins=_split(env.get("CDS_CORS_ORIGINS")),
+            card_templates=Path(env["CDS_CARD_TEMPLATES"]) if env.get("CDS_CARD_TEMPLATES") else None,
+            evaluation_date=evaluation_date,
+            max_request_bytes=_number(env, "CDS_MAX_REQUEST_BYTES", 20 * 1024 * 1024, 1024, int),
+        )
+
+    def today(self) -> dt.date:
+        """The evaluation date: the configured one, else today in the server's time zone."""
+        return self.evaluation_date or dt.date.today()

@@ -1,0 +1,56 @@
+"""Serving the app with gunicorn: `cds-service serve` runs this; production
+deployments can use it or plain `gunicorn 'cds_service.hooks.app:create_app()'`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from gunicorn.app.base import BaseApplication
+
+from .config import Settings
+
+
+def configure_logging() -> None:
+    """JSON lines on stderr (the audit events are already JSON)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("cds_service")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, settings: Settings, options: dict):
+        self.settings = settings
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        # Each worker builds its own app (thread pools and connections do not survive fork).
+        from .app import create_app
+
+        configure_logging()
+        return create_app(self.settings)
+
+
+def serve(settings: Settings, *, host: str, port: int, workers: int = 1, threads: int = 4) -> int:
+    options = {
+        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "workers": max(1, workers),
+        "threads": max(1, threads),
+        "worker_class": "gthread",
+        "timeout": 30,
+        "graceful_timeout": 10,
+        "accesslog": None,  # our own JSON audit lines carry what is needed, without query strings
+        "errorlog": "-",
+        "loglevel": "warning",
+        "proc_name": "cds-service",
+    }
+    _Gunicorn(settings, options).run()
+    return 0

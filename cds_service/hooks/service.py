@@ -1,0 +1,127 @@
+"""The patient-view service: gather the patient's data, evaluate every enabled
+trial, answer with cards, and record what happened (without PHI)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Response
+
+from ..cards import CardContext, CardRenderer
+from ..engine import PatientRecord, evaluate
+from ..engine.evaluate import Trial
+from ..fhir.client import FhirClient
+from ..fhir.gather import FhirAccess, gather
+from .config import Settings
+from .discovery import SERVICE_ID, DataNeed, data_needs, service_description
+from .responses import error_response, json_response, operation_outcome, problems_response
+from .store import Store
+from .validation import HookRequest, Invalid, parse_hook_request
+
+audit_log = logging.getLogger("cds_service.audit")
+
+
+def log_event(**fields: Any) -> None:
+    """One JSON line per event: hookInstance, service, outcome, status, latency — never PHI or tokens."""
+    audit_log.info(json.dumps({k: v for k, v in fields.items() if v is not None}, separators=(",", ":")))
+
+
+@dataclass
+class HookOutcome:
+    response: Response
+    outcome: str  # "cards", "no-cards", "invalid", "precondition-failed"
+
+
+class TrialEligibilityService:
+    id = SERVICE_ID
+
+    def __init__(self, settings: Settings, trials: list[Trial], client: FhirClient, renderer: CardRenderer,
+                 store: Store):
+        self.settings = settings
+        self.trials = trials
+        self.client = client
+        self.renderer = renderer
+        self.store = store
+        self.needs: list[DataNeed] = data_needs(trials, settings.fhir_page_size)
+        self.queries = {n.key: n.query for n in self.needs}
+        self.required = {n.key for n in self.needs if n.required}
+        self.description = service_description(trials, self.needs)
+
+    def call(self, body: Any, started: float) -> Response:
+        hook_instance = body.get("hookInstance") if isinstance(body, dict) else None
+        hook_instance = hook_instance if isinstance(hook_instance, str) and len(hook_instance) <= 64 else None
+        try:
+            request = parse_hook_request(body)
+        except Invalid as exc:
+            return self._finish(hook_instance, started, problems_response(400, "invalid", exc.problems), "invalid")
+        if request.hook != "patient-view":
+            return self._finish(request.hookInstance, started,
+                                error_response(400, "not-supported", f"service '{self.id}' answers the patient-view "
+                                               f"hook, not '{request.hook}'", "hook"), "invalid")
+        return self._evaluate(request, started)
+
+    def _evaluate(self, request: HookRequest, started: float) -> Response:
+        timings: dict[str, float] = {}
+        mark = time.monotonic()
+        patient_id = request.context.patientId
+        access = None
+        if request.fhirServer:
+            token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
+            access = FhirAccess(self.client, request.fhirServer, token)
+        deadline = mark + self.settings.fhir_deadline
+        gathered = gather(self.queries, self.required, request.prefetch, patient_id, access, deadline)
+        timings["gather"] = _ms(mark)
+        sources = {key: data.audit() for key, data in gathered.keys.items()}
+        missing = gathered.missing(self.required)
+        if missing:
+            body = operation_outcome(
+                ("not-found", f"required data '{m.key}' could not be obtained: {m.detail or 'missing'}",
+                 f"prefetch.{m.key}") for m in missing)
+            return self._finish(request.hookInstance, started, json_response(body, 412, "application/fhir+json"),
+                                "precondition-failed", sources=sources, timings=timings)
+        mark = time.monotonic()
+        record = PatientRecord(gathered.resources())
+        as_of = self.settings.today()
+        evaluations = [(trial, evaluate(trial, record, as_of)) for trial in self.trials]
+        timings["evaluate"] = _ms(mark)
+        mark = time.monotonic()
+        context = CardContext(patient_id=patient_id, user_id=request.context.userId,
+                              encounter_id=request.context.encounterId)
+        cards, audited = [], []
+        for trial, evaluation in evaluations:
+            card = self.renderer.render(trial, evaluation, context)
+            entry = {"trial": trial.id, "definitionVersion": trial.definition.definition_version,
+                     "status": evaluation.status.value}
+            if card is not None:
+                cards.append(card)
+                entry["card"] = card["uuid"]
+                entry["suggestions"] = [s["uuid"] for s in card.get("suggestions", [])]
+            audited.append(entry)
+        timings["render"] = _ms(mark)
+        return self._finish(request.hookInstance, started, json_response({"cards": cards}),
+                            "cards" if cards else "no-cards", sources=sources, trials=audited, timings=timings)
+
+    def _finish(self, hook_instance: str | None, started: float, response: Response, outcome: str, *,
+                sources: dict[str, Any] | None = None, trials: list[dict[str, Any]] | None = None,
+                timings: dict[str, float] | None = None) -> Response:
+        latency = _ms(started)
+        if timings is not None:
+            timings["total"] = latency
+        cards = [{"uuid": t["card"], "trial": t["trial"], "definitionVersion": t["definitionVersion"],
+                  "status": t["status"], "suggestions": t.get("suggestions")} for t in trials or () if "card" in t]
+        self.store.record_hook_call(hook_instance=hook_instance or "(invalid)", service=self.id,
+                                    status_code=response.status_code, outcome=outcome, latency_ms=latency,
+                                    data_sources=sources, trials=trials, timings=timings, cards=cards)
+        log_event(event="hook", hookInstance=hook_instance, service=self.id, outcome=outcome,
+                  status=response.status_code, latencyMs=round(latency, 1),
+                  trials={t["trial"]: t["status"] for t in trials} if trials else None)
+        return response
+
+
+def _ms(since: float) -> float:
+    return (time.monotonic() - since) * 1000
+

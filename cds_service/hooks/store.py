@@ -1,0 +1,137 @@
+"""Durable records: the audit of every hook call and the feedback on cards.
+
+SQLite in WAL mode, one short-lived connection per operation, so several
+threads and gunicorn workers on one host can share the file. Nothing here
+holds PHI or tokens: hook calls are keyed by hookInstance, cards by uuid, and
+free-text feedback comments are not kept (only whether there was one).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Iterable
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS hook_call (
+    id INTEGER PRIMARY KEY,
+    hook_instance TEXT NOT NULL,
+    service TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    status_code INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    latency_ms REAL NOT NULL,
+    data_sources TEXT,  -- JSON: prefetch key -> source, counts, why
+    trials TEXT,        -- JSON: [{trial, definitionVersion, status, card}]
+    timings TEXT        -- JSON: phase -> ms
+);
+CREATE INDEX IF NOT EXISTS hook_call_instance ON hook_call (hook_instance);
+CREATE TABLE IF NOT EXISTS card (
+    uuid TEXT PRIMARY KEY,
+    hook_instance TEXT NOT NULL,
+    trial TEXT NOT NULL,
+    definition_version TEXT NOT NULL,
+    status TEXT NOT NULL,
+    suggestions TEXT,   -- JSON list of suggestion uuids
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY,
+    service TEXT NOT NULL,
+    card TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    outcome_timestamp TEXT NOT NULL,
+    accepted_suggestions TEXT,
+    override_system TEXT,
+    override_code TEXT,
+    has_comment INTEGER NOT NULL DEFAULT 0,
+    known_card INTEGER NOT NULL,
+    received_at TEXT NOT NULL,
+    UNIQUE (service, card, outcome, outcome_timestamp)
+);
+"""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _json(value: Any) -> str | None:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True) if value else None
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db, db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=10000")
+        return db
+
+    def ping(self) -> None:
+        with closing(self._connect()) as db:
+            db.execute("SELECT 1 FROM hook_call LIMIT 1")
+
+    def record_hook_call(self, *, hook_instance: str, service: str, status_code: int, outcome: str,
+                         latency_ms: float, data_sources: dict[str, Any] | None = None,
+                         trials: list[dict[str, Any]] | None = None, timings: dict[str, float] | None = None,
+                         cards: Iterable[dict[str, Any]] = ()) -> None:
+        now = _now()
+        with closing(self._connect()) as db:
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: survives a crash of the process
+            db.execute("BEGIN")
+            db.execute("INSERT INTO hook_call (hook_instance, service, received_at, status_code, outcome, "
+                       "latency_ms, data_sources, trials, timings) VALUES (?,?,?,?,?,?,?,?,?)",
+                       (hook_instance, service, now, status_code, outcome, round(latency_ms, 2),
+                        _json(data_sources), _json(trials), _json(timings)))
+            for card in cards:
+                db.execute("INSERT OR IGNORE INTO card (uuid, hook_instance, trial, definition_version, status, "
+                           "suggestions, created_at) VALUES (?,?,?,?,?,?,?)",
+                           (card["uuid"], hook_instance, card["trial"], card["definitionVersion"], card["status"],
+                            _json(card.get("suggestions")), now))
+            db.execute("COMMIT")
+
+    def record_feedback(self, service: str, items: list[dict[str, Any]]) -> int:
+        """Store feedback entries; repeats of the same entry are stored once.
+        Returns how many were new. Committed (fsync) before returning."""
+        now = _now()
+        new = 0
+        with closing(self._connect()) as db:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN IMMEDIATE")
+            for item in items:
+                known = db.execute("SELECT 1 FROM card WHERE uuid = ?", (item["card"],)).fetchone() is not None
+                reason = (item.get("overrideReason") or {}).get("reason") or {}
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO feedback (service, card, outcome, outcome_timestamp, "
+                    "accepted_suggestions, override_system, override_code, has_comment, known_card, received_at) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (service, item["card"], item["outcome"], item["outcomeTimestamp"],
+                     _json([s["id"] for s in item.get("acceptedSuggestions", [])]), reason.get("system"),
+                     reason.get("code"), int(bool((item.get("overrideReason") or {}).get("userComment"))),
+                     int(known), now))
+                new += cursor.rowcount
+            db.execute("COMMIT")
+        return new
+
+    def feedback(self) -> list[dict[str, Any]]:
+        with closing(self._connect()) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute("SELECT * FROM feedback ORDER BY id")]
+
+    def hook_calls(self) -> list[dict[str, Any]]:
+        with closing(self._connect()) as db:
+            db.row_factory = sqlite3.Row
+            rows = [dict(r) for r in db.execute("SELECT * FROM hook_call ORDER BY id")]
+        for row in rows:
+            for name in ("data_sources", "trials", "timings"):
+                row[name] = json.loads(row[name]) if row[name] else None
+        return rows

@@ -1,0 +1,151 @@
+"""The CDS Hooks 2.0 wire format of what clients send us, validated.
+
+Unknown fields and `extension` objects are tolerated (the spec reserves
+`extension` and clients add their own). Error messages name the field and
+never repeat the value: a request may carry an access token.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
+USER_ID = re.compile(r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$")
+
+
+class Invalid(ValueError):
+    """A request that breaks the spec: a list of (field path, problem)."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        super().__init__("; ".join(f"{p}: {m}" for p, m in problems))
+        self.problems = problems
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True, str_strip_whitespace=False)
+
+
+class FhirAuthorization(_Wire):
+    access_token: str = Field(min_length=1, repr=False)  # never shown in reprs
+    token_type: Literal["Bearer"]
+    expires_in: int = Field(ge=0)
+    scope: str = Field(min_length=1)
+    subject: str = Field(min_length=1)
+    patient: str | None = Field(default=None, pattern=FHIR_ID)
+
+
+class PatientViewContext(_Wire):
+    userId: str
+    patientId: str = Field(pattern=FHIR_ID)
+    encounterId: str | None = Field(default=None, pattern=FHIR_ID)
+
+    @field_validator("userId")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not USER_ID.match(value):
+            raise ValueError("must be Practitioner/, PractitionerRole/, Patient/ or RelatedPerson/ followed by an id")
+        return value
+
+
+class HookRequest(_Wire):
+    hook: str = Field(min_length=1)
+    hookInstance: str
+    fhirServer: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    fhirAuthorization: FhirAuthorization | None = None
+    context: PatientViewContext
+    prefetch: dict[str, Any] | None = None
+    extension: dict[str, Any] | None = None
+
+    @field_validator("hookInstance")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        try:
+            uuid.UUID(value)
+        except (ValueError, AttributeError, TypeError):
+            raise ValueError("must be a UUID") from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "HookRequest":
+        if self.fhirAuthorization is not None and not self.fhirServer:
+            raise ValueError("fhirAuthorization requires fhirServer")
+        if self.fhirAuthorization is not None and self.fhirAuthorization.patient not in (None,
+                                                                                       self.context.patientId):
+            raise ValueError("fhirAuthorization.patient does not match context.patientId")
+        return self
+
+
+class Coding(_Wire):
+    system: str | None = None
+    code: str = Field(min_length=1)
+    display: str | None = None  # the sandbox omits it
+
+
+class OverrideReason(_Wire):
+    reason: Coding | None = None
+    userComment: str | None = None
+
+
+class AcceptedSuggestion(_Wire):
+    id: str = Field(min_length=1)
+
+
+class FeedbackItem(_Wire):
+    card: str = Field(min_length=1, max_length=200)
+    outcome: Literal["accepted", "overridden"]
+    acceptedSuggestions: list[AcceptedSuggestion] | None = None
+    overrideReason: OverrideReason | None = None
+    outcomeTimestamp: str
+
+    @field_validator("outcomeTimestamp")
+    @classmethod
+    def _timestamp(cls, value: str) -> str:
+        try:
+            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError("must be an RFC 3339 date-time") from None
+        if parsed.tzinfo is None:
+            raise ValueError("must carry a time zone (RFC 3339)")
+        return value
+
+    @model_validator(mode="after")
+    def _accepted(self) -> "FeedbackItem":
+        if self.outcome == "accepted" and not self.acceptedSuggestions:
+            raise ValueError("acceptedSuggestions is required when outcome is accepted")
+        return self
+
+
+class FeedbackRequest(_Wire):
+    feedback: list[FeedbackItem] = Field(min_length=1, max_length=100)
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors(include_input=False, include_url=False):
+        path = ".".join(str(p) for p in err.get("loc", ())) or "(body)"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        out.append((path, msg))
+    return out
+
+
+def parse_hook_request(body: Any) -> HookRequest:
+    if not isinstance(body, dict):
+        raise Invalid([("(body)", "must be a JSON object")])
+    try:
+        return HookRequest.model_validate(body)
+    except ValidationError as exc:
+        raise Invalid(_problems(exc)) from None
+
+
+def parse_feedback(body: Any) -> FeedbackRequest:
+    if not isinstance(body, dict):
+        raise Invalid([("(body)", "must be a JSON object")])
+    try:
+        return FeedbackRequest.model_validate(body)
+    except ValidationError as exc:
+        raise Invalid(_problems(exc)) from None

@@ -1,0 +1,549 @@
+"""CDS Hooks 2.0 cards rendered from gold-patient evaluations (cds_service.cards)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as dt
+import importlib.resources
+import itertools
+import json
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from cds_service.cards import CardContext, CardRenderer, find_empty_values, fit_summary, md_escape
+from cds_service.engine import PatientRecord, evaluate
+from cds_service.fhir.bundles import patient_groups_from_bytes
+
+GOLD_PATIENTS = Path(__file__).parent / "gold" / "patients"
+ALL_GOLD = sorted(GOLD_PATIENTS.glob("*.json"))
+AS_OF = dt.date(2026, 6, 15)
+NCT = "NCT06462092"
+STUDY_URL = "https://clinicaltrials.gov/study/NCT06462092"
+SNOMED = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+OVERRIDE_SYSTEM = "https://cds-service.org/fhir/CodeSystem/trial-card-override"
+TEMPLATE_FILES = ("summary.txt.j2", "detail.md.j2", "text.yaml")
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+def gold_bundle(prefix: str) -> dict:
+    (path,) = GOLD_PATIENTS.glob(f"{prefix}-*.json")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def evaluate_bundle(trial, bundle: dict):
+    (group,) = patient_groups_from_bytes(json.dumps(bundle).encode())
+    return evaluate(trial, PatientRecord(group.resources, group.full_urls), AS_OF)
+
+
+def evaluate_gold(trial, prefix: str):
+    return evaluate_bundle(trial, gold_bundle(prefix))
+
+
+def ctx_for(evaluation, user_id: str | None = "Practitioner/123", encounter_id: str | None = None) -> CardContext:
+    return CardContext(patient_id=evaluation.patient, user_id=user_id, encounter_id=encounter_id)
+
+
+def entry(bundle: dict, resource_id: str) -> dict:
+    return next(e for e in bundle["entry"] if e["resource"].get("id") == resource_id)
+
+
+def remove_entry(bundle: dict, resource_id: str) -> None:
+    bundle["entry"] = [e for e in bundle["entry"] if e["resource"].get("id") != resource_id]
+
+
+def suggestion_resources(card: dict) -> list[dict]:
+    return [a["resource"] for s in card.get("suggestions", []) for a in s["actions"]]
+
+
+def order_suggestions(card: dict) -> list[dict]:
+    return [s for s in card.get("suggestions", [])
+            if s["actions"][0]["resource"]["code"]["coding"][0]["system"] == LOINC]
+
+
+def referral_suggestion(card: dict) -> dict:
+    (found,) = [s for s in card["suggestions"]
+                if s["actions"][0]["resource"]["code"]["coding"][0] == {
+                    "system": SNOMED, "code": "3457005", "display": "Patient referral"}]
+    return found
+
+
+def checklist(detail: str) -> list[str]:
+    """The checklist bullets, in order."""
+    section = detail.split("**Checklist**", 1)[1].split("\n\n**", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("- ")]
+
+
+def packaged_templates() -> Path:
+    return Path(str(importlib.resources.files("cds_service.card_templates")))
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    return CardRenderer()
+
+
+@pytest.fixture(scope="module")
+def renderer_all():
+    return CardRenderer(show_ineligible=True)
+
+
+@pytest.fixture(scope="module")
+def g001(nct06462092):
+    return evaluate_gold(nct06462092, "g001")
+
+
+@pytest.fixture(scope="module")
+def g066(nct06462092):
+    return evaluate_gold(nct06462092, "g066")
+
+
+# -- eligible --------------------------------------------------------------------------------------
+
+def test_eligible_card(renderer, nct06462092, g001):
+    assert g001.status.value == "eligible"
+    card = renderer.render(nct06462092, g001, ctx_for(g001))
+    assert card["indicator"] == "info"
+    assert len(card["summary"]) < 140
+    assert NCT in card["summary"]
+    assert card["summary"] == f"May qualify for trial {NCT}: {nct06462092.definition.short_title}"
+    assert card["source"]["url"] == STUDY_URL
+    assert card["source"]["label"]
+    assert card["source"]["topic"] == {"system": "https://clinicaltrials.gov", "code": NCT,
+                                       "display": nct06462092.definition.short_title}
+    assert card["links"] == [{"label": "Study page (ClinicalTrials.gov)", "url": STUDY_URL, "type": "absolute"}]
+    assert card["extension"] == {"trial-eligibility": g001.to_json()}
+    uuid.UUID(card["uuid"])
+
+
+def test_eligible_card_suggests_a_recommended_referral_only(renderer, nct06462092, g001):
+    card = renderer.render(nct06462092, g001, ctx_for(g001, encounter_id="enc-9"))
+    assert card["selectionBehavior"] == "any"
+    assert order_suggestions(card) == []
+    referral = referral_suggestion(card)
+    assert referral["label"] == f"Refer to the {NCT} study team"
+    assert referral["isRecommended"] is True
+    (action,) = referral["actions"]
+    assert action["type"] == "create" and action["description"]
+    sr = action["resource"]
+    assert sr["resourceType"] == "ServiceRequest"
+    assert (sr["status"], sr["intent"]) == ("draft", "proposal")
+    assert sr["code"]["text"] == f"Referral to the {NCT} study team"
+    assert sr["subject"] == {"reference": "Patient/g001"}
+    assert sr["requester"] == {"reference": "Practitioner/123"}
+    assert sr["encounter"] == {"reference": "Encounter/enc-9"}
+    assert sr["reasonCode"] == [{"text": f"Possible eligibility for clinical trial {NCT} "
+                                         f"({nct06462092.definition.short_title})"}]
+    assert sr["note"] == [{"text": f"Study page: {STUDY_URL}"}]
+    assert "category" not in sr
+
+
+def test_override_reasons_are_codings_with_display(renderer, nct06462092, g001):
+    card = renderer.render(nct06462092, g001, ctx_for(g001))
+    reasons = card["overrideReasons"]
+    assert [r["code"] for r in reasons] == ["not-a-candidate", "already-screened", "patient-declined",
+                                           "data-incorrect"]
+    for r in reasons:
+        assert r["system"] == OVERRIDE_SYSTEM
+        assert isinstance(r["display"], str) and r["display"].strip()
+    assert reasons[0]["display"] == "Not a candidate for this trial now"
+
+
+def test_card_is_json_serialisable(renderer, nct06462092, g001):
+    card = renderer.render(nct06462092, g001, ctx_for(g001))
+    assert orjson.loads(orjson.dumps(card)) == card
+
+
+# -- needs-data ------------------------------------------------------------------------------------
+
+def test_stale_anc_suggests_a_cbc_order(renderer, nct06462092, g066):
+    assert g066.status.value == "needs-data"
+    card = renderer.render(nct06462092, g066, ctx_for(g066))
+    assert card["indicator"] == "info"
+    assert card["summary"] == f"Trial {NCT} possible match — needs: ANC"
+    assert card["selectionBehavior"] == "any"
+    (order,) = order_suggestions(card)
+    assert order["isRecommended"] is True
+    assert order["label"] == "Order CBC W Auto Differential panel - Blood (for ANC)"
+    (action,) = order["actions"]
+    assert action["type"] == "create" and action["description"]
+    sr = action["resource"]
+    assert sr["resourceType"] == "ServiceRequest"
+    assert sr["status"] == "draft"
+    assert sr["intent"] == "proposal"
+    assert sr["code"] == {"coding": [{"system": LOINC, "code": "57021-8",
+                                      "display": "CBC W Auto Differential panel - Blood"}],
+                          "text": "CBC W Auto Differential panel - Blood"}
+    assert sr["category"] == [{"coding": [{"system": SNOMED, "code": "108252007",
+                                           "display": "Laboratory procedure"}]}]
+    assert sr["subject"] == {"reference": "Patient/g066"}
+    assert sr["requester"] == {"reference": "Practitioner/123"}
+    assert sr["reasonCode"] == [{"text": f"Screening for clinical trial {NCT}: "
+                                         "Absolute neutrophil count above 1.5 ×10^9/L"}]
+    # A possible match is not yet a referral: offered, not recommended.
+    assert referral_suggestion(card)["isRecommended"] is False
+    assert [s["label"] for s in card["suggestions"]][-1] == f"Refer to the {NCT} study team"
+
+
+def test_needs_data_detail_says_what_is_missing(renderer, nct06462092, g066):
+    detail = renderer.render(nct06462092, g066, ctx_for(g066))["detail"]
+    missing = detail.split("**What is missing**", 1)[1].split("**Checklist**", 1)[0]
+    assert "Absolute neutrophil count above 1.5 ×10^9/L" in missing
+    assert "older than 28 days" in missing
+    assert "CBC W Auto Differential panel - Blood" in missing
+    assert "Observation/g066-anc-1" in detail
+
+
+def test_missing_hcg_suggests_a_serum_hcg_order(renderer, nct06462092):
+    evaluation = evaluate_gold(nct06462092, "g081")
+    card = renderer.render(nct06462092, evaluation, ctx_for(evaluation))
+    assert "needs: hCG" in card["summary"]
+    (order,) = order_suggestions(card)
+    coding = order["actions"][0]["resource"]["code"]["coding"][0]
+    assert (coding["system"], coding["code"]) == (LOINC, "2118-8")
+    assert order["label"].endswith("(for hCG)")
+
+
+def test_her2_ihc_2plus_suggests_ish(renderer, nct06462092):
+    evaluation = evaluate_gold(nct06462092, "g012")
+    card = renderer.render(nct06462092, evaluation, ctx_for(evaluation))
+    assert "needs: HER2 status" in card["summary"]
+    (order,) = order_suggestions(card)
+    assert order["actions"][0]["resource"]["code"]["coding"][0]["code"] == "96893-3"
+
+
+def test_unknown_without_an_order_gives_only_the_referral(renderer, nct06462092):
+    evaluation = evaluate_gold(nct06462092, "g021")  # no HER2 result: nothing orderable
+    card = renderer.render(nct06462092, evaluation, ctx_for(evaluation))
+    assert card["summary"] == f"Trial {NCT} possible match — needs: HER2 status"
+    assert order_suggestions(card) == []
+    assert len(card["suggestions"]) == 1
+    assert card["selectionBehavior"] == "any"
+
+
+def test_criteria_sharing_an_order_give_one_suggestion(renderer, nct06462092):
+    # g066 (ANC stale) with its platelet count made stale too: two unknowns, one CBC.
+    bundle = gold_bundle("g066")
+    entry(bundle, "g066-plt-1")["resource"]["effectiveDateTime"] = "2026-05-02T09:10:00-04:00"
+    evaluation = evaluate_bundle(nct06462092, bundle)
+    unknown = [c.id for c in evaluation.criteria if c.result.value == "unknown"]
+    assert unknown == ["neutrophils", "platelets"]
+    card = renderer.render(nct06462092, evaluation, ctx_for(evaluation))
+    (order,) = order_suggestions(card)
+    assert order["label"] == "Order CBC W Auto Differential panel - Blood (for ANC, platelets)"
+    assert order["actions"][0]["resource"]["reasonCode"][0]["text"] == (
+        f"Screening for clinical trial {NCT}: Absolute neutrophil count above 1.5 ×10^9/L; "
+        "Platelets above 90 ×10^9/L")
+    assert "needs: ANC, platelets" in card["summary"]
+
+
+def test_distinct_orders_give_one_suggestion_each(renderer, nct06462092):
+    # g063 (AST missing) + g066 (ANC stale): a CBC and a hepatic panel, CBC first (definition order).
+    bundle = gold_bundle("g066")
+    remove_entry(bundle, "g066-ast-1")
+    evaluation = evaluate_bundle(nct06462092, bundle)
+    card = renderer.render(nct06462092, evaluation, ctx_for(evaluation))
+    codes = [s["actions"][0]["resource"]["code"]["coding"][0]["code"] for s in order_suggestions(card)]
+    assert codes == ["57021-8", "24325-3"]
+    assert card["summary"] == f"Trial {NCT} possible match — needs: ANC, ALT/AST"
+    assert len(card["suggestions"]) == 3
+    assert all(s["isRecommended"] is True for s in order_suggestions(card))
+
+
+# -- ineligible ------------------------------------------------------------------------------------
+
+def test_ineligible_gives_no_card_by_default(renderer, nct06462092):
+    evaluation = evaluate_gold(nct06462092, "g011")
+    assert evaluation.status.value == "ineligible"
+    assert renderer.render(nct06462092, evaluation, ctx_for(evaluation)) is None
+
+
+def test_ineligible_card_when_configured(renderer_all, nct06462092):
+    evaluation = evaluate_gold(nct06462092, "g011")
+    card = renderer_all.render(nct06462092, evaluation, ctx_for(evaluation))
+    assert card["indicator"] == "info"
+    assert "not eligible" in card["summary"].lower() and NCT in card["summary"]
+    assert "HER2-positive" in card["summary"]
+    assert "suggestions" not in card and "selectionBehavior" not in card
+    assert card["extension"] == {"trial-eligibility": evaluation.to_json()}
+    assert "Not eligible" in card["detail"]
+    items = checklist(card["detail"])
+    assert items[0].startswith("- ✘ HER2-negative")
+    assert "Observation/g011-her2-1" in items[0]
+
+
+def test_ineligible_card_lists_failing_before_unknown(renderer_all, nct06462092):
+    evaluation = evaluate_gold(nct06462092, "g102")  # fails 2, unknown 6
+    items = checklist(renderer_all.render(nct06462092, evaluation, ctx_for(evaluation))["detail"])
+    marks = [line.split()[1] for line in items]
+    assert marks[:2] == ["✘", "✘"]
+    assert marks[2:8] == ["?"] * 6
+    # Without a "What is missing" section the unknowns carry their reason.
+    assert "ANC: no valid result" in items[3]
+
+
+def test_render_all_skips_trials_without_a_card(renderer, nct06462092, g001):
+    ineligible = evaluate_gold(nct06462092, "g011")
+    ctx = CardContext("g001")
+    cards = renderer.render_all([(nct06462092, g001), (nct06462092, g001)], ctx)
+    assert len(cards) == 2
+    assert renderer.render_all([(nct06462092, ineligible)], CardContext("g011")) == []
+
+
+# -- identifiers -----------------------------------------------------------------------------------
+
+def test_uuids_are_unique_across_cards_and_suggestions(renderer, nct06462092, g001, g066):
+    g081 = evaluate_gold(nct06462092, "g081")
+    ids = []
+    for evaluation in (g001, g066, g081, g066, g001):
+        card = renderer.render(nct06462092, evaluation, ctx_for(evaluation))
+        ids.append(card["uuid"])
+        ids.extend(s["uuid"] for s in card["suggestions"])
+    assert len(ids) == 13  # 5 cards, 8 suggestions
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        assert str(uuid.UUID(value)) == value
+
+
+def test_uuid_source_is_injectable(nct06462092, g066):
+    counter = itertools.count(1)
+    r = CardRenderer(new_uuid=lambda: f"id-{next(counter)}")
+    card = r.render(nct06462092, g066, ctx_for(g066))
+    assert card["uuid"] == "id-1"
+    assert [s["uuid"] for s in card["suggestions"]] == ["id-2", "id-3"]
+
+
+# -- every gold patient ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ALL_GOLD, ids=[p.stem.split("-")[0] for p in ALL_GOLD])
+def test_every_gold_card_is_valid_cds_hooks(path, renderer_all, nct06462092):
+    (group,) = patient_groups_from_bytes(path.read_bytes())
+    evaluation = evaluate(nct06462092, PatientRecord(group.resources, group.full_urls), AS_OF)
+    card = renderer_all.render(nct06462092, evaluation, ctx_for(evaluation, encounter_id="e1"))
+    assert find_empty_values(card) == []
+    assert 0 < len(card["summary"]) < 140 and NCT in card["summary"]
+    assert "\n" not in card["summary"]
+    assert card["indicator"] in ("info", "warning", "critical")
+    assert len(card["detail"]) < 2500
+    assert not re.search(r"<[A-Za-z/!?]", card["detail"])
+    assert len(checklist(card["detail"])) == len(nct06462092.definition.criteria)
+    if "suggestions" in card:
+        assert card["selectionBehavior"] in ("any", "at-most-one")
+        for s in card["suggestions"]:
+            assert s["label"] and isinstance(s["isRecommended"], bool)
+            for action in s["actions"]:
+                assert action["type"] == "create" and action["description"]
+                assert action["resource"]["resourceType"] == "ServiceRequest"
+    else:
+        assert "selectionBehavior" not in card
+    for link in card["links"]:
+        assert link["type"] == "absolute" and link["url"].startswith("https://")
+    assert card["extension"]["trial-eligibility"] == evaluation.to_json()
+
+
+# -- detail Markdown -------------------------------------------------------------------------------
+
+def test_detail_checklist_order_and_evidence(renderer, nct06462092, g066):
+    detail = renderer.render(nct06462092, g066, ctx_for(g066))["detail"]
+    assert detail.splitlines()[0].startswith(f"**{NCT}**")
+    assert "2026-06-15" in detail.splitlines()[0]
+    items = checklist(detail)
+    marks = [line.split()[1] for line in items]
+    assert marks == sorted(marks, key=["?", "✘", "👁", "✔", "–"].index)
+    assert marks[0] == "?" and marks.count("👁") == 3
+    anc = items[0]
+    assert "3.4 10\\*3/uL" in anc and "2026-05-02" in anc and "Observation/g066-anc-1" in anc
+    assert "T09:10" not in detail  # the day only
+    review = next(line for line in items if "No severe concomitant disease" in line)
+    assert "severe or uncontrolled concomitant disease: investigator to review" in review
+
+
+def test_detail_shows_converted_value_uln_and_assumed(renderer, renderer_all, nct06462092, g001):
+    detail = renderer.render(nct06462092, g001, ctx_for(g001))["detail"]
+    anc = next(line for line in checklist(detail) if "neutrophil" in line)
+    assert "3.2 10\\*3/uL (= 3.2 10\\*9/L) · 2026-06-08 · Observation/g001-anc-1" in anc
+    alt_ast = next(line for line in checklist(detail) if line.startswith("- ✔ ALT and AST"))
+    assert "ALT 24 U/L, ULN 55 U/L" in alt_ast and "AST 28 U/L, ULN 48 U/L" in alt_ast
+    assert "(assumed)" not in detail
+    fallback = evaluate_gold(nct06462092, "g057")  # bilirubin without a reference range
+    detail = renderer_all.render(nct06462092, fallback, ctx_for(fallback))["detail"]
+    bilirubin = next(line for line in checklist(detail) if "bilirubin" in line)
+    assert bilirubin.startswith("- ✘") and "ULN 1.0 mg/dL (assumed)" in bilirubin
+
+
+def test_transaminases_card_note_is_shown(renderer, nct06462092, g001):
+    note = next(c.card_note for c in nct06462092.definition.criteria if c.id == "transaminases")
+    assert note
+    detail = renderer.render(nct06462092, g001, ctx_for(g001))["detail"]
+    notes = detail.split("**How criteria are read**", 1)[1]
+    assert f"ALT and AST below 2.5 × ULN: {md_escape(note)}" in notes
+
+
+def test_data_values_are_escaped(renderer, nct06462092, g066):
+    evaluation = copy.deepcopy(g066)
+    anc = evaluation.criterion("neutrophils")
+    anc.order = dataclasses.replace(anc.order, display="*bold* <script>alert(1)</script> [x](y) & `z`")
+    anc.reason = "ANC | _stale_ # 1"
+    card = renderer.render(nct06462092, evaluation, ctx_for(evaluation))
+    detail = card["detail"]
+    assert "<script>" not in detail and "</script>" not in detail
+    assert "\\*bold\\* &lt;script&gt;alert(1)&lt;/script&gt; \\[x\\](y) &amp; \\`z\\`" in detail
+    assert "ANC \\| \\_stale\\_ \\# 1" in detail
+    # Labels and FHIR resources are plain text: not escaped.
+    assert order_suggestions(card)[0]["actions"][0]["resource"]["code"]["text"].startswith("*bold* <script>")
+
+
+def test_md_escape():
+    assert md_escape("a*b_c`d[e]f<g>h#i|j&k\\l~m") == "a\\*b\\_c\\`d\\[e\\]f&lt;g&gt;h\\#i\\|j&amp;k\\\\l\\~m"
+    assert md_escape("two\nlines\t here") == "two lines here"
+    assert md_escape("&lt;") == "&amp;lt;"
+    assert md_escape(None) == ""
+
+
+# -- request context -------------------------------------------------------------------------------
+
+def test_requester_only_for_practitioners(renderer, nct06462092, g066):
+    for user, expected in (("Patient/g066", None), ("RelatedPerson/r1", None), (None, None),
+                           ("Practitioner/p-1", {"reference": "Practitioner/p-1"}),
+                           ("PractitionerRole/pr.2", {"reference": "PractitionerRole/pr.2"})):
+        card = renderer.render(nct06462092, g066, ctx_for(g066, user_id=user))
+        for sr in suggestion_resources(card):
+            assert sr.get("requester") == expected, user
+            assert "encounter" not in sr
+        assert find_empty_values(card) == []
+
+
+def test_encounter_included_when_given(renderer, nct06462092, g066):
+    for given in ("enc-42", "Encounter/enc-42"):
+        card = renderer.render(nct06462092, g066, ctx_for(g066, encounter_id=given))
+        resources = suggestion_resources(card)
+        assert len(resources) == 2
+        assert all(sr["encounter"] == {"reference": "Encounter/enc-42"} for sr in resources)
+
+
+def test_context_is_checked(renderer, nct06462092, g066, trials):
+    with pytest.raises(ValueError, match="patient_id"):
+        CardContext("")
+    with pytest.raises(ValueError, match="patient_id"):
+        CardContext("Patient/g066")
+    with pytest.raises(ValueError, match="not g999"):  # never a card about another patient
+        renderer.render(nct06462092, g066, CardContext("g999"))
+    other = next((t for t in trials.values() if t.id != NCT), None)
+    if other is not None:
+        with pytest.raises(ValueError, match="trial"):
+            renderer.render(other, g066, ctx_for(g066))
+
+
+def test_render_refuses_to_emit_empty_values(renderer, nct06462092, g066):
+    evaluation = copy.deepcopy(g066)
+    evaluation.criterion("alive").reason = ""  # would reach the card through the extension
+    with pytest.raises(ValueError, match=r"trial-eligibility\.criteria\[0\]\.reason"):
+        renderer.render(nct06462092, evaluation, ctx_for(evaluation))
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+def test_fit_summary_boundaries():
+    assert fit_summary("x" * 139) == "x" * 139
+    cut = fit_summary("x" * 140)
+    assert len(cut) == 139 and cut.endswith("…") and cut[:138] == "x" * 138
+    cut = fit_summary("y" * 200)
+    assert len(cut) == 139 and cut.endswith("…")
+    assert fit_summary("  a \n\t b  ") == "a b"
+    assert len(fit_summary("word " * 60)) == 139
+
+
+def test_find_empty_values():
+    assert find_empty_values({"a": 1, "b": [{"c": "x"}], "d": False, "e": 0}) == []
+    found = find_empty_values({"a": None, "b": "", "c": [], "d": {}, "e": [{"f": {"g": []}}, "ok"]})
+    assert found == ["$.a", "$.b", "$.c", "$.d", "$.e[0].f.g"]
+    assert find_empty_values([]) == ["$"]
+
+
+# -- templates -------------------------------------------------------------------------------------
+
+def copy_templates(tmp_path: Path) -> Path:
+    target = tmp_path / "cards"
+    target.mkdir()
+    for name in TEMPLATE_FILES:
+        shutil.copy(packaged_templates() / name, target / name)
+    return target
+
+
+def test_custom_template_dir_changes_the_summary(tmp_path, nct06462092, g001):
+    folder = copy_templates(tmp_path)
+    (folder / "summary.txt.j2").write_text(
+        "{{ trial.nct_id }} ({{ status }}): screening result for {{ patient_id }}\n", encoding="utf-8")
+    card = CardRenderer(folder).render(nct06462092, g001, ctx_for(g001))
+    assert card["summary"] == f"{NCT} (eligible): screening result for g001"
+    assert CardRenderer(str(folder)).render(nct06462092, g001, ctx_for(g001))["summary"] == card["summary"]
+
+
+def test_custom_text_yaml_changes_labels(tmp_path, nct06462092, g066):
+    folder = copy_templates(tmp_path)
+    text = (folder / "text.yaml").read_text(encoding="utf-8")
+    text = text.replace('label: "Order {{ order }} (for {{ criteria }})"', 'label: "Request {{ order }}"')
+    (folder / "text.yaml").write_text(text, encoding="utf-8")
+    card = CardRenderer(folder).render(nct06462092, g066, ctx_for(g066))
+    assert order_suggestions(card)[0]["label"] == "Request CBC W Auto Differential panel - Blood"
+
+
+@pytest.mark.parametrize("missing", TEMPLATE_FILES)
+def test_missing_template_file_is_named(tmp_path, missing):
+    folder = copy_templates(tmp_path)
+    (folder / missing).unlink()
+    with pytest.raises(ValueError, match=re.escape(missing)):
+        CardRenderer(folder)
+
+
+def test_missing_text_key_is_named(tmp_path):
+    folder = copy_templates(tmp_path)
+    text = (folder / "text.yaml").read_text(encoding="utf-8")
+    (folder / "text.yaml").write_text(text.replace("link:\n  label: Study page (ClinicalTrials.gov)\n", ""),
+                                      encoding="utf-8")
+    with pytest.raises(ValueError, match=r"text\.yaml.*link\.label"):
+        CardRenderer(folder)
+
+
+def test_override_reason_without_display_is_refused(tmp_path):
+    folder = copy_templates(tmp_path)
+    text = (folder / "text.yaml").read_text(encoding="utf-8")
+    (folder / "text.yaml").write_text(text.replace("      display: Already screened or referred\n", ""),
+                                      encoding="utf-8")
+    with pytest.raises(ValueError, match=r"text\.yaml.*reasons\[1\]\.display"):
+        CardRenderer(folder)
+
+
+@pytest.mark.parametrize("name, source, message", [
+    ("summary.txt.j2", "{{ trail.nct_id }}", "unknown variable.*trail"),
+    ("summary.txt.j2", "{% if status %}unclosed", "summary.txt.j2"),
+    ("detail.md.j2", "{% for item in items %}{{ item.titel }}{% endfor %}", "detail.md.j2"),
+    ("detail.md.j2", "{{ trial.nct_id | nosuchfilter }}", "detail.md.j2"),
+    ("detail.md.j2", "<b>{{ trial.nct_id }}</b>", "raw HTML"),
+])
+def test_broken_templates_fail_at_construction(tmp_path, name, source, message):
+    folder = copy_templates(tmp_path)
+    (folder / name).write_text(source, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        CardRenderer(folder)
+
+
+def test_text_template_with_unknown_variable_fails_at_construction(tmp_path):
+    folder = copy_templates(tmp_path)
+    text = (folder / "text.yaml").read_text(encoding="utf-8")
+    (folder / "text.yaml").write_text(text.replace("{{ short_title }})", "{{ shorttitle }})"), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"text\.yaml.*referral_reason.*shorttitle"):
+        CardRenderer(folder)
+
+
+def test_packaged_templates_are_the_cards_folder():
+    top = Path(__file__).resolve().parent.parent / "cards"
+    for name in TEMPLATE_FILES:
+        assert (packaged_templates() / name).read_bytes() == (top / name).read_bytes()

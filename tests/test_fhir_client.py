@@ -1,0 +1,555 @@
+"""FHIR client: allowlist, headers, paging, retries, status mapping, deadline,
+cache, token hygiene; and the query objects' templates and URLs. No network:
+every HTTP call goes to a `responses` mock."""
+
+import json
+import logging
+import threading
+import time
+
+import pytest
+import requests
+import responses
+
+from cds_service.fhir.client import (FetchResult, FhirAccessDenied, FhirBadResponse, FhirClient, FhirNotAllowed,
+                                     FhirUnavailable)
+from cds_service.fhir.queries import PATIENT_TOKEN, Read, Search
+
+BASE = "https://ehr.example.org/fhir"
+TOKEN = "tok-SECRET-9f8e7d"
+PATIENT = "pat-7731"
+OBS = Search("Observation", (("code", "http://loinc.org|751-8"), ("_count", "2")))
+OBS_URL = f"{BASE}/Observation?patient={PATIENT}&code=http://loinc.org|751-8&_count=2"
+COND = Search("Condition")
+COND_URL = f"{BASE}/Condition?patient={PATIENT}"
+PATIENT_URL = f"{BASE}/Patient/{PATIENT}"
+
+
+def soon(seconds: float = 5.0) -> float:
+    return time.monotonic() + seconds
+
+
+def observation(n: int) -> dict:
+    return {"resourceType": "Observation", "id": f"o{n}", "subject": {"reference": f"Patient/{PATIENT}"}}
+
+
+def bundle(*resources: dict, next_url: str | None = None, self_url: str | None = None) -> dict:
+    links = [{"relation": r, "url": u} for r, u in (("self", self_url), ("next", next_url)) if u]
+    return {"resourceType": "Bundle", "type": "searchset", "link": links,
+            "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources]}
+
+
+def outcome(diagnostics: str) -> dict:
+    return {"resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "processing", "diagnostics": diagnostics}]}
+
+
+def ids(result: FetchResult) -> list[str]:
+    return [r["id"] for r in result.resources]
+
+
+@pytest.fixture
+def client():
+    c = FhirClient([BASE])
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def mock():
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield rsps
+
+
+# --- allowlist -------------------------------------------------------------
+
+def test_allowlist_normalises_case_port_and_trailing_slash():
+    c = FhirClient(["HTTPS://EHR.Example.org:443/fhir/", "http://open.example.com:80"])
+    try:
+        assert c.is_allowed("https://ehr.example.org/fhir")
+        assert c.is_allowed("https://ehr.example.org/fhir/")
+        assert c.is_allowed("https://ehr.example.org:443/fhir/Patient/1")
+        assert c.is_allowed("https://EHR.EXAMPLE.ORG/fhir?_getpages=abc")
+        assert c.is_allowed("http://open.example.com/Observation?patient=1")
+        assert not c.is_allowed("https://ehr.example.org:8443/fhir")
+        assert not c.is_allowed("http://ehr.example.org/fhir")  # scheme is part of the base
+        assert not c.is_allowed("https://ehr.example.org/FHIR")  # paths are case-sensitive
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("url", [
+    "https://ehr.example.org.evil.com/fhir",
+    "https://ehr.example.org/fhir-other",
+    "https://ehr.example.org/fhirPatient/1",
+    "https://ehr.example.org",
+    "https://ehr.example.org@evil.com/fhir",
+    "https://user:pw@ehr.example.org/fhir",
+    "https://ehr.example.org/fhir/../admin",
+    "https://ehr.example.org/fhir/%2e%2e/admin",
+    "https://ehr.example.org\\@evil.com/fhir",
+    "ftp://ehr.example.org/fhir",
+    "not a url",
+])
+def test_allowlist_refuses_lookalikes(client, url):
+    assert not client.is_allowed(url)
+
+
+def test_empty_allowlist_allows_nothing():
+    c = FhirClient([])
+    try:
+        assert not c.is_allowed(BASE)
+    finally:
+        c.close()
+
+
+def test_allowlist_entry_that_is_not_an_http_base_is_a_configuration_error():
+    with pytest.raises(ValueError):
+        FhirClient(["ehr.example.org/fhir"])
+
+
+def test_refused_base_makes_no_request(client, mock):
+    results = client.fetch("https://ehr.example.org.evil.com/fhir", TOKEN, {"obs": OBS, "patient": Read("Patient")},
+                           PATIENT, soon())
+    assert len(mock.calls) == 0
+    assert set(results) == {"obs", "patient"}
+    for key, result in results.items():
+        assert isinstance(result.error, FhirNotAllowed) and result.error.key == key
+        assert result.requests == 0 and result.resources == []
+
+
+def test_next_link_to_another_host_is_refused_without_calling_it(client, mock):
+    mock.get(OBS_URL, json=bundle(observation(1), next_url="https://evil.example.com/fhir?_getpages=x"))
+    evil = mock.get("https://evil.example.com/fhir", json=bundle(observation(2)))
+    result = client.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon())["obs"]
+    assert isinstance(result.error, FhirNotAllowed)
+    assert result.resources == [] and result.requests == 1
+    assert evil.call_count == 0
+
+
+def test_next_link_to_another_allowed_server_is_refused_too(mock):
+    """The token was issued for one server; it must not travel to another one."""
+    c = FhirClient([BASE, "https://other.example.org/fhir"])
+    try:
+        mock.get(OBS_URL, json=bundle(observation(1), next_url="https://other.example.org/fhir?page=2"))
+        other = mock.get("https://other.example.org/fhir", json=bundle(observation(2)))
+        result = c.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon())["obs"]
+        assert isinstance(result.error, FhirNotAllowed) and other.call_count == 0
+    finally:
+        c.close()
+
+
+def test_redirect_is_not_followed(client, mock):
+    mock.get(PATIENT_URL, status=302, headers={"Location": "https://evil.example.com/steal"})
+    evil = mock.get("https://evil.example.com/steal", json={"resourceType": "Patient"})
+    result = client.fetch(BASE, TOKEN, {"patient": Read("Patient")}, PATIENT, soon())["patient"]
+    assert isinstance(result.error, FhirBadResponse) and result.error.status == 302
+    assert evil.call_count == 0
+
+
+# --- headers -----------------------------------------------------------------
+
+def test_bearer_token_and_accept_headers(client, mock):
+    mock.get(PATIENT_URL, json={"resourceType": "Patient", "id": PATIENT})
+    result = client.fetch(BASE, TOKEN, {"patient": Read("Patient")}, PATIENT, soon())["patient"]
+    assert result.error is None and ids(result) == [PATIENT]
+    headers = mock.calls[0].request.headers
+    assert headers["Authorization"] == f"Bearer {TOKEN}"
+    assert headers["Accept"] == "application/fhir+json"
+    assert "Cache-Control" not in headers
+
+
+def test_no_authorization_header_without_a_token(client, mock):
+    mock.get(PATIENT_URL, json={"resourceType": "Patient", "id": PATIENT})
+    result = client.fetch(BASE, None, {"patient": Read("Patient")}, PATIENT, soon())["patient"]
+    assert result.error is None
+    assert "Authorization" not in mock.calls[0].request.headers
+
+
+def test_server_cookies_are_not_sent_on_later_requests(client, mock):
+    mock.get(PATIENT_URL, json={"resourceType": "Patient", "id": PATIENT}, headers={"Set-Cookie": "JSESSIONID=abc"})
+    client.fetch(BASE, TOKEN, {"patient": Read("Patient")}, PATIENT, soon(), no_cache=True)
+    client.fetch(BASE, "other-token", {"patient": Read("Patient")}, PATIENT, soon(), no_cache=True)
+    assert len(mock.calls) == 2
+    assert "Cookie" not in mock.calls[1].request.headers
+
+
+# --- paging ------------------------------------------------------------------
+
+def test_pages_are_followed_including_a_relative_next_link(client, mock):
+    page2 = f"{BASE}?_getpages=s1&_getpagesoffset=2"
+    mock.get(OBS_URL, json=bundle(observation(1), observation(2), next_url=page2))
+    mock.get(page2, json=bundle(observation(3), observation(4), next_url="?_getpages=s1&_getpagesoffset=4"))
+    mock.get(f"{BASE}/?_getpages=s1&_getpagesoffset=4", json=bundle(observation(5)))
+    result = client.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon())["obs"]
+    assert result.error is None
+    assert ids(result) == ["o1", "o2", "o3", "o4", "o5"]
+    assert (result.pages, result.requests, result.truncated) == (3, 3, False)
+    assert all(call.request.headers["Authorization"] == f"Bearer {TOKEN}" for call in mock.calls)
+
+
+def test_page_limit_truncates(mock):
+    c = FhirClient([BASE], page_limit=2)
+    try:
+        mock.get(OBS_URL, json=bundle(observation(1), next_url=f"{BASE}?page=2"))
+        mock.get(f"{BASE}?page=2", json=bundle(observation(2), next_url=f"{BASE}?page=3"))
+        page3 = mock.get(f"{BASE}?page=3", json=bundle(observation(3)))
+        result = c.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon())["obs"]
+        assert result.error is None and result.truncated
+        assert ids(result) == ["o1", "o2"] and result.pages == 2
+        assert page3.call_count == 0
+    finally:
+        c.close()
+
+
+def test_next_link_loop_stops_paging(client, mock):
+    mock.get(OBS_URL, json=bundle(observation(1), next_url=f"{BASE}?page=2"))
+    mock.get(f"{BASE}?page=2", json=bundle(observation(2), next_url=f"{BASE}?page=2"))
+    result = client.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon())["obs"]
+    assert result.error is None and not result.truncated
+    assert ids(result) == ["o1", "o2"] and result.requests == 2
+
+
+def test_expired_page_reruns_the_search_once(client, mock):
+    mock.get(OBS_URL, json=bundle(observation(1), next_url=f"{BASE}?_getpages=old"))
+    mock.get(f"{BASE}?_getpages=old", status=410, json=outcome("Search id old has expired"))
+    mock.get(OBS_URL, json=bundle(observation(1), next_url=f"{BASE}?_getpages=new"))
+    mock.get(f"{BASE}?_getpages=new", json=bundle(observation(2)))
+    result = client.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon())["obs"]
+    assert result.error is None
+    assert ids(result) == ["o1", "o2"]  # page 1 of the first run not counted twice
+    assert result.requests == 4
+
+
+def test_second_expired_page_is_unavailable(client, mock):
+    mock.get(OBS_URL, json=bundle(observation(1), next_url=f"{BASE}?_getpages=old"))
+    mock.get(f"{BASE}?_getpages=old", status=410)
+    mock.get(OBS_URL, json=bundle(observation(1), next_url=f"{BASE}?_getpages=new"))
+    mock.get(f"{BASE}?_getpages=new", status=410)
+    result = client.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon())["obs"]
+    assert isinstance(result.error, FhirUnavailable) and result.error.status == 410
+    assert result.resources == [] and result.requests == 4
+
+
+def test_outcome_entries_are_dropped_from_search_results(client, mock):
+    body = bundle(observation(1))
+    body["entry"].append({"resource": outcome("warning: code not indexed"), "search": {"mode": "outcome"}})
+    body["entry"].append({"resource": observation(2), "search": {"mode": "outcome"}})
+    mock.get(OBS_URL, json=body)
+    result = client.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon())["obs"]
+    assert result.error is None and ids(result) == ["o1"]
+
+
+def test_follow_next_returns_only_the_following_pages(client, mock):
+    prefetched = bundle(observation(1), next_url=f"{BASE}?page=2", self_url=OBS_URL)
+    mock.get(f"{BASE}?page=2", json=bundle(observation(2), next_url="?page=3"))
+    mock.get(f"{BASE}/?page=3", json=bundle(observation(3)))
+    result = client.follow_next(BASE, TOKEN, prefetched, "obs", soon())
+    assert result.error is None and ids(result) == ["o2", "o3"]
+    assert result.pages == 2 and result.requests == 2
+
+
+def test_follow_next_without_next_link_is_empty(client, mock):
+    result = client.follow_next(BASE, TOKEN, bundle(observation(1)), "obs", soon())
+    assert (result.key, result.resources, result.error, result.pages, result.truncated) == ("obs", [], None, 0, False)
+    assert result.requests == 0 and len(mock.calls) == 0
+
+
+def test_follow_next_reruns_an_expired_search_from_its_self_link(client, mock):
+    prefetched = bundle(observation(1), next_url=f"{BASE}?_getpages=old", self_url=OBS_URL)
+    mock.get(f"{BASE}?_getpages=old", status=410)
+    mock.get(OBS_URL, json=bundle(observation(1), next_url=f"{BASE}?_getpages=new"))
+    mock.get(f"{BASE}?_getpages=new", json=bundle(observation(2)))
+    result = client.follow_next(BASE, TOKEN, prefetched, "obs", soon())
+    assert result.error is None and ids(result) == ["o2"]  # the caller already holds page 1
+
+
+def test_follow_next_refuses_a_base_off_the_allowlist(client, mock):
+    result = client.follow_next("https://evil.example.com/fhir", TOKEN,
+                                bundle(observation(1), next_url="https://evil.example.com/fhir?page=2"), "obs", soon())
+    assert isinstance(result.error, FhirNotAllowed) and len(mock.calls) == 0
+
+
+# --- retries -----------------------------------------------------------------
+
+def test_429_with_retry_after_zero_then_success(client, mock):
+    mock.get(PATIENT_URL, status=429, headers={"Retry-After": "0"})
+    mock.get(PATIENT_URL, json={"resourceType": "Patient", "id": PATIENT})
+    result = client.fetch(BASE, TOKEN, {"patient": Read("Patient")}, PATIENT, soon())["patient"]
+    assert result.error is None and ids(result) == [PATIENT]
+    assert result.requests == 2
+
+
+def test_503_three_times_is_unavailable(client, mock):
+    mock.get(PATIENT_URL, status=503)
+    started = time.monotonic()
+    result = client.fetch(BASE, TOKEN, {"patient": Read("Patient")}, PATIENT, soon())["patient"]
+    assert isinstance(result.error, FhirUnavailable) and result.error.status == 503
+    assert result.requests == 3 and len(mock.calls) == 3
+    assert time.monotonic() - started >= 0.3  # backoff 0.1 s then 0.2 s
+
+
+def test_connection_error_is_retried(client, mock):
+    mock.get(PATIENT_URL, body=requests.exceptions.ConnectionError("refused"))
+    mock.get(PATIENT_URL, json={"resourceType": "Patient", "id": PATIENT})
+    result = client.fetch(BASE, TOKEN, {"patient": Read("Patient")}, PATIENT, soon())["patient"]
+    assert result.error is None and result.requests == 2
+
+
+def test_retry_after_beyond_the_deadline_gives_up_at_once(client, mock):
+    mock.get(PATIENT_URL, status=429, headers={"Retry-After": "30"})
+    started = time.monotonic()
+    result = client.fetch(BASE, TOKEN, {"patient": Read("Patient")}, PATIENT, soon(1.0))["patient"]
+    assert isinstance(result.error, FhirUnavailable) and result.error.status == 429
+    assert "deadline" in result.error.reason
+    assert time.monotonic() - started < 0.2 and result.requests == 1
+
+
+def test_retry_after_as_an_http_date(client, mock):
+    mock.get(PATIENT_URL, status=503, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})  # already past
+    mock.get(PATIENT_URL, json={"resourceType": "Patient", "id": PATIENT})
+    started = time.monotonic()
+    result = client.fetch(BASE, TOKEN, {"patient": Read("Patient")}, PATIENT, soon())["patient"]
+    assert result.error is None and result.requests == 2
+    assert time.monotonic() - started < 0.1  # the date, not the 0.1 s backoff, set the wait
+
+
+def test_500_is_not_retried(client, mock):
+    mock.get(PATIENT_URL, status=500)
+    result = client.fetch(BASE, TOKEN, {"patient": Read("Patient")}, PATIENT, soon())["patient"]
+    assert isinstance(result.error, FhirUnavailable) and result.requests == 1
+
+
+# --- status mapping ----------------------------------------------------------
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_access_denied(client, mock, status):
+    mock.get(COND_URL, status=status, json=outcome("token expired"))
+    result = client.fetch(BASE, TOKEN, {"cond": COND}, PATIENT, soon())["cond"]
+    assert isinstance(result.error, FhirAccessDenied)
+    assert result.error.status == status and result.error.key == "cond" and result.requests == 1
+
+
+def test_read_404_is_not_found(client, mock):
+    mock.get(PATIENT_URL, status=404, json=outcome("Resource Patient/pat-7731 is not known"))
+    result = client.fetch(BASE, TOKEN, {"patient": Read("Patient")}, PATIENT, soon())["patient"]
+    assert result.error is None and result.not_found and result.resources == []
+
+
+def test_search_404_is_a_bad_response(client, mock):
+    mock.get(COND_URL, status=404)
+    result = client.fetch(BASE, TOKEN, {"cond": COND}, PATIENT, soon())["cond"]
+    assert isinstance(result.error, FhirBadResponse) and result.error.status == 404
+
+
+def test_search_400_carries_the_diagnostics(client, mock):
+    mock.get(COND_URL, status=400, json=outcome("Unknown search parameter \"foo\".\nValid: code, onset-date"))
+    result = client.fetch(BASE, TOKEN, {"cond": COND}, PATIENT, soon())["cond"]
+    assert isinstance(result.error, FhirBadResponse) and result.error.status == 400
+    assert 'Unknown search parameter "foo". Valid: code, onset-date' in result.error.reason
+    assert "\n" not in result.error.reason
+
+
+def test_long_diagnostics_are_truncated(client, mock):
+    mock.get(COND_URL, status=422, json=outcome("x" * 1000))
+    result = client.fetch(BASE, TOKEN, {"cond": COND}, PATIENT, soon())["cond"]
+    assert result.error.reason.count("x") == 200
+
+
+def test_non_json_200_is_a_bad_response(client, mock):
+    mock.get(COND_URL, body="<html>Login</html>", content_type="text/html")
+    result = client.fetch(BASE, TOKEN, {"cond": COND}, PATIENT, soon())["cond"]
+    assert isinstance(result.error, FhirBadResponse) and "not JSON" in result.error.reason
+
+
+def test_operation_outcome_200_is_a_bad_response(client, mock):
+    mock.get(COND_URL, json=outcome("search failed"))
+    result = client.fetch(BASE, TOKEN, {"cond": COND}, PATIENT, soon())["cond"]
+    assert isinstance(result.error, FhirBadResponse) and "search failed" in result.error.reason
+
+
+def test_read_of_the_wrong_type_is_a_bad_response(client, mock):
+    mock.get(PATIENT_URL, json=bundle())
+    result = client.fetch(BASE, TOKEN, {"patient": Read("Patient")}, PATIENT, soon())["patient"]
+    assert isinstance(result.error, FhirBadResponse) and "Bundle" in result.error.reason
+
+
+def test_empty_search_is_an_empty_result(client, mock):
+    mock.get(COND_URL, json={"resourceType": "Bundle", "type": "searchset", "total": 0})
+    result = client.fetch(BASE, TOKEN, {"cond": COND}, PATIENT, soon())["cond"]
+    assert result.error is None and result.resources == [] and result.pages == 1
+
+
+def test_a_patient_id_that_is_not_a_fhir_id_is_refused(client, mock):
+    with pytest.raises(ValueError):
+        client.fetch(BASE, TOKEN, {"cond": COND}, "", soon())
+    assert len(mock.calls) == 0
+
+
+# --- parallelism and deadline ------------------------------------------------
+
+def _delayed(seconds: float, body: dict):
+    def callback(request):
+        time.sleep(seconds)
+        return 200, {}, json.dumps(body)
+    return callback
+
+
+def test_queries_run_in_parallel(client, mock):
+    mock.add_callback("GET", PATIENT_URL, callback=_delayed(0.2, {"resourceType": "Patient", "id": PATIENT}))
+    mock.add_callback("GET", COND_URL, callback=_delayed(0.2, bundle()))
+    mock.add_callback("GET", OBS_URL, callback=_delayed(0.2, bundle(observation(1))))
+    started = time.monotonic()
+    results = client.fetch(BASE, TOKEN, {"patient": Read("Patient"), "cond": COND, "obs": OBS}, PATIENT, soon())
+    assert time.monotonic() - started < 0.45
+    assert all(r.error is None for r in results.values())
+    assert list(results) == ["patient", "cond", "obs"]
+
+
+def test_a_hanging_request_does_not_hold_up_fetch_past_the_deadline(client, mock):
+    release = threading.Event()
+
+    def hang(request):
+        release.wait(2.0)  # a server that never answers within the budget
+        return 200, {}, json.dumps(bundle())
+
+    mock.add_callback("GET", COND_URL, callback=hang)
+    mock.get(PATIENT_URL, json={"resourceType": "Patient", "id": PATIENT})
+    mock.get(OBS_URL, json=bundle(observation(1)))
+    started = time.monotonic()
+    try:
+        results = client.fetch(BASE, TOKEN, {"patient": Read("Patient"), "cond": COND, "obs": OBS}, PATIENT,
+                               soon(0.3))
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+    assert elapsed < 0.6
+    assert isinstance(results["cond"].error, FhirUnavailable) and results["cond"].error.reason == "deadline exceeded"
+    assert results["patient"].error is None and ids(results["patient"]) == [PATIENT]
+    assert results["obs"].error is None and ids(results["obs"]) == ["o1"]
+
+
+def test_deadline_already_passed_makes_no_request(client, mock):
+    result = client.fetch(BASE, TOKEN, {"cond": COND}, PATIENT, time.monotonic() - 1)["cond"]
+    assert isinstance(result.error, FhirUnavailable) and len(mock.calls) == 0
+
+
+# --- cache -------------------------------------------------------------------
+
+def test_second_identical_fetch_is_served_from_the_cache(client, mock):
+    mock.get(OBS_URL, json=bundle(observation(1), next_url=f"{BASE}?page=2"))
+    mock.get(f"{BASE}?page=2", json=bundle(observation(2)))
+    first = client.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon())["obs"]
+    second = client.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon())["obs"]
+    assert first.requests == 2 and second.requests == 0 and len(mock.calls) == 2
+    assert ids(second) == ids(first) == ["o1", "o2"] and second.pages == 2
+
+
+def test_cached_resources_are_not_shared_objects(client, mock):
+    mock.get(PATIENT_URL, json={"resourceType": "Patient", "id": PATIENT})
+    first = client.fetch(BASE, TOKEN, {"patient": Read("Patient")}, PATIENT, soon())["patient"]
+    first.resources[0]["id"] = "changed by a caller"
+    second = client.fetch(BASE, TOKEN, {"patient": Read("Patient")}, PATIENT, soon())["patient"]
+    assert second.requests == 0 and ids(second) == [PATIENT]
+
+
+def test_cache_is_not_shared_between_tokens(client, mock):
+    mock.get(PATIENT_URL, json={"resourceType": "Patient", "id": PATIENT})
+    client.fetch(BASE, TOKEN, {"patient": Read("Patient")}, PATIENT, soon())
+    other = client.fetch(BASE, "another-token", {"patient": Read("Patient")}, PATIENT, soon())["patient"]
+    anonymous = client.fetch(BASE, None, {"patient": Read("Patient")}, PATIENT, soon())["patient"]
+    assert other.requests == 1 and anonymous.requests == 1 and len(mock.calls) == 3
+
+
+def test_no_cache_refetches_and_says_so(client, mock):
+    mock.get(PATIENT_URL, json={"resourceType": "Patient", "id": PATIENT})
+    client.fetch(BASE, TOKEN, {"patient": Read("Patient")}, PATIENT, soon())
+    fresh = client.fetch(BASE, TOKEN, {"patient": Read("Patient")}, PATIENT, soon(), no_cache=True)["patient"]
+    assert fresh.requests == 1 and len(mock.calls) == 2
+    assert mock.calls[1].request.headers["Cache-Control"] == "no-cache"
+
+
+def test_cache_keeps_no_token_in_clear(client, mock):
+    mock.get(PATIENT_URL, json={"resourceType": "Patient", "id": PATIENT})
+    client.fetch(BASE, TOKEN, {"patient": Read("Patient")}, PATIENT, soon())
+    assert client._cache and all(TOKEN not in part for key in client._cache for part in key)
+
+
+def test_errors_are_not_cached(client, mock):
+    mock.get(PATIENT_URL, status=503)
+    mock.get(PATIENT_URL, json={"resourceType": "Patient", "id": PATIENT})
+    c = FhirClient([BASE], retries=0)
+    try:
+        assert isinstance(c.fetch(BASE, TOKEN, {"p": Read("Patient")}, PATIENT, soon())["p"].error, FhirUnavailable)
+        assert c.fetch(BASE, TOKEN, {"p": Read("Patient")}, PATIENT, soon())["p"].error is None
+    finally:
+        c.close()
+
+
+# --- the token and the patient id stay out of errors and logs ----------------
+
+def test_token_never_appears_in_errors_results_or_logs(client, mock, caplog):
+    caplog.set_level(logging.DEBUG)
+    mock.get(PATIENT_URL, status=401, json=outcome(f"Invalid token {TOKEN}"))
+    mock.get(COND_URL, status=400, json=outcome(f"Bad request with Authorization: Bearer {TOKEN}"))
+    mock.get(OBS_URL, body=requests.exceptions.ConnectionError(f"failed {OBS_URL}"))
+    results = client.fetch(BASE, TOKEN, {"patient": Read("Patient"), "cond": COND, "obs": OBS}, PATIENT, soon())
+    refused = client.fetch("https://evil.example.com", TOKEN, {"cond": COND}, PATIENT, soon())
+    assert all(r.error is not None for r in [*results.values(), *refused.values()])
+    assert "***" in results["cond"].error.reason
+    for result in [*results.values(), *refused.values()]:
+        for text in (result.error.reason, str(result.error), repr(result.error), repr(result)):
+            assert TOKEN not in text and PATIENT not in text
+    assert TOKEN not in caplog.text and PATIENT not in caplog.text
+
+
+# --- queries -----------------------------------------------------------------
+
+LABS = Search("Observation", (("code", "http://loinc.org|751-8,http://loinc.org|777-3"), ("_sort", "-date"),
+                              ("_count", "100")))
+
+
+def test_search_prefetch_template_keeps_codes_readable():
+    assert LABS.prefetch_template() == ("Observation?patient={{context.patientId}}"
+                                        "&code=http://loinc.org|751-8,http://loinc.org|777-3&_sort=-date&_count=100")
+
+
+def test_search_relative_url():
+    assert LABS.relative_url("123") == \
+        "Observation?patient=123&code=http://loinc.org|751-8,http://loinc.org|777-3&_sort=-date&_count=100"
+
+
+def test_search_encodes_what_would_break_the_query():
+    query = Search("Condition", (("code:text", "breast cancer & more#?"),), patient_param="subject")
+    assert query.prefetch_template() == \
+        "Condition?subject={{context.patientId}}&code:text=breast%20cancer%20%26%20more%23%3F"
+    assert query.relative_url("a&b") == "Condition?subject=a%26b&code:text=breast+cancer+%26+more%23%3F"
+
+
+def test_search_without_params():
+    assert Search("Condition").prefetch_template() == f"Condition?patient={PATIENT_TOKEN}"
+    assert Search("Condition").relative_url("123") == "Condition?patient=123"
+
+
+def test_read_templates():
+    assert Read("Patient").prefetch_template() == "Patient/{{context.patientId}}"
+    assert Read("Patient").relative_url("123") == "Patient/123"
+    assert Read("Patient").relative_url("a/b c") == "Patient/a%2Fb%20c"
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Read("patient"),
+    lambda: Read("Patient/1"),
+    lambda: Search("Observation?x=1"),
+    lambda: Search("Observation", (("co de", "x"),)),
+    lambda: Search("Observation", (("code&_id", "x"),)),
+    lambda: Search("Observation", patient_param="patient="),
+])
+def test_invalid_queries_are_refused(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_queries_are_hashable_values():
+    assert Search("Condition", (("code", "x"),)) == Search("Condition", (("code", "x"),))
+    assert len({Read("Patient"), Read("Patient"), Search("Condition")}) == 2

@@ -1,0 +1,435 @@
+"""The CDS Hooks service over HTTP: discovery, the patient-view call with every
+prefetch case, the FHIR fallback, 4xx/412 errors, cards, audit."""
+
+import copy
+import json
+import re
+import uuid
+
+import pytest
+import responses
+
+from cds_service.cards import find_empty_values
+from conftest import EHR
+from hookdata import SPEC_EXAMPLE, demo, searchset, without
+
+TOKEN = "tok-3f9a1c-never-log-me"
+SERVICE = "/cds-services/trial-eligibility"
+ALLOWED_TOKENS = {"context.patientId", "context.userId", "context.encounterId", "userPractitionerId",
+                  "userPractitionerRoleId", "userPatientId", "userRelatedPersonId"}
+
+
+def authorized(request: dict, token: str = TOKEN) -> dict:
+    request = copy.deepcopy(request)
+    request["fhirServer"] = EHR
+    request["fhirAuthorization"] = {"access_token": token, "token_type": "Bearer", "expires_in": 300,
+                                    "scope": "user/Patient.read user/Observation.read user/Condition.read "
+                                             "user/AllergyIntolerance.read", "subject": "cds-service"}
+    return request
+
+
+def post(client, body, path=SERVICE):
+    return client.post(path, data=json.dumps(body), content_type="application/json")
+
+
+def card_of(response):
+    body = response.get_json()
+    assert response.status_code == 200, body
+    assert len(body["cards"]) == 1, body
+    return body["cards"][0]
+
+
+def trial_result(card, criterion):
+    evaluation = card["extension"]["trial-eligibility"]
+    return next(c for c in evaluation["criteria"] if c["id"] == criterion)
+
+
+# -- discovery ----------------------------------------------------------------
+
+def test_discovery_describes_one_patient_view_service(client):
+    response = client.get("/cds-services")
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    services = response.get_json()["services"]
+    assert len(services) == 1
+    service = services[0]
+    assert (service["hook"], service["id"]) == ("patient-view", "trial-eligibility")
+    assert service["title"] and "NCT06462092" in service["description"] and service["usageRequirements"]
+    prefetch = service["prefetch"]
+    assert prefetch["patient"] == "Patient/{{context.patientId}}"
+    assert set(prefetch) >= {"patient", "conditions", "observations", "allergies"}
+    for template in prefetch.values():
+        tokens = set(re.findall(r"\{\{(.*?)\}\}", template))
+        assert tokens <= ALLOWED_TOKENS, template
+        if "?" in template:
+            params = [p.split("=")[0] for p in template.split("?", 1)[1].split("&")]
+            assert set(params) <= {"patient", "code", "type", "_sort", "_count"}, template
+            assert "_count=" in template
+    observations = prefetch["observations"]
+    assert observations.startswith("Observation?patient={{context.patientId}}&code=")
+    assert "http://loinc.org|751-8" in observations and "_sort=-date" in observations
+    assert "51981-9" not in observations  # serum HER2 is not read
+    assert find_empty_values(response.get_json()) == []
+
+
+# -- the call: prefetch cases -------------------------------------------------
+
+@responses.activate(assert_all_requests_are_fired=True)
+def test_full_prefetch_answers_without_calling_the_fhir_server(client):
+    card = card_of(post(client, authorized(demo("eligible"))))
+    assert card["indicator"] == "info" and "NCT06462092" in card["summary"]
+    assert card["extension"]["trial-eligibility"]["status"] == "eligible"
+    assert len(responses.calls) == 0
+
+
+@responses.activate
+def test_absent_key_is_fetched_with_the_bearer_token(client):
+    request = authorized(without(demo("eligible"), "observations"))
+    stale_anc = {"resourceType": "Observation", "id": "anc-from-server", "status": "final",
+                 "code": {"coding": [{"system": "http://loinc.org", "code": "751-8"}]},
+                 "subject": {"reference": "Patient/g001"}, "effectiveDateTime": "2026-06-10T08:00:00Z",
+                 "valueQuantity": {"value": 0.9, "unit": "10*3/uL", "system": "http://unitsofmeasure.org",
+                                   "code": "10*3/uL"}}
+    responses.get(re.compile(re.escape(EHR) + r"/Observation\?.*"), json=searchset(stale_anc))
+    response = post(client, request)
+    assert response.status_code == 200
+    assert response.get_json()["cards"] == []  # fetched ANC 0.9 rules the patient out: no card
+    assert len(responses.calls) == 1
+    call = responses.calls[0].request
+    assert call.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert call.headers["Accept"] == "application/fhir+json"
+    assert "patient=g001" in call.url and "code=" in call.url
+
+
+@responses.activate(assert_all_requests_are_fired=True)
+def test_null_key_means_no_data_and_no_call(client):
+    request = authorized(demo("eligible"))
+    request["prefetch"]["allergies"] = None
+    card = card_of(post(client, request))
+    assert trial_result(card, "study-drug-allergy")["result"] == "review"  # no allergy information
+    assert len(responses.calls) == 0
+
+
+@responses.activate(assert_all_requests_are_fired=True)
+def test_empty_bundle_means_no_matches(client):
+    request = authorized(demo("eligible"))
+    request["prefetch"]["observations"] = searchset()
+    card = card_of(post(client, request))
+    assert card["extension"]["trial-eligibility"]["status"] == "needs-data"
+    assert trial_result(card, "neutrophils")["reasonCode"] == "no-data"
+    assert len(responses.calls) == 0
+
+
+@responses.activate
+@pytest.mark.parametrize("bad_value", [
+    {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]},
+    {"resourceType": "Bundle", "type": "searchset",
+     "entry": [{"resource": {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "x"}]},
+                "search": {"mode": "outcome"}}]},
+    "<html>Tomcat error</html>",
+    {"resourceType": "Patient", "id": "g001"},
+])
+def test_operation_outcome_or_junk_in_prefetch_is_fetched_instead(make_app, bad_value):
+    client = make_app().test_client()
+    request = authorized(demo("eligible"))
+    conditions = request["prefetch"]["conditions"]
+    request["prefetch"]["conditions"] = bad_value
+    responses.get(re.compile(re.escape(EHR) + r"/Condition\?.*"), json=conditions)
+    card = card_of(post(client, request))
+    assert card["extension"]["trial-eligibility"]["status"] == "eligible"
+    assert len(responses.calls) == 1 and "/Condition?" in responses.calls[0].request.url
+
+
+@responses.activate
+def test_prefetch_bundle_with_a_next_link_is_paged(client):
+    request = authorized(demo("eligible"))
+    observations = request["prefetch"]["observations"]
+    anc = next(e for e in observations["entry"] if e["resource"]["id"] == "g001-anc-1")
+    observations["entry"].remove(anc)
+    observations["link"] = [{"relation": "next", "url": f"{EHR}?_getpages=abc&_getpagesoffset=100"}]
+    responses.get(re.compile(re.escape(EHR) + r"\?_getpages=abc.*"), json=searchset(anc["resource"]))
+    card = card_of(post(client, request))
+    assert trial_result(card, "neutrophils")["result"] == "pass"  # decided by the ANC on page 2
+    assert len(responses.calls) == 1
+
+
+@responses.activate(assert_all_requests_are_fired=True)
+def test_next_link_to_another_server_is_refused(client):
+    request = authorized(demo("eligible"))
+    request["prefetch"]["observations"]["link"] = [{"relation": "next", "url": "https://evil.example.com/fhir?p=2"}]
+    response = post(client, request)
+    assert response.status_code == 412
+    assert "observations" in response.get_json()["issue"][0]["diagnostics"]
+    assert len(responses.calls) == 0
+
+
+@responses.activate(assert_all_requests_are_fired=True)
+def test_resources_of_another_patient_are_ignored_and_audited(make_app):
+    app = make_app()
+    request = demo("eligible")
+    foreign_low_anc = {"resourceType": "Observation", "id": "other-anc", "status": "final",
+                       "code": {"coding": [{"system": "http://loinc.org", "code": "751-8"}]},
+                       "subject": {"reference": "Patient/someone-else"}, "effectiveDateTime": "2026-06-14",
+                       "valueQuantity": {"value": 0.2, "unit": "10*3/uL", "system": "http://unitsofmeasure.org",
+                                         "code": "10*3/uL"}}
+    request["prefetch"]["observations"]["entry"].append({"resource": foreign_low_anc})
+    card = card_of(post(app.test_client(), request))
+    assert trial_result(card, "neutrophils")["result"] == "pass"
+    audit = app.extensions["trial_eligibility"].store.hook_calls()[-1]
+    assert audit["data_sources"]["observations"]["foreign"] == 1
+
+
+@responses.activate
+def test_prefetched_patient_of_another_id_is_fetched(client):
+    request = authorized(demo("eligible"))
+    patient = request["prefetch"]["patient"]
+    request["prefetch"]["patient"] = dict(patient, id="someone-else")
+    responses.get(f"{EHR}/Patient/g001", json=patient)
+    card = card_of(post(client, request))
+    assert card["extension"]["trial-eligibility"]["patient"] == "g001"
+    assert len(responses.calls) == 1
+
+
+# -- 412 -------------------------------------------------------------------
+
+def test_no_prefetch_and_no_fhir_server_is_412_naming_what_is_missing(client):
+    request = demo("eligible")
+    del request["prefetch"]
+    response = post(client, request)
+    assert response.status_code == 412 and response.mimetype == "application/fhir+json"
+    body = response.get_json()
+    assert body["resourceType"] == "OperationOutcome"
+    missing = {issue["expression"][0] for issue in body["issue"]}
+    assert missing == {"prefetch.patient", "prefetch.conditions", "prefetch.observations", "prefetch.allergies"}
+
+
+@responses.activate(assert_all_requests_are_fired=True)
+def test_fhir_server_not_on_the_allowlist_is_never_called(make_app):
+    client = make_app(allowed_fhir_servers=()).test_client()
+    response = post(client, authorized(without(demo("eligible"), "observations")))
+    assert response.status_code == 412
+    assert "allowlist" in response.get_json()["issue"][0]["diagnostics"]
+    assert len(responses.calls) == 0
+
+
+@responses.activate
+@pytest.mark.parametrize("status", [401, 403])
+def test_fhir_access_refused_is_412(client, status):
+    responses.get(re.compile(re.escape(EHR) + r"/Observation\?.*"), status=status,
+                  json={"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "security"}]})
+    response = post(client, authorized(without(demo("eligible"), "observations")))
+    assert response.status_code == 412
+    assert TOKEN not in response.get_data(as_text=True)
+
+
+@responses.activate
+def test_hapi_operation_outcome_error_becomes_412(client):
+    responses.get(re.compile(re.escape(EHR) + r"/Condition\?.*"), status=400,
+                  json={"resourceType": "OperationOutcome", "issue": [
+                      {"severity": "error", "code": "processing",
+                       "diagnostics": "HAPI-0524: Unknown search parameter"}]})
+    response = post(client, authorized(without(demo("eligible"), "conditions")))
+    assert response.status_code == 412
+    assert "HAPI-0524" in response.get_json()["issue"][0]["diagnostics"]
+
+
+@responses.activate
+def test_slow_fhir_server_gives_412_within_the_deadline(make_app):
+    import time
+
+    client = make_app(fhir_deadline=0.3).test_client()
+
+    def slow(request):
+        time.sleep(1.5)
+        return 200, {}, json.dumps(searchset())
+
+    responses.add_callback(responses.GET, re.compile(re.escape(EHR) + r"/Observation\?.*"), callback=slow)
+    started = time.monotonic()
+    response = post(client, authorized(without(demo("eligible"), "observations")))
+    elapsed = time.monotonic() - started
+    assert response.status_code == 412
+    assert elapsed < 1.0
+
+
+@responses.activate
+def test_fetch_path_queries_run_in_parallel_and_page(client):
+    request = authorized(demo("eligible"))
+    prefetch = request.pop("prefetch")
+    observations = [e["resource"] for e in prefetch["observations"]["entry"]]
+    responses.get(f"{EHR}/Patient/g001", json=prefetch["patient"])
+    responses.get(re.compile(re.escape(EHR) + r"/Condition\?.*"), json=prefetch["conditions"])
+    responses.get(re.compile(re.escape(EHR) + r"/AllergyIntolerance\?.*"), json=prefetch["allergies"])
+    responses.get(re.compile(re.escape(EHR) + r"/Observation\?.*"),
+                  json=searchset(*observations[:3], next_url=f"{EHR}?_getpages=x1"))
+    responses.get(f"{EHR}?_getpages=x1", json=searchset(*observations[3:]))
+    responses.get(re.compile(re.escape(EHR) + r"/DiagnosticReport\?.*"), json=searchset())
+    responses.get(re.compile(re.escape(EHR) + r"/Specimen\?.*"), json=searchset())
+    card = card_of(post(client, request))
+    assert card["extension"]["trial-eligibility"]["status"] == "eligible"
+    assert len(responses.calls) == 7
+
+
+# -- bad requests ------------------------------------------------------------
+
+def _broken(mutate):
+    request = demo("eligible")
+    mutate(request)
+    return request
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda r: r.pop("hook"), "hook"),
+    (lambda r: r.pop("hookInstance"), "hookInstance"),
+    (lambda r: r.update(hookInstance="not-a-uuid"), "hookInstance"),
+    (lambda r: r.pop("context"), "context"),
+    (lambda r: r["context"].pop("patientId"), "context.patientId"),
+    (lambda r: r["context"].update(userId="Dr. House"), "context.userId"),
+    (lambda r: r["context"].update(patientId="a b/c"), "context.patientId"),
+    (lambda r: r.update(fhirAuthorization={"access_token": "x", "token_type": "Bearer", "expires_in": 1,
+                                           "scope": "s", "subject": "c"}), "fhirAuthorization"),
+    (lambda r: r.update(prefetch=["not", "an", "object"]), "prefetch"),
+])
+def test_invalid_requests_are_400_with_an_operation_outcome(client, mutate, field):
+    response = post(client, _broken(mutate))
+    assert response.status_code == 400 and response.mimetype == "application/fhir+json"
+    body = response.get_json()
+    assert body["resourceType"] == "OperationOutcome"
+    text = json.dumps(body)
+    assert field.split(".")[0] in text
+
+
+def test_the_hook_must_be_patient_view(client):
+    response = post(client, demo("eligible", hook="order-sign"))
+    assert response.status_code == 400 and "patient-view" in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_fhir_authorization_patient_must_match_context(client):
+    request = authorized(demo("eligible"))
+    request["fhirAuthorization"]["patient"] = "another"
+    assert post(client, request).status_code == 400
+
+
+def test_token_never_echoed_in_errors(client):
+    request = authorized(demo("eligible"))
+    request["fhirAuthorization"]["token_type"] = "MAC"
+    response = post(client, request)
+    assert response.status_code == 400 and TOKEN not in response.get_data(as_text=True)
+
+
+def test_http_level_errors(client):
+    assert client.post(SERVICE, data="{not json", content_type="application/json").status_code == 400
+    response = client.post(SERVICE, data="hook=patient-view", content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 415 and response.get_json()["resourceType"] == "OperationOutcome"
+    response = post(client, demo("eligible"), path="/cds-services/no-such-service")
+    assert response.status_code == 404 and response.get_json()["resourceType"] == "OperationOutcome"
+    response = client.get(SERVICE)
+    assert response.status_code == 405 and "POST" in response.headers["Allow"]
+    assert response.get_json()["resourceType"] == "OperationOutcome"
+    assert client.get("/nowhere").status_code == 404
+
+
+def test_request_size_limit_is_413(make_app):
+    client = make_app(max_request_bytes=2048).test_client()
+    response = post(client, demo("eligible"))
+    assert response.status_code == 413 and response.get_json()["resourceType"] == "OperationOutcome"
+
+
+@responses.activate(assert_all_requests_are_fired=True)
+def test_extensions_and_unknown_fields_are_tolerated(client):
+    request = demo("eligible", extension={"com.example.ehr": {"tenant": "a", "flags": [1, 2]}},
+                   somethingNew={"x": 1})
+    request["context"]["extension"] = {"org.example": True}
+    assert post(client, request).status_code == 200
+
+
+@responses.activate
+def test_the_specs_own_example_request_is_accepted(make_app):
+    client = make_app(allowed_fhir_servers=("http://hooks.smarthealthit.org:9080",)).test_client()
+    base = "http://hooks.smarthealthit.org:9080"
+    responses.get(f"{base}/Patient/1288992", json=SPEC_EXAMPLE["prefetch"]["patientToGreet"])
+    for rtype in ("Condition", "Observation", "AllergyIntolerance", "DiagnosticReport", "Specimen"):
+        responses.get(re.compile(re.escape(base) + rf"/{rtype}\?.*"), json=searchset())
+    response = post(client, SPEC_EXAMPLE)
+    assert response.status_code == 200
+    assert response.get_json() == {"cards": []}  # a 100-year-old man without breast cancer: no card
+    assert all(c.request.headers["Authorization"] == "Bearer some-opaque-fhir-access-token"
+               for c in responses.calls)
+
+
+# -- cards in the response -------------------------------------------------------
+
+@pytest.mark.parametrize("name, status", [("eligible", "eligible"), ("her2-equivocal", "needs-data"),
+                                          ("stale-anc", "needs-data")])
+def test_card_invariants(client, name, status):
+    card = card_of(post(client, demo(name)))
+    assert card["extension"]["trial-eligibility"]["status"] == status
+    assert len(card["summary"]) < 140
+    assert card["indicator"] in ("info", "warning", "critical")
+    assert card["source"]["label"] and card["source"]["topic"]["code"] == "NCT06462092"
+    assert card["suggestions"] and card["selectionBehavior"] in ("at-most-one", "any")
+    uuids = [card["uuid"]] + [s["uuid"] for s in card["suggestions"]]
+    assert len(set(uuids)) == len(uuids) and all(uuid.UUID(u) for u in uuids)
+    assert all(r["display"] and r["code"] and r["system"] for r in card["overrideReasons"])
+    assert all(link["type"] == "absolute" for link in card["links"])
+    assert find_empty_values(card) == []
+
+
+def test_ineligible_patient_gets_no_card_unless_configured(make_app):
+    assert post(make_app().test_client(), demo("her2-positive")).get_json() == {"cards": []}
+    card = card_of(post(make_app(show_ineligible=True).test_client(), demo("her2-positive")))
+    assert card["extension"]["trial-eligibility"]["status"] == "ineligible"
+
+
+def test_needs_data_card_suggests_the_missing_test(client):
+    card = card_of(post(client, demo("stale-anc")))
+    orders = [a["resource"] for s in card["suggestions"] for a in s.get("actions", [])
+              if a["resource"]["code"]["coding"][0]["system"] == "http://loinc.org"]
+    assert orders and orders[0]["code"]["coding"][0]["code"] == "57021-8"
+    assert orders[0]["status"] == "draft" and orders[0]["subject"] == {"reference": "Patient/g066"}
+
+
+# -- audit and operations ----------------------------------------------------------
+
+@responses.activate
+def test_audit_records_sources_statuses_and_no_phi(make_app, tmp_path, caplog):
+    app = make_app()
+    request = authorized(without(demo("eligible"), "allergies"))
+    responses.get(re.compile(re.escape(EHR) + r"/AllergyIntolerance\?.*"),
+                  json=request["prefetch"].get("allergies") or searchset())
+    with caplog.at_level("INFO", logger="cds_service"):
+        card = card_of(post(app.test_client(), request))
+    row = app.extensions["trial_eligibility"].store.hook_calls()[-1]
+    assert row["hook_instance"] == request["hookInstance"] and row["status_code"] == 200
+    assert row["data_sources"]["observations"]["source"] == "prefetch"
+    assert row["data_sources"]["allergies"]["source"] == "fetched"
+    assert row["trials"] == [{"trial": "NCT06462092", "definitionVersion": "1.0.0", "status": "eligible",
+                              "card": card["uuid"], "suggestions": [s["uuid"] for s in card["suggestions"]]}]
+    assert set(row["timings"]) >= {"gather", "evaluate", "render", "total"}
+    logged = caplog.text
+    assert request["hookInstance"] in logged
+    database = (tmp_path / "cds.sqlite3").read_bytes() + b"".join(
+        p.read_bytes() for p in tmp_path.glob("cds.sqlite3-*"))
+    for secret in (TOKEN, "1978-03-22", "g001"):
+        assert secret not in logged
+        assert secret.encode() not in database
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz").get_json()
+    assert ready["status"] == "ready" and ready["trials"] == {"NCT06462092": "1.0.0"}
+
+
+def test_cors_preflight_for_allowed_origins_only(make_app):
+    client = make_app(cors_origins=("https://sandbox.cds-hooks.org",)).test_client()
+    preflight = client.options(SERVICE, headers={"Origin": "https://sandbox.cds-hooks.org",
+                                                 "Access-Control-Request-Method": "POST",
+                                                 "Access-Control-Request-Headers": "Authorization, Content-Type"})
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://sandbox.cds-hooks.org"
+    allowed = preflight.headers["Access-Control-Allow-Headers"].lower()
+    assert "authorization" in allowed and "content-type" in allowed
+    other = client.options(SERVICE, headers={"Origin": "https://evil.example.com",
+                                             "Access-Control-Request-Method": "POST"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    assert "Access-Control-Allow-Origin" not in make_app().test_client().get(
+        "/cds-services", headers={"Origin": "https://sandbox.cds-hooks.org"}).headers
