@@ -86,8 +86,20 @@ def fit_summary(text: str) -> str:
     return text
 
 
+def _has_empty(obj: Any) -> bool:
+    if obj is None:
+        return True
+    if isinstance(obj, dict):
+        return not obj or any(_has_empty(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return not obj or any(_has_empty(v) for v in obj)
+    return isinstance(obj, str) and not obj
+
+
 def find_empty_values(obj: Any, path: str = "$") -> list[str]:
     """JSON paths of every null, "", [] or {} in `obj` (CDS Hooks 2.0 forbids them)."""
+    if not _has_empty(obj):  # the common case, without building paths
+        return []
     if obj is None or (isinstance(obj, (str, list, tuple, dict)) and len(obj) == 0):
         return [path]
     found: list[str] = []
@@ -422,7 +434,7 @@ class CardRenderer:
             "reason": c.reason,
             "reason_code": c.why.value if c.why is not None else None,
             "order": c.order.to_json() if c.order is not None else None,
-            "evidence": [_evidence_view(e, ci) for e in decisive],
+            "evidence": _with_lines([_evidence_view(e, ci) for e in decisive], c.result),
             "card_note": ci.card_note if ci is not None else None,
         }
 
@@ -522,6 +534,33 @@ def _evidence_view(e: Evidence, ci: _CriterionInfo | None) -> dict[str, Any]:
         "date": e.date[:10] if e.date else None,
         "note": e.note,
     }
+
+
+def _with_lines(views: list[dict[str, Any]], result: Result) -> list[dict[str, Any]]:
+    """Add `line`: the evidence as one Markdown-safe line (what was found, value as
+    recorded, converted value, ULN · day · source). Named by its analyte when the
+    criterion shows several; else by its display when that is short, or when
+    there is no value and the criterion is not met. Built here, not in the
+    template, because it runs for every evidence of every card (speed)."""
+    several = len(views) > 1
+    for ev in views:
+        display = ev["display"]
+        if several and ev["label"]:
+            name = ev["label"]
+        elif display and (len(display) <= 32 or (not ev["value"] and result is not Result.PASS)):
+            name = display
+        else:
+            name = ""
+        measured = f"{ev['comparator'] or ''}{ev['value']}{' ' + ev['unit'] if ev['unit'] else ''}" \
+            if ev["value"] else ""
+        converted = f"(= {ev['converted']['value']} {ev['converted']['unit']})" if ev["converted"] else ""
+        what = " ".join(p for p in (name, measured, converted) if p)
+        if ev["uln"]:
+            uln = ev["uln"]
+            limit = f"ULN {uln['value']} {uln['unit']}" + (" (assumed)" if uln["assumed"] else "")
+            what = ", ".join(p for p in (what, limit) if p)
+        ev["line"] = " · ".join(md_escape(p) for p in (what, ev["date"], ev["reference"]) if p)
+    return views
 
 
 _NO_BRACKETS = str.maketrans("", "", "[]")

@@ -9,10 +9,12 @@ validation is reported by the criterion that wanted it, never fatal.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
+import orjson
 from pydantic import ValidationError
 
 from .codes import CodeSet, coding_key
@@ -76,6 +78,23 @@ class InvalidResource(ValueError):
     """A resource that is not valid FHIR R4; the message names the first problem."""
 
 
+def _validate(resource_type: str, data: dict[str, Any]) -> Any:
+    try:
+        return model_class(resource_type).model_validate(data)
+    except ValidationError as exc:
+        return InvalidResource(describe_validation_error(exc))
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        return InvalidResource(f"not valid FHIR: {type(exc).__name__}")
+
+
+@functools.lru_cache(maxsize=16384)
+def _validate_canonical(resource_type: str, canonical: bytes) -> Any:
+    """Validation memoised on the resource's content: the same lab result sent
+    again (every chart open re-sends the patient's data) is not validated again.
+    Models are never mutated, so sharing them between calls is safe."""
+    return _validate(resource_type, orjson.loads(canonical))
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     errors = exc.errors()
     if not errors:
@@ -87,7 +106,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     return f"{where}: {msg}{more}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hit:
     """A resource (or one component of an Observation) whose code matched."""
 
@@ -127,8 +146,8 @@ class PatientRecord:
     def __init__(self, resources: Iterable[dict[str, Any]], full_urls: dict[str, dict[str, Any]] | None = None):
         self.patient_raw: dict[str, Any] | None = None
         self.by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        self._index: dict[tuple[str, str, str], list[Hit]] = defaultdict(list)
-        self._codes_by_system: dict[tuple[str, str], set[str]] = defaultdict(set)
+        self._index: dict[tuple[str, str, str], list[tuple[dict[str, Any], int | None, int]]] = defaultdict(list)
+        self._codes_by_system: dict[tuple[str, str], list[str]] | None = None
         self._full_urls = dict(full_urls or {})
         self._by_reference: dict[str, dict[str, Any]] | None = None  # built on first resolve()
         self._models: dict[int, Any] = {}
@@ -137,7 +156,8 @@ class PatientRecord:
             self._add(raw, position)
 
     def _add(self, raw: dict[str, Any], position: int) -> None:
-        # The hot path: runs once per resource, so plain dict work only.
+        # The hot path: runs once per resource, so plain dict and tuple work only;
+        # Hit objects are made in find(), for the few resources a criterion asks for.
         rtype = raw.get("resourceType") if isinstance(raw, dict) else None
         if not isinstance(rtype, str):
             return
@@ -146,34 +166,40 @@ class PatientRecord:
             self.patient_raw = raw
         if rtype not in _INDEXED_TYPES:
             return
-        for key in concept_keys(raw.get("code")):
-            self._put(rtype, key, Hit(raw, None, position))
+        index = self._index
+        for system, code in concept_keys(raw.get("code")):
+            index[(rtype, system, code)].append((raw, None, position))
         if rtype == "Observation":
             components = raw.get("component")
             if isinstance(components, list):
                 for i, comp in enumerate(components):
                     if isinstance(comp, dict):
-                        for key in concept_keys(comp.get("code")):
-                            self._put(rtype, key, Hit(raw, i, position))
-
-    def _put(self, rtype: str, key: tuple[str, str], hit: Hit) -> None:
-        self._index[(rtype, key[0], key[1])].append(hit)
-        self._codes_by_system[(rtype, key[0])].add(key[1])
+                        for system, code in concept_keys(comp.get("code")):
+                            index[(rtype, system, code)].append((raw, i, position))
 
     # -- look-ups -----------------------------------------------------------
+
+    def _codes_in(self, resource_type: str, system: str) -> list[str]:
+        """Codes of a system present in the record, for prefix look-ups (built once)."""
+        if self._codes_by_system is None:
+            self._codes_by_system = defaultdict(list)
+            for rtype, sys_, code in self._index:
+                self._codes_by_system[(rtype, sys_)].append(code)
+        return self._codes_by_system.get((resource_type, system), [])
 
     def find(self, resource_type: str, codes: CodeSet) -> list[Hit]:
         """Resources of a type (and Observation components) coded in `codes`,
         each once, in record order."""
-        hits: list[Hit] = []
+        entries: list[tuple[dict[str, Any], int | None, int]] = []
         for system, code in codes.exact:
-            hits.extend(self._index.get((resource_type, system, code), ()))
+            entries.extend(self._index.get((resource_type, system, code), ()))
         for system, prefix in codes.prefixes:
-            for code in self._codes_by_system.get((resource_type, system), ()):
+            for code in self._codes_in(resource_type, system):
                 if code.startswith(prefix) and (system, code) not in codes.exact:
-                    hits.extend(self._index[(resource_type, system, code)])
-        unique = {(h.position, h.component): h for h in hits}
-        return [unique[k] for k in sorted(unique, key=lambda k: (k[0], -1 if k[1] is None else k[1]))]
+                    entries.extend(self._index[(resource_type, system, code)])
+        unique = {(position, component): raw for raw, component, position in entries}
+        order = sorted(unique, key=lambda k: (k[0], -1 if k[1] is None else k[1]))
+        return [Hit(unique[k], k[1], k[0]) for k in order]
 
     def resolve(self, reference: str | None) -> dict[str, Any] | None:
         """A referenced resource of this record: "Type/id", an absolute URL ending
@@ -197,17 +223,17 @@ class PatientRecord:
         return reference_of(raw, self._full_url_of.get(id(raw)))
 
     def model(self, raw: dict[str, Any]) -> Any:
-        """The validated fhir.resources model of a raw resource (cached).
-        Raises InvalidResource."""
+        """The validated fhir.resources model of a raw resource. Raises InvalidResource."""
         key = id(raw)
         cached = self._models.get(key)
         if cached is None:
+            trimmed = read_elements(raw)
             try:
-                cached = model_class(raw["resourceType"]).model_validate(read_elements(raw))
-            except ValidationError as exc:
-                cached = InvalidResource(describe_validation_error(exc))
-            except (KeyError, TypeError, ValueError, RecursionError) as exc:
-                cached = InvalidResource(f"not valid FHIR: {type(exc).__name__}")
+                canonical = orjson.dumps(trimmed, option=orjson.OPT_SORT_KEYS)
+            except (TypeError, orjson.JSONEncodeError):  # not plain JSON data: validate directly
+                cached = _validate(raw["resourceType"], trimmed)
+            else:
+                cached = _validate_canonical(raw["resourceType"], canonical)
             self._models[key] = cached
         if isinstance(cached, InvalidResource):
             raise InvalidResource(str(cached))

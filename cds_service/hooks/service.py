@@ -113,9 +113,11 @@ class TrialEligibilityService:
             timings["total"] = latency
         cards = [{"uuid": t["card"], "trial": t["trial"], "definitionVersion": t["definitionVersion"],
                   "status": t["status"], "suggestions": t.get("suggestions")} for t in trials or () if "card" in t]
-        self.store.record_hook_call(hook_instance=hook_instance or "(invalid)", service=self.id,
-                                    status_code=response.status_code, outcome=outcome, latency_ms=latency,
-                                    data_sources=sources, trials=trials, timings=timings, cards=cards)
+        # Written once the response has gone out: the EHR does not wait for the audit.
+        response.call_on_close(lambda: self.store.record_hook_call(
+            hook_instance=hook_instance or "(invalid)", service=self.id, status_code=response.status_code,
+            outcome=outcome, latency_ms=latency, data_sources=sources, trials=trials, timings=timings,
+            cards=cards))
         log_event(event="hook", hookInstance=hook_instance, service=self.id, outcome=outcome,
                   status=response.status_code, latencyMs=round(latency, 1),
                   trials={t["trial"]: t["status"] for t in trials} if trials else None)
