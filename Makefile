@@ -1,17 +1,20 @@
-# Two commands on a fresh machine with Python 3.11+: `make demo` and `make test`.
+# Two commands on a fresh machine with Python 3.11+: `make run` and `make test`.
 # Both create .venv and install the package (with test extras) on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: run demo test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/cds-service serve --host 127.0.0.1 --port 8080
 
 demo: $(STAMP)
 	$(BIN)/cds-service evaluate --as-of 2026-06-15 --format text cds_service/demo/patients.json
@@ -21,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine_bench.py
+	$(BIN)/python bench/hook_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -17,11 +17,13 @@ from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
 from ..cards import CardRenderer
+from ..demo import hook_request
 from ..fhir.client import FhirClient
 from ..trials import load_trials
 from .config import Settings
 from .discovery import SERVICE_ID
 from .responses import error_response, json_response, problems_response
+from .server_logging import configure_logging
 from .service import TrialEligibilityService, log_event
 from .store import Store
 from .validation import Invalid, parse_feedback
@@ -101,6 +103,7 @@ def readyz():
 
 def create_app(settings: Settings | None = None, *, client: FhirClient | None = None) -> Flask:
     settings = settings or Settings.from_env()
+    configure_logging()
     trials = list(load_trials(only=settings.trials or None).values())
     client = client or FhirClient(settings.allowed_fhir_servers, page_limit=settings.fhir_page_limit,
                                   cache_ttl=settings.fhir_cache_ttl, cache_size=settings.fhir_cache_size)
@@ -109,7 +112,12 @@ def create_app(settings: Settings | None = None, *, client: FhirClient | None = 
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.extensions["trial_eligibility"] = TrialEligibilityService(settings, trials, client, renderer, store)
+    service = TrialEligibilityService(settings, trials, client, renderer, store)
+    demo = hook_request("eligible")
+    service.warm_up([demo["prefetch"]["patient"]] + [e["resource"] for key, bundle in demo["prefetch"].items()
+                                                     if key != "patient" for e in bundle["entry"]],
+                    demo["context"]["patientId"])
+    app.extensions["trial_eligibility"] = service
     app.register_blueprint(api)
     if settings.cors_origins:
         CORS(app, resources={r"/cds-services*": {"origins": list(settings.cors_origins)}},

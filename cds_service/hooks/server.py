@@ -3,22 +3,9 @@ deployments can use it or plain `gunicorn 'cds_service.hooks.app:create_app()'`.
 
 from __future__ import annotations
 
-import logging
-import sys
-
 from gunicorn.app.base import BaseApplication
 
 from .config import Settings
-
-
-def configure_logging() -> None:
-    """JSON lines on stderr (the audit events are already JSON)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger("cds_service")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
 
 
 class _Gunicorn(BaseApplication):
@@ -35,7 +22,6 @@ class _Gunicorn(BaseApplication):
         # Each worker builds its own app (thread pools and connections do not survive fork).
         from .app import create_app
 
-        configure_logging()
         return create_app(self.settings)
 
 

@@ -51,6 +51,14 @@ class TrialEligibilityService:
         self.required = {n.key for n in self.needs if n.required}
         self.description = service_description(trials, self.needs)
 
+    def warm_up(self, resources: list[dict[str, Any]], patient_id: str) -> None:
+        """Evaluate and render once at start-up, so the first chart opened does not
+        pay for loading the UCUM registry, model classes and templates."""
+        record = PatientRecord(resources)
+        context = CardContext(patient_id=patient_id)
+        for trial in self.trials:
+            self.renderer.render(trial, evaluate(trial, record, self.settings.today()), context)
+
     def call(self, body: Any, started: float) -> Response:
         hook_instance = body.get("hookInstance") if isinstance(body, dict) else None
         hook_instance = hook_instance if isinstance(hook_instance, str) and len(hook_instance) <= 64 else None

@@ -1,0 +1,52 @@
+"""Configuration from the environment, and discovery derived from trial files."""
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from cds_service.fhir.queries import Read, Search
+from cds_service.hooks.config import ConfigError, Settings
+from cds_service.hooks.discovery import data_needs
+from cds_service.trials import load_trial
+
+
+def test_defaults_need_no_configuration():
+    s = Settings.from_env({})
+    assert s.trials == () and s.allowed_fhir_servers == () and not s.show_ineligible
+    assert s.database_path == Path(".cds-data/cds-service.sqlite3")
+    assert s.evaluation_date is None and s.fhir_deadline == 3.0
+
+
+def test_settings_are_parsed_and_checked():
+    s = Settings.from_env({"CDS_TRIALS": "NCT06462092, TEST-0002", "CDS_SHOW_INELIGIBLE": "yes",
+                           "CDS_ALLOWED_FHIR_SERVERS": "https://a.example/fhir, http://127.0.0.1:8081/fhir",
+                           "CDS_EVALUATION_DATE": "2026-06-15", "CDS_FHIR_DEADLINE": "1.5",
+                           "CDS_CORS_ORIGINS": "https://sandbox.cds-hooks.org"})
+    assert s.trials == ("NCT06462092", "TEST-0002") and s.show_ineligible
+    assert s.allowed_fhir_servers == ("https://a.example/fhir", "http://127.0.0.1:8081/fhir")
+    assert s.evaluation_date == dt.date(2026, 6, 15) and s.fhir_deadline == 1.5
+    assert s.cors_origins == ("https://sandbox.cds-hooks.org",)
+    for env, name in (({"CDS_SHOW_INELIGIBLE": "maybe"}, "CDS_SHOW_INELIGIBLE"),
+                      ({"CDS_FHIR_DEADLINE": "0"}, "CDS_FHIR_DEADLINE"),
+                      ({"CDS_EVALUATION_DATE": "15/06/2026"}, "CDS_EVALUATION_DATE"),
+                      ({"CDS_ALLOWED_FHIR_SERVERS": "ftp://x"}, "CDS_ALLOWED_FHIR_SERVERS")):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env(env)
+
+
+def test_data_needs_follow_the_trials(nct06462092):
+    second = load_trial(Path(__file__).parent / "trials" / "TEST-0002.yaml")
+    needs = {n.key: n for n in data_needs([nct06462092], page_size=50)}
+    assert set(needs) == {"patient", "conditions", "observations", "allergies", "cytologyReports", "specimens"}
+    assert isinstance(needs["patient"].query, Read)
+    assert {k for k, n in needs.items() if n.required} == {"patient", "conditions", "observations", "allergies"}
+    # Conditions use ICD-10-CM prefixes (C50.*): not expressible as a token search, so all are fetched
+    assert needs["conditions"].query == Search("Condition", (("_count", "50"),))
+    observation_params = dict(needs["observations"].query.params)
+    assert observation_params["_sort"] == "-date" and observation_params["_count"] == "50"
+    assert "http://loinc.org|85319-2" in observation_params["code"]
+    only_second = {n.key for n in data_needs([second])}
+    assert only_second == {"patient", "conditions", "observations"}  # no allergy, pregnancy or cytology rules
+    both = {n.key: n for n in data_needs([nct06462092, second])}
+    assert dict(both["observations"].query.params)["code"] == observation_params["code"]

@@ -1,0 +1,130 @@
+"""The service as users run it: `cds-service serve` (gunicorn, real HTTP on
+127.0.0.1), the demo requests, and `demo-request`."""
+
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cds_service.demo import DEMO_PATIENTS, RECORDED_AS_OF, hook_request
+
+DEMO_DIR = Path(__file__).parents[1] / "cds_service" / "demo" / "hook-requests"
+EXE = Path(sys.executable).parent / "cds-service"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    env = dict(os.environ, CDS_DATA_DIR=str(tmp_path_factory.mktemp("data")), CDS_EVALUATION_DATE="2026-06-15")
+    proc = subprocess.Popen([str(EXE), "serve", "--port", str(port), "--workers", "2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if http("GET", f"{base}/healthz")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"server did not start: {proc.communicate()[1][-2000:]}")
+    yield base, proc
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_serve_answers_discovery_and_hooks_over_http(server):
+    base, _ = server
+    status, body = http("GET", f"{base}/cds-services")
+    assert status == 200 and body["services"][0]["id"] == "trial-eligibility"
+    for name, expected in (("eligible", "eligible"), ("her2-equivocal", "needs-data"), ("her2-positive", None)):
+        request = json.loads((DEMO_DIR / f"{name}.json").read_text())
+        status, body = http("POST", f"{base}/cds-services/trial-eligibility", request)
+        assert status == 200
+        statuses = [c["extension"]["trial-eligibility"]["status"] for c in body["cards"]]
+        assert statuses == ([expected] if expected else [])
+    status, body = http("GET", f"{base}/readyz")
+    assert status == 200 and body["status"] == "ready"
+
+
+def test_serve_logs_json_lines_without_phi(server):
+    base, proc = server
+    request = json.loads((DEMO_DIR / "eligible.json").read_text())
+    request["hookInstance"] = "11111111-2222-4333-8444-555555555555"
+    assert http("POST", f"{base}/cds-services/trial-eligibility", request)[0] == 200
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=15)
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    hook = next(e for e in events if e.get("hookInstance") == request["hookInstance"])
+    assert hook["service"] == "trial-eligibility" and hook["status"] == 200 and hook["latencyMs"] > 0
+    assert "g001" not in err and "1978-03-22" not in err and "Traceback" not in err
+
+
+def test_shipped_demo_requests_match_the_generator():
+    for name in DEMO_PATIENTS:
+        shipped = json.loads((DEMO_DIR / f"{name}.json").read_text())
+        built = hook_request(name, RECORDED_AS_OF, hook_instance=shipped["hookInstance"])
+        assert shipped == json.loads(json.dumps(built)), name
+
+
+def test_demo_request_shifts_dates_to_the_requested_day():
+    shifted = hook_request("eligible", dt.date(2027, 1, 10))
+    anc = next(e["resource"] for e in shifted["prefetch"]["observations"]["entry"]
+               if e["resource"]["id"] == "g001-anc-1")
+    original = next(e["resource"] for e in hook_request("eligible")["prefetch"]["observations"]["entry"]
+                    if e["resource"]["id"] == "g001-anc-1")
+    days = (dt.date(2027, 1, 10) - RECORDED_AS_OF).days
+    assert dt.date.fromisoformat(anc["effectiveDateTime"][:10]) == \
+        dt.date.fromisoformat(original["effectiveDateTime"][:10]) + dt.timedelta(days=days)
+    assert anc["effectiveDateTime"][10:] == original["effectiveDateTime"][10:]
+
+
+def test_demo_request_command_output_is_eligible_today(make_app):
+    out = subprocess.run([str(EXE), "demo-request", "eligible"], capture_output=True, text=True, check=True)
+    request = json.loads(out.stdout)
+    app = make_app(evaluation_date=None)  # today
+    response = app.test_client().post("/cds-services/trial-eligibility", data=json.dumps(request),
+                                      content_type="application/json")
+    assert response.get_json()["cards"][0]["extension"]["trial-eligibility"]["status"] == "eligible"
+
+
+def test_serve_refuses_bad_configuration():
+    env = dict(os.environ, CDS_TRIALS="NCT00000000")
+    proc = subprocess.run([str(EXE), "serve", "--port", str(free_port())], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown trial" in proc.stderr and "Traceback" not in proc.stderr
+    env = dict(os.environ, CDS_FHIR_DEADLINE="soon")
+    proc = subprocess.run([str(EXE), "serve", "--port", str(free_port())], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "CDS_FHIR_DEADLINE" in proc.stderr
