@@ -261,11 +261,29 @@ def test_fetch_path_queries_run_in_parallel_and_page(client):
     responses.get(re.compile(re.escape(EHR) + r"/Observation\?.*"),
                   json=searchset(*observations[:3], next_url=f"{EHR}?_getpages=x1"))
     responses.get(f"{EHR}?_getpages=x1", json=searchset(*observations[3:]))
-    responses.get(re.compile(re.escape(EHR) + r"/DiagnosticReport\?.*"), json=searchset())
-    responses.get(re.compile(re.escape(EHR) + r"/Specimen\?.*"), json=searchset())
     card = card_of(post(client, request))
     assert card["extension"]["trial-eligibility"]["status"] == "eligible"
-    assert len(responses.calls) == 7
+    # the optional DiagnosticReport / Specimen keys are not fetched: the token's scope does not cover them
+    assert len(responses.calls) == 5
+
+
+@responses.activate(assert_all_requests_are_fired=True)
+def test_a_scope_that_cannot_read_what_is_missing_gives_412_without_a_call(client):
+    request = authorized(without(demo("eligible"), "observations"))
+    request["fhirAuthorization"]["scope"] = "user/Patient.read user/Condition.read"
+    response = post(client, request)
+    assert response.status_code == 412
+    assert "scope does not allow reading Observation" in response.get_json()["issue"][0]["diagnostics"]
+    assert len(responses.calls) == 0
+
+
+@responses.activate
+def test_smart_v2_wildcard_scope_allows_the_fetch(client):
+    request = authorized(without(demo("eligible"), "observations"))
+    observations = demo("eligible")["prefetch"]["observations"]
+    request["fhirAuthorization"]["scope"] = "patient/*.rs"
+    responses.get(re.compile(re.escape(EHR) + r"/Observation\?.*"), json=observations)
+    assert card_of(post(client, request))["extension"]["trial-eligibility"]["status"] == "eligible"
 
 
 # -- bad requests ------------------------------------------------------------
@@ -341,14 +359,28 @@ def test_extensions_and_unknown_fields_are_tolerated(client):
     assert post(client, request).status_code == 200
 
 
-@responses.activate
+@responses.activate(assert_all_requests_are_fired=True)
 def test_the_specs_own_example_request_is_accepted(make_app):
     client = make_app(allowed_fhir_servers=("http://hooks.smarthealthit.org:9080",)).test_client()
+    # Valid as sent; its token may read only Patient and Observation, and the service also
+    # needs Conditions and allergies: 412 naming them, without a single call to the EHR.
+    response = post(client, SPEC_EXAMPLE)
+    assert response.status_code == 412
+    diagnostics = " ".join(i["diagnostics"] for i in response.get_json()["issue"])
+    assert "Condition" in diagnostics and "AllergyIntolerance" in diagnostics
+    assert len(responses.calls) == 0
+
+
+@responses.activate
+def test_the_specs_own_example_request_with_a_broader_scope(make_app):
+    client = make_app(allowed_fhir_servers=("http://hooks.smarthealthit.org:9080",)).test_client()
+    request = copy.deepcopy(SPEC_EXAMPLE)
+    request["fhirAuthorization"]["scope"] = "user/*.read"
     base = "http://hooks.smarthealthit.org:9080"
     responses.get(f"{base}/Patient/1288992", json=SPEC_EXAMPLE["prefetch"]["patientToGreet"])
     for rtype in ("Condition", "Observation", "AllergyIntolerance", "DiagnosticReport", "Specimen"):
         responses.get(re.compile(re.escape(base) + rf"/{rtype}\?.*"), json=searchset())
-    response = post(client, SPEC_EXAMPLE)
+    response = post(client, request)
     assert response.status_code == 200
     assert response.get_json() == {"cards": []}  # a 100-year-old man without breast cancer: no card
     assert all(c.request.headers["Authorization"] == "Bearer some-opaque-fhir-access-token"

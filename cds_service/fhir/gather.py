@@ -20,6 +20,7 @@ from typing import Any, Mapping
 from .bundles import patient_reference, reference_key
 from .client import FetchResult, FhirClient, FhirError, FhirNotAllowed
 from .queries import Read
+from .scopes import can_read
 
 PREFETCH = "prefetch"  # satisfied by prefetch
 PREFETCH_PAGED = "prefetch+fetched"  # first page prefetched, the rest fetched
@@ -54,11 +55,13 @@ class KeyData:
 
 @dataclass(frozen=True)
 class FhirAccess:
-    """Where and how to fetch: the request's fhirServer and bearer token (if any)."""
+    """Where and how to fetch: the request's fhirServer, bearer token and its
+    SMART scopes (token and scope None for an open server)."""
 
     client: FhirClient
     base: str
-    token: str | None
+    token: str | None = field(repr=False, default=None)
+    scope: str | None = None
 
 
 @dataclass
@@ -99,7 +102,7 @@ def gather(needs: Mapping[str, Read | Any], required: set[str], prefetch: Mappin
         if isinstance(value, dict) and value.get("resourceType") == "Bundle" and _next_link(value):
             to_page[key] = value
     if to_fetch or to_page:
-        _fetch(keys, to_fetch, to_page, patient_id, access, deadline)
+        _fetch(keys, to_fetch, to_page, patient_id, access, deadline, required)
     for data in keys.values():
         data.resources, data.foreign = _own(data.resources, patient_id)
     return Gathered(keys)
@@ -151,12 +154,30 @@ def _next_link(bundle: dict[str, Any]) -> str | None:
 
 
 def _fetch(keys: dict[str, KeyData], to_fetch: dict[str, Any], to_page: dict[str, dict[str, Any]],
-           patient_id: str, access: FhirAccess | None, deadline: float) -> None:
+           patient_id: str, access: FhirAccess | None, deadline: float, required: set[str]) -> None:
     if access is None:
         for key in to_fetch:
             keys[key].detail = (keys[key].detail or "") + "; no FHIR server to fetch from"
         for key in to_page:
             _missing(keys[key], "prefetch has more pages and there is no FHIR server to fetch them from")
+        return
+    for key, query in list(to_fetch.items()):
+        if not can_read(access.scope, query.resource_type, search=not isinstance(query, Read)):
+            keys[key].detail = f"{keys[key].detail}; the access token's scope does not allow reading " \
+                               f"{query.resource_type}"
+            del to_fetch[key]
+    for key, bundle in list(to_page.items()):
+        rtype = next((r.get("resourceType") for r in keys[key].resources), None)
+        if rtype and not can_read(access.scope, rtype, search=True):
+            _missing(keys[key], f"prefetch has more pages and the access token's scope does not allow "
+                                f"searching {rtype}")
+            del to_page[key]
+    unreadable = [k for k in required if keys[k].source == MISSING and k not in to_fetch and k not in to_page]
+    if unreadable:  # the answer will be 412 whatever else is fetched: spare the EHR the calls
+        for key in list(to_fetch) + list(to_page):
+            _missing(keys[key], f"{keys[key].detail or 'needed'}; not fetched: required data cannot be read")
+        return
+    if not to_fetch and not to_page:
         return
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=1 + len(to_page)) as pool:

@@ -78,8 +78,9 @@ class TrialEligibilityService:
         patient_id = request.context.patientId
         access = None
         if request.fhirServer:
-            token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
-            access = FhirAccess(self.client, request.fhirServer, token)
+            auth = request.fhirAuthorization
+            access = FhirAccess(self.client, request.fhirServer, auth.access_token if auth else None,
+                                auth.scope if auth else None)
         deadline = mark + self.settings.fhir_deadline
         gathered = gather(self.queries, self.required, request.prefetch, patient_id, access, deadline)
         timings["gather"] = _ms(mark)
