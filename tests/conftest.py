@@ -1,6 +1,45 @@
+import logging
+
 import pytest
 
 from cds_service.trials import load_trials
+
+# Values that must never reach a log line or a database file, whatever a test
+# sends: access tokens the tests use, and the demo patient's name, MRN and birth date.
+SECRETS = ("tok-3f9a1c-never-log-me", "some-opaque-fhir-access-token", "Mei Lin", '"Mei"', "MRN-7000",
+           "1978-03-22", "Ada Testpatient")
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(autouse=True)
+def no_secrets_in_logs():
+    """Every test, the whole suite's traffic: nothing it logs may carry a token or PHI."""
+    capture = _Capture()
+    logger = logging.getLogger("cds_service")
+    logger.addHandler(capture)
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    yield capture
+    logger.removeHandler(capture)
+    logger.setLevel(previous)
+    text = "\n".join(capture.lines)
+    leaked = [s for s in SECRETS if s in text]
+    assert not leaked, f"logged: {leaked}"
+
+
+def assert_no_secrets_in_files(paths):
+    for path in paths:
+        data = path.read_bytes()
+        leaked = [s for s in SECRETS if s.encode() in data]
+        assert not leaked, f"{path.name} holds {leaked}"
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +82,8 @@ def make_app(tmp_path):
         app.test_client_class = ClosingClient
         return app
 
-    return make
+    yield make
+    assert_no_secrets_in_files(p for p in tmp_path.glob("*.sqlite3*") if p.is_file())
 
 
 @pytest.fixture
