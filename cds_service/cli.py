@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     sv.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
+    sv.add_argument("--insecure-no-auth", action="store_true",
+                    help="serve without client authentication on a non-loopback address (never in production)")
 
     dr = sub.add_parser("demo-request", help="print a patient-view request for a demo patient, with prefetch")
     dr.add_argument("name", choices=sorted(DEMO_PATIENTS))
@@ -109,7 +111,25 @@ def run_serve(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     load_trials(only=settings.trials or None)  # fail here, once, not in every worker
+    if settings.trusted_clients is None:
+        if not _is_loopback(args.host) and not args.insecure_no_auth:
+            raise UsageError(f"refusing to serve on {args.host} without client authentication: set "
+                             "CDS_TRUSTED_CLIENTS (and CDS_PUBLIC_BASE_URL), or pass --insecure-no-auth")
+        print(f"cds-service: WARNING: no CDS_TRUSTED_CLIENTS: serving WITHOUT client authentication on "
+              f"{args.host} ({'loopback only' if _is_loopback(args.host) else '--insecure-no-auth'})",
+              file=sys.stderr)
     return serve(settings, host=args.host, port=args.port, workers=args.workers, threads=args.threads)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def run_demo_request(args: argparse.Namespace) -> int:

@@ -128,3 +128,16 @@ def test_serve_refuses_bad_configuration():
     proc = subprocess.run([str(EXE), "serve", "--port", str(free_port())], env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "CDS_FHIR_DEADLINE" in proc.stderr
+
+
+def test_serve_refuses_a_public_address_without_authentication():
+    proc = subprocess.run([str(EXE), "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+                          env=dict(os.environ), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "CDS_TRUSTED_CLIENTS" in proc.stderr and "--insecure-no-auth" in proc.stderr
+
+
+def test_trusted_clients_need_a_public_base_url():
+    env = dict(os.environ, CDS_TRUSTED_CLIENTS="/nonexistent.yaml")
+    proc = subprocess.run([str(EXE), "serve", "--port", str(free_port())], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "CDS_PUBLIC_BASE_URL" in proc.stderr

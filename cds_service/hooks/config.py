@@ -61,6 +61,10 @@ class Settings:
     card_templates: Path | None = None  # directory with edited card templates
     evaluation_date: dt.date | None = None  # fixed evaluation date (demos, re-runs); default today
     max_request_bytes: int = 20 * 1024 * 1024
+    trusted_clients: Path | None = None  # CDS clients whose JWTs are accepted; None = no authentication
+    public_base_url: str | None = None  # the service's external base URL, for the JWT `aud` check
+    jwt_leeway: float = 60.0  # seconds of clock skew allowed on exp / nbf / iat
+    jti_store: str = "sqlite"  # where seen JWT ids are kept: "sqlite" (the database) or a redis:// URL
 
     @property
     def database_path(self) -> Path:
@@ -76,6 +80,16 @@ class Settings:
             except ValueError:
                 raise ConfigError(f"CDS_EVALUATION_DATE must be YYYY-MM-DD "
                                   f"(got {env['CDS_EVALUATION_DATE']!r})") from None
+        public_base_url = (env.get("CDS_PUBLIC_BASE_URL") or "").strip().rstrip("/") or None
+        if public_base_url and not public_base_url.startswith(("https://", "http://")):
+            raise ConfigError(f"CDS_PUBLIC_BASE_URL must be the service's http(s) base URL (got {public_base_url!r})")
+        trusted = Path(env["CDS_TRUSTED_CLIENTS"]) if env.get("CDS_TRUSTED_CLIENTS") else None
+        if trusted and not public_base_url:
+            raise ConfigError("CDS_TRUSTED_CLIENTS needs CDS_PUBLIC_BASE_URL: a client JWT's aud must equal the "
+                              "public URL of the endpoint it calls")
+        jti_store = (env.get("CDS_JTI_STORE") or "sqlite").strip()
+        if jti_store != "sqlite" and not jti_store.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"CDS_JTI_STORE must be 'sqlite' or a redis:// URL (got {jti_store!r})")
         servers = _split(env.get("CDS_ALLOWED_FHIR_SERVERS"))
         for s in servers:
             if not s.startswith(("https://", "http://")):
@@ -95,6 +109,10 @@ class Settings:
             card_templates=Path(env["CDS_CARD_TEMPLATES"]) if env.get("CDS_CARD_TEMPLATES") else None,
             evaluation_date=evaluation_date,
             max_request_bytes=_number(env, "CDS_MAX_REQUEST_BYTES", 20 * 1024 * 1024, 1024, int),
+            trusted_clients=trusted,
+            public_base_url=public_base_url,
+            jwt_leeway=_number(env, "CDS_JWT_LEEWAY", 60.0, 0.0),
+            jti_store=jti_store,
         )
 
     def today(self) -> dt.date:
