@@ -23,6 +23,7 @@ from .demo import DEMO_PATIENTS, hook_request
 from .engine import PatientRecord, TrialEvaluation, evaluate
 from .engine.evaluate import Trial
 from .fhir.bundles import InputError, patient_groups_from_bytes
+from .hooks.auth import TrustConfigError, load_trust_config
 from .hooks.config import ConfigError
 from .report import text_report
 from .trials import DefinitionError, load_trial, load_trials
@@ -111,7 +112,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     load_trials(only=settings.trials or None)  # fail here, once, not in every worker
-    if settings.trusted_clients is None:
+    if settings.trusted_clients is not None:
+        load_trust_config(settings.trusted_clients)
+    else:
         if not _is_loopback(args.host) and not args.insecure_no_auth:
             raise UsageError(f"refusing to serve on {args.host} without client authentication: set "
                              "CDS_TRUSTED_CLIENTS (and CDS_PUBLIC_BASE_URL), or pass --insecure-no-auth")
@@ -149,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DefinitionError as exc:  # every problem in the trial file, one per line
         print("\n".join(f"cds-service: {line}" for line in str(exc).splitlines()), file=sys.stderr)
         return 2
-    except (UsageError, InputError, ConfigError) as exc:
+    except (UsageError, InputError, ConfigError, TrustConfigError) as exc:
         print(f"cds-service: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # never a traceback for users; --debug for developers

@@ -154,6 +154,31 @@ def test_invalid_resource_is_reported_not_fatal(nct06462092):
     assert c.result is Result.PASS
 
 
+@pytest.mark.parametrize("value", ["1e999999999999", "-1e400", 1e308, "1" * 400, "0." + "0" * 40 + "1",
+                                   "0E+999999999", "1e-400"])
+@pytest.mark.parametrize("code, criterion", [("751-8", "neutrophils"), ("1975-2", "bilirubin")])
+def test_a_number_far_beyond_any_lab_value_is_invalid_not_fatal(nct06462092, value, code, criterion):
+    # fhir.resources takes "1e999999999999": formatting it needed a terabyte, and arithmetic on
+    # such values overflowed or failed to round (500s found by tests/test_fuzz.py)
+    c = run(nct06462092, lab(code, value, "mg/dL" if code == "1975-2" else "10*3/uL", high=1.2),
+            criterion=criterion)
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.INVALID_RESOURCE)
+    assert "valueQuantity.value: number out of range" in c.evidence[0].note
+    c = run(nct06462092, lab("1975-2", 0.6, "mg/dL", high=value), criterion="bilirubin")
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.INVALID_RESOURCE)
+
+
+@pytest.mark.parametrize("value, unit, high, high_unit", [
+    ("1e30", "mg/dL", "1e-30", "mg/dL"),  # both within range; the ratio has 61 digits
+    (0.6, "10*30.mg/dL", 1.2, "10*-30.mg/dL"),
+])
+def test_an_extreme_ratio_to_uln_is_kept_not_fatal(nct06462092, value, unit, high, high_unit):
+    c = run(nct06462092, lab("1975-2", value, unit, high=high, high_unit=high_unit), criterion="bilirubin")
+    assert c.result is Result.FAIL
+    assert c.evidence[0].ratio_to_uln > Decimal("1e50")
+    assert c.to_json()["evidence"][0]["ratioToUln"]
+
+
 def test_codes_matched_by_code_not_display(nct06462092):
     # a platelet count mislabelled with the ANC display is still a platelet count
     plt = lab("777-3", 50, "10*3/uL")

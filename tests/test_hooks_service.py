@@ -301,6 +301,7 @@ def _broken(mutate):
     (lambda r: r.pop("context"), "context"),
     (lambda r: r["context"].pop("patientId"), "context.patientId"),
     (lambda r: r["context"].update(userId="Dr. House"), "context.userId"),
+    (lambda r: r["context"].update(userId="Practitioner/demo\n"), "context.userId"),  # was echoed into cards
     (lambda r: r["context"].update(patientId="a b/c"), "context.patientId"),
     (lambda r: r.update(fhirAuthorization={"access_token": "x", "token_type": "Bearer", "expires_in": 1,
                                            "scope": "s", "subject": "c"}), "fhirAuthorization"),
@@ -417,6 +418,22 @@ def test_needs_data_card_suggests_the_missing_test(client):
               if a["resource"]["code"]["coding"][0]["system"] == "http://loinc.org"]
     assert orders and orders[0]["code"]["coding"][0]["code"] == "57021-8"
     assert orders[0]["status"] == "draft" and orders[0]["subject"] == {"reference": "Patient/g066"}
+
+
+@pytest.mark.parametrize("code, criterion, field, value", [
+    ("1975-2", "bilirubin", "value", "1e999999999999"),  # needed a terabyte to format: 500 (MemoryError)
+    ("1975-2", "bilirubin", "value", 1e308),  # the ratio to ULN could not be rounded: 500 (InvalidOperation)
+    ("1742-6", "transaminases", "code", "10*400/L"),  # the unit factor underflowed to 0: 500 (DivisionByZero)
+])
+def test_absurd_lab_values_and_units_give_a_card_not_a_500(client, code, criterion, field, value):
+    # found by tests/test_fuzz.py: malformed FHIR in prefetch must never break the service
+    request = demo("eligible")
+    lab = next(e["resource"] for e in request["prefetch"]["observations"]["entry"]
+               if e["resource"]["code"]["coding"][0]["code"] == code)
+    lab["valueQuantity"][field] = value
+    card = card_of(post(client, request))
+    assert trial_result(card, criterion)["result"] == "unknown"
+    assert len(card["summary"]) < 140 and find_empty_values(card) == []
 
 
 # -- audit and operations ----------------------------------------------------------

@@ -79,3 +79,11 @@ def test_unconvertible_units_raise(bad, target):
 def test_factor_is_rounded_to_a_decimal_not_a_float():
     assert ucum_factor("/mm3", "10*9/L") == Decimal("0.001")
     assert ucum_factor("m[IU]/mL", "[IU]/L") == Decimal("1")
+
+
+@pytest.mark.parametrize("unit, target", [("10*-400/L", "10*9/L"), ("U/L", "10*400.U/L"),
+                                          ("10*-330.U/L", "U/L")])
+def test_a_factor_beyond_binary_floating_point_is_not_a_conversion(unit, target):
+    # pint's float factor underflows to 0 (or overflows): a 0 ULN once divided a ratio by zero
+    with pytest.raises(NotConvertible):
+        ucum_factor(unit, target)

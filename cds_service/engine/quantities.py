@@ -54,9 +54,12 @@ def ucum_factor(from_unit: str, to_unit: str) -> Decimal:
     a, b = _parse(from_unit), _parse(to_unit)
     try:
         magnitude = a.to(b.units).magnitude / b.magnitude
+        factor = Decimal(f"{magnitude:.12g}")
     except Exception as exc:  # pint DimensionalityError and friends
         raise NotConvertible(f"'{from_unit}' cannot be converted to '{to_unit}'") from exc
-    return Decimal(f"{magnitude:.12g}")
+    if not factor.is_finite() or factor <= 0:  # pint's binary floats overflow or underflow: 10*-400/L
+        raise NotConvertible(f"'{from_unit}' cannot be converted to '{to_unit}': factor out of range")
+    return factor
 
 
 def is_ucum(unit: str) -> bool:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Iterable, Iterator
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .codes import CodeSet, coding_key
 
@@ -80,11 +81,36 @@ class InvalidResource(ValueError):
 
 def _validate(resource_type: str, data: dict[str, Any]) -> Any:
     try:
-        return model_class(resource_type).model_validate(data)
+        model = model_class(resource_type).model_validate(data)
     except ValidationError as exc:
         return InvalidResource(describe_validation_error(exc))
     except (KeyError, TypeError, ValueError, RecursionError) as exc:
         return InvalidResource(f"not valid FHIR: {type(exc).__name__}")
+    where = _decimal_out_of_range(model)
+    if where is not None:
+        return InvalidResource(f"{where}: number out of range")
+    return model
+
+
+# fhir.resources takes any decimal, "1e999999999" included. No clinical quantity comes
+# near 10^±30 (FHIR: large or highly precise values are "extremely rare in medicine"), and
+# arithmetic or formatting on such a number could fail or take gigabytes: not usable data.
+MAX_DECIMAL_EXPONENT = 30
+
+
+def _decimal_out_of_range(model: Any) -> str | None:
+    """The path of the first decimal of a validated model beyond 10^±MAX_DECIMAL_EXPONENT."""
+    stack: list[tuple[str, Any]] = [("", model)]
+    while stack:  # iterative: extensions nest as deep as the JSON parser allows
+        path, value = stack.pop()
+        if isinstance(value, Decimal):
+            if abs(value.adjusted()) > MAX_DECIMAL_EXPONENT:  # 0E+999999999 too
+                return path or "value"
+        elif isinstance(value, BaseModel):
+            stack.extend((f"{path}.{k}" if path else k, v) for k, v in value.__dict__.items() if v is not None)
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
+    return None
 
 
 @functools.lru_cache(maxsize=16384)

@@ -7,8 +7,10 @@ its feedback endpoint, and health checks.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -20,6 +22,7 @@ from ..cards import CardRenderer
 from ..demo import hook_request
 from ..fhir.client import FhirClient
 from ..trials import load_trials
+from .auth import AuthError, Authenticator, ReplayStoreUnavailable, jti_store_for
 from .config import Settings
 from .discovery import SERVICE_ID
 from .responses import error_response, json_response, problems_response
@@ -31,6 +34,7 @@ from .validation import Invalid, parse_feedback
 _JSON_TYPES = ("application/json", "application/fhir+json")
 
 api = Blueprint("cds_hooks", __name__)
+_PROTECTED = {"cds_hooks.discovery", "cds_hooks.call_service", "cds_hooks.feedback"}
 
 
 def _service() -> TrialEligibilityService:
@@ -49,6 +53,23 @@ def _json_body() -> tuple[Any, Any]:
 
 def _unknown_service(service_id: str):
     return error_response(404, "not-found", f"no CDS service with id '{service_id}'; see /cds-services")
+
+
+# CDS Hooks: every call — discovery, the service, feedback — carries a client JWT.
+@api.before_request
+def authenticate():
+    authenticator = current_app.extensions.get("cds_authenticator")
+    if authenticator is None or request.method == "OPTIONS" or request.endpoint not in _PROTECTED:
+        return None
+    try:
+        authenticator.authenticate(request.headers.get("Authorization"), request.path)
+    except AuthError:  # the reason is logged by the authenticator; the caller learns nothing
+        return error_response(401, "login", "authentication required", headers={"WWW-Authenticate": "Bearer"})
+    except ReplayStoreUnavailable as exc:  # fail closed
+        logging.getLogger("cds_service.auth").error(json.dumps({"event": "auth", "outcome": "unavailable",
+                                                                "error": type(exc).__name__}))
+        return error_response(503, "transient", "authentication temporarily unavailable")
+    return None
 
 
 @api.get("/cds-services")
@@ -118,7 +139,18 @@ def create_app(settings: Settings | None = None, *, client: FhirClient | None = 
                                                      if key != "patient" for e in bundle["entry"]],
                     demo["context"]["patientId"])
     app.extensions["trial_eligibility"] = service
+    if settings.trusted_clients is not None:
+        app.extensions["cds_authenticator"] = Authenticator.from_file(
+            settings.trusted_clients, public_base_url=settings.public_base_url or "",
+            jti_store=jti_store_for(settings.jti_store, settings.database_path.with_name("jti.sqlite3"),
+                                    leeway=settings.jwt_leeway),
+            leeway=settings.jwt_leeway)
+    else:
+        logging.getLogger("cds_service").warning(json.dumps(
+            {"event": "startup", "warning": "no CDS_TRUSTED_CLIENTS: client JWTs are not checked"}))
     app.register_blueprint(api)
+    openapi = orjson.loads(resources.files(__package__).joinpath("openapi.json").read_bytes())
+    app.add_url_rule("/openapi.json", "openapi", lambda: json_response(openapi))
     if settings.cors_origins:
         CORS(app, resources={r"/cds-services*": {"origins": list(settings.cors_origins)}},
              methods=["GET", "POST", "OPTIONS"], allow_headers=["Authorization", "Content-Type"], max_age=600)

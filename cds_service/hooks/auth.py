@@ -92,6 +92,10 @@ class Client:
     jti: str
 
 
+class ReplayStoreUnavailable(Exception):
+    """The jti store cannot be read or written: callers must fail closed."""
+
+
 class JtiStore(Protocol):
     def remember(self, iss: str, jti: str, exp: int) -> bool:
         """Record that (iss, jti) was used by a token valid until `exp`.
@@ -137,6 +141,12 @@ class SqliteJtiStore:
         return db
 
     def remember(self, iss: str, jti: str, exp: int) -> bool:
+        try:
+            return self._remember(iss, jti, exp)
+        except sqlite3.Error as exc:
+            raise ReplayStoreUnavailable(type(exc).__name__) from None
+
+    def _remember(self, iss: str, jti: str, exp: int) -> bool:
         cutoff = self._clock() - self.leeway
         with closing(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")
@@ -179,7 +189,10 @@ class RedisJtiStore:
         # Hashed: the key length is bounded and no client-chosen text reaches Redis as a key.
         key = "cds-service:jti:" + hashlib.sha256(f"{iss}\x00{jti}".encode()).hexdigest()
         ttl = max(1, int(math.ceil(exp + self.leeway - self._clock())))
-        return bool(self._redis.set(key, b"1", nx=True, ex=ttl))
+        try:
+            return bool(self._redis.set(key, b"1", nx=True, ex=ttl))
+        except Exception as exc:  # redis-py raises its own RedisError family (connection, timeout, ...)
+            raise ReplayStoreUnavailable(type(exc).__name__) from None
 
 
 def jti_store_for(setting: str, sqlite_path: Path, *, leeway: float) -> JtiStore:

@@ -47,7 +47,7 @@ class PatientViewContext(_Wire):
     @field_validator("userId")
     @classmethod
     def _user(cls, value: str) -> str:
-        if not USER_ID.match(value):
+        if not USER_ID.fullmatch(value):  # match() lets "$" pass a trailing newline into the card's requester
             raise ValueError("must be Practitioner/, PractitionerRole/, Patient/ or RelatedPerson/ followed by an id")
         return value
 

@@ -8,7 +8,7 @@ the criterion; all passing passes it; anything else is unknown.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -206,7 +206,7 @@ def _judge(ctx: Context, analyte: Analyte, cand: _Candidate) -> _AnalyteOutcome:
         if isinstance(uln, _AnalyteOutcome):
             return uln
         ev.uln = uln
-        ev.ratio_to_uln = (value / uln.value).quantize(Decimal("0.01"))
+        ev.ratio_to_uln = _ratio(value, uln.value)
         limit = rule.uln_multiple * uln.value
         limit_text = f"{format(rule.uln_multiple, 'f')} × ULN {format(uln.value, 'f')} {uln.unit}" + \
                      (" (assumed ULN)" if uln.assumed else "")
@@ -220,6 +220,16 @@ def _judge(ctx: Context, analyte: Analyte, cand: _Candidate) -> _AnalyteOutcome:
     if verdict:
         return _AnalyteOutcome(Result.FAIL, f"{name} {shown} on {when} is {rule.comparator} {limit_text}")
     return _AnalyteOutcome(Result.PASS, f"{name} {shown} on {when} is not {rule.comparator} {limit_text}")
+
+
+def _ratio(value: Decimal, uln: Decimal) -> Decimal:
+    """value / ULN to two decimals. A ratio too large to keep two decimals within the
+    context's 28 digits (a unit such as 10*300.U/L) keeps its significant digits instead."""
+    ratio = value / uln
+    try:
+        return ratio.quantize(Decimal("0.01"))
+    except InvalidOperation:
+        return ratio
 
 
 _NORMAL_RANGE = {("http://terminology.hl7.org/CodeSystem/referencerange-meaning", "normal")}
