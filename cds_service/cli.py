@@ -3,6 +3,7 @@
   cds-service evaluate --trial NCT06462092 [--as-of YYYY-MM-DD] [--format json|text] FILE
   cds-service serve [--host 127.0.0.1] [--port 8080] [--workers N] [--threads N]
   cds-service demo-request NAME [--as-of YYYY-MM-DD] [--fhir-server URL]
+  cds-service harness --fhir-server URL [--service URL|none] [--mode private|shared]
 
 Exit status: 0 when the input was evaluated (whatever the eligibility), 2 for
 unreadable or non-FHIR input or bad arguments (one line on stderr), 1 for an
@@ -23,6 +24,7 @@ from .demo import DEMO_PATIENTS, hook_request
 from .engine import PatientRecord, TrialEvaluation, evaluate
 from .engine.evaluate import Trial
 from .fhir.bundles import InputError, patient_groups_from_bytes
+from .harness import HarnessError
 from .hooks.auth import TrustConfigError, load_trust_config
 from .hooks.config import ConfigError
 from .report import text_report
@@ -66,6 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--as-of", type=_date, help="date the request is for (default: today); the demo record is "
                                                  "shifted so it looks the same on that day")
     dr.add_argument("--fhir-server", help="fhirServer to put in the request")
+
+    hs = sub.add_parser("harness", help="load the gold patients into a FHIR server, call the hook for each "
+                                        "without prefetch, compare with the gold expectations")
+    hs.add_argument("--fhir-server", required=True, help="FHIR base URL, e.g. http://127.0.0.1:8081/fhir")
+    hs.add_argument("--service", default="none",
+                    help="base URL of a running service, or 'none' to run one in this process (default)")
+    hs.add_argument("--mode", choices=("private", "shared"), default="private",
+                    help="private: stable ids (a server of your own); shared: new ids and a unique identifier "
+                         "per run, for public servers such as https://hapi.fhir.org/baseR4")
+    hs.add_argument("--gold", type=Path, default=Path("tests/gold"), help="gold set directory (default tests/gold)")
+    hs.add_argument("--load-only", action="store_true", help="only load the gold patients (and keep them)")
+    hs.add_argument("--keep", action="store_true", help="do not delete the loaded data afterwards")
+    hs.add_argument("--only", nargs="*", help="patient ids or file names to run (default: all)")
     return parser
 
 
@@ -141,7 +156,14 @@ def run_demo_request(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"evaluate": run_evaluate, "serve": run_serve, "demo-request": run_demo_request}
+def run_harness(args: argparse.Namespace) -> int:
+    from .harness import run
+
+    return run(args.fhir_server, service=args.service, gold_dir=args.gold, mode=args.mode,
+               load_only=args.load_only, cleanup=not (args.keep or args.load_only), only=args.only)
+
+
+COMMANDS = {"evaluate": run_evaluate, "serve": run_serve, "demo-request": run_demo_request, "harness": run_harness}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DefinitionError as exc:  # every problem in the trial file, one per line
         print("\n".join(f"cds-service: {line}" for line in str(exc).splitlines()), file=sys.stderr)
         return 2
-    except (UsageError, InputError, ConfigError, TrustConfigError) as exc:
+    except (UsageError, InputError, ConfigError, TrustConfigError, HarnessError) as exc:
         print(f"cds-service: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # never a traceback for users; --debug for developers

@@ -156,7 +156,7 @@ def test_bearer_token_and_accept_headers(client, mock):
     headers = mock.calls[0].request.headers
     assert headers["Authorization"] == f"Bearer {TOKEN}"
     assert headers["Accept"] == "application/fhir+json"
-    assert "Cache-Control" not in headers
+    assert headers["Cache-Control"] == "no-cache"  # never a server-side cached search
 
 
 def test_no_authorization_header_without_a_token(client, mock):

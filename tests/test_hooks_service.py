@@ -286,6 +286,15 @@ def test_smart_v2_wildcard_scope_allows_the_fetch(client):
     assert card_of(post(client, request))["extension"]["trial-eligibility"]["status"] == "eligible"
 
 
+@responses.activate
+def test_patient_unknown_to_the_fhir_server_is_412(client):
+    responses.get(f"{EHR}/Patient/g001", status=404,
+                  json={"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found"}]})
+    response = post(client, authorized(without(demo("eligible"), "patient")))
+    assert response.status_code == 412
+    assert "not found on the FHIR server" in response.get_json()["issue"][0]["diagnostics"]
+
+
 # -- bad requests ------------------------------------------------------------
 
 def _broken(mutate):

@@ -229,11 +229,12 @@ class FhirClient:
         return normal
 
     def _new_call(self, key: str, base: str, token: str | None, deadline: float, no_cache: bool) -> _Call:
-        headers = {"Accept": "application/fhir+json", "User-Agent": self._user_agent}
+        # Always fresh from the server (HAPI reuses identical searches for a minute by
+        # default): a lab resulted a moment ago must count. Our own short cache, keyed
+        # by token, is what absorbs repeated calls for one chart; no_cache skips it too.
+        headers = {"Accept": "application/fhir+json", "User-Agent": self._user_agent, "Cache-Control": "no-cache"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        if no_cache:
-            headers["Cache-Control"] = "no-cache"
         token_hash = hashlib.sha256(token.encode()).hexdigest() if token else ""
         return _Call(key, base, headers, token or None, token_hash, deadline, read_cache=not no_cache)
 

@@ -192,6 +192,8 @@ def _fetch(keys: dict[str, KeyData], to_fetch: dict[str, Any], to_page: dict[str
         _account(data, result)
         if result.error is not None:
             data.detail = f"{data.detail}; fetch failed: {_why(result.error)}"
+        elif result.not_found:  # a read (the patient) that the server does not have
+            data.detail = f"{data.detail}; not found on the FHIR server"
         else:
             data.source, data.resources = FETCHED, list(result.resources)
     for key, result in paged.items():
