@@ -5,6 +5,7 @@ already running server (CI starts one for the tests and the harness)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -29,6 +30,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Pages of 2: every gold patient's Observation and Condition searches span several
+# `_getpages` pages, whatever `_count` the service asks for.
+PAGE_SIZE = 2
+
+
 class HapiServer:
     def __init__(self, port: int | None = None, log: Path | None = None):
         self.port = port or free_port()
@@ -40,7 +46,8 @@ class HapiServer:
     def start(self, timeout: float = 600.0) -> "HapiServer":
         out = open(self.log, "wb") if self.log else subprocess.DEVNULL
         started = time.monotonic()
-        self.proc = subprocess.Popen(["bash", str(HAPI_DIR / "run.sh"), str(self.port)], stdout=out,
+        self.proc = subprocess.Popen(["bash", str(HAPI_DIR / "run.sh"), str(self.port),
+                                      f"-Dhapi.pageSize={PAGE_SIZE}", f"-Dhapi.maxPageSize={PAGE_SIZE}"], stdout=out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         while time.monotonic() - started < timeout:
             if self.proc.poll() is not None:
@@ -62,3 +69,16 @@ class HapiServer:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def main() -> None:
+    """`python tests/hapi_server.py PORT`: run HAPI in the foreground (for .ci/run)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port", type=int)
+    args = parser.parse_args()
+    os.execvp("bash", ["bash", str(HAPI_DIR / "run.sh"), str(args.port), f"-Dhapi.pageSize={PAGE_SIZE}",
+                       f"-Dhapi.maxPageSize={PAGE_SIZE}"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Against a real HAPI FHIR R4 server on 127.0.0.1 (tests/hapi/, built from
+Maven Central): what mocks cannot prove. The server pages by 2 (hapi_server.PAGE_SIZE),
+so every gold patient's searches span several `_getpages` pages.
+
+Locally these tests skip when Java or Maven is missing; under CI=true they never skip."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from cds_service.fhir.client import FhirClient
+from cds_service.fhir.queries import Read, Search
+from cds_service.harness import FhirWriter, load_gold, run
+from hapi_server import HapiServer, java_tools_missing
+
+GOLD = Path(__file__).parent / "gold"
+LOINC = "http://loinc.org"
+
+
+@pytest.fixture(scope="module")
+def hapi(tmp_path_factory):
+    url = os.environ.get("CDS_TEST_HAPI_URL")
+    if url:
+        FhirWriter(url).wait_ready()
+        yield url
+        return
+    missing = java_tools_missing()
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{missing}: .ci/run must provide Java and Maven")
+        pytest.skip(f"HAPI integration tests need Java and Maven ({missing})")
+    server = HapiServer(log=tmp_path_factory.mktemp("hapi") / "hapi.log").start()
+    print(f"HAPI started in {server.start_seconds:.1f} s")
+    yield server.url
+    server.stop()
+
+
+def _observation(patient: str, code: str, day: int, value: float) -> dict:
+    return {"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": LOINC, "code": code}]}, "subject": {"reference": f"Patient/{patient}"},
+            "effectiveDateTime": f"2026-05-{day:02d}T08:00:00Z",
+            "valueQuantity": {"value": value, "unit": "10*3/uL", "system": "http://unitsofmeasure.org",
+                              "code": "10*3/uL"}}
+
+
+@pytest.fixture(scope="module")
+def labs_patient(hapi):
+    """A patient with 12 ANC/PLT results and 3 unrelated ones, loaded by transaction."""
+    pid = f"it-{uuid.uuid4().hex[:12]}"
+    entries = [{"resource": {"resourceType": "Patient", "id": pid, "gender": "female", "birthDate": "1970-01-01"},
+                "request": {"method": "PUT", "url": f"Patient/{pid}"}}]
+    for day in range(1, 13):
+        code = "751-8" if day % 2 else "777-3"
+        entries.append({"resource": _observation(pid, code, day, day), "request": {"method": "POST",
+                                                                                  "url": "Observation"}})
+    for day in range(13, 16):
+        entries.append({"resource": _observation(pid, "2345-7", day, 5), "request": {"method": "POST",
+                                                                                    "url": "Observation"}})
+    response = requests.post(hapi, json={"resourceType": "Bundle", "type": "transaction", "entry": entries},
+                             headers={"Content-Type": "application/fhir+json"}, timeout=60)
+    assert response.status_code == 200, response.text[:500]
+    return pid
+
+
+def _client(hapi, **kwargs) -> FhirClient:
+    return FhirClient([hapi], cache_ttl=0, **kwargs)
+
+
+def _search(hapi, pid, **kwargs):
+    query = Search("Observation", (("code", f"{LOINC}|751-8,{LOINC}|777-3"), ("_sort", "-date"), ("_count", "100")))
+    return _client(hapi, **kwargs).fetch(hapi, None, {"obs": query}, pid, time.monotonic() + 30)["obs"]
+
+
+def test_or_codes_sorted_by_date_paged_to_the_end(hapi, labs_patient):
+    result = _search(hapi, labs_patient)
+    assert result.error is None
+    dates = [r["effectiveDateTime"] for r in result.resources]
+    assert len(dates) == 12  # both OR'ed codes, not the unrelated 2345-7
+    assert dates == sorted(dates, reverse=True)
+    assert result.pages >= 2  # _count=100 was capped by the server: next links were followed
+
+
+def test_page_limit_truncates(hapi, labs_patient):
+    result = _search(hapi, labs_patient, page_limit=1)
+    assert result.truncated and len(result.resources) < 12
+
+
+def test_expired_page_reruns_the_search_once(hapi, labs_patient):
+    client = _client(hapi)
+    first = requests.get(f"{hapi}/Observation", params={"patient": labs_patient, "code": f"{LOINC}|751-8,{LOINC}|777-3",
+                                                        "_sort": "-date"}, timeout=30).json()
+    assert any(link["relation"] == "next" and "_getpages" in link["url"] for link in first["link"])
+    expired = copy.deepcopy(first)
+    for link in expired["link"]:
+        if link["relation"] == "next":
+            link["url"] = f"{hapi}?_getpages={uuid.uuid4()}&_getpagesoffset=5&_count=5&_bundletype=searchset"
+    gone = requests.get(next(l["url"] for l in expired["link"] if l["relation"] == "next"), timeout=30)
+    assert gone.status_code == 410  # HAPI: the search has expired
+    rest = client.follow_next(hapi, None, expired, "obs", time.monotonic() + 30)
+    assert rest.error is None
+    page_one = {r["id"] for r in (e["resource"] for e in first["entry"])}
+    assert len(page_one) + len(rest.resources) == 12 and not page_one & {r["id"] for r in rest.resources}
+
+
+def test_a_write_is_seen_by_the_next_search(hapi, labs_patient):
+    before = len(_search(hapi, labs_patient).resources)
+    created = requests.post(f"{hapi}/Observation", json=_observation(labs_patient, "751-8", 20, 2.5),
+                            headers={"Content-Type": "application/fhir+json"}, timeout=30)
+    assert created.status_code == 201
+    after = _search(hapi, labs_patient)
+    assert len(after.resources) == before + 1  # Cache-Control: no-cache defeats HAPI's search reuse
+    assert after.resources[0]["effectiveDateTime"].startswith("2026-05-20")
+    requests.delete(f"{hapi}/{created.headers['Location'].split('/_history')[0].split('/fhir/')[-1]}", timeout=30)
+
+
+def test_read_of_a_missing_patient(hapi):
+    result = _client(hapi).fetch(hapi, None, {"p": Read("Patient")}, "no-such-patient", time.monotonic() + 30)["p"]
+    assert result.not_found and result.error is None
+
+
+def test_hapi_operation_outcome_becomes_412(hapi, make_app, labs_patient):
+    app = make_app(allowed_fhir_servers=(hapi,), fhir_deadline=20.0)
+    # _sort=-date is not a Condition search: HAPI answers 400 with an OperationOutcome
+    service = app.extensions["trial_eligibility"]
+    service.queries["conditions"] = Search("Condition", (("_sort", "-nonsense"),))
+    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view", "fhirServer": hapi,
+            "context": {"userId": "Practitioner/x", "patientId": labs_patient}}
+    response = app.test_client().post("/cds-services/trial-eligibility", data=json.dumps(body),
+                                      content_type="application/json")
+    assert response.status_code == 412
+    diagnostics = " ".join(i["diagnostics"] for i in response.get_json()["issue"])
+    assert "conditions" in diagnostics and "HAPI-" in diagnostics
+
+
+def test_gold_searches_span_several_pages(hapi):
+    """The server's small pages make the service page through every gold patient's main searches."""
+    from cds_service.hooks.discovery import data_needs
+    from cds_service.trials import load_trials
+
+    needs = {n.key: n.query for n in data_needs(load_trials().values())}
+    writer = FhirWriter(hapi)
+    pid, locations = writer.load(json.loads((GOLD / "patients" / "g001-baseline-eligible.json").read_text()),
+                                 shared=False, run_id="pages")
+    try:
+        results = _client(hapi).fetch(hapi, None, {k: needs[k] for k in ("observations", "conditions")}, pid,
+                                      time.monotonic() + 30)
+        for key, result in results.items():
+            assert result.error is None and result.pages >= 2, (key, result.pages)
+    finally:
+        writer.delete(locations)
+
+
+def test_harness_on_the_gold_set(hapi, capsys):
+    as_of, cases = load_gold(GOLD)
+    out = io.StringIO()
+    code = run(hapi, service=None, gold_dir=GOLD, mode="private", out=out)
+    report = out.getvalue()
+    print(report)
+    assert code == 0, report
+    assert f"{len(cases)}/{len(cases)} as expected" in report
