@@ -40,6 +40,8 @@ import jwt
 import requests
 import yaml
 
+from .store import connect, open_database
+
 log = logging.getLogger("cds_service.auth")
 
 TRUSTED_CLIENTS_ENV = "CDS_TRUSTED_CLIENTS"
@@ -130,15 +132,10 @@ class SqliteJtiStore:
         self._purge_every = max(1, int(purge_every))
         self._inserts = 0
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_JTI_SCHEMA)
+        open_database(self.path, _JTI_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        db.execute("PRAGMA busy_timeout=10000")
-        return db
+        return connect(self.path)
 
     def remember(self, iss: str, jti: str, exp: int) -> bool:
         try:

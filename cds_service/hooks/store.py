@@ -63,18 +63,28 @@ def _json(value: Any) -> str | None:
     return json.dumps(value, separators=(",", ":"), sort_keys=True) if value else None
 
 
+def open_database(path: Path, schema: str) -> None:
+    """Create the file and its tables, in WAL mode so workers can share it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with closing(connect(path)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(schema)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A short-lived connection in autocommit mode that waits on other writers."""
+    db = sqlite3.connect(path, timeout=10, isolation_level=None)
+    db.execute("PRAGMA busy_timeout=10000")
+    return db
+
+
 class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db, db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+        open_database(self.path, _SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        db.execute("PRAGMA busy_timeout=10000")
-        return db
+        return connect(self.path)
 
     def ping(self) -> None:
         with closing(self._connect()) as db:
