@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -203,6 +204,8 @@ class HookCaller:
                                       show_ineligible=True, database=Path(self._tmp.name) / "harness.sqlite3",
                                       fhir_deadline=20.0, fhir_cache_ttl=0.0))
             self._client = app.test_client()
+            # The table is the report; the in-process service's audit lines would interleave with it.
+            logging.getLogger("cds_service.audit").setLevel(logging.WARNING)
         else:
             self._url = service.rstrip("/") + "/cds-services/trial-eligibility"
             self._session = requests.Session()
