@@ -204,8 +204,6 @@ class HookCaller:
                                       show_ineligible=True, database=Path(self._tmp.name) / "harness.sqlite3",
                                       fhir_deadline=20.0, fhir_cache_ttl=0.0))
             self._client = app.test_client()
-            # The table is the report; the in-process service's audit lines would interleave with it.
-            logging.getLogger("cds_service.audit").setLevel(logging.WARNING)
         else:
             self._url = service.rstrip("/") + "/cds-services/trial-eligibility"
             self._session = requests.Session()
@@ -273,6 +271,10 @@ def run(fhir_server: str, *, service: str | None = None, gold_dir: Path, mode: s
         return 0
     caller = HookCaller(service, fhir_server, as_of)
     outcomes = []
+    # The table is the report: the in-process service's audit lines would interleave with it.
+    audit = logging.getLogger("cds_service.audit")
+    audit_level = audit.level
+    audit.setLevel(logging.WARNING)
     try:
         print(f"{'patient':<8} {'expected':<11} {'got':<22} {'ms':>7}  mismatches", file=out)
         for case in cases:
@@ -287,6 +289,7 @@ def run(fhir_server: str, *, service: str | None = None, gold_dir: Path, mode: s
             print(f"{case.patient:<8} {case.status:<11} {outcome.got:<22} {ms:>7.0f}  "
                   f"{', '.join(outcome.mismatches) if outcome.mismatches else ''}", file=out)
     finally:
+        audit.setLevel(audit_level)
         if cleanup:
             for _, locations in loaded.values():
                 writer.delete(locations)
