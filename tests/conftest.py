@@ -13,10 +13,14 @@ SECRETS = ("tok-3f9a1c-never-log-me", "some-opaque-fhir-access-token", "Mei Lin"
 class _Capture(logging.Handler):
     def __init__(self):
         super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
+        self.records: list[logging.LogRecord] = []
 
     def emit(self, record):
-        self.lines.append(self.format(record))
+        self.records.append(record)
+
+    @property
+    def lines(self) -> list[str]:
+        return [self.format(r) for r in self.records]
 
 
 @pytest.fixture(autouse=True)

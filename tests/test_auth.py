@@ -160,27 +160,13 @@ def auth(trust_file, store, clock, http):
                                    http=requests.Session())
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-
 @pytest.fixture(autouse=True)
-def auth_log():
-    """Capture cds_service.auth; after each test, no record may hold any token the test made."""
+def auth_log(no_secrets_in_logs):
+    """The suite-wide log capture (conftest); after each test, no record may hold
+    any token the test made, nor any part of an Authorization header."""
     ISSUED.clear()
-    handler = _Records()
-    logger = logging.getLogger("cds_service.auth")
-    logger.addHandler(handler)
-    previous = logger.level
-    logger.setLevel(logging.DEBUG)
+    handler = no_secrets_in_logs
     yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
     text = "\n".join(r.getMessage() for r in handler.records)
     for issued in ISSUED:
         for part in [issued] + [p for p in issued.split(".") if len(p) >= 16]:

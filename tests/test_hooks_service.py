@@ -325,6 +325,13 @@ def test_invalid_requests_are_400_with_an_operation_outcome(client, mutate, fiel
     assert field.split(".")[0] in text
 
 
+def test_an_invalid_hook_instance_is_not_logged(client, no_secrets_in_logs):
+    response = post(client, demo("eligible", hookInstance="Mei Lin MRN-700001"))
+    assert response.status_code == 400
+    event = json.loads(no_secrets_in_logs.lines[-1])
+    assert event["event"] == "hook" and event["status"] == 400 and "hookInstance" not in event
+
+
 def test_the_hook_must_be_patient_view(client):
     response = post(client, demo("eligible", hook="order-sign"))
     assert response.status_code == 400 and "patient-view" in response.get_json()["issue"][0]["diagnostics"]

@@ -250,6 +250,7 @@ class CardRenderer:
                  new_uuid: Callable[[], str] = lambda: str(uuid.uuid4())):
         self.show_ineligible = show_ineligible
         self._new_uuid = new_uuid
+        self._trial_info: dict[tuple[str, str], _TrialInfo] = {}  # built once per trial definition
         files = _read_files(template_dir)
         self._env = jinja2.Environment(
             loader=jinja2.DictLoader({SUMMARY_TEMPLATE: files[SUMMARY_TEMPLATE],
@@ -270,10 +271,7 @@ class CardRenderer:
             template = self._env.get_template(name)
         except jinja2.TemplateError as exc:
             raise ValueError(f"{name}: {_jinja_error(exc)}") from None
-        unknown = sorted(undeclared - TEMPLATE_VARS)
-        if unknown:
-            raise ValueError(f"{name}: unknown variable(s) {', '.join(unknown)}; "
-                             f"available: {', '.join(sorted(TEMPLATE_VARS))}")
+        _refuse_unknown(name, undeclared, TEMPLATE_VARS)
         return template
 
     def _load_text(self, source: str) -> None:
@@ -291,10 +289,7 @@ class CardRenderer:
                 self._texts[key] = self._env.from_string(value)
             except jinja2.TemplateError as exc:
                 raise ValueError(f"{TEXT_FILE}: '{key}': {_jinja_error(exc)}") from None
-            unknown = sorted(undeclared - allowed)
-            if unknown:
-                raise ValueError(f"{TEXT_FILE}: '{key}': unknown variable(s) {', '.join(unknown)}; "
-                                 f"available: {', '.join(sorted(allowed))}")
+            _refuse_unknown(f"{TEXT_FILE}: '{key}'", undeclared, allowed)
         self._symbols = {r.value: _nonempty_str(_lookup(data, f"symbols.{r.value}"), f"symbols.{r.value}")
                          for r in Result}
         system = _nonempty_str(_lookup(data, "override_reasons.system"), "override_reasons.system")
@@ -333,7 +328,11 @@ class CardRenderer:
             raise ValueError(f"evaluation is for trial {evaluation.trial}, not {trial.id}")
         if evaluation.patient is not None and evaluation.patient != ctx.patient_id:
             raise ValueError(f"evaluation is for patient {evaluation.patient}, not {ctx.patient_id}")
-        return self._render(_TrialInfo.of(trial), evaluation, ctx, show_ineligible=self.show_ineligible,
+        key = (trial.id, trial.definition.definition_version)
+        info = self._trial_info.get(key)
+        if info is None:
+            info = self._trial_info[key] = _TrialInfo.of(trial)
+        return self._render(info, evaluation, ctx, show_ineligible=self.show_ineligible,
                             new_uuid=self._new_uuid)
 
     def render_all(self, results: Iterable[tuple[Trial, TrialEvaluation]], ctx: CardContext) -> list[dict]:
@@ -574,6 +573,12 @@ def _differs(value: str | None, unit: str | None, converted: Measured) -> bool:
         return value is None or Decimal(value) != converted.value
     except (InvalidOperation, ValueError):
         return True
+
+
+def _refuse_unknown(where: str, used: set[str], allowed: frozenset[str]) -> None:
+    unknown = sorted(used - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown variable(s) {', '.join(unknown)}; available: {', '.join(sorted(allowed))}")
 
 
 def _jinja_error(exc: jinja2.TemplateError) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from .store import Store
 from .validation import HookRequest, Invalid, parse_hook_request
 
 audit_log = logging.getLogger("cds_service.audit")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def log_event(**fields: Any) -> None:
@@ -60,8 +62,9 @@ class TrialEligibilityService:
             self.renderer.render(trial, evaluate(trial, record, self.settings.today()), context)
 
     def call(self, body: Any, started: float) -> Response:
+        # Logged even for invalid requests, but only if it is the UUID it should be: no client text in logs.
         hook_instance = body.get("hookInstance") if isinstance(body, dict) else None
-        hook_instance = hook_instance if isinstance(hook_instance, str) and len(hook_instance) <= 64 else None
+        hook_instance = hook_instance if isinstance(hook_instance, str) and _UUID.fullmatch(hook_instance) else None
         try:
             request = parse_hook_request(body)
         except Invalid as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -124,6 +124,9 @@ class FeedbackRequest(_Wire):
     feedback: list[FeedbackItem] = Field(min_length=1, max_length=100)
 
 
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:
     out = []
     for err in exc.errors(include_input=False, include_url=False):
@@ -133,19 +136,18 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
     return out
 
 
-def parse_hook_request(body: Any) -> HookRequest:
+def _parse(model: type[_Model], body: Any) -> _Model:
     if not isinstance(body, dict):
         raise Invalid([("(body)", "must be a JSON object")])
     try:
-        return HookRequest.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         raise Invalid(_problems(exc)) from None
+
+
+def parse_hook_request(body: Any) -> HookRequest:
+    return _parse(HookRequest, body)
 
 
 def parse_feedback(body: Any) -> FeedbackRequest:
-    if not isinstance(body, dict):
-        raise Invalid([("(body)", "must be a JSON object")])
-    try:
-        return FeedbackRequest.model_validate(body)
-    except ValidationError as exc:
-        raise Invalid(_problems(exc)) from None
+    return _parse(FeedbackRequest, body)

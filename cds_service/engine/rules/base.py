@@ -15,7 +15,7 @@ from ..codes import CodeSet, coding_key, union
 from ..dates import FhirDate, age_range, parse_fhir_date
 from ..model import Evidence, Result, Role, Why
 from ..quantities import UnitTable
-from ..record import Hit, InvalidResource, PatientRecord
+from ..record import InvalidResource, PatientRecord
 
 
 class RuleModel(BaseModel):
@@ -246,7 +246,6 @@ class Reading:
     value (the resource or one of its components), its date, and the evidence
     entry started for it."""
 
-    hit: Hit
     resource: Any
     source: Any
     date: FhirDate | None
@@ -281,5 +280,5 @@ def read_results(ctx: Context, codes: CodeSet, resource_type: str = "Observation
             ev.role, ev.note = Role.IGNORED, "dated after the evaluation date; ignored"
             ignored.append(ev)
         else:
-            readings.append(Reading(hit, resource, source, date, ev))
+            readings.append(Reading(resource, source, date, ev))
     return readings, ignored

@@ -16,7 +16,6 @@ from pydantic import Field, model_validator
 from ..dates import FhirDate, Recency, recency
 from ..model import Evidence, Measured, Result, Role, UpperLimit, Why
 from ..quantities import NotConvertible
-from ..record import Hit
 from .base import Context, Outcome, RuleModel, concept_label, has_invalid, read_results
 
 Comparator = Literal["<", "<=", ">", ">="]
@@ -88,8 +87,6 @@ class LabRule(RuleModel):
 
 @dataclass
 class _Candidate:
-    hit: Hit
-    obs: Any
     source: Any  # the Observation or its component carrying the value
     quantity: Any
     date: FhirDate | None
@@ -120,7 +117,7 @@ def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> _An
             ignored.append(ev)
             continue
         ev.value, ev.unit, ev.comparator = format(q.value, "f"), q.unit or q.code, q.comparator
-        cand = _Candidate(r.hit, r.resource, r.source, q, r.date, ev)
+        cand = _Candidate(r.source, q, r.date, ev)
         (dated if r.date is not None else undated).append(cand)
 
     if dated:
