@@ -328,6 +328,16 @@ def test_nbf_in_the_future(auth):
     reject(auth, bearer(token(claims(nbf=int(NOW) + 120))), reason="not-yet-valid")
 
 
+def test_lifetime_bounded(auth, trust_file, store, clock):
+    # exp − iat exactly the maximum is accepted; a second more is not.
+    assert auth.authenticate(bearer(token(claims(iat=int(NOW) - 100, exp=int(NOW) - 100 + 3600))), PATH).iss == ISS_A
+    reject(auth, bearer(token(claims(iat=int(NOW) - 100, exp=int(NOW) - 100 + 3601))), reason="lifetime-too-long")
+    strict = Authenticator.from_file(trust_file, public_base_url=BASE, jti_store=store, clock=clock,
+                                     max_lifetime=300, http=requests.Session())
+    assert strict.authenticate(bearer(token(claims(exp=int(NOW) + 300))), PATH).iss == ISS_A
+    reject(strict, bearer(token(claims(exp=int(NOW) + 301))), reason="lifetime-too-long")
+
+
 def test_iat_in_the_future(auth):
     reject(auth, bearer(token(claims(iat=int(NOW) + 120, exp=int(NOW) + 400))), reason="iat-in-future")
 
@@ -575,7 +585,8 @@ SPEC_JKU = "https://fhir-ehr.example.com/jwk_uri"
 SPEC_IAT, SPEC_EXP = 1311280970, 1422568860
 
 
-def _spec_auth(tmp_path, client_entry, now, http):
+def _spec_auth(tmp_path, client_entry, now, http, max_lifetime=SPEC_EXP - SPEC_IAT):
+    # The spec's example token lives 3.5 years (exp − iat): the lifetime bound is raised for it.
     ISSUED.append(SPEC_JWT)
     tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "spec-clients.json"
@@ -583,7 +594,7 @@ def _spec_auth(tmp_path, client_entry, now, http):
     clock = Clock(now)
     return Authenticator.from_file(path, public_base_url="https://cds.example.org",
                                    jti_store=SqliteJtiStore(tmp_path / "jti.sqlite3", clock=clock),
-                                   clock=clock, http=requests.Session())
+                                   max_lifetime=max_lifetime, clock=clock, http=requests.Session())
 
 
 def test_spec_example_token_is_the_published_one():
@@ -624,6 +635,9 @@ def test_spec_example_time_checks_follow_the_injected_clock(tmp_path, http):
     # the inline key alone, without the jku on the allowlist: the token's jku is refused
     reject(_spec_auth(tmp_path / "d", {"jwks": SPEC_JWKS}, now=1_400_000_000, http=http), "Bearer " + SPEC_JWT,
            path, reason="jku-not-allowed")
+    # with the default lifetime bound (an hour) its 3.5 years are refused
+    reject(_spec_auth(tmp_path / "f", entry, now=1_400_000_000, http=http, max_lifetime=3600), "Bearer " + SPEC_JWT,
+           path, reason="lifetime-too-long")
     # another service's URL
     reject(_spec_auth(tmp_path / "e", entry, now=1_400_000_000, http=http), "Bearer " + SPEC_JWT,
            "/cds-services/other-service", reason="aud-mismatch")

@@ -27,10 +27,16 @@ def test_settings_are_parsed_and_checked():
     assert s.allowed_fhir_servers == ("https://a.example/fhir", "http://127.0.0.1:8081/fhir")
     assert s.evaluation_date == dt.date(2026, 6, 15) and s.fhir_deadline == 1.5
     assert s.cors_origins == ("https://sandbox.cds-hooks.org",)
+    assert Settings.from_env({}).jwt_max_lifetime == 3600
+    assert Settings.from_env({"CDS_JWT_MAX_LIFETIME": "900"}).jwt_max_lifetime == 900
     for env, name in (({"CDS_SHOW_INELIGIBLE": "maybe"}, "CDS_SHOW_INELIGIBLE"),
                       ({"CDS_FHIR_DEADLINE": "0"}, "CDS_FHIR_DEADLINE"),
                       ({"CDS_EVALUATION_DATE": "15/06/2026"}, "CDS_EVALUATION_DATE"),
-                      ({"CDS_ALLOWED_FHIR_SERVERS": "ftp://x"}, "CDS_ALLOWED_FHIR_SERVERS")):
+                      ({"CDS_ALLOWED_FHIR_SERVERS": "ftp://x"}, "CDS_ALLOWED_FHIR_SERVERS"),
+                      # nan passes every `<` check and would switch the skew check off
+                      ({"CDS_JWT_LEEWAY": "nan"}, "CDS_JWT_LEEWAY"),
+                      ({"CDS_JWT_MAX_LIFETIME": "inf"}, "CDS_JWT_MAX_LIFETIME"),
+                      ({"CDS_JWT_MAX_LIFETIME": "30"}, "CDS_JWT_MAX_LIFETIME")):
         with pytest.raises(ConfigError, match=name):
             Settings.from_env(env)
 

@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None, *, client: FhirClient | None = 
             settings.trusted_clients, public_base_url=settings.public_base_url or "",
             jti_store=jti_store_for(settings.jti_store, settings.database_path.with_name("jti.sqlite3"),
                                     leeway=settings.jwt_leeway),
-            leeway=settings.jwt_leeway)
+            leeway=settings.jwt_leeway, max_lifetime=settings.jwt_max_lifetime)
     else:
         logging.getLogger("cds_service").warning(json.dumps(
             {"event": "startup", "warning": "no CDS_TRUSTED_CLIENTS: client JWTs are not checked"}))

@@ -7,6 +7,7 @@ configuration at all (`cds-service serve`).
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float, k
         number = kind(value)
     except ValueError:
         raise ConfigError(f"{name} must be a number (got {value!r})") from None
+    if not math.isfinite(number):  # nan compares false with everything: it would disable the check it sets
+        raise ConfigError(f"{name} must be a finite number (got {value!r})")
     if number < minimum:
         raise ConfigError(f"{name} must be at least {minimum} (got {value!r})")
     return number
@@ -64,6 +67,7 @@ class Settings:
     trusted_clients: Path | None = None  # CDS clients whose JWTs are accepted; None = no authentication
     public_base_url: str | None = None  # the service's external base URL, for the JWT `aud` check
     jwt_leeway: float = 60.0  # seconds of clock skew allowed on exp / nbf / iat
+    jwt_max_lifetime: float = 3600.0  # longest exp − iat accepted, seconds
     jti_store: str = "sqlite"  # where seen JWT ids are kept: "sqlite" (the database) or a redis:// URL
 
     @property
@@ -112,6 +116,7 @@ class Settings:
             trusted_clients=trusted,
             public_base_url=public_base_url,
             jwt_leeway=_number(env, "CDS_JWT_LEEWAY", 60.0, 0.0),
+            jwt_max_lifetime=_number(env, "CDS_JWT_MAX_LIFETIME", 3600.0, 60.0),
             jti_store=jti_store,
         )
 
