@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from cds_service.cards import CardContext, CardRenderer, find_empty_values, fit_summary, md_escape
+from cds_service.cards.render import unit_display
 from cds_service.engine import PatientRecord, evaluate
 from cds_service.fhir.bundles import patient_groups_from_bytes
 
@@ -359,16 +360,36 @@ def test_detail_checklist_order_and_evidence(renderer, nct06462092, g066):
     assert marks == sorted(marks, key=["?", "✘", "👁", "✔", "–"].index)
     assert marks[0] == "?" and marks.count("👁") == 3
     anc = items[0]
-    assert "3.4 10\\*3/uL" in anc and "2026-05-02" in anc and "Observation/g066-anc-1" in anc
+    assert "3.4 ×10³/µL" in anc and "2026-05-02" in anc and "Observation/g066-anc-1" in anc
     assert "T09:10" not in detail  # the day only
     review = next(line for line in items if "No severe concomitant disease" in line)
     assert "severe or uncontrolled concomitant disease: investigator to review" in review
 
 
+@pytest.mark.parametrize("unit,shown", [
+    ("10*3/uL", "×10³/µL"), ("10^9/L", "×10⁹/L"), ("10*12/L", "×10¹²/L"), ("[IU]/L", "IU/L"),
+    ("umol/L", "µmol/L"), ("ug/dL", "µg/dL"), ("/mm3", "/mm³"), ("cells/mm3", "cells/mm³"),
+    # left as written: not UCUM powers of ten, or nothing to prettify
+    ("U/L", "U/L"), ("mg/dL", "mg/dL"), ("x10E3/uL", "x10E3/µL"), ("K/uL", "K/µL"), ("%", "%"), ("", "")])
+def test_units_are_shown_as_clinicians_write_them(unit, shown):
+    assert unit_display(unit) == shown
+
+
+def test_converted_value_hidden_when_it_reads_the_same(renderer, nct06462092):
+    # 10^9/L recorded, 10*9/L after conversion: the same number and unit on the card, so shown once.
+    bundle = gold_bundle("g001")
+    anc = entry(bundle, "g001-anc-1")["resource"]
+    anc["valueQuantity"] = {"value": 3.2, "unit": "10^9/L"}
+    evaluation = evaluate_bundle(nct06462092, bundle)
+    line = next(x for x in checklist(renderer.render(nct06462092, evaluation, ctx_for(evaluation))["detail"])
+                if "neutrophil" in x)
+    assert "3.2 ×10⁹/L · 2026-06-08" in line and "(=" not in line
+
+
 def test_detail_shows_converted_value_uln_and_assumed(renderer, renderer_all, nct06462092, g001):
     detail = renderer.render(nct06462092, g001, ctx_for(g001))["detail"]
     anc = next(line for line in checklist(detail) if "neutrophil" in line)
-    assert "3.2 10\\*3/uL (= 3.2 10\\*9/L) · 2026-06-08 · Observation/g001-anc-1" in anc
+    assert "3.2 ×10³/µL (= 3.2 ×10⁹/L) · 2026-06-08 · Observation/g001-anc-1" in anc
     alt_ast = next(line for line in checklist(detail) if line.startswith("- ✔ ALT and AST"))
     assert "ALT 24 U/L, ULN 55 U/L" in alt_ast and "AST 28 U/L, ULN 48 U/L" in alt_ast
     assert "(assumed)" not in detail

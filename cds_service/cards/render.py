@@ -550,24 +550,40 @@ def _with_lines(views: list[dict[str, Any]], result: Result) -> list[dict[str, A
             name = display
         else:
             name = ""
-        measured = f"{ev['comparator'] or ''}{ev['value']}{' ' + ev['unit'] if ev['unit'] else ''}" \
+        measured = f"{ev['comparator'] or ''}{ev['value']}{' ' + unit_display(ev['unit']) if ev['unit'] else ''}" \
             if ev["value"] else ""
-        converted = f"(= {ev['converted']['value']} {ev['converted']['unit']})" if ev["converted"] else ""
+        converted = f"(= {ev['converted']['value']} {unit_display(ev['converted']['unit'])})" \
+            if ev["converted"] else ""
         what = " ".join(p for p in (name, measured, converted) if p)
         if ev["uln"]:
             uln = ev["uln"]
-            limit = f"ULN {uln['value']} {uln['unit']}" + (" (assumed)" if uln["assumed"] else "")
+            limit = f"ULN {uln['value']} {unit_display(uln['unit'])}" + (" (assumed)" if uln["assumed"] else "")
             what = ", ".join(p for p in (what, limit) if p)
         ev["line"] = " · ".join(md_escape(p) for p in (what, ev["date"], ev["reference"]) if p)
     return views
 
 
 _NO_BRACKETS = str.maketrans("", "", "[]")
+_SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+_POWER_OF_TEN = re.compile(r"(?:(?<=^)|(?<=[/.]))10[*^](-?\d+)")
+_MICRO = re.compile(r"(?:(?<=^)|(?<=[/.]))u(?=(?:L|mol|g|mL|IU|\[IU\])\b)")
+_CUBED = re.compile(r"(?<=[cdm]m)3\b")
+
+
+def unit_display(unit: str) -> str:
+    """A unit as a clinician reads it: `10*3/uL` → `×10³/µL`, `[IU]/L` → `IU/L`,
+    `umol/L` → `µmol/L`, `/mm3` → `/mm³`. For the card's prose only: the
+    evaluation (extension) keeps the units exactly as recorded and as converted.
+    A unit written some other way (`x10E3/uL`, `K/uL`) is shown as written."""
+    text = _POWER_OF_TEN.sub(lambda m: "×10" + m.group(1).translate(_SUPERSCRIPT), unit)
+    text = _MICRO.sub("µ", text)
+    text = _CUBED.sub("³", text)
+    return text.translate(_NO_BRACKETS)
 
 
 def _differs(value: str | None, unit: str | None, converted: Measured) -> bool:
-    # UCUM brackets only mark arbitrary units: "IU/L" and "[IU]/L" are the same unit as written.
-    if (unit or "").translate(_NO_BRACKETS) != converted.unit.translate(_NO_BRACKETS):
+    # Compared as shown: "IU/L" and "[IU]/L", "10^9/L" and "10*9/L" read the same on the card.
+    if unit_display(unit or "") != unit_display(converted.unit):
         return True
     try:
         return value is None or Decimal(value) != converted.value
