@@ -172,11 +172,28 @@ class FhirWriter:
         patient_id = locations[patient_index].split("/")[-1] if shared else patient_ref.split("/")[-1]
         return patient_id, locations
 
-    def delete(self, locations: Iterable[str]) -> None:
-        # Dependents before the Patient they reference (HAPI refuses to orphan references).
-        for location in sorted(locations, key=lambda loc: loc.startswith("Patient/")):
-            self._request("DELETE", f"{self.base}/{location}")
+    def delete(self, locations: Iterable[str]) -> list[str]:
+        """Delete what a load created; returns what could not be deleted.
 
+        One transaction first: HAPI checks referential integrity at its end, so
+        resources that refer to each other go together. If the server refuses it
+        (another user's data now refers to ours, a server without transactional
+        delete), each resource is deleted alone, in passes, until no pass makes
+        progress: 409/412 (still referenced) is retried in the next pass."""
+        remaining = list(dict.fromkeys(locations))
+        if not remaining:
+            return []
+        tx = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [{"request": {"method": "DELETE", "url": loc}} for loc in remaining]}
+        if self._request("POST", self.base, data=json.dumps(tx)).status_code < 300:
+            return []
+        while remaining:
+            still = [loc for loc in remaining
+                     if self._request("DELETE", f"{self.base}/{loc}").status_code not in (200, 202, 204, 404, 410)]
+            if len(still) == len(remaining):
+                return still
+            remaining = still
+        return []
 
 def _diagnostics(response: requests.Response) -> str:
     try:
@@ -198,11 +215,21 @@ class HookCaller:
         if service in (None, "none"):
             from .hooks.app import create_app
             from .hooks.config import Settings
+            from .hooks.server_logging import configure_logging
 
             self._tmp = tempfile.TemporaryDirectory()
-            app = create_app(Settings(allowed_fhir_servers=(fhir_server,), evaluation_date=as_of,
-                                      show_ineligible=True, database=Path(self._tmp.name) / "harness.sqlite3",
-                                      fhir_deadline=20.0, fhir_cache_ttl=0.0))
+            # In process, through Flask's test client, there is no network listener:
+            # the "no client authentication" start-up warning does not apply.
+            configure_logging()  # now, so that create_app leaves the level set here alone
+            service_log = logging.getLogger("cds_service")
+            level = service_log.level
+            service_log.setLevel(logging.ERROR)
+            try:
+                app = create_app(Settings(allowed_fhir_servers=(fhir_server,), evaluation_date=as_of,
+                                          show_ineligible=True, database=Path(self._tmp.name) / "harness.sqlite3",
+                                          fhir_deadline=20.0, fhir_cache_ttl=0.0))
+            finally:
+                service_log.setLevel(level)
             self._client = app.test_client()
         else:
             self._url = service.rstrip("/") + "/cds-services/trial-eligibility"
@@ -266,7 +293,8 @@ def run(fhir_server: str, *, service: str | None = None, gold_dir: Path, mode: s
         bundle = json.loads(case.file.read_text())
         loaded[case.patient] = writer.load(bundle, shared=shared, run_id=run_id)
     load_s = time.monotonic() - started
-    print(f"loaded in {load_s:.1f} s", file=out)
+    print(f"loaded in {load_s:.1f} s" + (f"; run id {run_id} (Patient.identifier {HARNESS_SYSTEM}|{run_id})"
+                                         if shared else ""), file=out)
     if load_only:
         return 0
     caller = HookCaller(service, fhir_server, as_of)
@@ -281,8 +309,8 @@ def run(fhir_server: str, *, service: str | None = None, gold_dir: Path, mode: s
             server_id, locations = loaded[case.patient]
             status, payload, ms = caller.call(server_id)
             if status == 412 and shared:  # the public sandbox may have purged it: load once more
-                server_id, locations = writer.load(json.loads(case.file.read_text()), shared=True, run_id=run_id)
-                loaded[case.patient] = (server_id, locations)
+                server_id, reloaded = writer.load(json.loads(case.file.read_text()), shared=True, run_id=run_id)
+                loaded[case.patient] = (server_id, locations + reloaded)  # whatever survived goes too
                 status, payload, ms = caller.call(server_id)
             outcome = compare(case, status, payload, ms, trial)
             outcomes.append(outcome)
@@ -291,8 +319,11 @@ def run(fhir_server: str, *, service: str | None = None, gold_dir: Path, mode: s
     finally:
         audit.setLevel(audit_level)
         if cleanup:
-            for _, locations in loaded.values():
-                writer.delete(locations)
+            left = [loc for _, locations in loaded.values() for loc in writer.delete(locations)]
+            created = sum(len(locations) for _, locations in loaded.values())
+            print(f"cleanup: deleted {created - len(left)} of {created} resources created"
+                  + (f"; not deleted: {', '.join(left[:10])}{' …' if len(left) > 10 else ''}" if left else ""),
+                  file=out)
     times = sorted(o.ms for o in outcomes)
     failed = [o for o in outcomes if not o.ok]
     if times:

@@ -167,3 +167,33 @@ def test_harness_on_the_gold_set(hapi, capsys):
     print(report)
     assert code == 0, report
     assert f"{len(cases)}/{len(cases)} as expected" in report
+
+
+def _counts(hapi) -> dict[str, int]:
+    types = ("Patient", "Condition", "Observation", "AllergyIntolerance", "DiagnosticReport", "Specimen")
+    return {t: requests.get(f"{hapi}/{t}", params={"_summary": "count"}, timeout=30,
+                            headers={"Cache-Control": "no-cache"}).json()["total"] for t in types}
+
+
+def test_harness_shared_mode_leaves_nothing_behind(hapi):
+    # As against the public sandbox: server-assigned ids, a run identifier on each Patient,
+    # everything deleted afterwards (HAPI checks referential integrity on delete).
+    before = _counts(hapi)
+    out = io.StringIO()
+    code = run(hapi, service=None, gold_dir=GOLD, mode="shared", out=out)
+    report = out.getvalue()
+    assert code == 0, report
+    _, cases = load_gold(GOLD)
+    assert f"{len(cases)}/{len(cases)} as expected" in report
+    created = int(report.split("cleanup: deleted ")[1].split(" of ")[0])
+    assert f"cleanup: deleted {created} of {created} resources created\n" in report and created > len(cases)
+    assert _counts(hapi) == before
+
+
+def test_deleting_twice_is_harmless(hapi):
+    (path,) = (GOLD / "patients").glob("g001-*.json")
+    writer = FhirWriter(hapi)
+    _, locations = writer.load(json.loads(path.read_text()), shared=True, run_id="twice")
+    assert writer.delete(locations) == []
+    assert requests.get(f"{hapi}/{locations[0]}", timeout=30).status_code == 410
+    assert writer.delete(locations) == []
