@@ -187,7 +187,7 @@ def test_stale_anc_suggests_a_cbc_order(renderer, nct06462092, g066):
     assert sr["subject"] == {"reference": "Patient/g066"}
     assert sr["requester"] == {"reference": "Practitioner/123"}
     assert sr["reasonCode"] == [{"text": f"Screening for clinical trial {NCT}: "
-                                         "Absolute neutrophil count above 1.5 ×10^9/L"}]
+                                         "Absolute neutrophil count above 1.5 ×10⁹/L"}]
     # A possible match is not yet a referral: offered, not recommended.
     assert referral_suggestion(card)["isRecommended"] is False
     assert [s["label"] for s in card["suggestions"]][-1] == f"Refer to the {NCT} study team"
@@ -196,7 +196,7 @@ def test_stale_anc_suggests_a_cbc_order(renderer, nct06462092, g066):
 def test_needs_data_detail_says_what_is_missing(renderer, nct06462092, g066):
     detail = renderer.render(nct06462092, g066, ctx_for(g066))["detail"]
     missing = detail.split("**What is missing**", 1)[1].split("**Checklist**", 1)[0]
-    assert "Absolute neutrophil count above 1.5 ×10^9/L" in missing
+    assert "Absolute neutrophil count above 1.5 ×10⁹/L" in missing
     assert "older than 28 days" in missing
     assert "CBC W Auto Differential panel - Blood" in missing
     assert "Observation/g066-anc-1" in detail
@@ -240,8 +240,8 @@ def test_criteria_sharing_an_order_give_one_suggestion(renderer, nct06462092):
     (order,) = order_suggestions(card)
     assert order["label"] == "Order CBC W Auto Differential panel - Blood (for ANC, platelets)"
     assert order["actions"][0]["resource"]["reasonCode"][0]["text"] == (
-        f"Screening for clinical trial {NCT}: Absolute neutrophil count above 1.5 ×10^9/L; "
-        "Platelets above 90 ×10^9/L")
+        f"Screening for clinical trial {NCT}: Absolute neutrophil count above 1.5 ×10⁹/L; "
+        "Platelets above 90 ×10⁹/L")
     assert "needs: ANC, platelets" in card["summary"]
 
 
