@@ -5,7 +5,8 @@ slow local FHIR server.
    patient padded to N observations (EHR-shaped, ~1.5 kB each). Service-side
    time is measured inside the app (from the route being entered to the
    response built: body parsing, gathering, evaluation, cards, audit write);
-   compared with orjson-parsing the same request body. Target p50 <= 3x.
+   compared with orjson-parsing the same request body, both in a tight loop
+   and as timed inside the same hook calls. Target p50 <= 3x.
    "p50" repeats the same chart (resources already validated, as when a chart is
    reopened); "cold" clears that memo before each call (first sight of a chart).
 2. fetch: the same patient without prefetch; the service fetches everything
@@ -96,12 +97,19 @@ def service_side_ms(app) -> float:
     return app.extensions["trial_eligibility"].store.hook_calls()[-1]["latency_ms"]
 
 
+def in_request_parse_ms(app) -> float:
+    """What reading and parsing the body took inside that same call (the app's own timing)."""
+    return app.extensions["trial_eligibility"].store.hook_calls()[-1]["timings"]["parse"]
+
+
 def bench_prefetch(calls: int, tmp: Path) -> None:
     app = create_app(Settings(database=tmp / "bench.sqlite3", evaluation_date=AS_OF))
+    gc.freeze()  # as each server worker does after start-up (cds_service/hooks/server.py)
     client = app.test_client()
     print("with full prefetch (service-side, measured in the app)")
-    print(f"{'observations':>12} {'body kB':>8} {'parse ms':>9} {'p50 ms':>7} {'p95 ms':>7} {'p50/parse':>9} "
-          f"{'cold p50':>9} {'cold/parse':>10}")
+    print("  parse: orjson.loads of the body in a tight loop; in-req: the same parse timed inside the hook calls")
+    print(f"{'observations':>12} {'body kB':>8} {'parse ms':>9} {'in-req ms':>9} {'p50 ms':>7} {'p95 ms':>7} "
+          f"{'p50/parse':>9} {'p50/in-req':>10} {'cold p50':>9} {'cold/parse':>10}")
     for n in (100, 1000):
         body = orjson.dumps(padded_request(n))
         client.post(SERVICE, data=body, content_type="application/json")  # warm up
@@ -109,21 +117,24 @@ def bench_prefetch(calls: int, tmp: Path) -> None:
         for _ in range(calls):
             gc.collect()
             start = time.perf_counter()
-            orjson.loads(body)
+            parsed = orjson.loads(body)
             parse.append((time.perf_counter() - start) * 1000)
-        served = []
+            del parsed  # freed outside the timing: the parse alone
+        served, parsed_in_request = [], []
         for _ in range(calls):
             response = client.post(SERVICE, data=body, content_type="application/json", buffered=True)
             assert response.status_code == 200 and response.get_json()["cards"], response.get_json()
             served.append(service_side_ms(app))
+            parsed_in_request.append(in_request_parse_ms(app))
         cold = []  # first sight of this chart: nothing validated yet
         for _ in range(calls):
             _validate_canonical.cache_clear()
             client.post(SERVICE, data=body, content_type="application/json", buffered=True)
             cold.append(service_side_ms(app))
-        p50_parse = statistics.median(parse)
-        print(f"{n:>12,} {len(body) / 1024:>8.0f} {p50_parse:>9.2f} {statistics.median(served):>7.2f} "
-              f"{percentile(served, 95):>7.2f} {statistics.median(served) / p50_parse:>9.2f} "
+        p50_parse, p50_in_request, p50 = statistics.median(parse), statistics.median(parsed_in_request), \
+            statistics.median(served)
+        print(f"{n:>12,} {len(body) / 1024:>8.0f} {p50_parse:>9.2f} {p50_in_request:>9.2f} {p50:>7.2f} "
+              f"{percentile(served, 95):>7.2f} {p50 / p50_parse:>9.2f} {p50 / p50_in_request:>10.2f} "
               f"{statistics.median(cold):>9.2f} {statistics.median(cold) / p50_parse:>10.2f}")
 
 
@@ -196,7 +207,7 @@ def bench_fetch(calls: int, tmp: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--calls", type=int, default=60)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         bench_prefetch(args.calls, Path(tmp))

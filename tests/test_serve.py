@@ -141,3 +141,43 @@ def test_trusted_clients_need_a_public_base_url():
     proc = subprocess.run([str(EXE), "serve", "--port", str(free_port())], env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "CDS_PUBLIC_BASE_URL" in proc.stderr
+
+
+def test_each_worker_freezes_what_start_up_built(tmp_path):
+    # A worker's app (cds-service serve, or plain gunicorn 'cds_service.hooks.server:worker_app()'):
+    # create_app, then gc.freeze(), so that full collections skip the start-up objects
+    # (see bench/hook_bench.py); the frozen set is undone afterwards.
+    import gc
+
+    from cds_service.hooks.config import Settings
+    from cds_service.hooks.server import _Gunicorn
+
+    gc.unfreeze()
+    try:
+        app = _Gunicorn(Settings(database=tmp_path / "w.sqlite3"), {"bind": "127.0.0.1:0"}).load()
+        assert "trial_eligibility" in app.extensions
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
+
+
+def test_plain_gunicorn_serves_the_worker_app(tmp_path):
+    port = free_port()
+    env = dict(os.environ, CDS_DATA_DIR=str(tmp_path))
+    proc = subprocess.Popen([str(EXE.with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "1",
+                             "cds_service.hooks.server:worker_app()"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "gunicorn.log").open("w"))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, body = http("GET", f"http://127.0.0.1:{port}/cds-services")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, \
+                    (tmp_path / "gunicorn.log").read_text()[-2000:]
+                time.sleep(0.3)
+        assert status == 200 and body["services"][0]["id"] == "trial-eligibility"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
