@@ -17,6 +17,7 @@ a chart opens.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib.resources
 import re
 import uuid
@@ -46,6 +47,7 @@ SNOMED = "http://snomed.info/sct"
 LAB_CATEGORY = {"system": SNOMED, "code": "108252007", "display": "Laboratory procedure"}
 REFERRAL_CODE = {"system": SNOMED, "code": "3457005", "display": "Patient referral"}
 MAX_DECISIVE_EVIDENCE = 2
+TEXT_MEMO_SIZE = 4096  # rendered fixed texts kept (a few per trial and order)
 
 # Checklist order: what needs doing first. An ineligible card leads with what rules the patient out.
 ORDER_DEFAULT = (Result.UNKNOWN, Result.FAIL, Result.REVIEW, Result.PASS, Result.NOT_APPLICABLE)
@@ -87,13 +89,25 @@ def fit_summary(text: str) -> str:
 
 
 def _has_empty(obj: Any) -> bool:
-    if obj is None:
-        return True
-    if isinstance(obj, dict):
-        return not obj or any(_has_empty(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return not obj or any(_has_empty(v) for v in obj)
-    return isinstance(obj, str) and not obj
+    # Runs over every card: a loop with an explicit stack, not a recursion of generators.
+    stack = [obj]
+    pop, push, push_all = stack.pop, stack.append, stack.extend
+    while stack:
+        item = pop()
+        if isinstance(item, str):
+            if not item:
+                return True
+        elif isinstance(item, dict):
+            if not item:
+                return True
+            push_all(item.values())
+        elif isinstance(item, (list, tuple)):
+            if not item:
+                return True
+            push_all(item)
+        elif item is None:
+            return True
+    return False
 
 
 def find_empty_values(obj: Any, path: str = "$") -> list[str]:
@@ -282,6 +296,7 @@ class CardRenderer:
         if not isinstance(data, dict):
             raise ValueError(f"{TEXT_FILE}: must be a mapping")
         self._texts: dict[str, jinja2.Template] = {}
+        self._text_memo: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
         for key, allowed in TEXT_TEMPLATES.items():
             value = _nonempty_str(_lookup(data, key), key)
             try:
@@ -381,12 +396,19 @@ class CardRenderer:
             raise ValueError(f"{name}: {_jinja_error(exc)}") from None
 
     def _text(self, key: str, variables: dict[str, str]) -> str:
+        # A pure function of the key and the (trial and order) texts: rendered once each.
+        memo_key = (key, tuple(variables.items()))
+        text = self._text_memo.get(memo_key)
+        if text is not None:
+            return text
         try:
             text = " ".join(self._texts[key].render(variables).split())
         except jinja2.TemplateError as exc:
             raise ValueError(f"{TEXT_FILE}: '{key}': {_jinja_error(exc)}") from None
         if not text:
             raise ValueError(f"{TEXT_FILE}: '{key}' rendered empty")
+        if len(self._text_memo) < TEXT_MEMO_SIZE:
+            self._text_memo[memo_key] = text
         return text
 
     # the template variables ------------------------------------------------------
@@ -570,6 +592,7 @@ _MICRO = re.compile(r"(?:(?<=^)|(?<=[/.]))u(?=(?:L|mol|g|mL|IU|\[IU\])\b)")
 _CUBED = re.compile(r"(?<=[cdm]m)3\b")
 
 
+@functools.lru_cache(maxsize=1024)  # a handful of units, shown on every card
 def unit_display(unit: str) -> str:
     """A unit as a clinician reads it: `10*3/uL` → `×10³/µL`, `[IU]/L` → `IU/L`,
     `umol/L` → `µmol/L`, `/mm3` → `/mm³`. For the card's prose only: the
