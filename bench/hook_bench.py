@@ -93,13 +93,14 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
+def last_call(app) -> dict:
+    """The audit row of the latest hook call: `latency_ms` is the service-side time,
+    `timings["parse"]` what reading and parsing the body took inside that call."""
+    return app.extensions["trial_eligibility"].store.hook_calls()[-1]
+
+
 def service_side_ms(app) -> float:
-    return app.extensions["trial_eligibility"].store.hook_calls()[-1]["latency_ms"]
-
-
-def in_request_parse_ms(app) -> float:
-    """What reading and parsing the body took inside that same call (the app's own timing)."""
-    return app.extensions["trial_eligibility"].store.hook_calls()[-1]["timings"]["parse"]
+    return last_call(app)["latency_ms"]
 
 
 def bench_prefetch(calls: int, tmp: Path) -> None:
@@ -124,8 +125,9 @@ def bench_prefetch(calls: int, tmp: Path) -> None:
         for _ in range(calls):
             response = client.post(SERVICE, data=body, content_type="application/json", buffered=True)
             assert response.status_code == 200 and response.get_json()["cards"], response.get_json()
-            served.append(service_side_ms(app))
-            parsed_in_request.append(in_request_parse_ms(app))
+            row = last_call(app)
+            served.append(row["latency_ms"])
+            parsed_in_request.append(row["timings"]["parse"])
         cold = []  # first sight of this chart: nothing validated yet
         for _ in range(calls):
             _validate_canonical.cache_clear()

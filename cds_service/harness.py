@@ -17,6 +17,7 @@ it (and CDS_SHOW_INELIGIBLE=1 to compare every criterion, not only the status).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import json
@@ -205,6 +206,21 @@ def _diagnostics(response: requests.Response) -> str:
 
 # -- calling the service ------------------------------------------------------
 
+@contextlib.contextmanager
+def quieted(logger_name: str, level: int):
+    """Raise a service logger's level for a while (the harness's report is its output)."""
+    from .hooks.server_logging import configure_logging
+
+    configure_logging()  # first, so that create_app's own call leaves the level set here alone
+    logger = logging.getLogger(logger_name)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
 class HookCaller:
     """Calls the patient-view hook of a running service, or of one built in process."""
 
@@ -215,21 +231,14 @@ class HookCaller:
         if service in (None, "none"):
             from .hooks.app import create_app
             from .hooks.config import Settings
-            from .hooks.server_logging import configure_logging
 
             self._tmp = tempfile.TemporaryDirectory()
             # In process, through Flask's test client, there is no network listener:
             # the "no client authentication" start-up warning does not apply.
-            configure_logging()  # now, so that create_app leaves the level set here alone
-            service_log = logging.getLogger("cds_service")
-            level = service_log.level
-            service_log.setLevel(logging.ERROR)
-            try:
+            with quieted("cds_service", logging.ERROR):
                 app = create_app(Settings(allowed_fhir_servers=(fhir_server,), evaluation_date=as_of,
                                           show_ineligible=True, database=Path(self._tmp.name) / "harness.sqlite3",
                                           fhir_deadline=20.0, fhir_cache_ttl=0.0))
-            finally:
-                service_log.setLevel(level)
             self._client = app.test_client()
         else:
             self._url = service.rstrip("/") + "/cds-services/trial-eligibility"
@@ -299,25 +308,23 @@ def run(fhir_server: str, *, service: str | None = None, gold_dir: Path, mode: s
         return 0
     caller = HookCaller(service, fhir_server, as_of)
     outcomes = []
-    # The table is the report: the in-process service's audit lines would interleave with it.
-    audit = logging.getLogger("cds_service.audit")
-    audit_level = audit.level
-    audit.setLevel(logging.WARNING)
     try:
-        print(f"{'patient':<8} {'expected':<11} {'got':<22} {'ms':>7}  mismatches", file=out)
-        for case in cases:
-            server_id, locations = loaded[case.patient]
-            status, payload, ms = caller.call(server_id)
-            if status == 412 and shared:  # the public sandbox may have purged it: load once more
-                server_id, reloaded = writer.load(json.loads(case.file.read_text()), shared=True, run_id=run_id)
-                loaded[case.patient] = (server_id, locations + reloaded)  # whatever survived goes too
+        # The table is the report: the in-process service's audit lines would interleave with it.
+        with quieted("cds_service.audit", logging.WARNING):
+            print(f"{'patient':<8} {'expected':<11} {'got':<22} {'ms':>7}  mismatches", file=out)
+            for case in cases:
+                server_id, locations = loaded[case.patient]
                 status, payload, ms = caller.call(server_id)
-            outcome = compare(case, status, payload, ms, trial)
-            outcomes.append(outcome)
-            print(f"{case.patient:<8} {case.status:<11} {outcome.got:<22} {ms:>7.0f}  "
-                  f"{', '.join(outcome.mismatches) if outcome.mismatches else ''}", file=out)
+                if status == 412 and shared:  # the public sandbox may have purged it: load once more
+                    server_id, reloaded = writer.load(json.loads(case.file.read_text()), shared=True,
+                                                      run_id=run_id)
+                    loaded[case.patient] = (server_id, locations + reloaded)  # whatever survived goes too
+                    status, payload, ms = caller.call(server_id)
+                outcome = compare(case, status, payload, ms, trial)
+                outcomes.append(outcome)
+                print(f"{case.patient:<8} {case.status:<11} {outcome.got:<22} {ms:>7.0f}  "
+                      f"{', '.join(outcome.mismatches) if outcome.mismatches else ''}", file=out)
     finally:
-        audit.setLevel(audit_level)
         if cleanup:
             left = [loc for _, locations in loaded.values() for loc in writer.delete(locations)]
             created = sum(len(locations) for _, locations in loaded.values())

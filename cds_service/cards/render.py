@@ -91,7 +91,7 @@ def fit_summary(text: str) -> str:
 def _has_empty(obj: Any) -> bool:
     # Runs over every card: a loop with an explicit stack, not a recursion of generators.
     stack = [obj]
-    pop, push, push_all = stack.pop, stack.append, stack.extend
+    pop, push_all = stack.pop, stack.extend
     while stack:
         item = pop()
         if isinstance(item, str):
