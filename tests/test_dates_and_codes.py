@@ -5,8 +5,10 @@ import datetime as dt
 import pytest
 from fhir.resources.R4B.observation import Observation
 
-from cds_service.engine.codes import ICD10CM, LOINC, CodeEntry, CodeSet, coding_key
+from cds_service.engine import codes as codes_module
+from cds_service.engine.codes import ICD10CM, LOINC, CodeEntry, CodeSet, coding_key, memo_coding_key
 from cds_service.engine.dates import Recency, age_on, age_range, parse_fhir_date, recency
+from cds_service.engine.record import PatientRecord
 
 AS_OF = dt.date(2026, 6, 15)
 
@@ -91,3 +93,53 @@ ICD = CodeSet("x", "x", [
 ])
 def test_codes_match_by_system_and_code(system, code, matches):
     assert ICD.contains(coding_key(system, code)) is matches
+
+
+@pytest.mark.parametrize("system, code", [
+    (ICD10CM, "c79.32"), (" http://loinc.org ", " 2106-3 "), ("urn:oid:2.16.840.1.113883.6.1", "751-8"),
+    (None, "751-8"), (LOINC, None), (LOINC, ""), (["not", "a", "string"], "751-8"), (LOINC, {"code": 1}),
+])
+def test_remembered_coding_keys_are_the_coding_keys(system, code):
+    assert memo_coding_key(system, code) == coding_key(system, code)
+    assert memo_coding_key(system, code) == coding_key(system, code)  # second time from the memo
+
+
+def test_coding_key_memo_starts_afresh_when_full(monkeypatch):
+    monkeypatch.setattr(codes_module, "KEY_MEMO_SIZE", 3)
+    codes_module._KEY_MEMO.clear()
+    for i in range(10):
+        assert memo_coding_key(ICD10CM, f"C50.{i}") == (ICD10CM, f"C50{i}")
+        assert len(codes_module._KEY_MEMO) <= 3
+
+
+def test_prefix_answers_are_remembered_per_code_set():
+    other = CodeSet("y", "y", [CodeEntry(ICD10CM, None, "C79", "secondary", "test")])
+    key = coding_key(ICD10CM, "C79.81")
+    for _ in range(2):  # asked twice: the remembered answer must be the same, and per set
+        assert ICD.contains(key) is False
+        assert other.contains(key) is True
+
+
+def _obs(rid, *codings, components=()):
+    return {"resourceType": "Observation", "id": rid, "status": "final",
+            "code": {"coding": [{"system": s, "code": c} for s, c in codings]},
+            "component": [{"code": {"coding": [{"system": s, "code": c}]}} for s, c in components]}
+
+
+def test_record_finds_each_match_once_in_record_order():
+    hcg = CodeSet("hcg", "hcg", [CodeEntry(LOINC, "2106-3", None, "hCG", "test"),
+                                 CodeEntry(LOINC, "2107-1", None, "hCG other", "test")])
+    record = PatientRecord([
+        _obs("panel", ("http://loinc.org", "0-0"), components=[(LOINC, "2107-1"), (LOINC, "2106-3")]),
+        _obs("both", (LOINC, "2107-1"), ("urn:oid:2.16.840.1.113883.6.1", "2106-3")),  # two codings, one resource
+        _obs("other", (LOINC, "751-8")),
+        _obs("dx", (ICD10CM, "C50912")),
+    ])
+    found = [(h.raw["id"], h.component) for h in record.find("Observation", hcg)]
+    assert found == [("panel", 0), ("panel", 1), ("both", None)]
+    breast = CodeSet("breast", "breast", [CodeEntry(ICD10CM, None, "C50", "breast", "test")])
+    assert [h.raw["id"] for h in record.find("Observation", breast)] == ["dx"]  # prefix C50, undotted code
+    assert record.find("Condition", hcg) == []
+    first = record.find("Observation", hcg)
+    first.clear()  # callers get their own list: the remembered answer is untouched
+    assert len(record.find("Observation", hcg)) == 3

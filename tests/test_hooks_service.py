@@ -178,6 +178,24 @@ def test_resources_of_another_patient_are_ignored_and_audited(make_app):
     assert audit["data_sources"]["observations"]["foreign"] == 1
 
 
+@responses.activate(assert_all_requests_are_fired=True)
+def test_references_to_the_patient_in_other_spellings_are_kept(make_app):
+    """Absolute URLs and versioned references name the same patient (the common
+    'Patient/<id>' is checked first, the rest normalised)."""
+    app = make_app()
+    request = demo("eligible")
+    entries = request["prefetch"]["observations"]["entry"]
+    for entry, reference in zip(entries, ("https://ehr.example.org/fhir/Patient/{id}",
+                                          "Patient/{id}/_history/3", "Patient/{id}/")):
+        entry["resource"]["subject"] = {"reference": reference.format(id=request["context"]["patientId"])}
+    entries[-1]["resource"]["subject"] = {"reference": "https://ehr.example.org/fhir/Patient/someone-else"}
+    response = post(app.test_client(), request)
+    assert response.status_code == 200
+    audit = app.extensions["trial_eligibility"].store.hook_calls()[-1]
+    assert audit["data_sources"]["observations"]["foreign"] == 1
+    assert audit["data_sources"]["observations"]["resources"] == len(entries) - 1
+
+
 @responses.activate
 def test_prefetched_patient_of_another_id_is_fetched(client):
     request = authorized(demo("eligible"))

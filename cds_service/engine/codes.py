@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -52,6 +52,27 @@ def coding_key(system: str | None, code: str | None) -> tuple[str, str] | None:
     return system, code.strip()
 
 
+_KEY_MEMO: dict[tuple[str, str], tuple[str, str] | None] = {}
+KEY_MEMO_SIZE = 65536  # distinct (system, code) pairs remembered; then the memo starts afresh
+
+
+def memo_coding_key(system: Any, code: Any) -> tuple[str, str] | None:
+    """coding_key, remembered: every chart open re-sends the same few hundred
+    codes, and normalising them was a third of indexing a record."""
+    if type(system) is not str or type(code) is not str:  # noqa: E721 - str subclasses may hash as they like
+        return coding_key(system, code)
+    pair = (system, code)
+    try:
+        return _KEY_MEMO[pair]
+    except KeyError:
+        pass
+    key = coding_key(system, code)
+    if len(_KEY_MEMO) >= KEY_MEMO_SIZE:
+        _KEY_MEMO.clear()
+    _KEY_MEMO[pair] = key
+    return key
+
+
 @dataclass(frozen=True)
 class CodeEntry:
     system: str
@@ -69,6 +90,7 @@ class CodeSet:
     entries: list[CodeEntry]
     exact: frozenset[tuple[str, str]] = field(init=False)
     prefixes: tuple[tuple[str, str], ...] = field(init=False)
+    _answers: dict[tuple[str, str], bool] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         exact, prefixes = set(), []
@@ -86,8 +108,16 @@ class CodeSet:
             return False
         if key in self.exact:
             return True
-        system, code = key
-        return any(system == s and code.startswith(p) for s, p in self.prefixes)
+        if not self.prefixes:
+            return False
+        answer = self._answers.get(key)  # prefix answers remembered: the same codes come on every call
+        if answer is None:
+            system, code = key
+            answer = any(system == s and code.startswith(p) for s, p in self.prefixes)
+            if len(self._answers) >= KEY_MEMO_SIZE:
+                self._answers.clear()
+            self._answers[key] = answer
+        return answer
 
     def display_for(self, key: tuple[str, str]) -> str | None:
         system, code = key

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from .codes import CodeSet, coding_key
+from .codes import CodeSet, memo_coding_key
 
 # Types the engine reads, and where each keeps the code that classifies it.
 _MODEL_MODULES = {
@@ -132,9 +131,9 @@ def describe_validation_error(exc: ValidationError) -> str:
     return f"{where}: {msg}{more}"
 
 
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """A resource (or one component of an Observation) whose code matched."""
+class Hit(NamedTuple):
+    """A resource (or one component of an Observation) whose code matched.
+    A named tuple: made for every match of every look-up, and cheap to make."""
 
     raw: dict[str, Any]
     component: int | None  # index into Observation.component, None for the resource itself
@@ -151,8 +150,8 @@ def concept_keys(concept: Any) -> list[tuple[str, str]]:
         return []
     keys = []
     for c in codings:
-        if isinstance(c, dict):
-            key = coding_key(c.get("system"), c.get("code"))
+        if type(c) is dict:  # noqa: E721 - parsed JSON: exact dicts (faster than isinstance here)
+            key = memo_coding_key(c.get("system"), c.get("code"))
             if key is not None:
                 keys.append(key)
     return keys
@@ -172,8 +171,10 @@ class PatientRecord:
     def __init__(self, resources: Iterable[dict[str, Any]], full_urls: dict[str, dict[str, Any]] | None = None):
         self.patient_raw: dict[str, Any] | None = None
         self.by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        self._index: dict[tuple[str, str, str], list[tuple[dict[str, Any], int | None, int]]] = defaultdict(list)
-        self._codes_by_system: dict[tuple[str, str], list[str]] | None = None
+        # resource type -> (system, code) -> (resource, component index or None, position)
+        self._index: dict[str, dict[tuple[str, str], list[tuple[dict[str, Any], int | None, int]]]] = {
+            t: {} for t in _INDEXED_TYPES}
+        self._found: dict[tuple[str, int], tuple[CodeSet, list[Hit]]] = {}  # find() answers, by type and code set
         self._full_urls = dict(full_urls or {})
         self._by_reference: dict[str, dict[str, Any]] | None = None  # built on first resolve()
         self._models: dict[int, Any] = {}
@@ -188,44 +189,55 @@ class PatientRecord:
         if not isinstance(rtype, str):
             return
         self.by_type[rtype].append(raw)
-        if rtype == "Patient" and self.patient_raw is None:
-            self.patient_raw = raw
-        if rtype not in _INDEXED_TYPES:
+        index = self._index.get(rtype)
+        if index is None:
+            if rtype == "Patient" and self.patient_raw is None:
+                self.patient_raw = raw
             return
-        index = self._index
-        for system, code in concept_keys(raw.get("code")):
-            index[(rtype, system, code)].append((raw, None, position))
+        entry = (raw, None, position)
+        for key in concept_keys(raw.get("code")):
+            bucket = index.get(key)
+            if bucket is None:
+                index[key] = [entry]
+            else:
+                bucket.append(entry)
         if rtype == "Observation":
             components = raw.get("component")
             if isinstance(components, list):
                 for i, comp in enumerate(components):
                     if isinstance(comp, dict):
-                        for system, code in concept_keys(comp.get("code")):
-                            index[(rtype, system, code)].append((raw, i, position))
+                        for key in concept_keys(comp.get("code")):
+                            index.setdefault(key, []).append((raw, i, position))
 
     # -- look-ups -----------------------------------------------------------
 
-    def _codes_in(self, resource_type: str, system: str) -> list[str]:
-        """Codes of a system present in the record, for prefix look-ups (built once)."""
-        if self._codes_by_system is None:
-            self._codes_by_system = defaultdict(list)
-            for rtype, sys_, code in self._index:
-                self._codes_by_system[(rtype, sys_)].append(code)
-        return self._codes_by_system.get((resource_type, system), [])
-
     def find(self, resource_type: str, codes: CodeSet) -> list[Hit]:
         """Resources of a type (and Observation components) coded in `codes`,
-        each once, in record order."""
+        each once, in record order. Answers are kept: several criteria ask for
+        the same code set."""
+        memo_key = (resource_type, id(codes))
+        kept = self._found.get(memo_key)
+        if kept is not None:
+            return list(kept[1])
+        index = self._index.get(resource_type) or {}
         entries: list[tuple[dict[str, Any], int | None, int]] = []
-        for system, code in codes.exact:
-            entries.extend(self._index.get((resource_type, system, code), ()))
-        for system, prefix in codes.prefixes:
-            for code in self._codes_in(resource_type, system):
-                if code.startswith(prefix) and (system, code) not in codes.exact:
-                    entries.extend(self._index[(resource_type, system, code)])
-        unique = {(position, component): raw for raw, component, position in entries}
-        order = sorted(unique, key=lambda k: (k[0], -1 if k[1] is None else k[1]))
-        return [Hit(unique[k], k[1], k[0]) for k in order]
+        if codes.prefixes or len(codes.exact) > len(index):
+            for key, bucket in index.items():  # the record's codes: fewer than the set's
+                if codes.contains(key):
+                    entries.extend(bucket)
+        else:
+            for key in codes.exact:
+                bucket = index.get(key)
+                if bucket is not None:
+                    entries.extend(bucket)
+        if len(entries) > 1:
+            unique = {(position, -1 if component is None else component): (raw, component)
+                      for raw, component, position in entries}
+            found = [Hit(raw, component, order[0]) for order, (raw, component) in sorted(unique.items())]
+        else:
+            found = [Hit(raw, component, position) for raw, component, position in entries]
+        self._found[memo_key] = (codes, found)  # holding the set keeps its id from being reused
+        return list(found)
 
     def resolve(self, reference: str | None) -> dict[str, Any] | None:
         """A referenced resource of this record: "Type/id", an absolute URL ending

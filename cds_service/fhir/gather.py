@@ -92,13 +92,13 @@ def gather(needs: Mapping[str, Read | Any], required: set[str], prefetch: Mappin
         if value is None:
             data.source = NO_DATA
             continue
-        usable, why = _usable(value, query, patient_id)
-        if not usable:
+        resources, why = _usable_resources(value, query, patient_id)
+        if resources is None:
             data.detail = why
             to_fetch[key] = query
             continue
         data.source = PREFETCH
-        data.resources = _resources_of(value)
+        data.resources = resources
         if isinstance(value, dict) and value.get("resourceType") == "Bundle" and _next_link(value):
             to_page[key] = value
     if to_fetch or to_page:
@@ -108,39 +108,35 @@ def gather(needs: Mapping[str, Read | Any], required: set[str], prefetch: Mappin
     return Gathered(keys)
 
 
-def _usable(value: Any, query: Any, patient_id: str) -> tuple[bool, str | None]:
+def _usable_resources(value: Any, query: Any, patient_id: str) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """The resources of a prefetch value, or (None, why it cannot be used).
+    One pass over a Bundle's entries: this runs for every resource of every call."""
     if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
-        return False, "prefetch value is not a FHIR resource"
+        return None, "prefetch value is not a FHIR resource"
     rtype = value["resourceType"]
     if rtype == "OperationOutcome":
-        return False, "prefetch reported an error (OperationOutcome)"
+        return None, "prefetch reported an error (OperationOutcome)"
     if isinstance(query, Read):
         if rtype != query.resource_type:
-            return False, f"prefetch holds a {rtype}, not a {query.resource_type}"
+            return None, f"prefetch holds a {rtype}, not a {query.resource_type}"
         if value.get("id") != patient_id:
-            return False, "prefetch holds another patient's record"
-        return True, None
+            return None, "prefetch holds another patient's record"
+        return [value], None
     if rtype != "Bundle":
-        return False, f"prefetch holds a {rtype}, not a search Bundle"
+        return None, f"prefetch holds a {rtype}, not a search Bundle"
     entries = value.get("entry", [])
     if not isinstance(entries, list):
-        return False, "prefetch Bundle.entry is not a list"
+        return None, "prefetch Bundle.entry is not a list"
+    resources = []
     for entry in entries:
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome":
-            return False, "prefetch Bundle holds an OperationOutcome"
-    return True, None
-
-
-def _resources_of(value: dict[str, Any]) -> list[dict[str, Any]]:
-    if value.get("resourceType") != "Bundle":
-        return [value]
-    out = []
-    for entry in value.get("entry", []):
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict) and isinstance(resource.get("resourceType"), str):
-            out.append(resource)
-    return out
+        if isinstance(resource, dict):
+            entry_type = resource.get("resourceType")
+            if entry_type == "OperationOutcome":
+                return None, "prefetch Bundle holds an OperationOutcome"
+            if isinstance(entry_type, str):
+                resources.append(resource)
+    return resources, None
 
 
 def _next_link(bundle: dict[str, Any]) -> str | None:
@@ -234,7 +230,9 @@ def _own(resources: list[dict[str, Any]], patient_id: str) -> tuple[list[dict[st
         if resource.get("resourceType") == "Patient":
             mine = resource.get("id") == patient_id
         else:
-            mine = reference_key(patient_reference(resource)) == own_key
+            reference = patient_reference(resource)
+            # "Patient/<id>" as written by nearly every EHR; else normalise (absolute URL, _history)
+            mine = reference == own_key or reference_key(reference) == own_key
         if mine:
             kept.append(resource)
         else:
