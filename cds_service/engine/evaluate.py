@@ -50,9 +50,10 @@ def _evaluate_criterion(trial: Trial, criterion: Criterion, ctx: Context) -> Cri
                                title=criterion.title)
     outcome = criterion.rule.evaluate(ctx)
     order = None
-    order_key = getattr(criterion.rule, "order", None)
-    if outcome.result is Result.UNKNOWN and outcome.orderable and order_key:
-        order = trial.definition.orders[order_key].as_order(order_key)
+    if outcome.result is Result.UNKNOWN and outcome.orderable:
+        order_key = getattr(criterion.rule, "order", None)  # only some rule kinds have one
+        if order_key:
+            order = trial.definition.orders[order_key].as_order(order_key)
     return CriterionResult(criterion.id, criterion.kind, outcome.result, outcome.reason, outcome.evidence,
                            why=outcome.why if outcome.result is Result.UNKNOWN else None, order=order,
                            title=criterion.title)

@@ -74,7 +74,7 @@ def _decimal_text(value: Decimal) -> str:
     return format(value, "f")
 
 
-@dataclass
+@dataclass(slots=True)
 class Measured:
     value: Decimal
     unit: str
@@ -83,7 +83,7 @@ class Measured:
         return {"value": _decimal_text(self.value), "unit": self.unit}
 
 
-@dataclass
+@dataclass(slots=True)
 class UpperLimit:
     """The upper limit of normal used for a ×ULN rule."""
 
@@ -101,7 +101,7 @@ class UpperLimit:
         return out
 
 
-@dataclass
+@dataclass(slots=True)
 class Evidence:
     reference: str  # "Observation/abc" (or the entry's fullUrl when there is no id)
     role: Role = Role.SUPPORTING
@@ -136,7 +136,7 @@ class Evidence:
         return out
 
 
-@dataclass
+@dataclass(slots=True)
 class Order:
     """An orderable test that would settle an unknown criterion."""
 
@@ -149,7 +149,7 @@ class Order:
         return {"key": self.key, "system": self.system, "code": self.code, "display": self.display}
 
 
-@dataclass
+@dataclass(slots=True)
 class CriterionResult:
     id: str
     kind: str  # "inclusion" | "exclusion"
@@ -175,7 +175,7 @@ class CriterionResult:
         return out
 
 
-@dataclass
+@dataclass(slots=True)
 class TrialEvaluation:
     trial: str
     definition_version: str

@@ -18,6 +18,8 @@ import threading
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from .codes import UCUM, canonical_system
+
 _registry = None
 _registry_lock = threading.Lock()
 
@@ -90,8 +92,6 @@ class UnitTable:
     def ucum_of(self, code: str | None, unit: str | None, system: str | None) -> str | None:
         """The UCUM unit of a FHIR Quantity: its code when coded in UCUM, else its
         human unit string, through the alias table."""
-        from .codes import UCUM, canonical_system
-
         candidates = []
         if code and (system is None or canonical_system(system) == UCUM):
             candidates.append(code)

@@ -53,7 +53,7 @@ def _codeset_names(model: BaseModel) -> Iterable[str]:
                     yield from _codeset_names(item)
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     result: Result
     reason: str
@@ -240,7 +240,7 @@ def has_invalid(evidence: Iterable[Evidence]) -> bool:
     return any(e.role is Role.IGNORED and (e.note or "").startswith(INVALID_NOTE) for e in evidence)
 
 
-@dataclass
+@dataclass(slots=True)
 class Reading:
     """One valid result whose code matched: the resource, the part carrying the
     value (the resource or one of its components), its date, and the evidence

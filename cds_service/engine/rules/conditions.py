@@ -15,7 +15,7 @@ from .base import (ACTIVE_CLINICAL, CONFIRMED, EXCLUDED, UNCONFIRMED, Context, O
                    invalid_evidence, matching_coding, read_results, verification)
 
 
-@dataclass
+@dataclass(slots=True)
 class FoundCondition:
     raw: dict[str, Any]
     model: Any

@@ -25,7 +25,7 @@ from .conditions import decided, find_conditions
 NEGATIVE, POSITIVE, OPEN = "negative", "positive", "not definitive"
 
 
-@dataclass
+@dataclass(slots=True)
 class Finding:
     category: str  # NEGATIVE / POSITIVE / OPEN
     label: str  # "IHC 2+", "ISH negative"

@@ -85,7 +85,7 @@ class LabRule(RuleModel):
 
 # -- one analyte ----------------------------------------------------------
 
-@dataclass
+@dataclass(slots=True)
 class _Candidate:
     source: Any  # the Observation or its component carrying the value
     quantity: Any
@@ -93,7 +93,7 @@ class _Candidate:
     evidence: Evidence
 
 
-@dataclass
+@dataclass(slots=True)
 class _AnalyteOutcome:
     result: Result
     reason: str

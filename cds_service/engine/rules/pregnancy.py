@@ -43,7 +43,7 @@ class WhenNoData(RuleModel):
     result: Literal["unknown", "review"]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Test:
     outcome: str
     date: FhirDate
