@@ -31,7 +31,6 @@ import re
 import sqlite3
 import threading
 import time
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
@@ -40,7 +39,7 @@ import jwt
 import requests
 import yaml
 
-from .store import connect, open_database
+from .store import Connections, open_database
 
 log = logging.getLogger("cds_service.auth")
 
@@ -122,7 +121,7 @@ CREATE INDEX IF NOT EXISTS jti_exp ON jti (exp);
 
 class SqliteJtiStore:
     """The jti replay cache, shared by every worker on a host through one SQLite
-    file (WAL, one short-lived connection per operation, like store.Store).
+    file (WAL, a connection per thread and process, like store.Store).
 
     A row lives until its token's `exp` plus the leeway (the longest the token
     is accepted); expired rows are purged every `purge_every` new entries."""
@@ -136,9 +135,7 @@ class SqliteJtiStore:
         self._inserts = 0
         self._lock = threading.Lock()
         open_database(self.path, _JTI_SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        return connect(self.path)
+        self._db = Connections(self.path)
 
     def remember(self, iss: str, jti: str, exp: int) -> bool:
         try:
@@ -148,14 +145,12 @@ class SqliteJtiStore:
 
     def _remember(self, iss: str, jti: str, exp: int) -> bool:
         cutoff = self._clock() - self.leeway
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
+        with self._db.transaction("BEGIN IMMEDIATE") as db:
             # A row whose token has expired no longer protects anything: do not let it
             # turn a later, legitimate reuse of the value into a false replay.
             db.execute("DELETE FROM jti WHERE iss = ? AND jti = ? AND exp < ?", (iss, jti, cutoff))
             new = db.execute("INSERT OR IGNORE INTO jti (iss, jti, exp) VALUES (?,?,?)",
                              (iss, jti, int(math.ceil(exp)))).rowcount == 1
-            db.execute("COMMIT")
         if new:
             with self._lock:
                 self._inserts += 1
@@ -166,8 +161,7 @@ class SqliteJtiStore:
 
     def purge(self) -> int:
         """Delete the rows of tokens that expired more than the leeway ago; returns how many."""
-        with closing(self._connect()) as db:
-            return db.execute("DELETE FROM jti WHERE exp < ?", (self._clock() - self.leeway,)).rowcount
+        return self._db.get().execute("DELETE FROM jti WHERE exp < ?", (self._clock() - self.leeway,)).rowcount
 
 
 class RedisJtiStore:

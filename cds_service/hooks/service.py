@@ -61,10 +61,11 @@ class TrialEligibilityService:
         for trial in self.trials:
             self.renderer.render(trial, evaluate(trial, record, self.settings.today()), context)
 
-    def call(self, body: Any, started: float) -> Response:
+    def call(self, body: Any, started: float, parse_ms: float = 0.0) -> Response:
         """`body` is the parsed request, `started` when the route was entered (so the
-        time until now is what reading and parsing the body took)."""
-        parsed_ms = _ms(started)
+        time until now is what reading and parsing the body took), `parse_ms` what
+        the JSON parse alone took."""
+        read_ms = _ms(started) - parse_ms
         # Logged even for invalid requests, but only if it is the UUID it should be: no client text in logs.
         hook_instance = body.get("hookInstance") if isinstance(body, dict) else None
         hook_instance = hook_instance if isinstance(hook_instance, str) and _UUID.fullmatch(hook_instance) else None
@@ -76,10 +77,9 @@ class TrialEligibilityService:
             return self._finish(request.hookInstance, started,
                                 error_response(400, "not-supported", f"service '{self.id}' answers the patient-view "
                                                f"hook, not '{request.hook}'", "hook"), "invalid")
-        return self._evaluate(request, started, parsed_ms)
+        return self._evaluate(request, started, {"read": read_ms, "parse": parse_ms})
 
-    def _evaluate(self, request: HookRequest, started: float, parsed_ms: float) -> Response:
-        timings: dict[str, float] = {"parse": parsed_ms}
+    def _evaluate(self, request: HookRequest, started: float, timings: dict[str, float]) -> Response:
         mark = time.monotonic()
         patient_id = request.context.patientId
         access = None

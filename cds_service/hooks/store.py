@@ -1,7 +1,7 @@
 """Durable records: the audit of every hook call and the feedback on cards.
 
-SQLite in WAL mode, one short-lived connection per operation, so several
-threads and gunicorn workers on one host can share the file. Nothing here
+SQLite in WAL mode, one connection per thread and process kept open, so
+several threads and gunicorn workers on one host can share the file. Nothing here
 holds PHI or tokens: hook calls are keyed by hookInstance, cards by uuid, and
 free-text feedback comments are not kept (only whether there was one).
 """
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
-from contextlib import closing
+import threading
+from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS hook_call (
@@ -78,26 +80,64 @@ def connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+_inherited: list[sqlite3.Connection] = []  # a parent process's connections, never used or closed in a child
+
+
+class Connections:
+    """One open connection per thread and process to a SQLite file. Opening and
+    closing one per operation cost about 1 ms a hook call (closing the last
+    connection checkpoints the WAL), and left the worker's caches cold for the next
+    request. A connection is never shared across threads, nor used in a forked child."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._local = threading.local()
+
+    def get(self) -> sqlite3.Connection:
+        local = self._local
+        db = getattr(local, "db", None)
+        if db is None or local.pid != os.getpid():
+            if db is not None:
+                _inherited.append(db)  # closing it here could disturb the parent's use of the file
+            db = local.db = connect(self.path)
+            local.pid = os.getpid()
+        return db
+
+    @contextmanager
+    def transaction(self, begin: str = "BEGIN") -> Iterator[sqlite3.Connection]:
+        """BEGIN ... COMMIT; rolled back on any error, so the kept connection is clean."""
+        db = self.get()
+        db.execute(begin)
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def rows(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
+        cursor = self.get().cursor()
+        cursor.row_factory = sqlite3.Row
+        return [dict(r) for r in cursor.execute(sql, params)]
+
+
 class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
         open_database(self.path, _SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        return connect(self.path)
+        self._db = Connections(self.path)
 
     def ping(self) -> None:
-        with closing(self._connect()) as db:
-            db.execute("SELECT 1 FROM hook_call LIMIT 1")
+        self._db.get().execute("SELECT 1 FROM hook_call LIMIT 1").fetchall()
 
     def record_hook_call(self, *, hook_instance: str, service: str, status_code: int, outcome: str,
                          latency_ms: float, data_sources: dict[str, Any] | None = None,
                          trials: list[dict[str, Any]] | None = None, timings: dict[str, float] | None = None,
                          cards: Iterable[dict[str, Any]] = ()) -> None:
         now = _now()
-        with closing(self._connect()) as db:
-            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: survives a crash of the process
-            db.execute("BEGIN")
+        self._db.get().execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: survives a crash of the process
+        with self._db.transaction() as db:
             db.execute("INSERT INTO hook_call (hook_instance, service, received_at, status_code, outcome, "
                        "latency_ms, data_sources, trials, timings) VALUES (?,?,?,?,?,?,?,?,?)",
                        (hook_instance, service, now, status_code, outcome, round(latency_ms, 2),
@@ -107,16 +147,14 @@ class Store:
                            "suggestions, created_at) VALUES (?,?,?,?,?,?,?)",
                            (card["uuid"], hook_instance, card["trial"], card["definitionVersion"], card["status"],
                             _json(card.get("suggestions")), now))
-            db.execute("COMMIT")
 
     def record_feedback(self, service: str, items: list[dict[str, Any]]) -> int:
         """Store feedback entries; repeats of the same entry are stored once.
         Returns how many were new. Committed (fsync) before returning."""
         now = _now()
         new = 0
-        with closing(self._connect()) as db:
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("BEGIN IMMEDIATE")
+        self._db.get().execute("PRAGMA synchronous=FULL")
+        with self._db.transaction("BEGIN IMMEDIATE") as db:
             for item in items:
                 known = db.execute("SELECT 1 FROM card WHERE uuid = ?", (item["card"],)).fetchone() is not None
                 reason = (item.get("overrideReason") or {}).get("reason") or {}
@@ -129,18 +167,13 @@ class Store:
                      reason.get("code"), int(bool((item.get("overrideReason") or {}).get("userComment"))),
                      int(known), now))
                 new += cursor.rowcount
-            db.execute("COMMIT")
         return new
 
     def feedback(self) -> list[dict[str, Any]]:
-        with closing(self._connect()) as db:
-            db.row_factory = sqlite3.Row
-            return [dict(r) for r in db.execute("SELECT * FROM feedback ORDER BY id")]
+        return self._db.rows("SELECT * FROM feedback ORDER BY id")
 
     def hook_calls(self) -> list[dict[str, Any]]:
-        with closing(self._connect()) as db:
-            db.row_factory = sqlite3.Row
-            rows = [dict(r) for r in db.execute("SELECT * FROM hook_call ORDER BY id")]
+        rows = self._db.rows("SELECT * FROM hook_call ORDER BY id")
         for row in rows:
             for name in ("data_sources", "trials", "timings"):
                 row[name] = json.loads(row[name]) if row[name] else None
