@@ -10,14 +10,15 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import re
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 _PARTIAL = re.compile(r"^(\d{4})(?:-(\d{2}))?$")
 
 
-@dataclass(frozen=True)
-class FhirDate:
+class FhirDate(NamedTuple):
+    """A named tuple: one is made for every date a criterion reads, on every call."""
+
     first_day: dt.date  # earliest local calendar day the value can denote
     last_day: dt.date  # latest
     instant: dt.datetime | None  # aware instant, when a time was given

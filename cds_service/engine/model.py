@@ -69,6 +69,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _text(value: Any) -> Any:
+    return value if type(value) is str else _plain(value)  # noqa: E721 - the usual case first
+
+
 def _decimal_text(value: Decimal) -> str:
     """A decimal as plain text, never in exponent form (1E+1 -> "10")."""
     return format(value, "f")
@@ -119,12 +123,21 @@ class Evidence:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"reference": self.reference, "role": self.role._value_}
-        for key, attr in (("code", "code"), ("display", "display"), ("value", "value"),
-                          ("unit", "unit"), ("comparator", "comparator"), ("date", "date"),
-                          ("status", "status")):
-            val = getattr(self, attr)
-            if val not in (None, ""):
-                out[key] = _plain(val)
+        # Spelt out field by field (not a getattr loop): this runs for every evidence of every card.
+        if self.code:
+            out["code"] = _text(self.code)
+        if self.display:
+            out["display"] = _text(self.display)
+        if self.value is not None and self.value != "":
+            out["value"] = _text(self.value)
+        if self.unit:
+            out["unit"] = _text(self.unit)
+        if self.comparator:
+            out["comparator"] = _text(self.comparator)
+        if self.date:
+            out["date"] = _text(self.date)
+        if self.status:
+            out["status"] = _text(self.status)
         if self.converted is not None:
             out["converted"] = self.converted.to_json()
         if self.uln is not None:

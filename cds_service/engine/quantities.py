@@ -88,10 +88,22 @@ class UnitTable:
     bridges: dict[str, list[UnitBridge]] = field(default_factory=dict)  # analyte -> bridges
     _factors: dict[tuple[str, str, str | None], Decimal | str] = field(
         default_factory=dict, repr=False, compare=False)
+    _units: dict[tuple[str | None, str | None, str | None], str | None] = field(
+        default_factory=dict, repr=False, compare=False)
 
     def ucum_of(self, code: str | None, unit: str | None, system: str | None) -> str | None:
         """The UCUM unit of a FHIR Quantity: its code when coded in UCUM, else its
-        human unit string, through the alias table."""
+        human unit string, through the alias table (answers remembered: a few units recur)."""
+        key = (code, unit, system)
+        if key in self._units:
+            return self._units[key]
+        found = self._ucum_of(code, unit, system)
+        if len(self._units) >= 4096:
+            self._units.clear()
+        self._units[key] = found
+        return found
+
+    def _ucum_of(self, code: str | None, unit: str | None, system: str | None) -> str | None:
         candidates = []
         if code and (system is None or canonical_system(system) == UCUM):
             candidates.append(code)

@@ -52,7 +52,7 @@ _BIRTHSEX_URL = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthse
 def read_elements(raw: dict[str, Any]) -> dict[str, Any]:
     """The part of a resource the engine reads (what gets validated)."""
     keep = _READ_ELEMENTS[raw["resourceType"]]
-    trimmed = {k: v for k, v in raw.items() if k in keep}
+    trimmed = {k: raw[k] for k in raw.keys() & keep}  # the set intersection runs in C; order is irrelevant
     if raw["resourceType"] == "Patient" and isinstance(trimmed.get("extension"), list):
         trimmed["extension"] = [e for e in trimmed["extension"]
                                 if isinstance(e, dict) and e.get("url") == _BIRTHSEX_URL]
@@ -150,7 +150,7 @@ def concept_keys(concept: Any) -> list[tuple[str, str]]:
         return []
     keys = []
     for c in codings:
-        if type(c) is dict:  # noqa: E721 - parsed JSON: exact dicts (faster than isinstance here)
+        if isinstance(c, dict):
             key = memo_coding_key(c.get("system"), c.get("code"))
             if key is not None:
                 keys.append(key)
@@ -194,13 +194,19 @@ class PatientRecord:
             if rtype == "Patient" and self.patient_raw is None:
                 self.patient_raw = raw
             return
-        entry = (raw, None, position)
-        for key in concept_keys(raw.get("code")):
-            bucket = index.get(key)
-            if bucket is None:
-                index[key] = [entry]
-            else:
-                bucket.append(entry)
+        concept = raw.get("code")  # concept_keys() inlined: this loop is most of indexing a record
+        codings = concept.get("coding") if isinstance(concept, dict) else None
+        if isinstance(codings, list):
+            entry = (raw, None, position)
+            for coding in codings:
+                if isinstance(coding, dict):
+                    key = memo_coding_key(coding.get("system"), coding.get("code"))
+                    if key is not None:
+                        bucket = index.get(key)
+                        if bucket is None:
+                            index[key] = [entry]
+                        else:
+                            bucket.append(entry)
         if rtype == "Observation":
             components = raw.get("component")
             if isinstance(components, list):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .bundles import patient_reference, reference_key
 from .client import FetchResult, FhirClient, FhirError, FhirNotAllowed
@@ -92,51 +92,54 @@ def gather(needs: Mapping[str, Read | Any], required: set[str], prefetch: Mappin
         if value is None:
             data.source = NO_DATA
             continue
-        resources, why = _usable_resources(value, query, patient_id)
+        resources, foreign, why = _usable_resources(value, query, patient_id)
         if resources is None:
             data.detail = why
             to_fetch[key] = query
             continue
         data.source = PREFETCH
-        data.resources = resources
+        data.resources, data.foreign = resources, foreign
         if isinstance(value, dict) and value.get("resourceType") == "Bundle" and _next_link(value):
             to_page[key] = value
     if to_fetch or to_page:
         _fetch(keys, to_fetch, to_page, patient_id, access, deadline, required)
-    for data in keys.values():
-        data.resources, data.foreign = _own(data.resources, patient_id)
     return Gathered(keys)
 
 
-def _usable_resources(value: Any, query: Any, patient_id: str) -> tuple[list[dict[str, Any]] | None, str | None]:
-    """The resources of a prefetch value, or (None, why it cannot be used).
-    One pass over a Bundle's entries: this runs for every resource of every call."""
+def _usable_resources(value: Any, query: Any, patient_id: str) -> tuple[list[dict[str, Any]] | None, int, str | None]:
+    """(this patient's resources of a prefetch value, how many were another
+    patient's, None), or (None, 0, why it cannot be used). One pass over a
+    Bundle's entries: this runs for every resource of every call."""
     if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
-        return None, "prefetch value is not a FHIR resource"
+        return None, 0, "prefetch value is not a FHIR resource"
     rtype = value["resourceType"]
     if rtype == "OperationOutcome":
-        return None, "prefetch reported an error (OperationOutcome)"
+        return None, 0, "prefetch reported an error (OperationOutcome)"
     if isinstance(query, Read):
         if rtype != query.resource_type:
-            return None, f"prefetch holds a {rtype}, not a {query.resource_type}"
+            return None, 0, f"prefetch holds a {rtype}, not a {query.resource_type}"
         if value.get("id") != patient_id:
-            return None, "prefetch holds another patient's record"
-        return [value], None
+            return None, 0, "prefetch holds another patient's record"
+        return [value], 0, None
     if rtype != "Bundle":
-        return None, f"prefetch holds a {rtype}, not a search Bundle"
+        return None, 0, f"prefetch holds a {rtype}, not a search Bundle"
     entries = value.get("entry", [])
     if not isinstance(entries, list):
-        return None, "prefetch Bundle.entry is not a list"
-    resources = []
+        return None, 0, "prefetch Bundle.entry is not a list"
+    own_key = f"Patient/{patient_id}"
+    resources, foreign = [], 0
     for entry in entries:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict):
             entry_type = resource.get("resourceType")
             if entry_type == "OperationOutcome":
-                return None, "prefetch Bundle holds an OperationOutcome"
+                return None, 0, "prefetch Bundle holds an OperationOutcome"
             if isinstance(entry_type, str):
-                resources.append(resource)
-    return resources, None
+                if _is_own(resource, entry_type, patient_id, own_key):
+                    resources.append(resource)
+                else:
+                    foreign += 1
+    return resources, foreign, None
 
 
 def _next_link(bundle: dict[str, Any]) -> str | None:
@@ -191,7 +194,8 @@ def _fetch(keys: dict[str, KeyData], to_fetch: dict[str, Any], to_page: dict[str
         elif result.not_found:  # a read (the patient) that the server does not have
             data.detail = f"{data.detail}; not found on the FHIR server"
         else:
-            data.source, data.resources = FETCHED, list(result.resources)
+            data.source = FETCHED
+            data.resources, data.foreign = _own(result.resources, patient_id)
     for key, result in paged.items():
         data = keys[key]
         _account(data, result)
@@ -199,7 +203,8 @@ def _fetch(keys: dict[str, KeyData], to_fetch: dict[str, Any], to_page: dict[str
             _missing(data, f"prefetch has more pages; fetching them failed: {_why(result.error)}")
         else:
             data.source = PREFETCH_PAGED
-            data.resources = data.resources + list(result.resources)
+            kept, foreign = _own(result.resources, patient_id)
+            data.resources, data.foreign = data.resources + kept, data.foreign + foreign
     elapsed = (time.monotonic() - started) * 1000
     for key in list(to_fetch) + list(to_page):
         keys[key].elapsed_ms = keys[key].elapsed_ms or elapsed
@@ -221,20 +226,22 @@ def _why(error: FhirError) -> str:
     return error.reason
 
 
-def _own(resources: list[dict[str, Any]], patient_id: str) -> tuple[list[dict[str, Any]], int]:
-    """Keep the resources about this patient: the Patient itself, and resources
-    whose subject/patient reference names it."""
+def _own(resources: Iterable[dict[str, Any]], patient_id: str) -> tuple[list[dict[str, Any]], int]:
+    """(the resources about this patient, how many were about another)."""
     own_key = f"Patient/{patient_id}"
     kept, foreign = [], 0
     for resource in resources:
-        if resource.get("resourceType") == "Patient":
-            mine = resource.get("id") == patient_id
-        else:
-            reference = patient_reference(resource)
-            # "Patient/<id>" as written by nearly every EHR; else normalise (absolute URL, _history)
-            mine = reference == own_key or reference_key(reference) == own_key
-        if mine:
+        if _is_own(resource, resource.get("resourceType"), patient_id, own_key):
             kept.append(resource)
         else:
             foreign += 1
     return kept, foreign
+
+
+def _is_own(resource: dict[str, Any], resource_type: Any, patient_id: str, own_key: str) -> bool:
+    """The Patient itself, or a resource whose subject/patient reference names it."""
+    if resource_type == "Patient":
+        return resource.get("id") == patient_id
+    reference = patient_reference(resource)
+    # "Patient/<id>" as written by nearly every EHR; else normalised (absolute URL, _history)
+    return reference == own_key or reference_key(reference) == own_key
