@@ -106,10 +106,10 @@ def test_remembered_coding_keys_are_the_coding_keys(system, code):
 
 def test_coding_key_memo_starts_afresh_when_full(monkeypatch):
     monkeypatch.setattr(codes_module, "KEY_MEMO_SIZE", 3)
-    codes_module._KEY_MEMO.clear()
+    codes_module.CODING_KEYS.clear()
     for i in range(10):
         assert memo_coding_key(ICD10CM, f"C50.{i}") == (ICD10CM, f"C50{i}")
-        assert len(codes_module._KEY_MEMO) <= 3
+        assert len(codes_module.CODING_KEYS) <= 3
 
 
 def test_prefix_answers_are_remembered_per_code_set():
@@ -143,3 +143,16 @@ def test_record_finds_each_match_once_in_record_order():
     first = record.find("Observation", hcg)
     first.clear()  # callers get their own list: the remembered answer is untouched
     assert len(record.find("Observation", hcg)) == 3
+
+
+def test_code_library_answers_by_list_identity_and_by_names():
+    from cds_service.engine.rules.base import CodeLibrary
+
+    other = CodeSet("y", "y", [CodeEntry(ICD10CM, None, "C79", "secondary", "test")])
+    library = CodeLibrary({"x": ICD, "y": other})
+    names = ["x", "y"]
+    both = library.get(names)
+    assert library.get(names) is both  # remembered by the list's identity
+    assert library.get(["x", "y"]) is both  # an equal list of names: the same union
+    assert library.get("y") is other and library.get(["y"]) is other
+    assert both.contains(coding_key(ICD10CM, "C79.81")) and both.contains(coding_key(LOINC, "2106-3"))

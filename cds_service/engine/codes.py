@@ -52,7 +52,8 @@ def coding_key(system: str | None, code: str | None) -> tuple[str, str] | None:
     return system, code.strip()
 
 
-_KEY_MEMO: dict[tuple[str, str], tuple[str, str] | None] = {}
+# (system, code) as sent -> coding_key(); read directly by the record's indexing loop.
+CODING_KEYS: dict[tuple[str, str], tuple[str, str] | None] = {}
 KEY_MEMO_SIZE = 65536  # distinct (system, code) pairs remembered; then the memo starts afresh
 
 
@@ -63,13 +64,13 @@ def memo_coding_key(system: Any, code: Any) -> tuple[str, str] | None:
         return coding_key(system, code)
     pair = (system, code)
     try:
-        return _KEY_MEMO[pair]
+        return CODING_KEYS[pair]
     except KeyError:
         pass
     key = coding_key(system, code)
-    if len(_KEY_MEMO) >= KEY_MEMO_SIZE:
-        _KEY_MEMO.clear()
-    _KEY_MEMO[pair] = key
+    if len(CODING_KEYS) >= KEY_MEMO_SIZE:
+        CODING_KEYS.clear()
+    CODING_KEYS[pair] = key
     return key
 
 

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from .codes import CodeSet, memo_coding_key
+from .codes import CODING_KEYS, CodeSet, memo_coding_key
 
 # Types the engine reads, and where each keeps the code that classifies it.
 _MODEL_MODULES = {
@@ -198,9 +198,14 @@ class PatientRecord:
         codings = concept.get("coding") if isinstance(concept, dict) else None
         if isinstance(codings, list):
             entry = (raw, None, position)
+            keys = CODING_KEYS
             for coding in codings:
                 if isinstance(coding, dict):
-                    key = memo_coding_key(coding.get("system"), coding.get("code"))
+                    pair = (coding.get("system"), coding.get("code"))
+                    try:
+                        key = keys[pair]  # the usual case: a code seen before, without a call
+                    except (KeyError, TypeError):  # new, or not hashable (then not a code)
+                        key = memo_coding_key(*pair)
                     if key is not None:
                         bucket = index.get(key)
                         if bucket is None:

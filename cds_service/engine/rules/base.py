@@ -68,16 +68,24 @@ class CodeLibrary:
     def __init__(self, sets: Mapping[str, CodeSet]):
         self.sets = dict(sets)
         self._unions: dict[tuple[str, ...], CodeSet] = {}
+        # By the identity of a rule's list of names (rules are frozen definitions, their lists
+        # never change and live as long as the trial): every criterion asks on every call.
+        self._by_list: dict[int, tuple[Sequence[str], CodeSet]] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self.sets
 
     def get(self, names: Sequence[str] | str) -> CodeSet:
+        kept = self._by_list.get(id(names))
+        if kept is not None and kept[0] is names:
+            return kept[1]
         key = (names,) if isinstance(names, str) else tuple(names)
         found = self._unions.get(key)
         if found is None:
             found = self.sets[key[0]] if len(key) == 1 else union("+".join(key), (self.sets[n] for n in key))
             self._unions[key] = found
+        if len(self._by_list) < 4096:  # the rules' lists: a few dozen per trial
+            self._by_list[id(names)] = (names, found)  # holding `names` keeps its id from being reused
         return found
 
 

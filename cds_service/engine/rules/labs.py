@@ -121,7 +121,8 @@ def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> _An
         (dated if r.date is not None else undated).append(cand)
 
     if dated:
-        dated.sort(key=lambda c: c.date.sort_key(), reverse=True)
+        if len(dated) > 1:
+            dated.sort(key=lambda c: c.date.sort_key(), reverse=True)
         latest = dated[0]
         for c in undated:
             c.evidence.note = "no effective date; cannot show recency; ignored"
@@ -141,12 +142,13 @@ def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> _An
             return _AnalyteOutcome(Result.UNKNOWN, f"{name}: date of latest result ({latest.date.text}) is too "
                                    f"imprecise to show it is within {lookback_days} days",
                                    _collect(latest, older, undated, ignored), Why.IMPRECISE_DATE)
-        same_time = [c for c in dated if c.date.sort_key() == latest.date.sort_key()]
+        latest_key = latest.date.sort_key()
+        same_time = [latest] + [c for c in dated[1:] if c.date.sort_key() == latest_key]
         judged = [(c, _judge(ctx, analyte, c)) for c in same_time]
         outcomes = {j.result for _, j in judged}
         for c, _ in judged:
             c.evidence.role = Role.DECISIVE
-        rest = [c for c in dated if c not in same_time]
+        rest = dated[len(same_time):]  # sorted newest first: the same-time results lead
         _note_older(rest)
         evidence = [c.evidence for c in same_time] + [c.evidence for c in rest] + \
                    [c.evidence for c in undated] + ignored
