@@ -52,7 +52,7 @@ _BIRTHSEX_URL = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthse
 def read_elements(raw: dict[str, Any]) -> dict[str, Any]:
     """The part of a resource the engine reads (what gets validated)."""
     keep = _READ_ELEMENTS[raw["resourceType"]]
-    trimmed = {k: raw[k] for k in raw.keys() & keep}  # the set intersection runs in C; order is irrelevant
+    trimmed = {k: v for k, v in raw.items() if k in keep}
     if raw["resourceType"] == "Patient" and isinstance(trimmed.get("extension"), list):
         trimmed["extension"] = [e for e in trimmed["extension"]
                                 if isinstance(e, dict) and e.get("url") == _BIRTHSEX_URL]
