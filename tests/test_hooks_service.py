@@ -519,3 +519,22 @@ def test_cors_preflight_for_allowed_origins_only(make_app):
     assert "Access-Control-Allow-Origin" not in other.headers
     assert "Access-Control-Allow-Origin" not in make_app().test_client().get(
         "/cds-services", headers={"Origin": "https://sandbox.cds-hooks.org"}).headers
+
+
+def test_gather_keeps_only_this_patients_resources_in_a_prefetch_bundle():
+    from cds_service.fhir.gather import gather
+    from cds_service.fhir.queries import Search
+
+    query = Search("Observation")
+    own = {"resourceType": "Observation", "id": "a", "subject": {"reference": "Patient/p1"}}
+    versioned = {"resourceType": "Observation", "id": "b", "subject": {"reference": "Patient/p1/_history/2"}}
+    by_patient_field = {"resourceType": "AllergyIntolerance", "id": "c", "patient": {"reference": "Patient/p1"}}
+    other = {"resourceType": "Observation", "id": "d", "subject": {"reference": "Patient/p2"}}
+    # a Patient is this patient by its id, whatever else it carries
+    impostor = {"resourceType": "Patient", "id": "p2", "subject": {"reference": "Patient/p1"}}
+    nameless = {"resourceType": "Observation", "id": "e"}
+    bundle = searchset(own, versioned, by_patient_field, other, impostor, nameless)
+    gathered = gather({"observations": query}, set(), {"observations": bundle}, "p1", None, 0.0)
+    data = gathered.keys["observations"]
+    assert [r["id"] for r in data.resources] == ["a", "b", "c"]
+    assert data.foreign == 3 and data.source == "prefetch"

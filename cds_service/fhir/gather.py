@@ -135,7 +135,9 @@ def _usable_resources(value: Any, query: Any, patient_id: str) -> tuple[list[dic
             if entry_type == "OperationOutcome":
                 return None, 0, "prefetch Bundle holds an OperationOutcome"
             if isinstance(entry_type, str):
-                if _is_own(resource, entry_type, patient_id, own_key):
+                subject = resource.get("subject")
+                if (entry_type != "Patient" and type(subject) is dict and subject.get("reference") == own_key) \
+                        or _is_own(resource, entry_type, patient_id, own_key):  # the first test: the usual case
                     resources.append(resource)
                 else:
                     foreign += 1
