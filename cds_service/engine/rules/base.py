@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-from ..codes import CodeSet, coding_key, union
+from ..codes import CodeSet, memo_coding_key, union
 from ..dates import FhirDate, age_range, parse_fhir_date
 from ..model import Evidence, Result, Role, Why
 from ..quantities import UnitTable
@@ -211,7 +211,7 @@ def matching_coding(concept: Any, codes: CodeSet) -> Any | None:
     if concept is None:
         return None
     for coding in concept.coding or ():
-        if codes.contains(coding_key(coding.system, coding.code)):
+        if codes.contains(memo_coding_key(coding.system, coding.code)):
             return coding
     return None
 
