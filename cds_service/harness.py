@@ -196,6 +196,7 @@ class FhirWriter:
             remaining = still
         return []
 
+
 def _diagnostics(response: requests.Response) -> str:
     try:
         issues = response.json().get("issue", [])

@@ -145,14 +145,14 @@ def test_record_finds_each_match_once_in_record_order():
     assert len(record.find("Observation", hcg)) == 3
 
 
-def test_code_library_answers_by_list_identity_and_by_names():
+def test_code_library_gives_one_union_for_a_list_an_equal_list_and_single_names():
     from cds_service.engine.rules.base import CodeLibrary
 
     other = CodeSet("y", "y", [CodeEntry(ICD10CM, None, "C79", "secondary", "test")])
     library = CodeLibrary({"x": ICD, "y": other})
     names = ["x", "y"]
     both = library.get(names)
-    assert library.get(names) is both  # remembered by the list's identity
+    assert library.get(names) is both  # asked again with the same list
     assert library.get(["x", "y"]) is both  # an equal list of names: the same union
     assert library.get("y") is other and library.get(["y"]) is other
     assert both.contains(coding_key(ICD10CM, "C79.81")) and both.contains(coding_key(LOINC, "2106-3"))

@@ -50,3 +50,14 @@ def test_a_forked_child_opens_its_own_connection(tmp_path, monkeypatch):
     assert child is not parent
     assert parent in store_module._inherited  # kept, not closed: the parent may still be using the file
     assert connections.get() is child
+
+
+def test_feedback_is_written_with_full_sync_and_the_audit_with_normal(tmp_path):
+    # Set once per kept connection, not on every call: FULL (2) for what the EHR is told
+    # is stored, NORMAL (1) for the audit.
+    store = Store(tmp_path / "audit.sqlite3")
+    store.record_feedback("s", [{"card": "c1", "outcome": "accepted", "outcomeTimestamp": "2026-01-01T00:00:00Z"}])
+    store.record_hook_call(hook_instance="h", service="s", status_code=200, outcome="cards", latency_ms=1.0)
+    assert store._durable.get().execute("PRAGMA synchronous").fetchone() == (2,)
+    assert store._db.get().execute("PRAGMA synchronous").fetchone() == (1,)
+    assert len(store.feedback()) == 1 and len(store.hook_calls()) == 1

@@ -22,6 +22,8 @@ from .codes import UCUM, canonical_system
 
 _registry = None
 _registry_lock = threading.Lock()
+_UNSEEN = object()
+UNIT_MEMO_SIZE = 4096  # distinct (code, unit, system) triples remembered; then the memo starts afresh
 
 
 def _ucum():
@@ -95,12 +97,12 @@ class UnitTable:
         """The UCUM unit of a FHIR Quantity: its code when coded in UCUM, else its
         human unit string, through the alias table (answers remembered: a few units recur)."""
         key = (code, unit, system)
-        if key in self._units:
-            return self._units[key]
-        found = self._ucum_of(code, unit, system)
-        if len(self._units) >= 4096:
-            self._units.clear()
-        self._units[key] = found
+        found = self._units.get(key, _UNSEEN)
+        if found is _UNSEEN:
+            found = self._ucum_of(code, unit, system)
+            if len(self._units) >= UNIT_MEMO_SIZE:
+                self._units.clear()
+            self._units[key] = found
         return found
 
     def _ucum_of(self, code: str | None, unit: str | None, system: str | None) -> str | None:

@@ -140,23 +140,6 @@ class Hit(NamedTuple):
     position: int = 0  # order of the resource in the input, to keep results stable
 
 
-def concept_keys(concept: Any) -> list[tuple[str, str]]:
-    """Matchable (system, code) keys of a raw CodeableConcept (hot path: once
-    per resource, so it stays in plain dict and list work)."""
-    if not isinstance(concept, dict):
-        return []
-    codings = concept.get("coding")
-    if not isinstance(codings, list):
-        return []
-    keys = []
-    for c in codings:
-        if isinstance(c, dict):
-            key = memo_coding_key(c.get("system"), c.get("code"))
-            if key is not None:
-                keys.append(key)
-    return keys
-
-
 def reference_of(raw: dict[str, Any], full_url: str | None = None) -> str:
     rid = raw.get("id")
     rtype = raw.get("resourceType", "Resource")
@@ -194,11 +177,17 @@ class PatientRecord:
             if rtype == "Patient" and self.patient_raw is None:
                 self.patient_raw = raw
             return
-        concept = raw.get("code")  # concept_keys() inlined: this loop is most of indexing a record
-        codings = concept.get("coding") if isinstance(concept, dict) else None
-        if isinstance(codings, list):
-            entry = (raw, None, position)
-            keys = CODING_KEYS
+        # The resource's code, and each Observation component's code (indexed with its position).
+        concepts: tuple[tuple[Any, int | None], ...] = ((raw.get("code"), None),)
+        components = raw.get("component") if rtype == "Observation" else None
+        if isinstance(components, list):
+            concepts += tuple((comp.get("code"), i) for i, comp in enumerate(components) if isinstance(comp, dict))
+        keys = CODING_KEYS
+        for concept, component in concepts:
+            codings = concept.get("coding") if isinstance(concept, dict) else None
+            if not isinstance(codings, list):
+                continue
+            entry = (raw, component, position)
             for coding in codings:
                 if isinstance(coding, dict):
                     pair = (coding.get("system"), coding.get("code"))
@@ -212,13 +201,6 @@ class PatientRecord:
                             index[key] = [entry]
                         else:
                             bucket.append(entry)
-        if rtype == "Observation":
-            components = raw.get("component")
-            if isinstance(components, list):
-                for i, comp in enumerate(components):
-                    if isinstance(comp, dict):
-                        for key in concept_keys(comp.get("code")):
-                            index.setdefault(key, []).append((raw, i, position))
 
     # -- look-ups -----------------------------------------------------------
 

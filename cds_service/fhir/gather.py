@@ -135,9 +135,7 @@ def _usable_resources(value: Any, query: Any, patient_id: str) -> tuple[list[dic
             if entry_type == "OperationOutcome":
                 return None, 0, "prefetch Bundle holds an OperationOutcome"
             if isinstance(entry_type, str):
-                subject = resource.get("subject")
-                if (entry_type != "Patient" and type(subject) is dict and subject.get("reference") == own_key) \
-                        or _is_own(resource, entry_type, patient_id, own_key):  # the first test: the usual case
+                if _is_own(resource, entry_type, patient_id, own_key):
                     resources.append(resource)
                 else:
                     foreign += 1
@@ -244,6 +242,8 @@ def _is_own(resource: dict[str, Any], resource_type: Any, patient_id: str, own_k
     """The Patient itself, or a resource whose subject/patient reference names it."""
     if resource_type == "Patient":
         return resource.get("id") == patient_id
-    reference = patient_reference(resource)
-    # "Patient/<id>" as written by nearly every EHR; else normalised (absolute URL, _history)
-    return reference == own_key or reference_key(reference) == own_key
+    subject = resource.get("subject")
+    if isinstance(subject, dict) and subject.get("reference") == own_key:
+        return True  # "Patient/<id>" as nearly every EHR writes it: no parsing (runs for every resource)
+    reference = patient_reference(resource)  # absolute URL, _history, or `patient` instead of `subject`
+    return reference_key(reference) == own_key

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from .auth import DEFAULT_MAX_LIFETIME
+
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names the variable."""
@@ -67,7 +69,7 @@ class Settings:
     trusted_clients: Path | None = None  # CDS clients whose JWTs are accepted; None = no authentication
     public_base_url: str | None = None  # the service's external base URL, for the JWT `aud` check
     jwt_leeway: float = 60.0  # seconds of clock skew allowed on exp / nbf / iat
-    jwt_max_lifetime: float = 3600.0  # longest exp − iat accepted, seconds
+    jwt_max_lifetime: float = DEFAULT_MAX_LIFETIME  # longest exp − iat accepted, seconds
     jti_store: str = "sqlite"  # where seen JWT ids are kept: "sqlite" (the database) or a redis:// URL
 
     @property
@@ -116,7 +118,7 @@ class Settings:
             trusted_clients=trusted,
             public_base_url=public_base_url,
             jwt_leeway=_number(env, "CDS_JWT_LEEWAY", 60.0, 0.0),
-            jwt_max_lifetime=_number(env, "CDS_JWT_MAX_LIFETIME", 3600.0, 60.0),
+            jwt_max_lifetime=_number(env, "CDS_JWT_MAX_LIFETIME", DEFAULT_MAX_LIFETIME, 60.0),
             jti_store=jti_store,
         )
 

@@ -61,7 +61,7 @@ class TrialEligibilityService:
         for trial in self.trials:
             self.renderer.render(trial, evaluate(trial, record, self.settings.today()), context)
 
-    def call(self, body: Any, started: float, parse_ms: float = 0.0) -> Response:
+    def call(self, body: Any, started: float, parse_ms: float) -> Response:
         """`body` is the parsed request, `started` when the route was entered (so the
         time until now is what reading and parsing the body took), `parse_ms` what
         the JSON parse alone took."""

@@ -89,8 +89,9 @@ class Connections:
     connection checkpoints the WAL), and left the worker's caches cold for the next
     request. A connection is never shared across threads, nor used in a forked child."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, synchronous: str | None = None):
         self.path = path
+        self.synchronous = synchronous  # PRAGMA synchronous of every connection; None: SQLite's default
         self._local = threading.local()
 
     def get(self) -> sqlite3.Connection:
@@ -100,6 +101,8 @@ class Connections:
             if db is not None:
                 _inherited.append(db)  # closing it here could disturb the parent's use of the file
             db = local.db = connect(self.path)
+            if self.synchronous is not None:
+                db.execute(f"PRAGMA synchronous={self.synchronous}")
             local.pid = os.getpid()
         return db
 
@@ -126,7 +129,10 @@ class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
         open_database(self.path, _SCHEMA)
-        self._db = Connections(self.path)
+        # WAL + NORMAL survives a crash of the process: enough for the audit. Feedback is
+        # acknowledged to the EHR, so it is written with FULL (synced before the 200).
+        self._db = Connections(self.path, synchronous="NORMAL")
+        self._durable = Connections(self.path, synchronous="FULL")
 
     def ping(self) -> None:
         self._db.get().execute("SELECT 1 FROM hook_call LIMIT 1").fetchall()
@@ -136,7 +142,6 @@ class Store:
                          trials: list[dict[str, Any]] | None = None, timings: dict[str, float] | None = None,
                          cards: Iterable[dict[str, Any]] = ()) -> None:
         now = _now()
-        self._db.get().execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: survives a crash of the process
         with self._db.transaction() as db:
             db.execute("INSERT INTO hook_call (hook_instance, service, received_at, status_code, outcome, "
                        "latency_ms, data_sources, trials, timings) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -153,8 +158,7 @@ class Store:
         Returns how many were new. Committed (fsync) before returning."""
         now = _now()
         new = 0
-        self._db.get().execute("PRAGMA synchronous=FULL")
-        with self._db.transaction("BEGIN IMMEDIATE") as db:
+        with self._durable.transaction("BEGIN IMMEDIATE") as db:
             for item in items:
                 known = db.execute("SELECT 1 FROM card WHERE uuid = ?", (item["card"],)).fetchone() is not None
                 reason = (item.get("overrideReason") or {}).get("reason") or {}
