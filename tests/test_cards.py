@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import uuid
+from decimal import Decimal
 from pathlib import Path
 
 import orjson
@@ -486,6 +487,12 @@ def test_find_empty_values():
     found = find_empty_values({"a": None, "b": "", "c": [], "d": {}, "e": [{"f": {"g": []}}, "ok"]})
     assert found == ["$.a", "$.b", "$.c", "$.d", "$.e[0].f.g"]
     assert find_empty_values([]) == ["$"]
+    # Texts that look like empty JSON values are not empty values.
+    assert find_empty_values({"a": "null", "b": "[]", "c": '""', "d": "{}", "": "key"}) == []
+    assert find_empty_values({"a": "null", "b": [{"c": ""}]}) == ["$.b[0].c"]
+    # Tuples count as lists; other values are not empty.
+    assert find_empty_values({"a": Decimal("1"), "b": (), "c": (1,)}) == ["$.b"]
+    assert find_empty_values({"a": Decimal("1"), "c": (1,)}) == []
 
 
 # -- templates -------------------------------------------------------------------------------------

@@ -380,6 +380,35 @@ def test_http_level_errors(client):
     assert client.get("/nowhere").status_code == 404
 
 
+class _Trickle:
+    """A WSGI input that returns at most `step` bytes per read (as sockets may),
+    optionally ending before the declared length (a client that went away)."""
+
+    def __init__(self, data: bytes, step: int, stop_at: int | None = None):
+        self.data, self.step, self.pos = data, step, 0
+        self.end = len(data) if stop_at is None else stop_at
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.end - self.pos if size is None or size < 0 else size
+        piece = self.data[self.pos:min(self.end, self.pos + min(size, self.step))]
+        self.pos += len(piece)
+        return piece
+
+
+def test_body_arriving_in_short_reads_is_read_whole(client):
+    body = json.dumps(demo("eligible")).encode()
+    response = client.post(SERVICE, content_type="application/json", environ_overrides={
+        "wsgi.input": _Trickle(body, 1000), "CONTENT_LENGTH": str(len(body))})
+    assert card_of(response)["extension"]["trial-eligibility"]["status"] == "eligible"
+
+
+def test_body_ending_before_its_content_length_is_400(client):
+    body = json.dumps(demo("eligible")).encode()
+    response = client.post(SERVICE, content_type="application/json", environ_overrides={
+        "wsgi.input": _Trickle(body, 1000, stop_at=len(body) // 2), "CONTENT_LENGTH": str(len(body))})
+    assert response.status_code == 400 and response.get_json()["resourceType"] == "OperationOutcome"
+
+
 def test_request_size_limit_is_413(make_app):
     client = make_app(max_request_bytes=2048).test_client()
     response = post(client, demo("eligible"))

@@ -77,6 +77,48 @@ def test_serve_answers_discovery_and_hooks_over_http(server):
     assert status == 200 and body["status"] == "ready"
 
 
+def _raw_post(base: str, head: str, pieces: list[bytes], pause: float = 0.0) -> tuple[int, dict]:
+    """POST over a plain socket, sending the body in pieces (as a slow client or proxy does)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode())
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(pause)
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    header, _, body = response.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in header.lower():  # de-chunk the answer
+        out, rest = b"", body
+        while rest:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line, 16)
+            if size == 0:
+                break
+            out, rest = out + rest[:size], rest[size + 2:]
+        body = out
+    return int(header.split()[1]), json.loads(body)
+
+
+def test_serve_reads_bodies_sent_in_pieces_and_chunked(server):
+    base, _ = server
+    body = (DEMO_DIR / "eligible.json").read_bytes()
+    path = "/cds-services/trial-eligibility"
+    # Content-Length, the body arriving in small pieces with pauses: read on to the declared length.
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    pieces = [body[i:i + 1500] for i in range(0, len(body), 1500)]
+    status, answer = _raw_post(base, head, pieces, pause=0.002)
+    assert status == 200 and answer["cards"][0]["extension"]["trial-eligibility"]["status"] == "eligible"
+    # Transfer-Encoding: chunked, no Content-Length.
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    chunks = [f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces] + [b"0\r\n\r\n"]
+    status, answer = _raw_post(base, head, chunks)
+    assert status == 200 and answer["cards"][0]["extension"]["trial-eligibility"]["status"] == "eligible"
+
+
 def test_serve_logs_json_lines_without_phi(server):
     base, proc = server
     request = json.loads((DEMO_DIR / "eligible.json").read_text())

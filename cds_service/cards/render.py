@@ -30,7 +30,7 @@ import jinja2
 import jinja2.meta
 import yaml
 
-from ..engine.codes import CodeSet, coding_key
+from ..engine.codes import CodeSet, memo_coding_key
 from ..engine.evaluate import Trial
 from ..engine.model import (CriterionResult, Evidence, Measured, Order, Result, Role, Status, TrialEvaluation,
                             UpperLimit, Why)
@@ -558,7 +558,7 @@ def _evidence_view(e: Evidence, ci: _CriterionInfo | None) -> dict[str, Any]:
     only when it differs from what was recorded (number or unit)."""
     label = None
     if ci is not None and ci.analytes and e.code and "|" in e.code:
-        key = coding_key(*e.code.split("|", 1))
+        key = memo_coding_key(*e.code.split("|", 1))
         label = next((name for name, codes in ci.analytes if codes.contains(key)), None)
     if label is None and e.value in (None, ""):
         label = e.display  # a diagnosis or allergy: what was found is the evidence

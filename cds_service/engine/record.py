@@ -95,6 +95,9 @@ def _validate(resource_type: str, data: dict[str, Any]) -> Any:
 # near 10^±30 (FHIR: large or highly precise values are "extremely rare in medicine"), and
 # arithmetic or formatting on such a number could fail or take gigabytes: not usable data.
 MAX_DECIMAL_EXPONENT = 30
+# Validated models kept, by content. Only resources a criterion reads are validated: a few
+# dozen per chart, so this holds the recent charts of a busy clinic (keys ~1-2 kB each).
+VALIDATION_MEMO_SIZE = 16384
 
 
 def _decimal_out_of_range(model: Any) -> str | None:
@@ -112,12 +115,13 @@ def _decimal_out_of_range(model: Any) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=16384)
-def _validate_canonical(resource_type: str, canonical: bytes) -> Any:
+@functools.lru_cache(maxsize=VALIDATION_MEMO_SIZE)
+def _validate_serialized(resource_type: str, serialized: bytes) -> Any:
     """Validation memoised on the resource's content: the same lab result sent
     again (every chart open re-sends the patient's data) is not validated again.
-    Models are never mutated, so sharing them between calls is safe."""
-    return _validate(resource_type, orjson.loads(canonical))
+    The key is the resource as received, so a hit costs one serialization and
+    no trimming. Models are never mutated, so sharing them between calls is safe."""
+    return _validate(resource_type, read_elements(orjson.loads(serialized)))
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -162,45 +166,51 @@ class PatientRecord:
         self._by_reference: dict[str, dict[str, Any]] | None = None  # built on first resolve()
         self._models: dict[int, Any] = {}
         self._full_url_of = {id(raw): url for url, raw in self._full_urls.items()}
-        for position, raw in enumerate(resources):
-            self._add(raw, position)
+        self._index_all(resources)
 
-    def _add(self, raw: dict[str, Any], position: int) -> None:
-        # The hot path: runs once per resource, so plain dict and tuple work only;
-        # Hit objects are made in find(), for the few resources a criterion asks for.
-        rtype = raw.get("resourceType") if isinstance(raw, dict) else None
-        if not isinstance(rtype, str):
-            return
-        self.by_type[rtype].append(raw)
-        index = self._index.get(rtype)
-        if index is None:
-            if rtype == "Patient" and self.patient_raw is None:
-                self.patient_raw = raw
-            return
-        # The resource's code, and each Observation component's code (indexed with its position).
-        concepts: tuple[tuple[Any, int | None], ...] = ((raw.get("code"), None),)
-        components = raw.get("component") if rtype == "Observation" else None
-        if isinstance(components, list):
-            concepts += tuple((comp.get("code"), i) for i, comp in enumerate(components) if isinstance(comp, dict))
-        keys = CODING_KEYS
-        for concept, component in concepts:
-            codings = concept.get("coding") if isinstance(concept, dict) else None
-            if not isinstance(codings, list):
+    def _index_all(self, resources: Iterable[dict[str, Any]]) -> None:
+        # The hot path: runs for every resource of every chart, so one loop of plain dict
+        # and tuple work (Hit objects are made in find(), for the few
+        # resources a criterion asks for). Indexed: the resource's code and, for an
+        # Observation, each component's code (with the component's position).
+        by_type, indexes, keys = self.by_type, self._index, CODING_KEYS
+        for position, raw in enumerate(resources):
+            rtype = raw.get("resourceType") if isinstance(raw, dict) else None
+            if not isinstance(rtype, str):
                 continue
-            entry = (raw, component, position)
-            for coding in codings:
-                if isinstance(coding, dict):
-                    pair = (coding.get("system"), coding.get("code"))
-                    try:
-                        key = keys[pair]  # the usual case: a code seen before, without a call
-                    except (KeyError, TypeError):  # new, or not hashable (then not a code)
-                        key = memo_coding_key(*pair)
-                    if key is not None:
-                        bucket = index.get(key)
-                        if bucket is None:
-                            index[key] = [entry]
-                        else:
-                            bucket.append(entry)
+            by_type[rtype].append(raw)
+            index = indexes.get(rtype)
+            if index is None:
+                if rtype == "Patient" and self.patient_raw is None:
+                    self.patient_raw = raw
+                continue
+            components = raw.get("component") if rtype == "Observation" else None
+            if not isinstance(components, list):
+                components = ()
+            concept, component = raw.get("code"), None
+            while True:
+                codings = concept.get("coding") if isinstance(concept, dict) else None
+                if isinstance(codings, list):
+                    entry = (raw, component, position)
+                    for coding in codings:
+                        if not isinstance(coding, dict):
+                            continue
+                        pair = (coding.get("system"), coding.get("code"))
+                        try:
+                            key = keys[pair]  # the usual case: a code seen before, without a call
+                        except (KeyError, TypeError):  # new, or not hashable (then not a code)
+                            key = memo_coding_key(*pair)
+                        if key is not None:
+                            bucket = index.get(key)
+                            if bucket is None:
+                                index[key] = [entry]
+                            else:
+                                bucket.append(entry)
+                component = 0 if component is None else component + 1
+                if component >= len(components):
+                    break
+                part = components[component]
+                concept = part.get("code") if isinstance(part, dict) else None
 
     # -- look-ups -----------------------------------------------------------
 
@@ -258,13 +268,12 @@ class PatientRecord:
         key = id(raw)
         cached = self._models.get(key)
         if cached is None:
-            trimmed = read_elements(raw)
             try:
-                canonical = orjson.dumps(trimmed, option=orjson.OPT_SORT_KEYS)
+                serialized = orjson.dumps(raw)
             except (TypeError, orjson.JSONEncodeError):  # not plain JSON data: validate directly
-                cached = _validate(raw["resourceType"], trimmed)
+                cached = _validate(raw["resourceType"], read_elements(raw))
             else:
-                cached = _validate_canonical(raw["resourceType"], canonical)
+                cached = _validate_serialized(raw["resourceType"], serialized)
             self._models[key] = cached
         if isinstance(cached, InvalidResource):
             raise InvalidResource(str(cached))

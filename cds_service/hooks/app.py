@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Flask, current_app, request
 from flask_cors import CORS
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from ..cards import CardRenderer
 from ..demo import hook_request
@@ -46,13 +46,37 @@ def _json_body() -> tuple[Any, Any, float]:
     parse alone is timed: the yardstick of the service's speed targets."""
     if request.mimetype not in _JSON_TYPES:
         return None, error_response(415, "not-supported", "the body must be JSON (Content-Type: application/json)"), 0.0
-    data = request.get_data(cache=False)
+    data = _request_body()
     start = time.monotonic()
     try:
         body = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None, error_response(400, "structure", "the body is not valid JSON"), 0.0
     return body, None, (time.monotonic() - start) * 1000
+
+
+def _request_body() -> bytes:
+    """The body in one read when its length is declared and within the limit: a
+    copy of the bytes and nothing more (werkzeug's get_data reads 64 kB chunks into
+    a buffer and copies it again, ~25 µs for a 160 kB prefetch). A stream that
+    returns less is read on to the declared length; ending early is a client
+    disconnect (400). Chunked and oversized bodies go through werkzeug (413)."""
+    length = request.content_length
+    limit = request.max_content_length
+    if length is None or (limit is not None and length > limit) or request.environ.get("wsgi.input_terminated"):
+        return request.get_data(cache=False)
+    stream = request.environ["wsgi.input"]
+    data = stream.read(length)
+    if len(data) < length:
+        parts, received = [data], len(data)
+        while received < length:
+            chunk = stream.read(length - received)
+            if not chunk:
+                raise ClientDisconnected()
+            parts.append(chunk)
+            received += len(chunk)
+        data = b"".join(parts)
+    return data
 
 
 def _unknown_service(service_id: str):
