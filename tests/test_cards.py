@@ -514,6 +514,30 @@ def test_custom_template_dir_changes_the_summary(tmp_path, nct06462092, g001):
     assert CardRenderer(str(folder)).render(nct06462092, g001, ctx_for(g001))["summary"] == card["summary"]
 
 
+def test_templates_keep_jinja_globals(tmp_path, nct06462092, g001):
+    # range() and namespace() are Jinja globals; the renderer's flat globals must keep them.
+    folder = copy_templates(tmp_path)
+    detail = (folder / "detail.md.j2").read_text(encoding="utf-8")
+    (folder / "detail.md.j2").write_text(
+        detail + "\n{% set ns = namespace(n=0) %}{% for i in range(3) %}{% set ns.n = ns.n + i %}{% endfor %}"
+                 "Sum {{ ns.n }}\n", encoding="utf-8")
+    card = CardRenderer(folder).render(nct06462092, g001, ctx_for(g001))
+    assert card["detail"].endswith("Sum 3")
+
+
+def test_template_can_lay_out_evidence_itself(tmp_path, nct06462092, g001):
+    # `evidence_line` is the default layout; the pieces stay available for another one.
+    folder = copy_templates(tmp_path)
+    (folder / "detail.md.j2").write_text(
+        "{% for item in items %}{% if item.id == 'transaminases' %}{{ item.evidence_line }}\n"
+        "{% for ev in item.evidence %}{{ ev.label }}={{ ev.value }} {{ ev.unit }} ({{ ev.reference }}) | "
+        "{% endfor %}{% endif %}{% endfor %}", encoding="utf-8")
+    card = CardRenderer(folder).render(nct06462092, g001, ctx_for(g001))
+    joined, pieces = card["detail"].split("\n")
+    assert joined.count("; ") == 1 and joined.startswith("ALT ") and "; AST " in joined
+    assert pieces == "ALT=24 U/L (Observation/g001-alt-1) | AST=28 U/L (Observation/g001-ast-1) |"
+
+
 def test_custom_text_yaml_changes_labels(tmp_path, nct06462092, g066):
     folder = copy_templates(tmp_path)
     text = (folder / "text.yaml").read_text(encoding="utf-8")
