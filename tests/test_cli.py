@@ -70,6 +70,23 @@ def test_text_output_is_a_checklist(capsys):
     assert "✔ neutrophils" in out and "👁 investigator-judgement" in out
 
 
+def test_long_history_shows_the_results_not_read(capsys, tmp_path):
+    bundle = json.loads(BASELINE.read_text())
+    anc = next(e["resource"] for e in bundle["entry"] if e["resource"].get("id") == "g001-anc-1")
+    for i in range(1, 31):  # a month of older counts
+        older = json.loads(json.dumps(anc))
+        older["id"] = f"anc-old-{i}"
+        older["effectiveDateTime"] = f"2026-05-{i:02d}T08:00:00Z"
+        bundle["entry"].append({"resource": older})
+    path = tmp_path / "history.json"
+    path.write_text(json.dumps(bundle))
+    code, out, _ = run_cli(capsys, "evaluate", "--as-of", "2026-06-15", "--format", "text", str(path))
+    assert code == 0 and "· 29 older results not read" in out
+    code, out, _ = run_cli(capsys, "evaluate", "--as-of", "2026-06-15", str(path))
+    neutrophils = next(c for c in json.loads(out)["criteria"] if c["id"] == "neutrophils")
+    assert neutrophils["olderResultsNotRead"] == 29 and len(neutrophils["evidence"]) == 2
+
+
 @pytest.mark.parametrize("content, message", [
     (b"this is not json", "not JSON or NDJSON"),
     (b'{"hello": "world"}', "not a FHIR resource"),

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from ..dates import FhirDate, Recency, recency
 from ..model import Evidence, Measured, Result, Role, UpperLimit, Why
 from ..quantities import NotConvertible
-from .base import Context, Outcome, RuleModel, concept_label, has_invalid, read_results
+from .base import Context, Outcome, Reading, RuleModel, concept_label, has_invalid, read_latest_results
 
 Comparator = Literal["<", "<=", ">", ">="]
 
@@ -73,14 +73,15 @@ class LabRule(RuleModel):
     def evaluate(self, ctx: Context) -> Outcome:
         outcomes = [_evaluate_analyte(ctx, a, self.lookback_days) for a in self.analytes]
         evidence = [e for o in outcomes for e in o.evidence]
+        not_read = sum(o.not_read for o in outcomes)
         failed = [o for o in outcomes if o.result is Result.FAIL]
         if failed:
-            return Outcome(Result.FAIL, "; ".join(o.reason for o in failed), evidence)
+            return Outcome(Result.FAIL, "; ".join(o.reason for o in failed), evidence, not_read=not_read)
         unknown = [o for o in outcomes if o.result is Result.UNKNOWN]
         if unknown:
             return Outcome(Result.UNKNOWN, "; ".join(o.reason for o in unknown), evidence,
-                           why=unknown[0].why, orderable=True)
-        return Outcome(Result.PASS, "; ".join(o.reason for o in outcomes), evidence)
+                           why=unknown[0].why, orderable=True, not_read=not_read)
+        return Outcome(Result.PASS, "; ".join(o.reason for o in outcomes), evidence, not_read=not_read)
 
 
 # -- one analyte ----------------------------------------------------------
@@ -99,11 +100,24 @@ class _AnalyteOutcome:
     reason: str
     evidence: list[Evidence] = field(default_factory=list)
     why: Why | None = None
+    not_read: int = 0  # older results left unread (they cannot change which result is latest)
+
+
+def _has_number(reading: Reading) -> bool:
+    q = reading.source.valueQuantity
+    return q is not None and q.value is not None
 
 
 def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> _AnalyteOutcome:
+    found = read_latest_results(ctx, ctx.codes(analyte.codes), _has_number)
+    outcome = _decide(ctx, analyte, lookback_days, found.readings, found.ignored)
+    outcome.not_read = found.not_read
+    return outcome
+
+
+def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[Reading],
+            ignored: list[Evidence]) -> _AnalyteOutcome:
     name = analyte.name
-    readings, ignored = read_results(ctx, ctx.codes(analyte.codes))
     dated: list[_Candidate] = []
     undated: list[_Candidate] = []
     no_value = 0
