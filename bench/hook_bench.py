@@ -2,7 +2,10 @@
 slow local FHIR server.
 
 1. prefetch: patient-view calls carrying full prefetch for the demo eligible
-   patient padded to N observations (EHR-shaped, ~1.5 kB each). Service-side
+   patient padded to N observations (EHR-shaped, ~1.5 kB each): "history" rows
+   pad with older results of the criteria's own lab tests (what the prefetch
+   query, restricted to those codes, returns), "other tests" rows with results
+   of unrelated tests (an EHR that ignores the code filter). Service-side
    time is measured inside the app (from the route being entered to the
    response built: reading and parsing the body, gathering, evaluation, cards;
    the audit is written after the response) over calls made back to back;
@@ -46,18 +49,35 @@ AS_OF = dt.date(2026, 6, 15)
 SERVICE = "/cds-services/trial-eligibility"
 
 
-def ehr_observation(i: int, patient: str) -> dict:
-    """An unrelated lab result shaped like what EHRs send (identifiers, several
-    codings, performer, interpretation, reference range with text, note)."""
-    day = AS_OF - dt.timedelta(days=i % 900)
-    code = ["2345-7", "2160-0", "2823-3", "2951-2", "1751-7", "6690-2", "789-8", "4544-3"][i % 8]
+# The patient's lab history: what the service's prefetch query (Observations restricted
+# to the criteria's codes) returns. (LOINC, unit, low, high, reference range high)
+HISTORY = [("751-8", "10*3/uL", 1.8, 6.5, 7.5), ("777-3", "10*3/uL", 150, 380, 400),
+           ("718-7", "g/dL", 11.0, 14.5, 15.5), ("1975-2", "mg/dL", 0.3, 1.1, 1.2),
+           ("1742-6", "U/L", 12, 45, 55), ("1920-8", "U/L", 12, 40, 48)]
+# Results of other tests: what an EHR sends when it ignores the query's code filter.
+UNRELATED = ["2345-7", "2160-0", "2823-3", "2951-2", "1751-7", "6690-2", "789-8", "4544-3"]
+
+
+def ehr_observation(i: int, patient: str, history: bool) -> dict:
+    """A lab result shaped like what EHRs send (identifiers, several codings,
+    performer, interpretation, reference range with text, note). `history`: one of
+    the criteria's tests, drawn before the chart's current results (a panel every
+    few days, going back in time); else an unrelated test."""
+    if history:
+        code, unit, low, high, uln = HISTORY[i % len(HISTORY)]
+        day = AS_OF - dt.timedelta(days=10 + 3 * (i // len(HISTORY)))
+        value = round(low + (high - low) * ((i * 37) % 100) / 100, 1)
+    else:
+        code, unit, value, uln = UNRELATED[i % len(UNRELATED)], "mmol/L", 3 + i % 17, 20
+        day = AS_OF - dt.timedelta(days=i % 900)
+    quantity = {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}
     return {
         "resourceType": "Observation", "id": f"lab-{i}",
         "meta": {"versionId": "1", "lastUpdated": f"{day}T10:15:00Z", "source": "#epic-lab-interface"},
         "identifier": [{"use": "official", "system": "urn:oid:1.2.840.114350.1.13.0.1.7.2.798268",
                         "value": f"{900000 + i}"},
                        {"system": "urn:oid:1.2.840.114350.1.13.0.1.7.3.798268.800", "value": f"{i}-1"}],
-        "basedOn": [{"reference": f"ServiceRequest/order-{i // 10}", "display": "Basic metabolic panel"}],
+        "basedOn": [{"reference": f"ServiceRequest/order-{i // 10}", "display": "Laboratory panel"}],
         "status": "final",
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                                   "code": "laboratory", "display": "Laboratory"}], "text": "Laboratory"}],
@@ -68,22 +88,19 @@ def ehr_observation(i: int, patient: str) -> dict:
         "encounter": {"reference": f"Encounter/enc-{i // 5}", "display": "Office Visit"},
         "effectiveDateTime": f"{day}T08:{i % 60:02d}:00-05:00", "issued": f"{day}T11:{i % 60:02d}:00Z",
         "performer": [{"reference": "Organization/lab-1", "display": "Main Hospital Laboratory"}],
-        "valueQuantity": {"value": 3 + i % 17, "unit": "mmol/L", "system": "http://unitsofmeasure.org",
-                          "code": "mmol/L"},
+        "valueQuantity": quantity,
         "interpretation": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
                                         "code": "N", "display": "Normal"}], "text": "Normal"}],
-        "referenceRange": [{"low": {"value": 3, "unit": "mmol/L", "system": "http://unitsofmeasure.org",
-                                    "code": "mmol/L"},
-                            "high": {"value": 20, "unit": "mmol/L", "system": "http://unitsofmeasure.org",
-                                     "code": "mmol/L"}, "text": "3 - 20 mmol/L"}],
+        "referenceRange": [{"high": dict(quantity, value=uln), "text": f"<= {uln} {unit}"}],
         "note": [{"text": "Specimen received in good condition."}],
     }
 
 
-def padded_request(n_observations: int, *, prefetch: bool = True, fhir_server: str | None = None) -> dict:
+def padded_request(n_observations: int, *, prefetch: bool = True, fhir_server: str | None = None,
+                   history: bool = True) -> dict:
     request = hook_request("eligible", AS_OF, fhir_server=fhir_server)
     entries = request["prefetch"]["observations"]["entry"]
-    entries += [{"resource": ehr_observation(i, "g001"), "search": {"mode": "match"}}
+    entries += [{"resource": ehr_observation(i, "g001", history), "search": {"mode": "match"}}
                 for i in range(max(0, n_observations - len(entries)))]
     if not prefetch:
         del request["prefetch"]
@@ -123,10 +140,10 @@ def bench_prefetch(calls: int, tmp: Path) -> None:
     print("  parse = orjson.loads of the body: in-req timed inside each hook call; after timed right after")
     print("  a call, outside the app; warm in a tight loop (a cache-hot best case); paired = median over")
     print("  calls of (that call's time / its own parse)")
-    print(f"{'observations':>12} {'body kB':>8} {'in-req':>7} {'after':>7} {'warm':>7} {'p50 ms':>7} {'p95 ms':>7} "
+    print(f"{'observations':>20} {'body kB':>8} {'in-req':>7} {'after':>7} {'warm':>7} {'p50 ms':>7} {'p95 ms':>7} "
           f"{'p50/in-req':>10} {'paired':>6} {'p50/after':>9} {'p50/warm':>8} {'cold p50':>8}")
-    for n in (100, 1000):
-        body = orjson.dumps(padded_request(n))
+    for n, history in ((100, True), (1000, True), (100, False), (1000, False)):
+        body = orjson.dumps(padded_request(n, history=history))
         for _ in range(20):  # warm up: memos, caches, allocator
             client.post(SERVICE, data=body, content_type="application/json", buffered=True)
         warm = [timed_parse(body) for _ in range(calls)]
@@ -150,7 +167,8 @@ def bench_prefetch(calls: int, tmp: Path) -> None:
         cold = [row["latency_ms"] for row in store.hook_calls()[first:]]
         p50, p50_in, p50_after, p50_warm = (statistics.median(v) for v in (served, in_request, after, warm))
         paired = statistics.median(total / parse for total, parse in zip(served, in_request))
-        print(f"{n:>12,} {len(body) / 1024:>8.0f} {p50_in:>7.2f} {p50_after:>7.2f} {p50_warm:>7.2f} {p50:>7.2f} "
+        label = f"{n:,} {'history' if history else 'other tests'}"
+        print(f"{label:>20} {len(body) / 1024:>8.0f} {p50_in:>7.2f} {p50_after:>7.2f} {p50_warm:>7.2f} {p50:>7.2f} "
               f"{percentile(served, 95):>7.2f} {p50 / p50_in:>10.2f} {paired:>6.2f} {p50 / p50_after:>9.2f} "
               f"{p50 / p50_warm:>8.2f} {statistics.median(cold):>8.2f}")
 

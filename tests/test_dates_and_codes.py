@@ -145,6 +145,17 @@ def test_record_finds_each_match_once_in_record_order():
     assert len(record.find("Observation", hcg)) == 3
 
 
+def test_record_finds_a_concept_coded_twice_alike_once():
+    anc = CodeSet("anc", "anc", [CodeEntry(LOINC, "751-8", None, "ANC", "test")])
+    # The same code twice (once with the OID spelling of LOINC) in one concept, and in a component.
+    record = PatientRecord([
+        _obs("twice", (LOINC, "751-8"), ("urn:oid:2.16.840.1.113883.6.1", "751-8"), components=[(LOINC, "751-8")]),
+        _obs("once", (LOINC, "751-8")),
+    ])
+    assert [(h.raw["id"], h.component) for h in record.find("Observation", anc)] == \
+        [("twice", None), ("twice", 0), ("once", None)]
+
+
 def test_code_library_gives_one_union_for_a_list_an_equal_list_and_single_names():
     from cds_service.engine.rules.base import CodeLibrary
 

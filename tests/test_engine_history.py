@@ -159,3 +159,28 @@ def test_random_histories_decide_as_reading_everything_does(nct06462092, seed):
     full = [e.reference for e in everything.evidence]
     assert [r for r in full if r in listed] == listed
     assert len(full) - len(listed) == c.older_not_read
+
+
+TIMES = ["2026-06-08T08:00:00Z", "2026-06-08T08:00:00.5-05:00", "2026-06-08T08:00:00.123456789+01:00",
+         "2026-06-08T08:00:00-00:00", "2026-06-08T08:00:00+14:00", "2026-06-08T08:00:00+05:60",
+         "2026-06-08T24:00:00Z", "2026-06-08T23:59:60Z", "2026-02-30T08:00:00Z", "2024-02-29T23:59:59+13:59",
+         "2026-06-08T08:00Z", "2026-06-08T08:00:00", "2026-06-08", "2026-06", "2026", "26-06-08", "", "soon"]
+
+
+@pytest.mark.parametrize("value", TIMES)
+@pytest.mark.parametrize("element", ["effectiveDateTime", "effectiveInstant"])
+def test_ranking_time_is_the_validated_models_time(element, value):
+    from cds_service.engine.dates import parse_fhir_date
+    from cds_service.engine.rules.base import _date_type, observation_date, raw_observation_time
+
+    try:
+        date = parse_fhir_date(_date_type(element).validate_python(value))
+    except ValueError:
+        date = None
+    expected = date.sort_key() if date is not None else None  # a leap second stays text: undated
+    assert raw_observation_time({element: value}) == expected
+    if expected is not None:  # and the whole resource agrees
+        from fhir.resources.R4B.observation import Observation
+        model = Observation.model_validate({"resourceType": "Observation", "status": "final",
+                                            "code": {"text": "x"}, element: value})
+        assert observation_date(model).sort_key() == expected

@@ -204,7 +204,7 @@ class PatientRecord:
                             bucket = index.get(key)
                             if bucket is None:
                                 index[key] = [entry]
-                            else:
+                            elif bucket[-1] is not entry:  # not twice for one concept coded twice alike
                                 bucket.append(entry)
                 component = 0 if component is None else component + 1
                 if component >= len(components):
@@ -224,16 +224,19 @@ class PatientRecord:
             return list(kept[1])
         index = self._index.get(resource_type) or {}
         entries: list[tuple[dict[str, Any], int | None, int]] = []
+        buckets = 0
         if codes.prefixes or len(codes.exact) > len(index):
             for key, bucket in index.items():  # the record's codes: fewer than the set's
                 if codes.contains(key):
                     entries.extend(bucket)
+                    buckets += 1
         else:
             for key in codes.exact:
                 bucket = index.get(key)
                 if bucket is not None:
                     entries.extend(bucket)
-        if len(entries) > 1:
+                    buckets += 1
+        if buckets > 1:  # a resource may sit in several buckets; one bucket is in order, each entry once
             unique = {(position, -1 if component is None else component): (raw, component)
                       for raw, component, position in entries}
             found = [Hit(raw, component, order[0]) for order, (raw, component) in sorted(unique.items())]

@@ -315,12 +315,13 @@ OLDER_RESULTS_LISTED = 1  # results older than the deciding ones that are still 
 
 # effective[x] of an Observation as observation_date() reads it, each element with the
 # FHIR type the validated model gives it (built on first use, from the model itself).
-_EFFECTIVE_ELEMENTS = ("effectiveDateTime", "effectiveInstant", "effectivePeriod")
 _date_types: dict[str, Any] = {}
-# The usual shape of a lab result's time: a full dateTime with seconds and an offset. Such
-# a string denotes one instant, which datetime.fromisoformat reads exactly (and 30x faster
-# than the FHIR type); every other shape goes through the FHIR type.
-_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})")
+# The usual shape of a lab result's time: a full dateTime with seconds and an offset, as
+# FHIR's dateTime pattern allows them (no leap second). Such a string denotes one instant,
+# which datetime.fromisoformat reads exactly (and 30x faster than the FHIR type; checked
+# against it in tests/test_engine_history.py); every other shape goes through the FHIR type.
+_INSTANT = re.compile(r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d"
+                      r"(?:\.\d{1,9})?(?:Z|[+-](?:(?:0\d|1[0-3]):[0-5]\d|14:00))")
 
 
 def _date_type(element: str) -> Any:
@@ -343,22 +344,36 @@ def raw_observation_time(raw: dict[str, Any]) -> dt.datetime | None:
     the JSON alone: the same element (dateTime, then instant, then the period's
     start or end) through the same FHIR type. None when there is no date or it
     is not valid (such a result is read in full, and found undated or invalid)."""
-    value, element = None, None
-    for name in _EFFECTIVE_ELEMENTS:
-        value = raw.get(name)
-        if value is not None:
-            element = name
-            break
-    if element == "effectivePeriod":
-        if not isinstance(value, dict):
-            return None
-        value, element = (value.get("start"), "start") if value.get("start") else (value.get("end"), "end")
-    if not value or not isinstance(value, str):
+    value, element = raw.get("effectiveDateTime"), "effectiveDateTime"
+    if value is None:
+        value, element = raw.get("effectiveInstant"), "effectiveInstant"
+        if value is None:
+            period = raw.get("effectivePeriod")
+            if not isinstance(period, dict):
+                return None
+            value, element = (period.get("start"), "start") if period.get("start") else (period.get("end"), "end")
+    if not isinstance(value, str):
         return None
+    key = (element, value)
+    time = _TIMES.get(key, _UNREAD)
+    if time is _UNREAD:
+        time = _read_time(element, value)
+        if len(_TIMES) >= TIME_MEMO_SIZE:
+            _TIMES.clear()
+        _TIMES[key] = time
+    return time
+
+
+_UNREAD = object()
+_TIMES: dict[tuple[str, str], dt.datetime | None] = {}  # a panel's results share their time; charts are reopened
+TIME_MEMO_SIZE = 65536
+
+
+def _read_time(element: str, value: str) -> dt.datetime | None:
     if _INSTANT.fullmatch(value):
         try:
             return dt.datetime.fromisoformat(value)
-        except ValueError:  # e.g. hour 25: not a valid FHIR date either
+        except ValueError:  # 30 February: not a valid FHIR date either
             return None
     try:
         date = parse_fhir_date(_date_type(element).validate_python(value))
