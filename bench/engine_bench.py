@@ -1,8 +1,11 @@
 """Engine speed against JSON parsing, for patients with 10 to 10,000 observations.
 
 The patient is the gold baseline (every criterion has data) plus N - 12
-observations no criterion reads (vital signs, other labs), as a real chart
-has. For each size it prints the median of several runs of:
+observations: in the first table, observations no criterion reads (vital signs,
+other labs), as a whole chart has; in the second, older results of the
+criteria's own lab tests (blood counts and liver tests every few days, going
+back years), as a prefetch restricted to those codes returns. For each size it
+prints the median of several runs of:
   parse     orjson.loads of the bundle bytes
   evaluate  grouping by patient + indexing + evaluating all 16 criteria
             (from parsed JSON; what the service does after parsing)
@@ -65,12 +68,41 @@ def noise_observation(i: int, rng: random.Random) -> dict:
         }}
 
 
-def bundle_with(n_observations: int) -> bytes:
+# The criteria's lab tests: (LOINC, unit, low, high, ULN).
+HISTORY_TESTS = [("751-8", "10*3/uL", 1.8, 6.5, 7.5), ("777-3", "10*3/uL", 150, 380, 400),
+                 ("718-7", "g/dL", 11.0, 14.5, 15.5), ("1975-2", "mg/dL", 0.3, 1.1, 1.2),
+                 ("1742-6", "U/L", 12, 45, 55), ("1920-8", "U/L", 12, 40, 48)]
+
+
+def history_observation(i: int, rng: random.Random) -> dict:
+    """An older result of one of the criteria's lab tests (a panel every few days)."""
+    code, unit, low, high, uln = HISTORY_TESTS[i % len(HISTORY_TESTS)]
+    day = AS_OF - dt.timedelta(days=10 + 3 * (i // len(HISTORY_TESTS)))
+    quantity = {"value": round(rng.uniform(low, high), 1), "unit": unit, "system": "http://unitsofmeasure.org",
+                "code": unit}
+    return {
+        "fullUrl": f"urn:uuid:00000000-0000-4000-9000-{i:012d}",
+        "resource": {
+            "resourceType": "Observation", "id": f"history-{i}", "status": "final",
+            "meta": {"lastUpdated": f"{day.isoformat()}T12:00:00Z"},
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                      "code": "laboratory"}]}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}], "text": f"Test {code}"},
+            "subject": {"reference": "Patient/g001"},
+            "effectiveDateTime": f"{day.isoformat()}T08:{i % 60:02d}:00-04:00",
+            "issued": f"{day.isoformat()}T10:{i % 60:02d}:00-04:00",
+            "valueQuantity": quantity,
+            "referenceRange": [{"high": dict(quantity, value=uln)}],
+        }}
+
+
+def bundle_with(n_observations: int, history: bool = False) -> bytes:
     base = json.loads(BASELINE.read_text())
     present = sum(1 for e in base["entry"] if e["resource"]["resourceType"] == "Observation")
     rng = random.Random(n_observations)
     doc = copy.deepcopy(base)
-    doc["entry"] += [noise_observation(i, rng) for i in range(max(0, n_observations - present))]
+    padding = history_observation if history else noise_observation
+    doc["entry"] += [padding(i, rng) for i in range(max(0, n_observations - present))]
     return orjson.dumps(doc)
 
 
@@ -104,11 +136,18 @@ def main() -> None:
     first = evaluate(trial, PatientRecord(group.resources, group.full_urls), AS_OF)
     print(f"first evaluation in this process (loads the UCUM registry): {time.perf_counter() - cold:.3f} s; "
           f"status {first.status.value}")
-    print()
+    for history in (False, True):
+        print()
+        print("padded with older results of the criteria's lab tests" if history else
+              "padded with observations no criterion reads")
+        table(trial, [int(s) for s in args.sizes.split(",")], args.repeat, history)
+
+
+def table(trial, sizes: list[int], repeat: int, history: bool) -> None:
     print(f"{'observations':>12} {'resources':>9} {'bytes':>10} {'parse ms':>9} {'evaluate ms':>11} "
           f"{'µs/resource':>11} {'eval/parse':>10}")
-    for n in (int(s) for s in args.sizes.split(",")):
-        data = bundle_with(n)
+    for n in sizes:
+        data = bundle_with(n, history)
         parsed = orjson.loads(data)
         resources = len(parsed["entry"])
 
@@ -118,8 +157,8 @@ def main() -> None:
             assert result.status.value == "eligible", result.status
             return result
 
-        parse_s = median_seconds(lambda: orjson.loads(data), args.repeat)
-        eval_s = median_seconds(evaluate_parsed, args.repeat)
+        parse_s = median_seconds(lambda: orjson.loads(data), repeat)
+        eval_s = median_seconds(evaluate_parsed, repeat)
         print(f"{n:>12,} {resources:>9,} {len(data):>10,} {parse_s * 1e3:>9.2f} {eval_s * 1e3:>11.2f} "
               f"{eval_s / resources * 1e6:>11.2f} {eval_s / parse_s:>10.2f}")
 
