@@ -95,9 +95,10 @@ def _validate(resource_type: str, data: dict[str, Any]) -> Any:
 # near 10^±30 (FHIR: large or highly precise values are "extremely rare in medicine"), and
 # arithmetic or formatting on such a number could fail or take gigabytes: not usable data.
 MAX_DECIMAL_EXPONENT = 30
-# Validated models kept, by content. Only resources a criterion reads are validated: a few
-# dozen per chart, so this holds the recent charts of a busy clinic (keys ~1-2 kB each).
-VALIDATION_MEMO_SIZE = 16384
+# Validated models kept, by content. Only resources a criterion reads are validated (about 20
+# per chart: lab histories are read only down to the deciding result), so this holds the last
+# ~200 charts a worker saw. Each entry (key and model) takes ~17 kB: at most ~70 MB a worker.
+VALIDATION_MEMO_SIZE = 4096
 
 
 def _decimal_out_of_range(model: Any) -> str | None:
