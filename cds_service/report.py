@@ -40,6 +40,7 @@ def text_report(evaluation: TrialEvaluation, trial: Trial) -> str:
         for e in c.evidence:
             if e.role is not Role.IGNORED or c.result is Result.UNKNOWN:
                 lines.append(f"      {'•' if e.role is Role.DECISIVE else '·'} {evidence_line(e)}")
-        if c.older_not_read:
-            lines.append(f"      · {c.older_not_read} older result{'s' if c.older_not_read > 1 else ''} not read")
+        if c.not_read:
+            lines.append(f"      · {c.not_read} more matching record{'s' if c.not_read > 1 else ''} not read "
+                         "(they cannot change the result)")
     return "\n".join(lines) + "\n"

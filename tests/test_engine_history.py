@@ -44,7 +44,7 @@ def test_years_of_daily_counts_read_only_the_latest_and_the_one_before(nct064620
     assert [e.role for e in c.evidence] == [Role.DECISIVE, Role.SUPPORTING]
     assert c.evidence[0].date.startswith(AS_OF.isoformat())
     assert c.evidence[1].date.startswith((AS_OF - dt.timedelta(days=1)).isoformat())
-    assert c.older_not_read == 398 and c.to_json()["olderResultsNotRead"] == 398
+    assert c.not_read == 398 and c.to_json()["notRead"] == 398
     assert decision(c) == decision(run_reading_everything(nct06462092, history))
 
 
@@ -76,7 +76,7 @@ def test_newer_results_that_do_not_count_are_skipped_and_listed(nct06462092):
     assert len(notes) == 4 and any("entered-in-error" in n for n in notes)
     assert any("after the evaluation date" in n for n in notes) and any("no numeric value" in n for n in notes)
     assert any("not valid FHIR" in n for n in notes)
-    assert c.older_not_read == 48
+    assert c.not_read == 48
     assert decision(c) == decision(run_reading_everything(nct06462092, history))
 
 
@@ -88,7 +88,7 @@ def test_results_at_the_latest_time_are_all_read(nct06462092):
     c = run(nct06462092, history)
     assert (c.result, c.why) == (Result.UNKNOWN, Why.CONFLICTING_RESULTS)
     assert [e.role for e in c.evidence] == [Role.DECISIVE] * 3 + [Role.SUPPORTING]
-    assert c.older_not_read == 29
+    assert c.not_read == 29
     assert decision(c) == decision(run_reading_everything(nct06462092, history))
 
 
@@ -96,7 +96,7 @@ def test_a_stale_latest_result_is_still_found(nct06462092):
     history = daily_history(100, start=AS_OF - dt.timedelta(days=60))
     c = run(nct06462092, history)
     assert (c.result, c.why) == (Result.UNKNOWN, Why.STALE)
-    assert c.older_not_read == 98
+    assert c.not_read == 98
     assert decision(c) == decision(run_reading_everything(nct06462092, history))
 
 
@@ -117,7 +117,7 @@ def test_a_date_the_ranking_misreads_falls_back_to_reading_everything(nct0646209
                         lambda raw: dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc) if raw is history[-1] else real(raw))
     c = run(nct06462092, history)
     assert decision(c) == decision(expected)
-    assert c.older_not_read == 0 and len(c.evidence) == 40
+    assert c.not_read == 0 and len(c.evidence) == 40
 
 
 def _random_result(rng: random.Random, i: int) -> dict:
@@ -158,7 +158,7 @@ def test_random_histories_decide_as_reading_everything_does(nct06462092, seed):
     listed = [e.reference for e in c.evidence]
     full = [e.reference for e in everything.evidence]
     assert [r for r in full if r in listed] == listed
-    assert len(full) - len(listed) == c.older_not_read
+    assert len(full) - len(listed) == c.not_read
 
 
 TIMES = ["2026-06-08T08:00:00Z", "2026-06-08T08:00:00.5-05:00", "2026-06-08T08:00:00.123456789+01:00",

@@ -56,7 +56,7 @@ def _evaluate_criterion(trial: Trial, criterion: Criterion, ctx: Context) -> Cri
             order = trial.definition.orders[order_key].as_order(order_key)
     return CriterionResult(criterion.id, criterion.kind, outcome.result, outcome.reason, outcome.evidence,
                            why=outcome.why if outcome.result is Result.UNKNOWN else None, order=order,
-                           title=criterion.title, older_not_read=outcome.not_read)
+                           title=criterion.title, not_read=outcome.not_read)
 
 
 def _outside(applies: AppliesTo | None, ctx: Context) -> str | None:

@@ -172,7 +172,7 @@ class CriterionResult:
     why: Why | None = None  # set for unknown results
     order: Order | None = None  # set for unknown results that an order can settle
     title: str | None = None
-    older_not_read: int = 0  # results older than the deciding ones, beyond the few listed: not read
+    not_read: int = 0  # further matching records left unread: they cannot change the result
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "kind": self.kind, "result": self.result._value_,
@@ -186,8 +186,8 @@ class CriterionResult:
         out["evidence"] = [e.to_json() for e in self.evidence]
         if not out["evidence"]:
             del out["evidence"]
-        if self.older_not_read:
-            out["olderResultsNotRead"] = self.older_not_read
+        if self.not_read:
+            out["notRead"] = self.not_read
         return out
 
 

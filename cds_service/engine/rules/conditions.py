@@ -4,7 +4,7 @@ disqualifying one must be absent (exclusion)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import Field
 
@@ -28,14 +28,34 @@ class FoundCondition:
         return self.clinical in ACTIVE_CLINICAL
 
 
+# Conditions that decide a rule, listed before the rest of the matching ones is left unread.
+DECIDING_CONDITIONS_LISTED = 3
+
+
 def find_conditions(ctx: Context, code_names: list[str]) -> tuple[list[FoundCondition], list[Evidence]]:
     """Conditions coded in the named sets, with status read; refuted,
     entered-in-error, invalid and future-dated ones come back as ignored evidence."""
+    found, ignored, _ = find_conditions_until(ctx, code_names)
+    return found, ignored
+
+
+def find_conditions_until(ctx: Context, code_names: list[str],
+                          decides: Callable[[FoundCondition], bool] | None = None
+                          ) -> tuple[list[FoundCondition], list[Evidence], int]:
+    """find_conditions, read in record order and stopped once
+    DECIDING_CONDITIONS_LISTED conditions for which `decides` holds are found: the
+    rule's outcome is then settled (the first that decides names it), and the rest
+    is only counted (third value). EHRs send a diagnosis again with every
+    encounter: hundreds of Conditions for one cancer, each costing a validation."""
     if not code_names:
-        return [], []
+        return [], [], 0
     codes = ctx.codes(code_names)
     found, ignored = [], []
-    for hit in ctx.record.find("Condition", codes):
+    deciding = 0
+    hits = ctx.record.find("Condition", codes)
+    for i, hit in enumerate(hits):
+        if decides is not None and deciding >= DECIDING_CONDITIONS_LISTED:
+            return found, ignored, len(hits) - i
         try:
             cond = ctx.record.model(hit.raw)
         except InvalidResource as exc:
@@ -55,7 +75,9 @@ def find_conditions(ctx: Context, code_names: list[str]) -> tuple[list[FoundCond
             ignored.append(ev)
         else:
             found.append(FoundCondition(hit.raw, cond, ver, clin, ev))
-    return found, ignored
+            if decides is not None and decides(found[-1]):
+                deciding += 1
+    return found, ignored, 0
 
 
 def _ver_text(cond: Any, ver: str) -> str:
@@ -115,8 +137,16 @@ class ConditionPresentRule(RuleModel):
                     "Specimen": self.cytology.specimen_type_codes}
         return out
 
+    def _counts(self, f: FoundCondition) -> bool:
+        return f.verification == CONFIRMED and (f.active or self.inactive_result == "pass")
+
     def evaluate(self, ctx: Context) -> Outcome:
-        found, ignored = find_conditions(ctx, self.codes)
+        found, ignored, not_read = find_conditions_until(ctx, self.codes, self._counts)
+        outcome = self._decide(ctx, found, ignored)
+        outcome.not_read = not_read
+        return outcome
+
+    def _decide(self, ctx: Context, found: list[FoundCondition], ignored: list[Evidence]) -> Outcome:
         nonspecific, more_ignored = find_conditions(ctx, self.nonspecific_codes)
         ignored += more_ignored
         if self.site_dependent is not None:
@@ -136,7 +166,7 @@ class ConditionPresentRule(RuleModel):
         positive, unsure, cyto_ignored = _cytology(ctx, self.cytology) if self.cytology else ([], [], [])
         everything = [f.evidence for f in found + nonspecific] + positive + unsure + ignored + cyto_ignored
         confirmed = [f for f in found if f.verification == CONFIRMED]
-        counting = [f for f in confirmed if f.active or self.inactive_result == "pass"]
+        counting = [f for f in confirmed if self._counts(f)]
         inactive = [f for f in confirmed if f not in counting]
         unconfirmed = [f for f in found if f.verification == UNCONFIRMED]
         if counting:
@@ -218,12 +248,20 @@ class ConditionAbsentRule(RuleModel):
     def reads(self) -> dict[str, list[str]]:
         return {"Condition": self.fail_codes + self.review_codes}
 
+    def _counts(self, f: FoundCondition) -> bool:
+        return f.verification == CONFIRMED and (f.active or self.inactive_result == "fail")
+
     def evaluate(self, ctx: Context) -> Outcome:
-        failing, ignored = find_conditions(ctx, self.fail_codes)
+        failing, ignored, not_read = find_conditions_until(ctx, self.fail_codes, self._counts)
+        outcome = self._decide(ctx, failing, ignored)
+        outcome.not_read = not_read
+        return outcome
+
+    def _decide(self, ctx: Context, failing: list[FoundCondition], ignored: list[Evidence]) -> Outcome:
         reviewing, more_ignored = find_conditions(ctx, self.review_codes)
         ignored += more_ignored
         confirmed = [f for f in failing if f.verification == CONFIRMED]
-        current = [f for f in confirmed if f.active or self.inactive_result == "fail"]
+        current = [f for f in confirmed if self._counts(f)]
         inactive = [f for f in confirmed if f not in current]
         unconfirmed = [f for f in failing if f.verification == UNCONFIRMED]
         to_review = [r for r in reviewing if r.active]
