@@ -61,7 +61,7 @@ class Outcome:
     evidence: list[Evidence] = field(default_factory=list)
     why: Why | None = None
     orderable: bool = False  # an order (the criterion's `order`) would settle this unknown
-    not_read: int = 0  # older results left unread: they cannot change the outcome
+    not_read: int = 0  # matching records left unread: they cannot change the outcome
 
 
 class CodeLibrary:
@@ -339,6 +339,11 @@ def _date_type(element: str) -> Any:
     return adapter
 
 
+_UNREAD = object()
+_TIMES: dict[tuple[str, str], dt.datetime | None] = {}  # a panel's results share their time; charts are reopened
+TIME_MEMO_SIZE = 65536
+
+
 def raw_observation_time(raw: dict[str, Any]) -> dt.datetime | None:
     """observation_date(model).sort_key() of the validated resource, read from
     the JSON alone: the same element (dateTime, then instant, then the period's
@@ -362,11 +367,6 @@ def raw_observation_time(raw: dict[str, Any]) -> dt.datetime | None:
             _TIMES.clear()
         _TIMES[key] = time
     return time
-
-
-_UNREAD = object()
-_TIMES: dict[tuple[str, str], dt.datetime | None] = {}  # a panel's results share their time; charts are reopened
-TIME_MEMO_SIZE = 65536
 
 
 def _read_time(element: str, value: str) -> dt.datetime | None:
