@@ -81,10 +81,10 @@ def test_long_history_shows_the_results_not_read(capsys, tmp_path):
     path = tmp_path / "history.json"
     path.write_text(json.dumps(bundle))
     code, out, _ = run_cli(capsys, "evaluate", "--as-of", "2026-06-15", "--format", "text", str(path))
-    assert code == 0 and "· 29 more matching records not read" in out
+    assert code == 0 and "· 30 more matching records not read" in out
     code, out, _ = run_cli(capsys, "evaluate", "--as-of", "2026-06-15", str(path))
     neutrophils = next(c for c in json.loads(out)["criteria"] if c["id"] == "neutrophils")
-    assert neutrophils["notRead"] == 29 and len(neutrophils["evidence"]) == 2
+    assert neutrophils["notRead"] == 30 and len(neutrophils["evidence"]) == 1
 
 
 @pytest.mark.parametrize("content, message", [

@@ -311,7 +311,10 @@ def _read_hit(ctx: Context, hit: Any, codes: CodeSet, ranked_at: dt.datetime | N
 
 # -- long result histories ----------------------------------------------------
 
-OLDER_RESULTS_LISTED = 1  # results older than the deciding ones that are still read and listed (the trend)
+# Results older than the deciding ones that are still read and listed. None: they played no
+# part in the decision (the evidence is what decided, and what was skipped on the way and why);
+# they are counted. Listing the one before (a trend) cost a validation per analyte on first sight.
+OLDER_RESULTS_LISTED = 0
 
 # effective[x] of an Observation as observation_date() reads it, each element with the
 # FHIR type the validated model gives it (built on first use, from the model itself).
@@ -397,7 +400,7 @@ def read_latest_results(ctx: Context, codes: CodeSet, usable: Callable[[Reading]
     latest-result rule needs: every result without a readable date; the dated
     ones from the newest down to the latest usable one (valid FHIR, valid status,
     not in the future, and `usable`), all results at that same time, and
-    OLDER_RESULTS_LISTED older ones. Older results cannot change which result
+    OLDER_RESULTS_LISTED older ones (none). Older results cannot change which result
     is latest, so they are counted, not validated: a chart sending years of daily
     blood counts costs a few validations, not thousands. Results are ranked by
     the time their JSON gives (raw_observation_time); should a validated date
