@@ -153,6 +153,27 @@ def test_prefetch_bundle_with_a_next_link_is_paged(client):
 
 
 @responses.activate(assert_all_requests_are_fired=True)
+def test_diagnoses_cut_short_by_the_page_limit_cannot_rule_out_an_exclusion(make_app):
+    # The EHR's prefetch of Conditions pages on beyond the service's page limit: an HIV
+    # diagnosis may be on a page never read, so "no HIV recorded" is not a pass.
+    client = make_app(allowed_fhir_servers=(EHR,), fhir_page_limit=2).test_client()
+    request = authorized(demo("eligible"))
+    request["prefetch"]["conditions"]["link"] = [{"relation": "next", "url": f"{EHR}?_getpages=c&_getpagesoffset=1"}]
+    # The prefetch is the first page, this the second and last allowed; it links to a third.
+    responses.get(f"{EHR}?_getpages=c&_getpagesoffset=1",
+                  json=searchset(next_url=f"{EHR}?_getpages=c&_getpagesoffset=2"))
+    card = card_of(post(client, request))
+    evaluation = card["extension"]["trial-eligibility"]
+    immunodeficiency = trial_result(card, "immunodeficiency")
+    assert immunodeficiency["result"] == "unknown" and immunodeficiency["reasonCode"] == "incomplete-data"
+    assert "cut short" in immunodeficiency["reason"] and evaluation["status"] == "needs-data"
+    # What was found stays found: the breast cancer diagnosis still counts.
+    assert trial_result(card, "breast-cancer")["result"] == "pass"
+    # Labs come newest first: a cut in the Observations would not touch them, and none happened here.
+    assert trial_result(card, "neutrophils")["result"] == "pass"
+
+
+@responses.activate(assert_all_requests_are_fired=True)
 def test_next_link_to_another_server_is_refused(client):
     request = authorized(demo("eligible"))
     request["prefetch"]["observations"]["link"] = [{"relation": "next", "url": "https://evil.example.com/fhir?p=2"}]

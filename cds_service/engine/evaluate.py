@@ -8,10 +8,10 @@ from typing import Any, Iterable
 
 from .codes import CodeSet
 from .definition import AppliesTo, Criterion, TrialDefinition
-from .model import CriterionResult, Result, TrialEvaluation
+from .model import CriterionResult, Result, TrialEvaluation, Why
 from .quantities import UnitTable
 from .record import PatientRecord
-from .rules.base import CodeLibrary, Context
+from .rules.base import CodeLibrary, Context, Outcome
 
 
 @dataclass
@@ -49,6 +49,11 @@ def _evaluate_criterion(trial: Trial, criterion: Criterion, ctx: Context) -> Cri
         return CriterionResult(criterion.id, criterion.kind, Result.NOT_APPLICABLE, outside,
                                title=criterion.title)
     outcome = criterion.rule.evaluate(ctx)
+    cut_short = [t for t in outcome.absence_of if t in ctx.record.incomplete]
+    if cut_short:
+        outcome = Outcome(Result.UNKNOWN, f"{outcome.reason}, but the FHIR server's answer for "
+                          f"{', '.join(cut_short)} was cut short (page limit): it cannot be ruled out",
+                          outcome.evidence, why=Why.INCOMPLETE_DATA, not_read=outcome.not_read)
     order = None
     if outcome.result is Result.UNKNOWN and outcome.orderable:
         order_key = getattr(criterion.rule, "order", None)  # only some rule kinds have one

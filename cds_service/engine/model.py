@@ -51,6 +51,7 @@ class Why(str, Enum):
     SPECIMEN_NOT_CONFIRMED = "specimen-not-confirmed"
     INVALID_RESOURCE = "invalid-resource"
     UNINTERPRETABLE = "uninterpretable-value"
+    INCOMPLETE_DATA = "incomplete-data"  # the answer rests on an absence, and the data was cut short
 
 
 class Role(str, Enum):

@@ -99,7 +99,9 @@ class TrialEligibilityService:
             return self._finish(request.hookInstance, started, json_response(body, 412, "application/fhir+json"),
                                 "precondition-failed", sources=sources, timings=timings)
         mark = time.monotonic()
-        record = PatientRecord(gathered.resources())
+        # A search cut short by the page limit: what it did not return may exist.
+        incomplete = {n.resource_type for n in self.needs if gathered.keys[n.key].truncated}
+        record = PatientRecord(gathered.resources(), incomplete=incomplete)
         as_of = self.settings.today()
         evaluations = [(trial, evaluate(trial, record, as_of)) for trial in self.trials]
         timings["evaluate"] = _ms(mark)

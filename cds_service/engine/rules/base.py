@@ -62,6 +62,9 @@ class Outcome:
     why: Why | None = None
     orderable: bool = False  # an order (the criterion's `order`) would settle this unknown
     not_read: int = 0  # matching records left unread: they cannot change the outcome
+    # Resource types whose absence this outcome rests on ("no HIV diagnosis recorded"): if the
+    # record says some of that type may be missing, the outcome is unknown instead.
+    absence_of: tuple[str, ...] = ()
 
 
 class CodeLibrary:

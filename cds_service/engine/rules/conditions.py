@@ -191,7 +191,9 @@ class ConditionPresentRule(RuleModel):
         if has_invalid(everything):
             return decided(Result.UNKNOWN, f"a possibly relevant record is not valid FHIR; cannot rule out "
                            f"{self.label}", [], everything, Why.INVALID_RESOURCE)
-        return decided(Result.FAIL, f"no {self.label} recorded", [], everything)
+        outcome = decided(Result.FAIL, f"no {self.label} recorded", [], everything)
+        outcome.absence_of = ("Condition",) + (("Observation", "DiagnosticReport") if self.cytology else ())
+        return outcome
 
 
 def _cytology(ctx: Context, spec: Cytology) -> tuple[list[Evidence], list[Evidence], list[Evidence]]:
@@ -284,4 +286,6 @@ class ConditionAbsentRule(RuleModel):
         if to_review:
             return decided(Result.REVIEW, f"{_label(to_review[0])} recorded: a clinician's call",
                            [f.evidence for f in to_review], everything)
-        return decided(Result.PASS, f"no {self.label} recorded", [], everything)
+        outcome = decided(Result.PASS, f"no {self.label} recorded", [], everything)
+        outcome.absence_of = ("Condition",)
+        return outcome
