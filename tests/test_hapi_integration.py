@@ -159,6 +159,40 @@ def test_gold_searches_span_several_pages(hapi):
         writer.delete(locations)
 
 
+def test_long_lab_history_paged_newest_first_on_a_real_server(hapi, make_app):
+    """60 older neutrophil counts (low: they would fail) on a server that pages by 2: the
+    service pages the date-sorted search up to its page limit, the cut is audited, and the
+    newest count decides without the older ones being read."""
+    import datetime as dt
+
+    bundle = json.loads((GOLD / "patients" / "g001-baseline-eligible.json").read_text())
+    anc = next(e["resource"] for e in bundle["entry"] if e["resource"].get("id") == "g001-anc-1")
+    for i in range(60):
+        older = copy.deepcopy(anc)
+        older["id"] = f"g001-anc-old-{i}"
+        older["effectiveDateTime"] = f"{dt.date(2026, 5, 1) - dt.timedelta(days=i)}T08:00:00Z"
+        older["valueQuantity"] = dict(anc["valueQuantity"], value=0.4)
+        bundle["entry"].insert(1, {"resource": older})  # created before the current count
+    writer = FhirWriter(hapi)
+    pid, locations = writer.load(bundle, shared=True, run_id="history")
+    try:
+        app = make_app(allowed_fhir_servers=(hapi,), fhir_deadline=60.0, fhir_page_limit=20)
+        body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view", "fhirServer": hapi,
+                "context": {"userId": "Practitioner/x", "patientId": pid}}
+        response = app.test_client().post("/cds-services/trial-eligibility", data=json.dumps(body),
+                                          content_type="application/json")
+        assert response.status_code == 200, response.get_json()
+        evaluation = response.get_json()["cards"][0]["extension"]["trial-eligibility"]
+        neutrophils = next(c for c in evaluation["criteria"] if c["id"] == "neutrophils")
+        assert neutrophils["result"] == "pass"
+        assert [e["value"] for e in neutrophils["evidence"]] == [str(anc["valueQuantity"]["value"])]
+        assert neutrophils["notRead"] >= 10
+        audit = app.extensions["trial_eligibility"].store.hook_calls()[-1]
+        assert audit["data_sources"]["observations"]["truncated"] is True
+    finally:
+        writer.delete(locations)
+
+
 def test_harness_on_the_gold_set(hapi, capsys):
     as_of, cases = load_gold(GOLD)
     out = io.StringIO()
