@@ -24,6 +24,7 @@ def run(trial, *resources, criterion, incomplete=()):
     ("leptomeningeal-metastases", [], "Observation", Result.FAIL),  # a CSF cytology may be missing
     ("study-drug-allergy", [allergy(SNOMED, "409137002")], "AllergyIntolerance", Result.PASS),  # NKDA
     ("pregnancy-breastfeeding", [lab("21198-7", 1, "[IU]/L", "2026-06-10")], "Condition", Result.PASS),
+    ("her2-negative", [], "Observation", Result.UNKNOWN),  # no HER2 result: unknown either way, but say why
 ])
 def test_an_answer_resting_on_absence_is_unknown_when_data_was_cut(nct06462092, criterion, resources, cut,
                                                                   complete_result):
