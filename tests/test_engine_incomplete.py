@@ -50,6 +50,24 @@ def test_lab_results_come_newest_first_so_a_cut_does_not_touch_them(nct06462092)
     assert run(nct06462092, fresh, criterion="neutrophils", incomplete={"Observation"}).result is Result.PASS
 
 
+def test_a_cut_search_out_of_date_order_leaves_no_lab_result_certain(nct06462092):
+    # The server ignored _sort=-date: the page limit may have dropped the newest count.
+    fresh = lab("751-8", 2.4, "10*3/uL", "2026-06-10T08:00:00Z")
+    record = PatientRecord([patient(), fresh], incomplete={"Observation"}, out_of_order={"Observation"})
+    c = evaluate(nct06462092, record, AS_OF).criterion("neutrophils")
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.INCOMPLETE_DATA) and "not in date order" in c.reason
+    assert c.order is not None  # a new count settles it
+
+
+def test_newest_first_order_of_a_servers_answer():
+    from cds_service.engine.rules.base import newest_first
+
+    assert newest_first([lab("751-8", 1, "10*3/uL", "2026-06-10T08:00:00Z"), lab("751-8", 1, "10*3/uL", None),
+                         lab("751-8", 1, "10*3/uL", "2026-06-10T09:00:00+02:00"),
+                         lab("751-8", 1, "10*3/uL", "2026-05-01")])
+    assert not newest_first([lab("751-8", 1, "10*3/uL", "2026-05-01"), lab("751-8", 1, "10*3/uL", "2026-06-10")])
+
+
 def test_a_cut_in_another_type_changes_nothing(nct06462092):
     c = run(nct06462092, criterion="immunodeficiency", incomplete={"AllergyIntolerance", "Observation"})
     assert c.result is Result.PASS

@@ -173,6 +173,26 @@ def test_diagnoses_cut_short_by_the_page_limit_cannot_rule_out_an_exclusion(make
     assert trial_result(card, "neutrophils")["result"] == "pass"
 
 
+@pytest.mark.parametrize("newer_on_page_two, expected", [(False, ("pass", None)),
+                                                           (True, ("unknown", "incomplete-data"))])
+@responses.activate(assert_all_requests_are_fired=True)
+def test_a_cut_lab_search_is_trusted_only_if_it_came_newest_first(make_app, newer_on_page_two, expected):
+    client = make_app(allowed_fhir_servers=(EHR,), fhir_page_limit=2).test_client()
+    request = authorized(demo("eligible"))
+    observations = request["prefetch"]["observations"]
+    # The first page as a server honouring _sort=-date sends it (undated results last).
+    observations["entry"].sort(key=lambda e: e["resource"].get("effectiveDateTime", ""), reverse=True)
+    observations["link"] = [{"relation": "next", "url": f"{EHR}?_getpages=o&_getpagesoffset=1"}]
+    anc = next(e["resource"] for e in observations["entry"] if e["resource"]["id"] == "g001-anc-1")
+    other = copy.deepcopy(anc)
+    other["id"] = "anc-page-two"
+    other["effectiveDateTime"] = "2026-06-14T08:00:00Z" if newer_on_page_two else "2020-01-01T08:00:00Z"
+    responses.get(f"{EHR}?_getpages=o&_getpagesoffset=1",
+                  json=searchset(other, next_url=f"{EHR}?_getpages=o&_getpagesoffset=2"))
+    neutrophils = trial_result(card_of(post(client, request)), "neutrophils")
+    assert (neutrophils["result"], neutrophils.get("reasonCode")) == expected
+
+
 @responses.activate(assert_all_requests_are_fired=True)
 def test_next_link_to_another_server_is_refused(client):
     request = authorized(demo("eligible"))

@@ -157,11 +157,14 @@ class PatientRecord:
     """Everything the engine knows about one patient."""
 
     def __init__(self, resources: Iterable[dict[str, Any]], full_urls: dict[str, dict[str, Any]] | None = None,
-                 incomplete: Iterable[str] = ()):
+                 incomplete: Iterable[str] = (), out_of_order: Iterable[str] = ()):
         self.patient_raw: dict[str, Any] | None = None
         # Resource types of which some may be missing (a FHIR search cut short by its page limit):
         # nothing found of such a type does not show that there is nothing.
         self.incomplete = frozenset(incomplete)
+        # Of those, types whose cut search did not come newest first (the server ignored _sort):
+        # even the newest results may be among the missing.
+        self.out_of_order = frozenset(out_of_order)
         self.by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
         # resource type -> (system, code) -> (resource, component index or None, position)
         self._index: dict[str, dict[tuple[str, str], list[tuple[dict[str, Any], int | None, int]]]] = {

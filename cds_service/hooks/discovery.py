@@ -32,6 +32,7 @@ class DataNeed:
     resource_type: str
     query: Query
     required: bool  # without it the hook answers 412
+    newest_first: bool = False  # sorted by -date: a cut by the page limit drops only the oldest
 
 
 def data_needs(trials: Iterable[Trial], page_size: int = 100) -> list[DataNeed]:
@@ -64,7 +65,7 @@ def data_needs(trials: Iterable[Trial], page_size: int = 100) -> list[DataNeed]:
         if rtype in _SORTED_BY_DATE:
             params.append(("_sort", "-date"))
         params.append(("_count", str(page_size)))
-        needs.append(DataNeed(key, rtype, Search(rtype, tuple(params)), required))
+        needs.append(DataNeed(key, rtype, Search(rtype, tuple(params)), required, rtype in _SORTED_BY_DATE))
     return needs
 
 

@@ -15,6 +15,7 @@ from flask import Response
 from ..cards import CardContext, CardRenderer
 from ..engine import PatientRecord, evaluate
 from ..engine.evaluate import Trial
+from ..engine.rules.base import newest_first
 from ..fhir.client import FhirClient
 from ..fhir.gather import FhirAccess, gather
 from .config import Settings
@@ -99,9 +100,13 @@ class TrialEligibilityService:
             return self._finish(request.hookInstance, started, json_response(body, 412, "application/fhir+json"),
                                 "precondition-failed", sources=sources, timings=timings)
         mark = time.monotonic()
-        # A search cut short by the page limit: what it did not return may exist.
-        incomplete = {n.resource_type for n in self.needs if gathered.keys[n.key].truncated}
-        record = PatientRecord(gathered.resources(), incomplete=incomplete)
+        # A search cut short by the page limit: what it did not return may exist. If the
+        # search asked for newest first and the server did not sort, the newest may be missing too.
+        cut = [n for n in self.needs if gathered.keys[n.key].truncated]
+        out_of_order = {n.resource_type for n in cut
+                        if n.newest_first and not newest_first(gathered.keys[n.key].resources)}
+        record = PatientRecord(gathered.resources(), incomplete={n.resource_type for n in cut},
+                               out_of_order=out_of_order)
         as_of = self.settings.today()
         evaluations = [(trial, evaluate(trial, record, as_of)) for trial in self.trials]
         timings["evaluate"] = _ms(mark)

@@ -388,6 +388,20 @@ def _read_time(element: str, value: str) -> dt.datetime | None:
     return date.sort_key() if date is not None else None
 
 
+def newest_first(resources: Iterable[dict[str, Any]]) -> bool:
+    """Whether Observations (as a server returned them) come newest first, as
+    `_sort=-date` asks: undated ones aside, no result is newer than the one before."""
+    previous = None
+    for raw in resources:
+        time = raw_observation_time(raw) if isinstance(raw, dict) else None
+        if time is None:
+            continue
+        if previous is not None and time > previous:
+            return False
+        previous = time
+    return True
+
+
 @dataclass(slots=True)
 class LatestResults:
     """What read_latest_results read: every reading and ignored result it looked

@@ -112,6 +112,11 @@ def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> _An
     found = read_latest_results(ctx, ctx.codes(analyte.codes), _has_number)
     outcome = _decide(ctx, analyte, lookback_days, found.readings, found.ignored)
     outcome.not_read = found.not_read
+    if "Observation" in ctx.record.out_of_order and outcome.result is not Result.UNKNOWN:
+        # The search was cut and its pages were not newest first: a newer result may be missing.
+        outcome = _AnalyteOutcome(Result.UNKNOWN, f"{outcome.reason}, but the FHIR server's answer for "
+                                  "Observation was cut short (page limit) and not in date order: a newer "
+                                  "result may be missing", outcome.evidence, Why.INCOMPLETE_DATA, found.not_read)
     return outcome
 
 
