@@ -48,24 +48,35 @@ NOISE_CODES = [("8867-4", "/min"), ("8310-5", "Cel"), ("9279-1", "/min"), ("2946
                ("2093-3", "mg/dL"), ("2571-8", "mg/dL"), ("33914-3", "mL/min/{1.73_m2}"), ("59408-5", "%")]
 
 
-def noise_observation(i: int, rng: random.Random) -> dict:
-    code, unit = NOISE_CODES[i % len(NOISE_CODES)]
-    day = AS_OF - dt.timedelta(days=rng.randint(0, 2000))
+def _observation_entry(i: int, kind: str, category: str, code: str, day: dt.date, quantity: dict,
+                       reference_range: dict) -> dict:
+    uuid_group = {"noise": 8000, "history": 9000}[kind]
     return {
-        "fullUrl": f"urn:uuid:00000000-0000-4000-8000-{i:012d}",
+        "fullUrl": f"urn:uuid:00000000-0000-4000-{uuid_group}-{i:012d}",
         "resource": {
-            "resourceType": "Observation", "id": f"noise-{i}", "status": "final",
+            "resourceType": "Observation", "id": f"{kind}-{i}", "status": "final",
             "meta": {"lastUpdated": f"{day.isoformat()}T12:00:00Z"},
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                      "code": "laboratory" if i % 3 else "vital-signs"}]}],
+                                      "code": category}]}],
             "code": {"coding": [{"system": "http://loinc.org", "code": code}], "text": f"Test {code}"},
             "subject": {"reference": "Patient/g001"},
             "effectiveDateTime": f"{day.isoformat()}T08:{i % 60:02d}:00-04:00",
             "issued": f"{day.isoformat()}T10:{i % 60:02d}:00-04:00",
-            "valueQuantity": {"value": round(rng.uniform(1, 200), 1), "unit": unit,
-                              "system": "http://unitsofmeasure.org", "code": unit},
-            "referenceRange": [{"low": {"value": 1, "unit": unit}, "high": {"value": 250, "unit": unit}}],
+            "valueQuantity": quantity,
+            "referenceRange": [reference_range],
         }}
+
+
+def _quantity(value: float, unit: str) -> dict:
+    return {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}
+
+
+def noise_observation(i: int, rng: random.Random) -> dict:
+    code, unit = NOISE_CODES[i % len(NOISE_CODES)]
+    day = AS_OF - dt.timedelta(days=rng.randint(0, 2000))
+    return _observation_entry(i, "noise", "laboratory" if i % 3 else "vital-signs", code, day,
+                              _quantity(round(rng.uniform(1, 200), 1), unit),
+                              {"low": {"value": 1, "unit": unit}, "high": {"value": 250, "unit": unit}})
 
 
 # The criteria's lab tests: (LOINC, unit, low, high, ULN).
@@ -78,22 +89,8 @@ def history_observation(i: int, rng: random.Random) -> dict:
     """An older result of one of the criteria's lab tests (a panel every few days)."""
     code, unit, low, high, uln = HISTORY_TESTS[i % len(HISTORY_TESTS)]
     day = AS_OF - dt.timedelta(days=10 + 3 * (i // len(HISTORY_TESTS)))
-    quantity = {"value": round(rng.uniform(low, high), 1), "unit": unit, "system": "http://unitsofmeasure.org",
-                "code": unit}
-    return {
-        "fullUrl": f"urn:uuid:00000000-0000-4000-9000-{i:012d}",
-        "resource": {
-            "resourceType": "Observation", "id": f"history-{i}", "status": "final",
-            "meta": {"lastUpdated": f"{day.isoformat()}T12:00:00Z"},
-            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                      "code": "laboratory"}]}],
-            "code": {"coding": [{"system": "http://loinc.org", "code": code}], "text": f"Test {code}"},
-            "subject": {"reference": "Patient/g001"},
-            "effectiveDateTime": f"{day.isoformat()}T08:{i % 60:02d}:00-04:00",
-            "issued": f"{day.isoformat()}T10:{i % 60:02d}:00-04:00",
-            "valueQuantity": quantity,
-            "referenceRange": [{"high": dict(quantity, value=uln)}],
-        }}
+    return _observation_entry(i, "history", "laboratory", code, day, _quantity(round(rng.uniform(low, high), 1), unit),
+                              {"high": _quantity(uln, unit)})
 
 
 def bundle_with(n_observations: int, history: bool = False) -> bytes:

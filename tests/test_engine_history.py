@@ -8,6 +8,7 @@ import random
 import pytest
 
 import cds_service.engine.rules.base as base
+import cds_service.engine.rules.labs as labs
 from cds_service.engine import Result, Why, evaluate
 from cds_service.engine.model import Role
 from fhirbuild import lab, patient
@@ -20,9 +21,14 @@ def run(trial, resources, criterion="neutrophils"):
     return evaluate(trial, [patient(), *resources], AS_OF).criterion(criterion)
 
 
+def read_everything(ctx, codes, usable):
+    """The reference: every result read, as before results were read newest first."""
+    return base.LatestResults(*base.read_results(ctx, codes))
+
+
 def run_reading_everything(trial, resources, criterion="neutrophils"):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(base, "OLDER_RESULTS_LISTED", 10**9)
+        mp.setattr(labs, "read_latest_results", read_everything)
         return run(trial, resources, criterion)
 
 

@@ -48,12 +48,7 @@ def _evaluate_criterion(trial: Trial, criterion: Criterion, ctx: Context) -> Cri
     if outside:
         return CriterionResult(criterion.id, criterion.kind, Result.NOT_APPLICABLE, outside,
                                title=criterion.title)
-    outcome = criterion.rule.evaluate(ctx)
-    cut_short = [t for t in outcome.absence_of if t in ctx.record.incomplete]
-    if cut_short:
-        outcome = Outcome(Result.UNKNOWN, f"{outcome.reason}, but the FHIR server's answer for "
-                          f"{', '.join(cut_short)} was cut short (page limit): it cannot be ruled out",
-                          outcome.evidence, why=Why.INCOMPLETE_DATA, not_read=outcome.not_read)
+    outcome = _cut_short(criterion.rule.evaluate(ctx), ctx.record)
     order = None
     if outcome.result is Result.UNKNOWN and outcome.orderable:
         order_key = getattr(criterion.rule, "order", None)  # only some rule kinds have one
@@ -62,6 +57,22 @@ def _evaluate_criterion(trial: Trial, criterion: Criterion, ctx: Context) -> Cri
     return CriterionResult(criterion.id, criterion.kind, outcome.result, outcome.reason, outcome.evidence,
                            why=outcome.why if outcome.result is Result.UNKNOWN else None, order=order,
                            title=criterion.title, not_read=outcome.not_read)
+
+
+def _cut_short(outcome: Outcome, record: PatientRecord) -> Outcome:
+    """The outcome, or unknown (incomplete-data) if what it rests on may be among
+    what a FHIR search cut short by its page limit did not return: a type of which
+    it found nothing, or a type whose newest result decided it when the search's
+    pages did not come newest first. A newer result would settle the latter."""
+    missing, newer = [t for t in outcome.absence_of if t in record.incomplete], False
+    if not missing:
+        missing, newer = [t for t in outcome.newest_of if t in record.out_of_order], True
+        if not missing:
+            return outcome
+    how = ("was cut short (page limit) and not in date order: a newer result may be missing" if newer
+           else "was cut short (page limit): it cannot be ruled out")
+    return Outcome(Result.UNKNOWN, f"{outcome.reason}, but the FHIR server's answer for {', '.join(missing)} {how}",
+                   outcome.evidence, why=Why.INCOMPLETE_DATA, orderable=newer, not_read=outcome.not_read)
 
 
 def _outside(applies: AppliesTo | None, ctx: Context) -> str | None:

@@ -66,17 +66,14 @@ def _request_body() -> bytes:
     if length is None or (limit is not None and length > limit) or request.environ.get("wsgi.input_terminated"):
         return request.get_data(cache=False)
     stream = request.environ["wsgi.input"]
-    data = stream.read(length)
-    if len(data) < length:
-        parts, received = [data], len(data)
-        while received < length:
-            chunk = stream.read(length - received)
-            if not chunk:
-                raise ClientDisconnected()
-            parts.append(chunk)
-            received += len(chunk)
-        data = b"".join(parts)
-    return data
+    parts, received = [], 0
+    while received < length:
+        chunk = stream.read(length - received)
+        if not chunk:
+            raise ClientDisconnected()
+        parts.append(chunk)
+        received += len(chunk)
+    return b"".join(parts)  # one part (the usual case) is returned as it is, not copied
 
 
 def _unknown_service(service_id: str):

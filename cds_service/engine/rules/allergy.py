@@ -78,12 +78,13 @@ class AllergyRule(RuleModel):
         if uncoded:
             return decided(Result.REVIEW, "an allergy is recorded without a usable code: check it is not to "
                            + self.label, uncoded, everything)
-        if nka or listed:
-            outcome = decided(Result.PASS, f"{nka[0].display or 'no known allergy'} recorded", nka, everything) \
-                if nka else decided(Result.PASS, f"allergy list recorded ({len(listed)}); none to {self.label}",
-                                    listed, everything)
-            outcome.absence_of = ("AllergyIntolerance",)  # no allergy to the study drugs among those received
-            return outcome
+        # A pass: no allergy to the study drugs among the entries received.
+        if nka:
+            return decided(Result.PASS, f"{nka[0].display or 'no known allergy'} recorded", nka, everything,
+                           absence_of=("AllergyIntolerance",))
+        if listed:
+            return decided(Result.PASS, f"allergy list recorded ({len(listed)}); none to {self.label}", listed,
+                           everything, absence_of=("AllergyIntolerance",))
         return decided(Result.REVIEW, f"no allergy information: confirm no allergy to {self.label}", [],
                        everything)
 

@@ -62,9 +62,10 @@ class Outcome:
     why: Why | None = None
     orderable: bool = False  # an order (the criterion's `order`) would settle this unknown
     not_read: int = 0  # matching records left unread: they cannot change the outcome
-    # Resource types whose absence this outcome rests on ("no HIV diagnosis recorded"): if the
-    # record says some of that type may be missing, the outcome is unknown instead.
+    # What the outcome rests on, for data cut short (see evaluate._cut_short): types of which it
+    # found nothing ("no HIV diagnosis recorded"), and types whose newest result decided it.
     absence_of: tuple[str, ...] = ()
+    newest_of: tuple[str, ...] = ()
 
 
 class CodeLibrary:
@@ -314,11 +315,6 @@ def _read_hit(ctx: Context, hit: Any, codes: CodeSet, ranked_at: dt.datetime | N
 
 # -- long result histories ----------------------------------------------------
 
-# Results older than the deciding ones that are still read and listed. None: they played no
-# part in the decision (the evidence is what decided, and what was skipped on the way and why);
-# they are counted. Listing the one before (a trend) cost a validation per analyte on first sight.
-OLDER_RESULTS_LISTED = 0
-
 # effective[x] of an Observation as observation_date() reads it, each element with the
 # FHIR type the validated model gives it (built on first use, from the model itself).
 _date_types: dict[str, Any] = {}
@@ -414,11 +410,12 @@ class LatestResults:
 
 def read_latest_results(ctx: Context, codes: CodeSet, usable: Callable[[Reading], bool]) -> LatestResults:
     """Observations coded in `codes`, read newest first and only as far as a
-    latest-result rule needs: every result without a readable date; the dated
+    latest-result rule needs: every result without a readable date, and the dated
     ones from the newest down to the latest usable one (valid FHIR, valid status,
-    not in the future, and `usable`), all results at that same time, and
-    OLDER_RESULTS_LISTED older ones (none). Older results cannot change which result
-    is latest, so they are counted, not validated: a chart sending years of daily
+    not in the future, and `usable`) with all results at that same time. Older
+    results cannot change which result is latest, so they are counted, not
+    validated nor listed (the evidence is what decided, and what was skipped on the
+    way and why): a chart sending years of daily
     blood counts costs a few validations, not thousands. Results are ranked by
     the time their JSON gives (raw_observation_time); should a validated date
     ever differ from it, everything is read, as read_results does."""
@@ -442,14 +439,11 @@ def _read_newest_first(ctx: Context, codes: CodeSet, usable: Callable[[Reading],
                        dated: list[tuple[dt.datetime, Any]]) -> LatestResults:
     read: list[tuple[int, Reading | Evidence]] = [(hit.position, _read_hit(ctx, hit, codes)) for hit in undated]
     latest = None  # time of the latest usable result, once found
-    older_left = OLDER_RESULTS_LISTED
     not_read = 0
     for i, (time, hit) in enumerate(dated):
         if latest is not None and time != latest:
-            if older_left == 0:
-                not_read = len(dated) - i
-                break
-            older_left -= 1
+            not_read = len(dated) - i
+            break
         result = _read_hit(ctx, hit, codes, ranked_at=time)
         read.append((hit.position, result))
         if latest is None and isinstance(result, Reading) and usable(result):

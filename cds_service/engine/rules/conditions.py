@@ -94,13 +94,14 @@ def _label(found: FoundCondition) -> str:
 
 
 def decided(result: Result, reason: str, decisive: list[Evidence], everything: list[Evidence],
-            why: Why | None = None) -> Outcome:
-    """An outcome whose decisive evidence comes first, then the rest as seen."""
+            why: Why | None = None, *, absence_of: tuple[str, ...] = ()) -> Outcome:
+    """An outcome whose decisive evidence comes first, then the rest as seen.
+    `absence_of`: the resource types of which it found nothing (see Outcome)."""
     chosen = {id(e) for e in decisive}
     for e in decisive:
         e.role = Role.DECISIVE
     rest = [e for e in everything if id(e) not in chosen]
-    return Outcome(result, reason, list(decisive) + rest, why=why)
+    return Outcome(result, reason, list(decisive) + rest, why=why, absence_of=absence_of)
 
 
 class SiteDependentCodes(RuleModel):
@@ -191,9 +192,8 @@ class ConditionPresentRule(RuleModel):
         if has_invalid(everything):
             return decided(Result.UNKNOWN, f"a possibly relevant record is not valid FHIR; cannot rule out "
                            f"{self.label}", [], everything, Why.INVALID_RESOURCE)
-        outcome = decided(Result.FAIL, f"no {self.label} recorded", [], everything)
-        outcome.absence_of = ("Condition",) + (("Observation", "DiagnosticReport") if self.cytology else ())
-        return outcome
+        return decided(Result.FAIL, f"no {self.label} recorded", [], everything,
+                       absence_of=("Condition",) + (("Observation", "DiagnosticReport") if self.cytology else ()))
 
 
 def _cytology(ctx: Context, spec: Cytology) -> tuple[list[Evidence], list[Evidence], list[Evidence]]:
@@ -286,6 +286,4 @@ class ConditionAbsentRule(RuleModel):
         if to_review:
             return decided(Result.REVIEW, f"{_label(to_review[0])} recorded: a clinician's call",
                            [f.evidence for f in to_review], everything)
-        outcome = decided(Result.PASS, f"no {self.label} recorded", [], everything)
-        outcome.absence_of = ("Condition",)
-        return outcome
+        return decided(Result.PASS, f"no {self.label} recorded", [], everything, absence_of=("Condition",))

@@ -64,11 +64,10 @@ class Her2Rule(RuleModel):
         everything = [f.evidence for f in findings] + ignored
         if not findings:
             invalid = any((e.note or "").startswith("not valid FHIR") for e in ignored)
-            outcome = decided(Result.UNKNOWN, "HER2 result not valid FHIR" if invalid else "no HER2 result recorded",
-                              [], everything, Why.INVALID_RESOURCE if invalid else Why.NO_DATA)
             # HER2 tests are rare and old: behind a long lab history, a cut search may have dropped them.
-            outcome.absence_of = ("Observation", "Condition")
-            return outcome
+            return decided(Result.UNKNOWN, "HER2 result not valid FHIR" if invalid else "no HER2 result recorded",
+                           [], everything, Why.INVALID_RESOURCE if invalid else Why.NO_DATA,
+                           absence_of=("Observation", "Condition"))
         # Latest day first; undated results count but rank as the oldest.
         days = sorted({f.day for f in findings if f.day is not None}, reverse=True)
         latest_day = days[0] if days else None

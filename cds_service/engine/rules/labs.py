@@ -73,15 +73,16 @@ class LabRule(RuleModel):
     def evaluate(self, ctx: Context) -> Outcome:
         outcomes = [_evaluate_analyte(ctx, a, self.lookback_days) for a in self.analytes]
         evidence = [e for o in outcomes for e in o.evidence]
-        not_read = sum(o.not_read for o in outcomes)
+        # Every outcome rests on the newest results: see evaluate._cut_short.
+        rests = {"not_read": sum(o.not_read for o in outcomes), "newest_of": ("Observation",)}
         failed = [o for o in outcomes if o.result is Result.FAIL]
         if failed:
-            return Outcome(Result.FAIL, "; ".join(o.reason for o in failed), evidence, not_read=not_read)
+            return Outcome(Result.FAIL, "; ".join(o.reason for o in failed), evidence, **rests)
         unknown = [o for o in outcomes if o.result is Result.UNKNOWN]
         if unknown:
             return Outcome(Result.UNKNOWN, "; ".join(o.reason for o in unknown), evidence,
-                           why=unknown[0].why, orderable=True, not_read=not_read)
-        return Outcome(Result.PASS, "; ".join(o.reason for o in outcomes), evidence, not_read=not_read)
+                           why=unknown[0].why, orderable=True, **rests)
+        return Outcome(Result.PASS, "; ".join(o.reason for o in outcomes), evidence, **rests)
 
 
 # -- one analyte ----------------------------------------------------------
@@ -112,11 +113,6 @@ def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> _An
     found = read_latest_results(ctx, ctx.codes(analyte.codes), _has_number)
     outcome = _decide(ctx, analyte, lookback_days, found.readings, found.ignored)
     outcome.not_read = found.not_read
-    if "Observation" in ctx.record.out_of_order and outcome.result is not Result.UNKNOWN:
-        # The search was cut and its pages were not newest first: a newer result may be missing.
-        outcome = _AnalyteOutcome(Result.UNKNOWN, f"{outcome.reason}, but the FHIR server's answer for "
-                                  "Observation was cut short (page limit) and not in date order: a newer "
-                                  "result may be missing", outcome.evidence, Why.INCOMPLETE_DATA, found.not_read)
     return outcome
 
 

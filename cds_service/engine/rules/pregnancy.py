@@ -101,11 +101,9 @@ class PregnancyRule(RuleModel):
             return decided(Result.UNKNOWN, f"{unconfirmed[0].evidence.display or 'pregnancy'} recorded but not "
                            "confirmed", [f.evidence for f in unconfirmed], everything, Why.DIAGNOSIS_UNCONFIRMED)
         if NEGATIVE in outcomes:
-            outcome = decided(Result.PASS, f"negative {latest[0].evidence.display or 'pregnancy test'} "
-                              f"({latest[0].date.day_text}); no breastfeeding recorded", [t.evidence for t in latest],
-                              everything)
-            outcome.absence_of = ("Condition",)  # no pregnancy or breastfeeding diagnosis among those received
-            return outcome
+            return decided(Result.PASS, f"negative {latest[0].evidence.display or 'pregnancy test'} "
+                           f"({latest[0].date.day_text}); no breastfeeding recorded", [t.evidence for t in latest],
+                           everything, absence_of=("Condition",))  # no pregnancy diagnosis among those received
         if outcomes == {INDETERMINATE}:
             why, what = Why.EQUIVOCAL, f"indeterminate pregnancy test ({latest[0].date.day_text})"
         elif stale:
