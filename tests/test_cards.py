@@ -8,6 +8,7 @@ import datetime as dt
 import importlib.resources
 import itertools
 import json
+import random
 import re
 import shutil
 import uuid
@@ -493,6 +494,44 @@ def test_find_empty_values():
     # Tuples count as lists; other values are not empty.
     assert find_empty_values({"a": Decimal("1"), "b": (), "c": (1,)}) == ["$.b"]
     assert find_empty_values({"a": Decimal("1"), "c": (1,)}) == []
+
+
+def _empty_paths(value, path="$"):
+    """Reference: every empty value's path, by plain recursion."""
+    if value is None or (isinstance(value, (str, list, tuple, dict)) and not value):
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _empty_paths(v, f"{path}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _empty_paths(v, f"{path}[{i}]")]
+    return []
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_find_empty_values_on_random_documents(seed):
+    # find_empty_values (a quick check, then paths) against plain recursion: texts that look
+    # like empty values ('[]' in prose, a key "null") are not empty, every real empty is found.
+    # Per document, empties and such texts are each present or not.
+    rng = random.Random(seed)
+    p_empty, p_marked = rng.choice([0, 0.06]), rng.choice([0, 0.06])
+    clean, marked = ["x", "y", 0, 1.5, True, False, 2], ['say "hi"', 'ends with "', "[]", "{}", "null"]
+
+    def leaf():
+        roll = rng.random()
+        if roll < p_empty:
+            return rng.choice([None, "", [], {}])
+        return rng.choice(marked) if roll < p_empty + p_marked else rng.choice(clean)
+
+    def document(depth):
+        if depth > 3 or rng.random() < 0.4:
+            return leaf()
+        if rng.random() < 0.5:
+            return [document(depth + 1) for _ in range(3)]
+        return {(rng.choice(["null", ""]) if rng.random() < p_marked else "k") + str(i): document(depth + 1)
+                for i in range(3)}
+
+    doc = {"cards": [document(0) for _ in range(3)]}
+    assert find_empty_values(doc) == _empty_paths(doc)
 
 
 # -- templates -------------------------------------------------------------------------------------

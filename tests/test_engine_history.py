@@ -116,9 +116,9 @@ def test_a_date_the_ranking_misreads_falls_back_to_reading_everything(nct0646209
     history = daily_history(40)
     expected = run_reading_everything(nct06462092, history)
     # A ranking that puts the oldest result first: its validated date disagrees, so all is read.
-    real = base.raw_observation_time
-    monkeypatch.setattr(base, "raw_observation_time",
-                        lambda raw: dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc) if raw is history[-1] else real(raw))
+    real = base.raw_observation_rank
+    future = base.instant_rank(dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
+    monkeypatch.setattr(base, "raw_observation_rank", lambda raw: future if raw is history[-1] else real(raw))
     c = run(nct06462092, history)
     assert decision(c) == decision(expected)
     assert c.not_read == 0 and len(c.evidence) == 40
@@ -175,16 +175,33 @@ TIMES = ["2026-06-08T08:00:00Z", "2026-06-08T08:00:00.5-05:00", "2026-06-08T08:0
 @pytest.mark.parametrize("element", ["effectiveDateTime", "effectiveInstant"])
 def test_ranking_time_is_the_validated_models_time(element, value):
     from cds_service.engine.dates import parse_fhir_date
-    from cds_service.engine.rules.base import _date_type, observation_date, raw_observation_time
+    from cds_service.engine.rules.base import _date_type, instant_rank, observation_date, raw_observation_rank
 
     try:
         date = parse_fhir_date(_date_type(element).validate_python(value))
     except ValueError:
         date = None
     expected = date.sort_key() if date is not None else None  # a leap second stays text: undated
-    assert raw_observation_time({element: value}) == expected
+    assert raw_observation_rank({element: value}) == (instant_rank(expected) if expected is not None else None)
     if expected is not None:  # and the whole resource agrees
         from fhir.resources.R4B.observation import Observation
         model = Observation.model_validate({"resourceType": "Observation", "status": "final",
                                             "code": {"text": "x"}, element: value})
         assert observation_date(model).sort_key() == expected
+
+
+def test_rank_orders_and_equates_instants_as_the_instants_do():
+    from cds_service.engine.rules.base import instant_rank
+
+    rng = random.Random(7)
+    offsets = [dt.timezone(dt.timedelta(minutes=m)) for m in (-720, -300, 0, 60, 330, 840)]
+    instants = []
+    for _ in range(300):
+        base_time = dt.datetime(rng.choice([2, 1969, 1970, 2026, 9998]), rng.randint(1, 12), rng.randint(1, 28),
+                                rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59),
+                                rng.choice([0, 1, 999999]), tzinfo=dt.timezone.utc)
+        instants.append(base_time.astimezone(rng.choice(offsets)))
+        instants.append((base_time + dt.timedelta(microseconds=rng.choice([0, 1, -1]))).astimezone(rng.choice(offsets)))
+    for a, b in zip(instants, instants[1:]):
+        assert (instant_rank(a) < instant_rank(b)) == (a < b)
+        assert (instant_rank(a) == instant_rank(b)) == (a == b)

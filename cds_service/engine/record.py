@@ -145,6 +145,9 @@ class Hit(NamedTuple):
     position: int = 0  # order of the resource in the input, to keep results stable
 
 
+_new_tuple = tuple.__new__  # Hit(*fields) goes through a Python-level __new__: twice as slow
+
+
 def reference_of(raw: dict[str, Any], full_url: str | None = None) -> str:
     rid = raw.get("id")
     rtype = raw.get("resourceType", "Resource")
@@ -178,12 +181,15 @@ class PatientRecord:
 
     def _index_all(self, resources: Iterable[dict[str, Any]]) -> None:
         # The hot path: runs for every resource of every chart, so one loop of plain dict
-        # and tuple work (Hit objects are made in find(), for the few
-        # resources a criterion asks for). Indexed: the resource's code and, for an
+        # and tuple work (Hit objects are made in find(), for the few resources a criterion
+        # asks for), reading by subscript in try blocks (free when nothing is raised) rather
+        # than by .get() and isinstance() calls. Indexed: the resource's code and, for an
         # Observation, each component's code (with the component's position).
         by_type, indexes, keys = self.by_type, self._index, CODING_KEYS
         for position, raw in enumerate(resources):
-            rtype = raw.get("resourceType") if isinstance(raw, dict) else None
+            if not isinstance(raw, dict):
+                continue
+            rtype = raw.get("resourceType")
             if not isinstance(rtype, str):
                 continue
             by_type[rtype].append(raw)
@@ -197,17 +203,18 @@ class PatientRecord:
                 components = ()
             concept, component = raw.get("code"), None
             while True:
-                codings = concept.get("coding") if isinstance(concept, dict) else None
+                try:
+                    codings = concept["coding"]
+                except (KeyError, TypeError, IndexError):  # no code, or not a CodeableConcept
+                    codings = None
                 if isinstance(codings, list):
                     entry = (raw, component, position)
                     for coding in codings:
-                        if not isinstance(coding, dict):
-                            continue
-                        pair = (coding.get("system"), coding.get("code"))
                         try:
-                            key = keys[pair]  # the usual case: a code seen before, without a call
-                        except (KeyError, TypeError):  # new, or not hashable (then not a code)
-                            key = memo_coding_key(*pair)
+                            key = keys[(coding["system"], coding["code"])]  # a code seen before: no call
+                        except (KeyError, TypeError, IndexError):  # new, incomplete, or not a Coding
+                            key = memo_coding_key(coding.get("system"), coding.get("code")) \
+                                if isinstance(coding, dict) else None
                         if key is not None:
                             bucket = index.get(key)
                             if bucket is None:
@@ -247,9 +254,9 @@ class PatientRecord:
         if buckets > 1:  # a resource may sit in several buckets; one bucket is in order, each entry once
             unique = {(position, -1 if component is None else component): (raw, component)
                       for raw, component, position in entries}
-            found = [Hit(raw, component, order[0]) for order, (raw, component) in sorted(unique.items())]
-        else:
-            found = [Hit(raw, component, position) for raw, component, position in entries]
+            found = [_new_tuple(Hit, (raw, component, order[0])) for order, (raw, component) in sorted(unique.items())]
+        else:  # the index's entries are (raw, component, position): made Hits without a call each
+            found = [_new_tuple(Hit, entry) for entry in entries]
         self._found[memo_key] = (codes, found)  # holding the set keeps its id from being reused
         return list(found)
 

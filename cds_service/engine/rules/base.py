@@ -7,6 +7,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
+from operator import itemgetter
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
@@ -289,9 +290,9 @@ class RankingMismatch(Exception):
     expected: both come from the same value through the same FHIR type)."""
 
 
-def _read_hit(ctx: Context, hit: Any, codes: CodeSet, ranked_at: dt.datetime | None = None) -> Reading | Evidence:
+def _read_hit(ctx: Context, hit: Any, codes: CodeSet, ranked_at: int | None = None) -> Reading | Evidence:
     """One result: a Reading, or the ignored Evidence saying why it does not count.
-    `ranked_at`: the time it was ranked by, which its validated date must agree with."""
+    `ranked_at`: the rank it was read in, which its validated date must agree with."""
     try:
         resource = ctx.record.model(hit.raw)
     except InvalidResource as exc:
@@ -299,7 +300,7 @@ def _read_hit(ctx: Context, hit: Any, codes: CodeSet, ranked_at: dt.datetime | N
     source = resource.component[hit.component] if hit.component is not None else resource
     coding = matching_coding(source.code, codes)
     date = observation_date(resource)
-    if ranked_at is not None and (date is None or date.sort_key() != ranked_at):
+    if ranked_at is not None and (date is None or instant_rank(date.sort_key()) != ranked_at):
         raise RankingMismatch(ctx.record.reference(hit.raw))
     ev = Evidence(reference=ctx.record.reference(hit.raw), code=coding_text(coding) if coding else None,
                   display=concept_label(source.code, coding), status=resource.status,
@@ -342,15 +343,25 @@ def _date_type(element: str) -> Any:
 
 
 _UNREAD = object()
-_TIMES: dict[tuple[str, str], dt.datetime | None] = {}  # a panel's results share their time; charts are reopened
-TIME_MEMO_SIZE = 65536
+_RANKS: dict[tuple[str, str], int | None] = {}  # a panel's results share their time; charts are reopened
+RANK_MEMO_SIZE = 65536
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_MICROSECOND = dt.timedelta(microseconds=1)
 
 
-def raw_observation_time(raw: dict[str, Any]) -> dt.datetime | None:
-    """observation_date(model).sort_key() of the validated resource, read from
-    the JSON alone: the same element (dateTime, then instant, then the period's
-    start or end) through the same FHIR type. None when there is no date or it
-    is not valid (such a result is read in full, and found undated or invalid)."""
+def instant_rank(instant: dt.datetime) -> int:
+    """An aware instant as whole microseconds since 1970 UTC: the same order and
+    equality as the instant itself (datetime's own resolution), but compared
+    as an int. Aware datetimes with different offsets compare through
+    utcoffset() calls: sorting a 17-result history took 12 µs, as ints 0.5."""
+    return (instant - _EPOCH) // _MICROSECOND
+
+
+def raw_observation_rank(raw: dict[str, Any]) -> int | None:
+    """instant_rank(observation_date(model).sort_key()) of the validated resource,
+    read from the JSON alone: the same element (dateTime, then instant, then the
+    period's start or end) through the same FHIR type. None when there is no date
+    or it is not valid (such a result is read in full, and found undated or invalid)."""
     value, element = raw.get("effectiveDateTime"), "effectiveDateTime"
     if value is None:
         value, element = raw.get("effectiveInstant"), "effectiveInstant"
@@ -362,13 +373,14 @@ def raw_observation_time(raw: dict[str, Any]) -> dt.datetime | None:
     if not isinstance(value, str):
         return None
     key = (element, value)
-    time = _TIMES.get(key, _UNREAD)
-    if time is _UNREAD:
+    rank = _RANKS.get(key, _UNREAD)
+    if rank is _UNREAD:
         time = _read_time(element, value)
-        if len(_TIMES) >= TIME_MEMO_SIZE:
-            _TIMES.clear()
-        _TIMES[key] = time
-    return time
+        rank = instant_rank(time) if time is not None else None
+        if len(_RANKS) >= RANK_MEMO_SIZE:
+            _RANKS.clear()
+        _RANKS[key] = rank
+    return rank
 
 
 def _read_time(element: str, value: str) -> dt.datetime | None:
@@ -389,12 +401,12 @@ def newest_first(resources: Iterable[dict[str, Any]]) -> bool:
     `_sort=-date` asks: undated ones aside, no result is newer than the one before."""
     previous = None
     for raw in resources:
-        time = raw_observation_time(raw) if isinstance(raw, dict) else None
-        if time is None:
+        rank = raw_observation_rank(raw) if isinstance(raw, dict) else None
+        if rank is None:
             continue
-        if previous is not None and time > previous:
+        if previous is not None and rank > previous:
             return False
-        previous = time
+        previous = rank
     return True
 
 
@@ -417,17 +429,17 @@ def read_latest_results(ctx: Context, codes: CodeSet, usable: Callable[[Reading]
     validated nor listed (the evidence is what decided, and what was skipped on the
     way and why): a chart sending years of daily
     blood counts costs a few validations, not thousands. Results are ranked by
-    the time their JSON gives (raw_observation_time); should a validated date
+    the time their JSON gives (raw_observation_rank); should a validated date
     ever differ from it, everything is read, as read_results does."""
     hits = ctx.record.find("Observation", codes)
     undated, dated = [], []
     for hit in hits:
-        time = raw_observation_time(hit.raw)
-        if time is None:
+        rank = raw_observation_rank(hit.raw)
+        if rank is None:
             undated.append(hit)
         else:
-            dated.append((time, hit))
-    dated.sort(key=lambda item: item[0], reverse=True)  # stable: record order among equals
+            dated.append((rank, hit))
+    dated.sort(key=itemgetter(0), reverse=True)  # stable: record order among equals
     try:
         return _read_newest_first(ctx, codes, usable, undated, dated)
     except RankingMismatch:
@@ -436,18 +448,18 @@ def read_latest_results(ctx: Context, codes: CodeSet, usable: Callable[[Reading]
 
 
 def _read_newest_first(ctx: Context, codes: CodeSet, usable: Callable[[Reading], bool], undated: list[Any],
-                       dated: list[tuple[dt.datetime, Any]]) -> LatestResults:
+                       dated: list[tuple[int, Any]]) -> LatestResults:
     read: list[tuple[int, Reading | Evidence]] = [(hit.position, _read_hit(ctx, hit, codes)) for hit in undated]
-    latest = None  # time of the latest usable result, once found
+    latest = None  # rank of the latest usable result, once found
     not_read = 0
-    for i, (time, hit) in enumerate(dated):
-        if latest is not None and time != latest:
+    for i, (rank, hit) in enumerate(dated):
+        if latest is not None and rank != latest:
             not_read = len(dated) - i
             break
-        result = _read_hit(ctx, hit, codes, ranked_at=time)
+        result = _read_hit(ctx, hit, codes, ranked_at=rank)
         read.append((hit.position, result))
         if latest is None and isinstance(result, Reading) and usable(result):
-            latest = time
+            latest = rank
     read.sort(key=lambda item: item[0])  # record order, as read_results gives them
     readings = [r for _, r in read if isinstance(r, Reading)]
     ignored = [r for _, r in read if not isinstance(r, Reading)]
