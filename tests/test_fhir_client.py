@@ -11,8 +11,8 @@ import pytest
 import requests
 import responses
 
-from cds_service.fhir.client import (FetchResult, FhirAccessDenied, FhirBadResponse, FhirClient, FhirNotAllowed,
-                                     FhirUnavailable)
+from cds_service.fhir.client import (DEADLINE, PAGE_LIMIT, FetchResult, FhirAccessDenied, FhirBadResponse,
+                                     FhirClient, FhirNotAllowed, FhirOutOfTime, FhirUnavailable)
 from cds_service.fhir.queries import PATIENT_TOKEN, Read, Search
 
 BASE = "https://ehr.example.org/fhir"
@@ -427,6 +427,88 @@ def test_a_hanging_request_does_not_hold_up_fetch_past_the_deadline(client, mock
     assert isinstance(results["cond"].error, FhirUnavailable) and results["cond"].error.reason == "deadline exceeded"
     assert results["patient"].error is None and ids(results["patient"]) == [PATIENT]
     assert results["obs"].error is None and ids(results["obs"]) == ["o1"]
+
+
+# Out of time while paging: the pages read stand, marked cut short by the deadline (as the
+# page limit cuts): a newest-first search loses only older results, and the caller treats
+# what it rests on as incomplete. Out of time on the first page is still a failure.
+
+def test_a_page_that_would_not_arrive_in_time_is_not_asked_for(client, mock):
+    mock.add_callback("GET", OBS_URL, callback=_delayed(0.25, bundle(observation(1), next_url=f"{BASE}?page=2")))
+    page2 = mock.get(f"{BASE}?page=2", json=bundle(observation(2)))
+    started = time.monotonic()
+    result = client.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon(0.4))["obs"]
+    assert time.monotonic() - started < 0.35  # answered as soon as it stopped, not at the deadline
+    assert result.error is None and result.truncated and result.cut == DEADLINE
+    assert ids(result) == ["o1"] and page2.call_count == 0 and result.requests == 1
+
+
+def test_a_page_still_loading_at_the_deadline_leaves_the_pages_read(client, mock):
+    release = threading.Event()
+
+    def hang(request):
+        release.wait(2.0)
+        return 200, {}, json.dumps(bundle(observation(3)))
+
+    mock.get(OBS_URL, json=bundle(observation(1), next_url=f"{BASE}?page=2"))
+    mock.get(f"{BASE}?page=2", json=bundle(observation(2), next_url=f"{BASE}?page=3"))
+    mock.add_callback("GET", f"{BASE}?page=3", callback=hang)
+    started = time.monotonic()
+    try:
+        result = client.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon(0.4))["obs"]
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+    assert 0.35 < elapsed < 0.7
+    assert result.error is None and result.truncated and result.cut == DEADLINE
+    assert ids(result) == ["o1", "o2"] and result.pages == 2
+
+
+def test_a_retry_that_would_pass_the_deadline_on_a_later_page_cuts_the_search(client, mock):
+    mock.get(OBS_URL, json=bundle(observation(1), next_url=f"{BASE}?page=2"))
+    mock.get(f"{BASE}?page=2", status=503, headers={"Retry-After": "30"})
+    result = client.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon(1.0))["obs"]
+    assert result.error is None and result.truncated and result.cut == DEADLINE and ids(result) == ["o1"]
+
+
+def test_a_failure_on_a_later_page_that_is_not_about_time_still_fails(client, mock):
+    mock.get(OBS_URL, json=bundle(observation(1), next_url=f"{BASE}?page=2"))
+    mock.get(f"{BASE}?page=2", status=500)
+    result = client.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon())["obs"]
+    assert isinstance(result.error, FhirUnavailable) and result.resources == [] and not result.truncated
+
+
+def test_out_of_time_on_the_first_page_is_a_failure(client, mock):
+    mock.add_callback("GET", OBS_URL, callback=_delayed(0.5, bundle(observation(1))))
+    result = client.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon(0.2))["obs"]
+    assert isinstance(result.error, FhirOutOfTime) and result.resources == [] and not result.truncated
+
+
+def test_following_a_prefetched_page_out_of_time_keeps_the_held_page(client, mock):
+    # The caller holds page 1 (the prefetch); page 2 hangs: nothing more, cut short, no error.
+    release = threading.Event()
+
+    def hang(request):
+        release.wait(2.0)
+        return 200, {}, json.dumps(bundle(observation(2)))
+
+    mock.add_callback("GET", f"{BASE}?page=2", callback=hang)
+    held = bundle(observation(1), next_url=f"{BASE}?page=2")
+    try:
+        result = client.follow_next(BASE, TOKEN, held, "obs", soon(0.3))
+    finally:
+        release.set()
+    assert result.error is None and result.truncated and result.cut == DEADLINE and result.resources == []
+
+
+def test_page_limit_cut_says_so(mock):
+    c = FhirClient([BASE], page_limit=1)
+    try:
+        mock.get(OBS_URL, json=bundle(observation(1), next_url=f"{BASE}?page=2"))
+        result = c.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon())["obs"]
+        assert result.truncated and result.cut == PAGE_LIMIT and ids(result) == ["o1"]
+    finally:
+        c.close()
 
 
 def test_deadline_already_passed_makes_no_request(client, mock):

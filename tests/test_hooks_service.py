@@ -173,6 +173,46 @@ def test_diagnoses_cut_short_by_the_page_limit_cannot_rule_out_an_exclusion(make
     assert trial_result(card, "neutrophils")["result"] == "pass"
 
 
+@responses.activate
+def test_a_search_out_of_time_while_paging_gives_a_card_from_the_pages_read(make_app):
+    # A long history: the service's own Observation search (newest first) still pages when the
+    # deadline comes. The newest page decides the labs; the 2022 HER2 test behind it is not
+    # read, so HER2 is unknown (incomplete-data), not "no HER2 result" and not a 412.
+    import threading
+    import time
+
+    app = make_app(allowed_fhir_servers=(EHR,), fhir_deadline=0.6)
+    request = without(authorized(demo("eligible")), "observations")
+    newest_first = sorted((e["resource"] for e in demo("eligible")["prefetch"]["observations"]["entry"]),
+                          key=lambda r: r.get("effectiveDateTime", ""), reverse=True)
+    page_one = [r for r in newest_first if not r["id"].startswith(("g001-her2", "g001-er"))]
+    assert len(page_one) == len(newest_first) - 2
+    release = threading.Event()
+
+    def page_two(_request):
+        release.wait(3.0)
+        return 200, {}, json.dumps(searchset(*newest_first[len(page_one):]))
+
+    responses.get(re.compile(re.escape(EHR) + r"/Observation\?.*"),
+                  json=searchset(*page_one, next_url=f"{EHR}?_getpages=o&_getpagesoffset=9"))
+    responses.add_callback(responses.GET, f"{EHR}?_getpages=o&_getpagesoffset=9", callback=page_two)
+    started = time.monotonic()
+    try:
+        response = post(app.test_client(), request)
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+    card = card_of(response)
+    assert elapsed < 1.2
+    assert trial_result(card, "neutrophils")["result"] == "pass"
+    assert trial_result(card, "pregnancy-breastfeeding")["result"] == "pass"  # the hCG was on page one
+    her2 = trial_result(card, "her2-negative")
+    assert (her2["result"], her2["reasonCode"]) == ("unknown", "incomplete-data") and "cut short" in her2["reason"]
+    audit = app.extensions["trial_eligibility"].store.hook_calls()[-1]["data_sources"]["observations"]
+    assert (audit["source"], audit["truncated"], audit["cut"], audit["resources"]) == \
+        ("fetched", True, "deadline", len(page_one))
+
+
 @pytest.mark.parametrize("newer_on_page_two, expected", [(False, ("pass", None)),
                                                            (True, ("unknown", "incomplete-data"))])
 @responses.activate(assert_all_requests_are_fired=True)

@@ -61,7 +61,7 @@ def _evaluate_criterion(trial: Trial, criterion: Criterion, ctx: Context) -> Cri
 
 def _cut_short(outcome: Outcome, record: PatientRecord) -> Outcome:
     """The outcome, or unknown (incomplete-data) if what it rests on may be among
-    what a FHIR search cut short by its page limit did not return: a type of which
+    what a FHIR search cut short (by its page limit or the deadline) did not return: a type of which
     it found nothing, or a type whose newest result decided it when the search's
     pages did not come newest first. A newer result would settle the latter."""
     missing, newer = [t for t in outcome.absence_of if t in record.incomplete], False
@@ -69,8 +69,8 @@ def _cut_short(outcome: Outcome, record: PatientRecord) -> Outcome:
         missing, newer = [t for t in outcome.newest_of if t in record.out_of_order], True
         if not missing:
             return outcome
-    how = ("was cut short (page limit) and not in date order: a newer result may be missing" if newer
-           else "was cut short (page limit): it cannot be ruled out")
+    how = ("was cut short (page or time limit) and not in date order: a newer result may be missing" if newer
+           else "was cut short (page or time limit): it cannot be ruled out")
     return Outcome(Result.UNKNOWN, f"{outcome.reason}, but the FHIR server's answer for {', '.join(missing)} {how}",
                    outcome.evidence, why=Why.INCOMPLETE_DATA, orderable=newer, not_read=outcome.not_read)
 

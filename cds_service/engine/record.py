@@ -162,7 +162,7 @@ class PatientRecord:
     def __init__(self, resources: Iterable[dict[str, Any]], full_urls: dict[str, dict[str, Any]] | None = None,
                  incomplete: Iterable[str] = (), out_of_order: Iterable[str] = ()):
         self.patient_raw: dict[str, Any] | None = None
-        # Resource types of which some may be missing (a FHIR search cut short by its page limit):
+        # Resource types of which some may be missing (a FHIR search cut short: page limit, deadline):
         # nothing found of such a type does not show that there is nothing.
         self.incomplete = frozenset(incomplete)
         # Of those, types whose cut search did not come newest first (the server ignored _sort):

@@ -71,9 +71,18 @@ class FhirUnavailable(FhirError):
     """Timeout, connection failure, 5xx or 429 after retries, or the deadline passed."""
 
 
+class FhirOutOfTime(FhirUnavailable):
+    """The deadline passed, or waiting for a retry would pass it."""
+
+
 class FhirBadResponse(FhirError):
     """An answer the service cannot use: not JSON, wrong resource type,
     OperationOutcome, or a 4xx other than 401/403 (and 404/410 on a read)."""
+
+
+# Why paging stopped before the last page (FetchResult.cut).
+PAGE_LIMIT = "page-limit"
+DEADLINE = "deadline"
 
 
 class _NextPageGone(Exception):
@@ -87,7 +96,8 @@ class FetchResult:
     not_found: bool = False
     pages: int = 0
     requests: int = 0
-    truncated: bool = False
+    truncated: bool = False  # paging stopped before the last page: more may exist
+    cut: str | None = None  # why: PAGE_LIMIT or DEADLINE
     elapsed_ms: float = 0.0
     error: FhirError | None = None
 
@@ -107,6 +117,9 @@ class _Call:
     started: float = field(default_factory=time.monotonic)
     pages: int = 0
     requests: int = 0
+    # A search's resources from the pages read so far, once one is (None before): what the
+    # waiting thread returns, marked cut short, if the deadline passes while a later page loads.
+    read_so_far: list[dict[str, Any]] | None = field(default=None, repr=False)
 
 
 def _normalise_url(url: str) -> str | None:
@@ -250,10 +263,16 @@ class FhirClient:
                 continue
             future.cancel()
             call = calls[key]
+            elapsed_ms = (time.monotonic() - call.started) * 1000
+            held = call.read_so_far
+            if held is not None:  # a later page was still loading: the pages read are the newest
+                log.warning("FHIR %s: deadline reached while paging; %d pages used", key, call.pages)
+                results[key] = FetchResult(key, list(held), pages=call.pages, requests=call.requests,
+                                           truncated=True, cut=DEADLINE, elapsed_ms=elapsed_ms)
+                continue
             log.warning("FHIR %s: deadline exceeded", key)
-            results[key] = FetchResult(key, [], pages=call.pages, requests=call.requests,
-                                       elapsed_ms=(time.monotonic() - call.started) * 1000,
-                                       error=FhirUnavailable("deadline exceeded", key=key))
+            results[key] = FetchResult(key, [], pages=call.pages, requests=call.requests, elapsed_ms=elapsed_ms,
+                                       error=FhirOutOfTime("deadline exceeded", key=key))
         return results
 
     def _run(self, call: _Call, work: Callable[[_Call, FetchResult], None]) -> FetchResult:
@@ -262,7 +281,8 @@ class FhirClient:
             work(call, result)
         except FhirError as error:
             error.key = call.key
-            result.resources, result.not_found, result.truncated, result.error = [], False, False, error
+            result.resources, result.not_found, result.truncated, result.cut, result.error = [], False, False, \
+                None, error
             log.warning("FHIR %s: %s (status %s)", call.key, type(error).__name__, error.status)
         result.pages, result.requests = call.pages, call.requests
         result.elapsed_ms = (time.monotonic() - call.started) * 1000
@@ -275,7 +295,8 @@ class FhirClient:
             result.resources = [] if resource is None else [resource]
             result.not_found = resource is None
         else:
-            result.resources, result.truncated = self._pages(call, url, restart_url=url, first_page_held=False)
+            result.resources, result.cut = self._pages(call, url, restart_url=url, first_page_held=False)
+            result.truncated = result.cut is not None
 
     def _next_pages(self, call: _Call, result: FetchResult, *, next_href: str, self_href: str | None) -> None:
         next_url = self._resolve_link(call, next_href)
@@ -283,24 +304,39 @@ class FhirClient:
         restart_url = _normalise_url(urljoin(call.base + "/", self_href)) if self_href else None
         if restart_url is not None and not _is_under(restart_url, call.base):
             restart_url = None
-        result.resources, result.truncated = self._pages(call, next_url, restart_url=restart_url,
-                                                         first_page_held=True)
+        result.resources, result.cut = self._pages(call, next_url, restart_url=restart_url, first_page_held=True)
+        result.truncated = result.cut is not None
 
     def _pages(self, call: _Call, url: str, *, restart_url: str | None,
-               first_page_held: bool) -> tuple[list[dict[str, Any]], bool]:
-        """Resources of the pages from `url` on, and whether page_limit cut them
-        short. `first_page_held`: the caller has the search's first page, so it
-        counts towards page_limit and, after a restart, is not returned again."""
+               first_page_held: bool) -> tuple[list[dict[str, Any]], str | None]:
+        """Resources of the pages from `url` on, and why paging stopped before the
+        last page (PAGE_LIMIT, DEADLINE) or None. `first_page_held`: the caller has
+        the search's first page, so it counts towards page_limit and, after a
+        restart, is not returned again.
+
+        Once a page is in, running out of time cuts the search short instead of
+        failing it: a page that would not arrive in the time left (judged by the
+        slowest page so far) is not asked for, and one still loading at the
+        deadline is left to the waiting thread, which takes the pages read. The
+        caller treats a cut as it treats the page limit; searches sorted newest
+        first lose only older results."""
         resources: list[dict[str, Any]] = []
+        call.read_so_far = resources if first_page_held else None
         fetched = {restart_url} if first_page_held and restart_url else set()
         page_number = 1 if first_page_held else 0  # pages of the search read so far, held one included
+        slowest = 0.0  # seconds the slowest page took to arrive
         restarted = False
         next_url: str | None = url
         while next_url is not None:
             if next_url in fetched:
                 log.warning("FHIR %s: next link repeats a page already read; paging stopped", call.key)
                 break
+            if page_number > 0 and time.monotonic() + slowest >= call.deadline:
+                log.warning("FHIR %s: paging stopped after %d pages: the next would not arrive before the "
+                            "deadline", call.key, page_number)
+                return resources, DEADLINE
             fetched.add(next_url)
+            started = time.monotonic()
             try:
                 bundle = self._get(call, next_url, expect="Bundle", is_next_page=page_number > 0)
             except _NextPageGone:
@@ -310,21 +346,29 @@ class FhirClient:
                 log.info("FHIR %s: paged search expired; re-running it", call.key)
                 restarted = True
                 call.read_cache = False  # a cached first page would hand back the same expired link
-                resources.clear()
+                resources = []
+                call.read_so_far = None
                 fetched.clear()
                 page_number = 0
                 next_url = restart_url
                 continue
+            except FhirOutOfTime:
+                if page_number > 0:  # a later page: the pages read stand, cut short
+                    log.warning("FHIR %s: out of time on page %d; paging stopped", call.key, page_number + 1)
+                    return resources, DEADLINE
+                raise
+            slowest = max(slowest, time.monotonic() - started)
             page_number += 1
             if not (first_page_held and page_number == 1):
-                resources.extend(_resources_of(bundle))
+                resources.extend(_resources_of(bundle))  # one step: the waiting thread may copy the list
+            call.read_so_far = resources
             next_href = _link_url(bundle, "next")
             if next_href is None:
                 break
             if page_number >= self._page_limit:
-                return resources, True
+                return resources, PAGE_LIMIT
             next_url = self._resolve_link(call, next_href)
-        return resources, False
+        return resources, None
 
     def _resolve_link(self, call: _Call, href: str) -> str:
         # A next link must stay on the server the token was issued for, not just
@@ -373,7 +417,7 @@ class FhirClient:
         for attempt in range(self._retries + 1):
             remaining = call.deadline - time.monotonic()
             if remaining <= 0:
-                raise FhirUnavailable("deadline exceeded", status=status)
+                raise FhirOutOfTime("deadline exceeded", status=status)
             call.requests += 1
             retry_after = None
             try:
@@ -382,7 +426,7 @@ class FhirClient:
                                              allow_redirects=False)
             except requests.Timeout:
                 # The timeout is the time left, so there is no time to retry in.
-                raise FhirUnavailable("FHIR server timed out") from None
+                raise FhirOutOfTime("FHIR server timed out") from None
             except requests.ConnectionError:
                 problem = "connection to the FHIR server failed"
             except requests.RequestException as error:
@@ -399,7 +443,7 @@ class FhirClient:
                 break
             pause = retry_after if retry_after is not None else _BACKOFF_SECONDS * 2 ** attempt
             if time.monotonic() + pause >= call.deadline:
-                raise FhirUnavailable(f"{problem}; retrying would pass the deadline", status=status)
+                raise FhirOutOfTime(f"{problem}; retrying would pass the deadline", status=status)
             log.info("FHIR %s: %s; retrying in %.2f s", call.key, problem, pause)
             time.sleep(pause)
         raise FhirUnavailable(f"{problem} after {self._retries + 1} attempts", status=status)

@@ -39,12 +39,13 @@ class KeyData:
     detail: str | None = None  # why prefetch was not used, or why it is missing
     foreign: int = 0  # resources about another patient, dropped
     requests: int = 0
-    truncated: bool = False
+    truncated: bool = False  # a search cut short: more of its resources may exist
+    cut: str | None = None  # why: the page limit or the deadline (client.PAGE_LIMIT, DEADLINE)
     elapsed_ms: float = 0.0
 
     def audit(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source, "resources": len(self.resources)}
-        for name in ("detail", "foreign", "requests", "truncated"):
+        for name in ("detail", "foreign", "requests", "truncated", "cut"):
             value = getattr(self, name)
             if value:
                 out[name] = value
@@ -213,6 +214,7 @@ def _fetch(keys: dict[str, KeyData], to_fetch: dict[str, Any], to_page: dict[str
 def _account(data: KeyData, result: FetchResult) -> None:
     data.requests += result.requests
     data.truncated = data.truncated or result.truncated
+    data.cut = data.cut or result.cut
     data.elapsed_ms = result.elapsed_ms
 
 

@@ -32,7 +32,7 @@ class DataNeed:
     resource_type: str
     query: Query
     required: bool  # without it the hook answers 412
-    newest_first: bool = False  # sorted by -date: a cut by the page limit drops only the oldest
+    newest_first: bool = False  # sorted by -date: a cut (page limit, deadline) drops only the oldest
 
 
 def data_needs(trials: Iterable[Trial], page_size: int = 100) -> list[DataNeed]:

@@ -100,7 +100,7 @@ class TrialEligibilityService:
             return self._finish(request.hookInstance, started, json_response(body, 412, "application/fhir+json"),
                                 "precondition-failed", sources=sources, timings=timings)
         mark = time.monotonic()
-        # A search cut short by the page limit: what it did not return may exist. If the
+        # A search cut short (page limit, deadline): what it did not return may exist. If the
         # search asked for newest first and the server did not sort, the newest may be missing too.
         cut = [n for n in self.needs if gathered.keys[n.key].truncated]
         out_of_order = {n.resource_type for n in cut
