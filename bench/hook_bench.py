@@ -3,9 +3,9 @@ slow local FHIR server.
 
 1. prefetch: patient-view calls carrying full prefetch for the demo eligible
    patient padded to N observations (EHR-shaped, ~1.5 kB each): "history" rows
-   pad with older results of the criteria's own lab tests (what the prefetch
-   query, restricted to those codes, returns), "other tests" rows with results
-   of unrelated tests (an EHR that ignores the code filter). Service-side
+   pad the labResults key with older results of the criteria's own lab tests
+   (what that query, restricted to those codes, returns), "other tests" rows
+   with results of unrelated tests (an EHR that ignores the code filter). Service-side
    time is measured inside the app (from the route being entered to the
    response built: reading and parsing the body, gathering, evaluation, cards;
    the audit is written after the response) over calls made back to back;
@@ -49,8 +49,8 @@ AS_OF = dt.date(2026, 6, 15)
 SERVICE = "/cds-services/trial-eligibility"
 
 
-# The patient's lab history: what the service's prefetch query (Observations restricted
-# to the criteria's codes) returns. (LOINC, unit, low, high, reference range high)
+# The patient's lab history: what the service's labResults query (Observations restricted to
+# the lab criteria's codes) returns. (LOINC, unit, low, high, reference range high)
 HISTORY = [("751-8", "10*3/uL", 1.8, 6.5, 7.5), ("777-3", "10*3/uL", 150, 380, 400),
            ("718-7", "g/dL", 11.0, 14.5, 15.5), ("1975-2", "mg/dL", 0.3, 1.1, 1.2),
            ("1742-6", "U/L", 12, 45, 55), ("1920-8", "U/L", 12, 40, 48)]
@@ -99,9 +99,10 @@ def ehr_observation(i: int, patient: str, history: bool) -> dict:
 def padded_request(n_observations: int, *, prefetch: bool = True, fhir_server: str | None = None,
                    history: bool = True) -> dict:
     request = hook_request("eligible", AS_OF, fhir_server=fhir_server)
-    entries = request["prefetch"]["observations"]["entry"]
+    entries = request["prefetch"]["labResults"]["entry"]  # the padding follows them: older, as sorted
+    present = len(entries) + len(request["prefetch"]["observations"]["entry"])
     entries += [{"resource": ehr_observation(i, "g001", history), "search": {"mode": "match"}}
-                for i in range(max(0, n_observations - len(entries)))]
+                for i in range(max(0, n_observations - present))]
     if not prefetch:
         del request["prefetch"]
     return request
@@ -192,6 +193,11 @@ class _StubFhir(BaseHTTPRequestHandler):
             query = parse_qs(url.query)
             assert query.get("patient") == ["g001"], query
             matches = self.resources.get(rtype, [])
+            tokens = query.get("code") or query.get("type")
+            if tokens:  # what the search asks for, as a FHIR server selects it
+                wanted = set(tokens[0].split(","))
+                matches = [r for r in matches if any(f"{c.get('system')}|{c.get('code')}" in wanted
+                                                     for c in (r.get("code") or r.get("type") or {}).get("coding", []))]
             body = {"resourceType": "Bundle", "type": "searchset", "total": len(matches),
                     "entry": [{"resource": r, "search": {"mode": "match"}} for r in matches]}
         data = orjson.dumps(body)

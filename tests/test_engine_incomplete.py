@@ -1,21 +1,30 @@
-"""Data cut short: when a FHIR search stopped at the page limit, some resources
-of that type may never have arrived. An answer that rests on finding nothing
-("no HIV recorded", "no breast cancer recorded", "no study-drug allergy") is then
-unknown; an answer resting on what was found stands."""
+"""Data cut short: when a FHIR search stopped at the page limit or the deadline,
+some resources it asked for may never have arrived. An answer that rests on
+finding nothing of those ("no HIV recorded", "no breast cancer recorded", "no
+study-drug allergy") is then unknown; an answer resting on what was found
+stands, and so does one resting on resources the cut search did not ask for."""
 
 import datetime as dt
 
 import pytest
 
-from cds_service.engine import PatientRecord, Result, Why, evaluate
+from cds_service.engine import Cut, PatientRecord, Result, Why, evaluate
+from cds_service.engine.codes import coding_key
 from fhirbuild import ICD10CM, SNOMED, allergy, condition, lab, patient
 
 AS_OF = dt.date(2026, 6, 15)
 
 
-def run(trial, *resources, criterion, incomplete=()):
-    record = PatientRecord([patient(), *resources], incomplete=incomplete)
+def run(trial, *resources, criterion, cuts=()):
+    record = PatientRecord([patient(), *resources], cuts=cuts)
     return evaluate(trial, record, AS_OF).criterion(criterion)
+
+
+def loinc(*codes):
+    return frozenset(coding_key("http://loinc.org", c) for c in codes)
+
+
+BLOOD_COUNTS = loinc("751-8", "777-3", "718-7")  # what a cut lab history query asked for
 
 
 @pytest.mark.parametrize("criterion, resources, cut, complete_result", [
@@ -29,7 +38,7 @@ def run(trial, *resources, criterion, incomplete=()):
 def test_an_answer_resting_on_absence_is_unknown_when_data_was_cut(nct06462092, criterion, resources, cut,
                                                                   complete_result):
     assert run(nct06462092, *resources, criterion=criterion).result is complete_result
-    c = run(nct06462092, *resources, criterion=criterion, incomplete={cut})
+    c = run(nct06462092, *resources, criterion=criterion, cuts=[Cut(cut, newest_first=True)])
     assert (c.result, c.why) == (Result.UNKNOWN, Why.INCOMPLETE_DATA)
     assert "cut short" in c.reason and cut in c.reason
     assert c.to_json()["reasonCode"] == "incomplete-data"
@@ -42,18 +51,19 @@ def test_an_answer_resting_on_absence_is_unknown_when_data_was_cut(nct06462092, 
 ])
 def test_an_answer_resting_on_what_was_found_stands(nct06462092, criterion, resources, result):
     assert run(nct06462092, *resources, criterion=criterion,
-               incomplete={"Condition", "AllergyIntolerance", "Observation"}).result is result
+               cuts=[Cut(t) for t in ("Condition", "AllergyIntolerance", "Observation")]).result is result
 
 
 def test_lab_results_come_newest_first_so_a_cut_does_not_touch_them(nct06462092):
     fresh = lab("751-8", 2.4, "10*3/uL", "2026-06-10T08:00:00Z")
-    assert run(nct06462092, fresh, criterion="neutrophils", incomplete={"Observation"}).result is Result.PASS
+    for cut in (Cut("Observation", newest_first=True), Cut("Observation", BLOOD_COUNTS, newest_first=True)):
+        assert run(nct06462092, fresh, criterion="neutrophils", cuts=[cut]).result is Result.PASS
 
 
 def test_a_cut_search_out_of_date_order_leaves_no_lab_result_certain(nct06462092):
     # The server ignored _sort=-date: the page limit may have dropped the newest count.
     fresh = lab("751-8", 2.4, "10*3/uL", "2026-06-10T08:00:00Z")
-    record = PatientRecord([patient(), fresh], incomplete={"Observation"}, out_of_order={"Observation"})
+    record = PatientRecord([patient(), fresh], cuts=[Cut("Observation", BLOOD_COUNTS, newest_first=False)])
     c = evaluate(nct06462092, record, AS_OF).criterion("neutrophils")
     assert (c.result, c.why) == (Result.UNKNOWN, Why.INCOMPLETE_DATA) and "not in date order" in c.reason
     assert c.order is not None  # a new count settles it
@@ -69,8 +79,28 @@ def test_newest_first_order_of_a_servers_answer():
 
 
 def test_a_cut_in_another_type_changes_nothing(nct06462092):
-    c = run(nct06462092, criterion="immunodeficiency", incomplete={"AllergyIntolerance", "Observation"})
+    c = run(nct06462092, criterion="immunodeficiency", cuts=[Cut("AllergyIntolerance"), Cut("Observation")])
     assert c.result is Result.PASS
+
+
+@pytest.mark.parametrize("criterion, resources, complete_result", [
+    ("her2-negative", [], Result.UNKNOWN),  # no HER2 result: no-data, not incomplete-data
+    ("leptomeningeal-metastases", [], Result.FAIL),  # no CSF cytology among the rare tests
+    ("pregnancy-breastfeeding", [lab("21198-7", 1, "[IU]/L", "2026-06-10")], Result.PASS),
+])
+def test_a_cut_lab_history_does_not_touch_the_tests_it_did_not_ask_for(nct06462092, criterion, resources,
+                                                                       complete_result):
+    # The lab history query (blood counts) was cut, even out of date order; HER2, CSF
+    # cytology and hCG come in a query of their own, which was complete.
+    for newest_first in (True, False):
+        c = run(nct06462092, *resources, criterion=criterion, cuts=[Cut("Observation", BLOOD_COUNTS, newest_first)])
+        assert c.result is complete_result and c.why is not Why.INCOMPLETE_DATA
+
+
+def test_a_cut_that_asked_for_the_criterions_tests_makes_it_unknown(nct06462092):
+    her2_tests = loinc("85319-2", "48676-1", "85318-4", "18474-7")
+    c = run(nct06462092, criterion="her2-negative", cuts=[Cut("Observation", her2_tests, newest_first=True)])
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.INCOMPLETE_DATA)
 
 
 def test_the_published_schema_knows_every_reason_code_and_field():

@@ -199,6 +199,13 @@ def test_openapi_document_is_served_and_describes_every_route(fuzz_app, fuzz_cli
     assert documented == routes
     assert document["components"]["securitySchemes"]["cdsHooksJwt"]["bearerFormat"] == "JWT"
     assert document["paths"]["/healthz"]["get"]["security"] == [] == document["paths"]["/readyz"]["get"]["security"]
+    # The prefetch keys it documents are the ones discovery advertises, and its example request is answered.
+    advertised = fuzz_client.get("/cds-services").get_json()["services"][0]["prefetch"]
+    assert set(document["components"]["schemas"]["Prefetch"]["properties"]) == set(advertised)
+    example = document["paths"]["/cds-services/{service_id}"]["post"]["requestBody"]["content"][
+        "application/json"]["example"]
+    assert set(example["prefetch"]) == set(advertised)
+    assert fuzz_client.post("/cds-services/trial-eligibility", json=example).status_code == 200
 
 
 @settings(max_examples=SERVICE_EXAMPLES, **FUZZ_SETTINGS)
@@ -293,7 +300,8 @@ def _feedback(**changes) -> dict:
 BIG = "é" * 50_000  # 100 kB of UTF-8
 EDGE_REQUEST = {"hookInstance": "0d2d6d0e-4c0e-4d39-9a43-6a1b0ad6a6f1", "hook": "patient-view",
                 "context": {"userId": "Practitioner/demo", "patientId": "g001"},
-                "prefetch": {"patient": None, "conditions": None, "observations": None, "allergies": None}}
+                "prefetch": {"patient": None, "conditions": None, "labResults": None, "observations": None,
+                             "allergies": None}}
 EDGE_BODIES = {
     # name: (path, body, expected statuses); a body is a JSON value, or raw bytes and a
     # content type, or a function making one (the 20 MiB ones, made only when sent)
@@ -377,7 +385,7 @@ BUNDLE_KEYS = sorted(k for k, v in ELIGIBLE["prefetch"].items() if k != "patient
 # Where a resource sits: ("patient", None) or (bundle key, entry index).
 TARGETS = [("patient", None)] + [(key, i) for key in BUNDLE_KEYS
                                  for i in range(len(ELIGIBLE["prefetch"][key]["entry"]))]
-OBSERVATIONS = [t for t in TARGETS if t[0] == "observations"]
+OBSERVATIONS = [t for t in TARGETS if t[0] in ("labResults", "observations")]
 FIELDS = [
     "resourceType", "id", "status", "subject", "subject.reference", "patient", "patient.reference",
     "code", "code.coding", "code.coding.0", "code.coding.0.system", "code.coding.0.code", "code.text",

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from cds_service.engine.codes import coding_key
 from cds_service.fhir.queries import Read, Search
 from cds_service.hooks.config import ConfigError, Settings
 from cds_service.hooks.discovery import data_needs
@@ -44,15 +45,35 @@ def test_settings_are_parsed_and_checked():
 def test_data_needs_follow_the_trials(nct06462092):
     second = load_trial(Path(__file__).parent / "trials" / "TEST-0002.yaml")
     needs = {n.key: n for n in data_needs([nct06462092], page_size=50)}
-    assert set(needs) == {"patient", "conditions", "observations", "allergies", "cytologyReports", "specimens"}
+    assert set(needs) == {"patient", "conditions", "labResults", "observations", "allergies", "cytologyReports",
+                          "specimens"}
     assert isinstance(needs["patient"].query, Read)
-    assert {k for k, n in needs.items() if n.required} == {"patient", "conditions", "observations", "allergies"}
+    assert {k for k, n in needs.items() if n.required} == {"patient", "conditions", "labResults", "observations",
+                                                          "allergies"}
     # Conditions use ICD-10-CM prefixes (C50.*): not expressible as a token search, so all are fetched
-    assert needs["conditions"].query == Search("Condition", (("_count", "50"),))
-    observation_params = dict(needs["observations"].query.params)
-    assert observation_params["_sort"] == "-date" and observation_params["_count"] == "50"
-    assert "http://loinc.org|85319-2" in observation_params["code"]
+    assert needs["conditions"].query == Search("Condition", (("_count", "50"),)) and needs["conditions"].codes is None
+    # Observations in two queries, both newest first: the lab rules' tests, and the rest.
+    labs, rest = (dict(needs[k].query.params) for k in ("labResults", "observations"))
+    assert labs["_sort"] == rest["_sort"] == "-date" and labs["_count"] == rest["_count"] == "50"
+    assert "http://loinc.org|751-8" in labs["code"] and "http://loinc.org|85319-2" in rest["code"]
+    assert not set(labs["code"].split(",")) & set(rest["code"].split(","))
+    assert needs["labResults"].newest_first and needs["labResults"].codes == frozenset(
+        coding_key(*token.split("|")) for token in labs["code"].split(","))
     only_second = {n.key for n in data_needs([second])}
-    assert only_second == {"patient", "conditions", "observations"}  # no allergy, pregnancy or cytology rules
+    assert only_second == {"patient", "conditions", "labResults", "observations"}  # no allergy, pregnancy, cytology
     both = {n.key: n for n in data_needs([nct06462092, second])}
-    assert dict(both["observations"].query.params)["code"] == observation_params["code"]
+    assert dict(both["labResults"].query.params)["code"] == labs["code"]
+
+
+def test_a_data_need_selects_what_its_query_returns(nct06462092):
+    needs = {n.key: n for n in data_needs([nct06462092])}
+    anc = {"resourceType": "Observation", "code": {"coding": [
+        {"system": "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.72", "code": "1502"},  # the EHR's own code first
+        {"system": "http://loinc.org", "code": "751-8"}]}}
+    her2 = {"resourceType": "Observation", "code": {"coding": [{"system": "http://loinc.org", "code": "85319-2"}]}}
+    creatinine = {"resourceType": "Observation", "code": {"coding": [{"system": "http://loinc.org", "code": "2160-0"}]}}
+    assert needs["labResults"].selects(anc) and not needs["observations"].selects(anc)
+    assert needs["observations"].selects(her2) and not needs["labResults"].selects(her2)
+    assert not any(n.selects(creatinine) for n in needs.values())  # no criterion reads it
+    assert needs["conditions"].selects({"resourceType": "Condition"})  # fetched whole
+    assert not needs["labResults"].selects({"resourceType": "Observation", "code": "751-8"})  # not a concept

@@ -56,7 +56,7 @@ def test_discovery_describes_one_patient_view_service(client):
     assert service["title"] and "NCT06462092" in service["description"] and service["usageRequirements"]
     prefetch = service["prefetch"]
     assert prefetch["patient"] == "Patient/{{context.patientId}}"
-    assert set(prefetch) >= {"patient", "conditions", "observations", "allergies"}
+    assert set(prefetch) >= {"patient", "conditions", "labResults", "observations", "allergies"}
     for template in prefetch.values():
         tokens = set(re.findall(r"\{\{(.*?)\}\}", template))
         assert tokens <= ALLOWED_TOKENS, template
@@ -64,10 +64,13 @@ def test_discovery_describes_one_patient_view_service(client):
             params = [p.split("=")[0] for p in template.split("?", 1)[1].split("&")]
             assert set(params) <= {"patient", "code", "type", "_sort", "_count"}, template
             assert "_count=" in template
-    observations = prefetch["observations"]
-    assert observations.startswith("Observation?patient={{context.patientId}}&code=")
-    assert "http://loinc.org|751-8" in observations and "_sort=-date" in observations
-    assert "51981-9" not in observations  # serum HER2 is not read
+    # Lab histories in a query of their own, newest first: a cut there cannot reach the rare tests.
+    labs, observations = prefetch["labResults"], prefetch["observations"]
+    for template in (labs, observations):
+        assert template.startswith("Observation?patient={{context.patientId}}&code=") and "_sort=-date" in template
+        assert "51981-9" not in template  # serum HER2 is not read
+    assert "http://loinc.org|751-8" in labs and "http://loinc.org|751-8" not in observations
+    assert "http://loinc.org|85319-2" in observations and "http://loinc.org|85319-2" not in labs
     assert find_empty_values(response.get_json()) == []
 
 
@@ -83,7 +86,7 @@ def test_full_prefetch_answers_without_calling_the_fhir_server(client):
 
 @responses.activate
 def test_absent_key_is_fetched_with_the_bearer_token(client):
-    request = authorized(without(demo("eligible"), "observations"))
+    request = authorized(without(demo("eligible"), "labResults"))
     stale_anc = {"resourceType": "Observation", "id": "anc-from-server", "status": "final",
                  "code": {"coding": [{"system": "http://loinc.org", "code": "751-8"}]},
                  "subject": {"reference": "Patient/g001"}, "effectiveDateTime": "2026-06-10T08:00:00Z",
@@ -112,7 +115,7 @@ def test_null_key_means_no_data_and_no_call(client):
 @responses.activate(assert_all_requests_are_fired=True)
 def test_empty_bundle_means_no_matches(client):
     request = authorized(demo("eligible"))
-    request["prefetch"]["observations"] = searchset()
+    request["prefetch"]["labResults"] = searchset()
     card = card_of(post(client, request))
     assert card["extension"]["trial-eligibility"]["status"] == "needs-data"
     assert trial_result(card, "neutrophils")["reasonCode"] == "no-data"
@@ -142,7 +145,7 @@ def test_operation_outcome_or_junk_in_prefetch_is_fetched_instead(make_app, bad_
 @responses.activate
 def test_prefetch_bundle_with_a_next_link_is_paged(client):
     request = authorized(demo("eligible"))
-    observations = request["prefetch"]["observations"]
+    observations = request["prefetch"]["labResults"]
     anc = next(e for e in observations["entry"] if e["resource"]["id"] == "g001-anc-1")
     observations["entry"].remove(anc)
     observations["link"] = [{"relation": "next", "url": f"{EHR}?_getpages=abc&_getpagesoffset=100"}]
@@ -175,23 +178,21 @@ def test_diagnoses_cut_short_by_the_page_limit_cannot_rule_out_an_exclusion(make
 
 @responses.activate
 def test_a_search_out_of_time_while_paging_gives_a_card_from_the_pages_read(make_app):
-    # A long history: the service's own Observation search (newest first) still pages when the
-    # deadline comes. The newest page decides the labs; the 2022 HER2 test behind it is not
-    # read, so HER2 is unknown (incomplete-data), not "no HER2 result" and not a 412.
+    # A long lab history: the service's own labResults search (newest first) still pages when
+    # the deadline comes. The newest page decides the labs, the older pages are given up: not
+    # a 412. HER2 and hCG come in their own (prefetched, complete) query: the cut cannot touch them.
     import threading
     import time
 
     app = make_app(allowed_fhir_servers=(EHR,), fhir_deadline=0.6)
-    request = without(authorized(demo("eligible")), "observations")
-    newest_first = sorted((e["resource"] for e in demo("eligible")["prefetch"]["observations"]["entry"]),
-                          key=lambda r: r.get("effectiveDateTime", ""), reverse=True)
-    page_one = [r for r in newest_first if not r["id"].startswith(("g001-her2", "g001-er"))]
-    assert len(page_one) == len(newest_first) - 2
+    request = without(authorized(demo("eligible")), "labResults")
+    page_one = [e["resource"] for e in demo("eligible")["prefetch"]["labResults"]["entry"]]
+    older_anc = dict(page_one[0], id="anc-2024", effectiveDateTime="2024-01-05T08:00:00Z")
     release = threading.Event()
 
     def page_two(_request):
         release.wait(3.0)
-        return 200, {}, json.dumps(searchset(*newest_first[len(page_one):]))
+        return 200, {}, json.dumps(searchset(older_anc))
 
     responses.get(re.compile(re.escape(EHR) + r"/Observation\?.*"),
                   json=searchset(*page_one, next_url=f"{EHR}?_getpages=o&_getpagesoffset=9"))
@@ -204,13 +205,28 @@ def test_a_search_out_of_time_while_paging_gives_a_card_from_the_pages_read(make
         release.set()
     card = card_of(response)
     assert elapsed < 1.2
+    evaluation = card["extension"]["trial-eligibility"]
+    assert evaluation["status"] == "eligible", evaluation
     assert trial_result(card, "neutrophils")["result"] == "pass"
-    assert trial_result(card, "pregnancy-breastfeeding")["result"] == "pass"  # the hCG was on page one
-    her2 = trial_result(card, "her2-negative")
-    assert (her2["result"], her2["reasonCode"]) == ("unknown", "incomplete-data") and "cut short" in her2["reason"]
-    audit = app.extensions["trial_eligibility"].store.hook_calls()[-1]["data_sources"]["observations"]
-    assert (audit["source"], audit["truncated"], audit["cut"], audit["resources"]) == \
-        ("fetched", True, "deadline", len(page_one))
+    assert trial_result(card, "her2-negative")["result"] == "pass"  # its query was not cut
+    audit = app.extensions["trial_eligibility"].store.hook_calls()[-1]["data_sources"]
+    assert (audit["labResults"]["source"], audit["labResults"]["truncated"], audit["labResults"]["cut"],
+            audit["labResults"]["resources"]) == ("fetched", True, "deadline", len(page_one))
+    assert "truncated" not in audit["observations"]
+
+
+def test_a_cut_in_the_rare_tests_own_query_cannot_rule_her2_out(make_app):
+    # The other side: the observations query (HER2, hCG, CSF cytology) itself cut by the page
+    # limit with no HER2 test among the pages read: "no HER2 result" would not be the whole story.
+    with responses.RequestsMock() as mock:
+        client = make_app(allowed_fhir_servers=(EHR,), fhir_page_limit=1).test_client()
+        request = authorized(demo("eligible"))
+        rare = request["prefetch"]["observations"]
+        rare["entry"] = [e for e in rare["entry"] if not e["resource"]["id"].startswith("g001-her2")]
+        rare["link"] = [{"relation": "next", "url": f"{EHR}?_getpages=r&_getpagesoffset=1"}]
+        her2 = trial_result(card_of(post(client, request)), "her2-negative")
+        assert (her2["result"], her2["reasonCode"]) == ("unknown", "incomplete-data") and "cut short" in her2["reason"]
+        assert len(mock.calls) == 0  # the prefetch was the one page allowed
 
 
 @pytest.mark.parametrize("newer_on_page_two, expected", [(False, ("pass", None)),
@@ -219,9 +235,7 @@ def test_a_search_out_of_time_while_paging_gives_a_card_from_the_pages_read(make
 def test_a_cut_lab_search_is_trusted_only_if_it_came_newest_first(make_app, newer_on_page_two, expected):
     client = make_app(allowed_fhir_servers=(EHR,), fhir_page_limit=2).test_client()
     request = authorized(demo("eligible"))
-    observations = request["prefetch"]["observations"]
-    # The first page as a server honouring _sort=-date sends it (undated results last).
-    observations["entry"].sort(key=lambda e: e["resource"].get("effectiveDateTime", ""), reverse=True)
+    observations = request["prefetch"]["labResults"]  # as a server honouring _sort=-date sends it
     observations["link"] = [{"relation": "next", "url": f"{EHR}?_getpages=o&_getpagesoffset=1"}]
     anc = next(e["resource"] for e in observations["entry"] if e["resource"]["id"] == "g001-anc-1")
     other = copy.deepcopy(anc)
@@ -298,7 +312,8 @@ def test_no_prefetch_and_no_fhir_server_is_412_naming_what_is_missing(client):
     body = response.get_json()
     assert body["resourceType"] == "OperationOutcome"
     missing = {issue["expression"][0] for issue in body["issue"]}
-    assert missing == {"prefetch.patient", "prefetch.conditions", "prefetch.observations", "prefetch.allergies"}
+    assert missing == {"prefetch.patient", "prefetch.conditions", "prefetch.labResults", "prefetch.observations",
+                       "prefetch.allergies"}
 
 
 @responses.activate(assert_all_requests_are_fired=True)
@@ -353,17 +368,22 @@ def test_slow_fhir_server_gives_412_within_the_deadline(make_app):
 def test_fetch_path_queries_run_in_parallel_and_page(client):
     request = authorized(demo("eligible"))
     prefetch = request.pop("prefetch")
-    observations = [e["resource"] for e in prefetch["observations"]["entry"]]
+    labs = [e["resource"] for e in prefetch["labResults"]["entry"]]
+
+    def observations(call):  # the two Observation queries: lab history (paged), other tests
+        if "751-8" in call.url:
+            return 200, {}, json.dumps(searchset(*labs[:3], next_url=f"{EHR}?_getpages=x1"))
+        return 200, {}, json.dumps(prefetch["observations"])
+
     responses.get(f"{EHR}/Patient/g001", json=prefetch["patient"])
     responses.get(re.compile(re.escape(EHR) + r"/Condition\?.*"), json=prefetch["conditions"])
     responses.get(re.compile(re.escape(EHR) + r"/AllergyIntolerance\?.*"), json=prefetch["allergies"])
-    responses.get(re.compile(re.escape(EHR) + r"/Observation\?.*"),
-                  json=searchset(*observations[:3], next_url=f"{EHR}?_getpages=x1"))
-    responses.get(f"{EHR}?_getpages=x1", json=searchset(*observations[3:]))
+    responses.add_callback(responses.GET, re.compile(re.escape(EHR) + r"/Observation\?.*"), callback=observations)
+    responses.get(f"{EHR}?_getpages=x1", json=searchset(*labs[3:]))
     card = card_of(post(client, request))
     assert card["extension"]["trial-eligibility"]["status"] == "eligible"
     # the optional DiagnosticReport / Specimen keys are not fetched: the token's scope does not cover them
-    assert len(responses.calls) == 5
+    assert len(responses.calls) == 6
 
 
 @responses.activate(assert_all_requests_are_fired=True)
@@ -572,7 +592,7 @@ def test_needs_data_card_suggests_the_missing_test(client):
 def test_absurd_lab_values_and_units_give_a_card_not_a_500(client, code, criterion, field, value):
     # found by tests/test_fuzz.py: malformed FHIR in prefetch must never break the service
     request = demo("eligible")
-    lab = next(e["resource"] for e in request["prefetch"]["observations"]["entry"]
+    lab = next(e["resource"] for e in request["prefetch"]["labResults"]["entry"]
                if e["resource"]["code"]["coding"][0]["code"] == code)
     lab["valueQuantity"][field] = value
     card = card_of(post(client, request))

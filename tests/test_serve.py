@@ -140,11 +140,34 @@ def test_shipped_demo_requests_match_the_generator():
         assert shipped == json.loads(json.dumps(built)), name
 
 
+def test_demo_prefetch_holds_what_each_query_returns():
+    # As an EHR fills the templates: each key what its query selects (type and code), each
+    # resource once, date-sorted searches newest first; what no query asks for is not sent.
+    from cds_service.engine.rules.base import newest_first
+    from cds_service.fhir.needs import data_needs
+    from cds_service.trials import load_trials
+
+    needs = data_needs(load_trials().values())
+    for name in DEMO_PATIENTS:
+        prefetch = hook_request(name)["prefetch"]
+        assert set(prefetch) == {n.key for n in needs}
+        sent = []
+        for need in needs:
+            value = prefetch[need.key]
+            resources = [value] if need.key == "patient" else [e["resource"] for e in value["entry"]]
+            assert all(need.selects(r) for r in resources), (name, need.key)
+            assert not need.newest_first or newest_first(resources), (name, need.key)
+            sent += [f"{r['resourceType']}/{r['id']}" for r in resources]
+        assert len(sent) == len(set(sent)), name
+    labs = [e["resource"]["id"] for e in hook_request("eligible")["prefetch"]["labResults"]["entry"]]
+    assert "g001-anc-1" in labs and "g001-her2-1" not in labs and "g001-wbc-1" not in labs
+
+
 def test_demo_request_shifts_dates_to_the_requested_day():
     shifted = hook_request("eligible", dt.date(2027, 1, 10))
-    anc = next(e["resource"] for e in shifted["prefetch"]["observations"]["entry"]
+    anc = next(e["resource"] for e in shifted["prefetch"]["labResults"]["entry"]
                if e["resource"]["id"] == "g001-anc-1")
-    original = next(e["resource"] for e in hook_request("eligible")["prefetch"]["observations"]["entry"]
+    original = next(e["resource"] for e in hook_request("eligible")["prefetch"]["labResults"]["entry"]
                     if e["resource"]["id"] == "g001-anc-1")
     days = (dt.date(2027, 1, 10) - RECORDED_AS_OF).days
     assert dt.date.fromisoformat(anc["effectiveDateTime"][:10]) == \

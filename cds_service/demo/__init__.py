@@ -3,7 +3,9 @@
 The demo patients (patients.json) are gold-set patients recorded as of
 2026-06-15. `hook_request(name, as_of)` shifts every full date in them so the
 record looks the same on `as_of` (default: that day), and wraps the patient's
-data in a CDS Hooks request with prefetch, as an EHR would send it.
+data in a CDS Hooks request with prefetch, as an EHR would send it: each
+prefetch key holds what its query returns (by type and code), newest first where
+the query asks for that.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from typing import Any
 
 import orjson
 
+from ..engine.rules.base import raw_observation_rank
 from ..fhir.bundles import entries_of, group_by_patient
+from ..fhir.needs import DataNeed, data_needs
+from ..trials import load_trials
 
 RECORDED_AS_OF = dt.date(2026, 6, 15)
 DEMO_PATIENTS = {  # request name -> patient id in patients.json
@@ -26,8 +31,14 @@ DEMO_PATIENTS = {  # request name -> patient id in patients.json
     "her2-positive": "g011",
 }
 _DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})(T.*)?$")
-_PREFETCH_KEYS = {"Patient": "patient", "Condition": "conditions", "Observation": "observations",
-                  "AllergyIntolerance": "allergies", "DiagnosticReport": "cytologyReports", "Specimen": "specimens"}
+_needs: list[DataNeed] = []
+
+
+def _data_needs() -> list[DataNeed]:
+    """The service's queries for every bundled trial (what the prefetch keys hold)."""
+    if not _needs:
+        _needs.extend(data_needs(load_trials().values()))
+    return _needs
 
 
 def demo_patients() -> dict[str, Any]:
@@ -58,18 +69,19 @@ def hook_request(name: str, as_of: dt.date = RECORDED_AS_OF, *, fhir_server: str
     patient_id = DEMO_PATIENTS[name]
     days = (as_of - RECORDED_AS_OF).days
     groups = {g.patient_key: g for g in group_by_patient(entries_of(demo_patients()))}
-    mine = groups[f"Patient/{patient_id}"].resources
-    prefetch: dict[str, Any] = {key: {"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": []}
-                                for key in _PREFETCH_KEYS.values() if key != "patient"}
-    for resource in _shift(mine, days):
-        key = _PREFETCH_KEYS.get(resource["resourceType"])
-        if key == "patient":
-            prefetch["patient"] = resource
-        elif key:
-            prefetch[key]["entry"].append({"fullUrl": f"{fhir_server or 'https://ehr.example.org/fhir'}/"
-                                                      f"{resource['resourceType']}/{resource['id']}",
-                                           "resource": resource, "search": {"mode": "match"}})
-            prefetch[key]["total"] += 1
+    mine = _shift(groups[f"Patient/{patient_id}"].resources, days)
+    prefetch: dict[str, Any] = {}
+    for need in _data_needs():
+        selected = [r for r in mine if need.selects(r)]
+        if need.key == "patient":
+            prefetch["patient"] = selected[0]
+            continue
+        if need.newest_first:  # as _sort=-date returns them: undated last
+            selected.sort(key=lambda r: (raw_observation_rank(r) is not None, raw_observation_rank(r) or 0),
+                          reverse=True)
+        prefetch[need.key] = {"resourceType": "Bundle", "type": "searchset", "total": len(selected), "entry": [
+            {"fullUrl": f"{fhir_server or 'https://ehr.example.org/fhir'}/{r['resourceType']}/{r['id']}",
+             "resource": r, "search": {"mode": "match"}} for r in selected]}
     request: dict[str, Any] = {
         "hookInstance": hook_instance or str(uuid.uuid4()),
         "hook": "patient-view",

@@ -3,7 +3,7 @@ per-criterion evaluation. No Flask, no network, no clock."""
 
 from .evaluate import Trial, evaluate
 from .model import CriterionResult, Evidence, Result, Status, TrialEvaluation, Why
-from .record import PatientRecord
+from .record import Cut, PatientRecord
 
-__all__ = ["Trial", "evaluate", "PatientRecord", "TrialEvaluation", "CriterionResult", "Evidence", "Result",
+__all__ = ["Trial", "evaluate", "PatientRecord", "Cut", "TrialEvaluation", "CriterionResult", "Evidence", "Result",
            "Status", "Why"]

@@ -48,7 +48,7 @@ def _evaluate_criterion(trial: Trial, criterion: Criterion, ctx: Context) -> Cri
     if outside:
         return CriterionResult(criterion.id, criterion.kind, Result.NOT_APPLICABLE, outside,
                                title=criterion.title)
-    outcome = _cut_short(criterion.rule.evaluate(ctx), ctx.record)
+    outcome = _cut_short(criterion.rule.evaluate(ctx), criterion, ctx)
     order = None
     if outcome.result is Result.UNKNOWN and outcome.orderable:
         order_key = getattr(criterion.rule, "order", None)  # only some rule kinds have one
@@ -59,14 +59,24 @@ def _evaluate_criterion(trial: Trial, criterion: Criterion, ctx: Context) -> Cri
                            title=criterion.title, not_read=outcome.not_read)
 
 
-def _cut_short(outcome: Outcome, record: PatientRecord) -> Outcome:
+def _cut_short(outcome: Outcome, criterion: Criterion, ctx: Context) -> Outcome:
     """The outcome, or unknown (incomplete-data) if what it rests on may be among
-    what a FHIR search cut short (by its page limit or the deadline) did not return: a type of which
-    it found nothing, or a type whose newest result decided it when the search's
-    pages did not come newest first. A newer result would settle the latter."""
-    missing, newer = [t for t in outcome.absence_of if t in record.incomplete], False
+    what a FHIR search cut short (page limit, deadline) left out: resources of
+    which it found none, or the newest results of its tests when the search's
+    pages did not come newest first (a newer result would settle the latter)."""
+    cuts = ctx.record.cuts
+    if not cuts or not (outcome.absence_of or outcome.newest_of):
+        return outcome
+    reads = criterion.rule.reads()
+
+    def cut_types(types: tuple[str, ...], out_of_order: bool) -> list[str]:
+        return [t for t in types
+                if any(c.covers(t, ctx.library.union_of(reads[t]) if reads.get(t) else None) and
+                       (not out_of_order or not c.newest_first) for c in cuts)]
+
+    missing, newer = cut_types(outcome.absence_of, False), False
     if not missing:
-        missing, newer = [t for t in outcome.newest_of if t in record.out_of_order], True
+        missing, newer = cut_types(outcome.newest_of, True), True
         if not missing:
             return outcome
     how = ("was cut short (page or time limit) and not in date order: a newer result may be missing" if newer

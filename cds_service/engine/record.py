@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Iterable, Iterator, NamedTuple
 
@@ -156,18 +157,32 @@ def reference_of(raw: dict[str, Any], full_url: str | None = None) -> str:
     return full_url or f"{rtype}/(no id)"
 
 
+@dataclass(frozen=True)
+class Cut:
+    """What a FHIR search cut short (page limit, deadline) may have left out:
+    resources of `resource_type` coded in `codes` (coding keys, as the search
+    asked for them), or any of that type when `codes` is None. Nothing found
+    among those does not show there is nothing. `newest_first`: the pages came
+    newest first, so only results older than those received are missing."""
+
+    resource_type: str
+    codes: frozenset[tuple[str, str]] | None = None
+    newest_first: bool = False
+
+    def covers(self, resource_type: str, codes: CodeSet | None) -> bool:
+        """Whether resources of `resource_type` in `codes` (None: any) may be among the missing."""
+        if resource_type != self.resource_type:
+            return False
+        return self.codes is None or codes is None or any(codes.contains(key) for key in self.codes)
+
+
 class PatientRecord:
     """Everything the engine knows about one patient."""
 
     def __init__(self, resources: Iterable[dict[str, Any]], full_urls: dict[str, dict[str, Any]] | None = None,
-                 incomplete: Iterable[str] = (), out_of_order: Iterable[str] = ()):
+                 cuts: Iterable[Cut] = ()):
         self.patient_raw: dict[str, Any] | None = None
-        # Resource types of which some may be missing (a FHIR search cut short: page limit, deadline):
-        # nothing found of such a type does not show that there is nothing.
-        self.incomplete = frozenset(incomplete)
-        # Of those, types whose cut search did not come newest first (the server ignored _sort):
-        # even the newest results may be among the missing.
-        self.out_of_order = frozenset(out_of_order)
+        self.cuts = tuple(cuts)  # searches cut short: what they may have left out
         self.by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
         # resource type -> (system, code) -> (resource, component index or None, position)
         self._index: dict[str, dict[tuple[str, str], list[tuple[dict[str, Any], int | None, int]]]] = {

@@ -331,6 +331,8 @@ class FhirClient:
             if next_url in fetched:
                 log.warning("FHIR %s: next link repeats a page already read; paging stopped", call.key)
                 break
+            if page_number >= self._page_limit:  # the caller's page alone reaches the limit
+                return resources, PAGE_LIMIT
             if page_number > 0 and time.monotonic() + slowest >= call.deadline:
                 log.warning("FHIR %s: paging stopped after %d pages: the next would not arrive before the "
                             "deadline", call.key, page_number)

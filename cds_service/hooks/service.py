@@ -13,7 +13,7 @@ from typing import Any
 from flask import Response
 
 from ..cards import CardContext, CardRenderer
-from ..engine import PatientRecord, evaluate
+from ..engine import Cut, PatientRecord, evaluate
 from ..engine.evaluate import Trial
 from ..engine.rules.base import newest_first
 from ..fhir.client import FhirClient
@@ -102,11 +102,9 @@ class TrialEligibilityService:
         mark = time.monotonic()
         # A search cut short (page limit, deadline): what it did not return may exist. If the
         # search asked for newest first and the server did not sort, the newest may be missing too.
-        cut = [n for n in self.needs if gathered.keys[n.key].truncated]
-        out_of_order = {n.resource_type for n in cut
-                        if n.newest_first and not newest_first(gathered.keys[n.key].resources)}
-        record = PatientRecord(gathered.resources(), incomplete={n.resource_type for n in cut},
-                               out_of_order=out_of_order)
+        cuts = [Cut(n.resource_type, n.codes, n.newest_first and newest_first(gathered.keys[n.key].resources))
+                for n in self.needs if gathered.keys[n.key].truncated]
+        record = PatientRecord(gathered.resources(), cuts=cuts)
         as_of = self.settings.today()
         evaluations = [(trial, evaluate(trial, record, as_of)) for trial in self.trials]
         timings["evaluate"] = _ms(mark)

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import itemgetter
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -25,6 +25,9 @@ class RuleModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel,
                               populate_by_name=True)
+    # The rule reads only the latest results of its codes (older ones cannot change its outcome):
+    # their query may ask for the newest first and be cut short without harm (see fhir/needs.py).
+    latest_only: ClassVar[bool] = False
 
     def evaluate(self, ctx: "Context") -> "Outcome":  # pragma: no cover - abstract
         raise NotImplementedError
@@ -83,16 +86,22 @@ class CodeLibrary:
         return name in self.sets
 
     def get(self, names: Sequence[str] | str) -> CodeSet:
+        """The union of the named sets; for a rule's own list of names (asked on every call)."""
         kept = self._by_list.get(id(names))
         if kept is not None and kept[0] is names:
             return kept[1]
+        found = self.union_of(names)
+        if len(self._by_list) < 4096:  # the rules' lists: a few dozen per trial
+            self._by_list[id(names)] = (names, found)  # holding `names` keeps its id from being reused
+        return found
+
+    def union_of(self, names: Sequence[str] | str) -> CodeSet:
+        """The union of the named sets, for names not held by a rule (nothing kept by identity)."""
         key = (names,) if isinstance(names, str) else tuple(names)
         found = self._unions.get(key)
         if found is None:
             found = self.sets[key[0]] if len(key) == 1 else union("+".join(key), (self.sets[n] for n in key))
             self._unions[key] = found
-        if len(self._by_list) < 4096:  # the rules' lists: a few dozen per trial
-            self._by_list[id(names)] = (names, found)  # holding `names` keeps its id from being reused
         return found
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -53,6 +53,8 @@ class Analyte(RuleModel):
 
 
 class LabRule(RuleModel):
+    latest_only: ClassVar[bool] = True  # the latest result of each analyte decides
+
     type: Literal["lab"]
     lookback_days: int = Field(gt=0)
     analytes: list[Analyte] = Field(min_length=1)

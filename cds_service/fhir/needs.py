@@ -1,0 +1,114 @@
+"""The FHIR data the enabled trials need: one query (and prefetch key) per kind
+of data, derived from what each criterion's rule reads.
+
+Observations come in two queries. A lab rule decides on the latest result of
+its tests, so its query (`labResults`) may return years of blood counts and be
+cut short (page limit, deadline) without harm: it asks for the newest first.
+The other Observations criteria read (HER2, hCG, CSF cytology) are few and old;
+in a query of their own (`observations`) no lab history can push them past a cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from ..engine.codes import coding_key
+from ..engine.evaluate import Trial
+from .queries import Query, Read, Search
+
+
+@dataclass(frozen=True)
+class _Kind:
+    key: str  # prefetch key
+    resource_type: str
+    required: bool  # without it the hook answers 412
+    latest_only: bool | None = None  # Observations: read by latest-result rules (True), by others (False)
+
+
+_KINDS = (
+    _Kind("patient", "Patient", True),
+    _Kind("conditions", "Condition", True),
+    _Kind("labResults", "Observation", True, latest_only=True),
+    _Kind("observations", "Observation", True, latest_only=False),
+    _Kind("allergies", "AllergyIntolerance", True),
+    _Kind("cytologyReports", "DiagnosticReport", False),
+    _Kind("specimens", "Specimen", False),
+)
+_TYPES = {k.resource_type for k in _KINDS}
+_CODE_PARAM = {"Observation": "code", "Condition": "code", "DiagnosticReport": "code", "Specimen": "type"}
+_SORTED_BY_DATE = {"Observation", "DiagnosticReport"}
+
+
+@dataclass(frozen=True)
+class DataNeed:
+    key: str  # prefetch key
+    resource_type: str
+    query: Query
+    required: bool  # without it the hook answers 412
+    newest_first: bool = False  # sorted by -date: a cut (page limit, deadline) drops only the oldest
+    # The coding keys (engine.codes.coding_key) the search is restricted to; None: every resource of the type.
+    codes: frozenset[tuple[str, str]] | None = None
+
+    def selects(self, resource: dict[str, Any]) -> bool:
+        """Whether the query returns this resource (by type and code)."""
+        if resource.get("resourceType") != self.resource_type:
+            return False
+        if self.codes is None:
+            return True
+        concept = resource.get("type" if self.resource_type == "Specimen" else "code")
+        codings = concept.get("coding") if isinstance(concept, dict) else None
+        return any(isinstance(c, dict) and coding_key(c.get("system"), c.get("code")) in self.codes
+                   for c in codings or ())
+
+
+def data_needs(trials: Iterable[Trial], page_size: int = 100) -> list[DataNeed]:
+    """One query per kind of data any criterion reads. A search is restricted to
+    the codes criteria use when every code set is a list of exact codes; a set
+    with prefixes (ICD-10-CM C50.*) cannot be written as a token search, so that
+    type is fetched whole."""
+    wanted: dict[str, set[tuple[str, str]] | None] = {}  # kind key -> codes (None: every resource of the type)
+    for trial in trials:
+        for criterion in trial.definition.criteria:
+            latest_only = criterion.rule.latest_only
+            for rtype, names in criterion.rule.reads().items():
+                if rtype not in _TYPES:
+                    raise ValueError(f"criterion {criterion.id} reads {rtype}, which the service does not fetch")
+                kind = next(k for k in _KINDS if k.resource_type == rtype
+                            and k.latest_only in (None, latest_only))
+                codes = _exact_codes(trial, names)
+                if kind.key in wanted:
+                    current = wanted[kind.key]
+                    codes = None if current is None or codes is None else current | codes
+                wanted[kind.key] = codes
+    needs = []
+    for kind in _KINDS:
+        if kind.key not in wanted:
+            continue
+        if kind.resource_type == "Patient":
+            needs.append(DataNeed(kind.key, "Patient", Read("Patient"), kind.required))
+            continue
+        params: list[tuple[str, str]] = []
+        codes = wanted[kind.key]
+        if codes:
+            params.append((_CODE_PARAM[kind.resource_type], ",".join(f"{s}|{c}" for s, c in sorted(codes))))
+        sort = kind.resource_type in _SORTED_BY_DATE
+        if sort:
+            params.append(("_sort", "-date"))
+        params.append(("_count", str(page_size)))
+        keys = frozenset(k for k in (coding_key(s, c) for s, c in codes) if k is not None) if codes else None
+        needs.append(DataNeed(kind.key, kind.resource_type, Search(kind.resource_type, tuple(params)),
+                              kind.required, sort, keys))
+    return needs
+
+
+def _exact_codes(trial: Trial, names: list[str]) -> set[tuple[str, str]] | None:
+    if not names:
+        return None
+    codes: set[tuple[str, str]] = set()
+    for name in names:
+        codeset = trial.library.sets[name]
+        if codeset.prefixes:
+            return None
+        codes |= {(e.system, e.code) for e in codeset.entries}
+    return codes
