@@ -60,6 +60,14 @@ def test_lab_results_come_newest_first_so_a_cut_does_not_touch_them(nct06462092)
         assert run(nct06462092, fresh, criterion="neutrophils", cuts=[cut]).result is Result.PASS
 
 
+def test_a_lab_left_unknown_by_a_cut_history_says_older_results_were_not_fetched(nct06462092):
+    # Newest first and cut: older results cannot decide, but the card should not read as if
+    # the patient had never had the test (a stale count may sit beyond the cut).
+    c = run(nct06462092, criterion="neutrophils", cuts=[Cut("Observation", BLOOD_COUNTS, newest_first=True)])
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.NO_DATA) and "older results were not fetched" in c.reason
+    assert "not fetched" not in run(nct06462092, criterion="neutrophils").reason
+
+
 def test_a_cut_search_out_of_date_order_leaves_no_lab_result_certain(nct06462092):
     # The server ignored _sort=-date: the page limit may have dropped the newest count.
     fresh = lab("751-8", 2.4, "10*3/uL", "2026-06-10T08:00:00Z")

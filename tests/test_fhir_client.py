@@ -11,7 +11,7 @@ import pytest
 import requests
 import responses
 
-from cds_service.fhir.client import (DEADLINE, PAGE_LIMIT, FetchResult, FhirAccessDenied, FhirBadResponse,
+from cds_service.fhir.client import (DEADLINE, LOOK_BACK, PAGE_LIMIT, FetchResult, FhirAccessDenied, FhirBadResponse,
                                      FhirClient, FhirNotAllowed, FhirOutOfTime, FhirUnavailable)
 from cds_service.fhir.queries import PATIENT_TOKEN, Read, Search
 
@@ -499,6 +499,30 @@ def test_following_a_prefetched_page_out_of_time_keeps_the_held_page(client, moc
     finally:
         release.set()
     assert result.error is None and result.truncated and result.cut == DEADLINE and result.resources == []
+
+
+def test_a_search_stops_paging_when_the_caller_has_enough(client, mock):
+    mock.get(OBS_URL, json=bundle(observation(1), observation(2), next_url=f"{BASE}?page=2"))
+    mock.get(f"{BASE}?page=2", json=bundle(observation(3), next_url=f"{BASE}?page=3"))
+    page3 = mock.get(f"{BASE}?page=3", json=bundle(observation(4)))
+    asked = []
+
+    def enough(resources):
+        asked.append(ids(FetchResult("obs", resources)))
+        return len(resources) >= 3
+
+    result = client.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon(), enough={"obs": enough})["obs"]
+    assert result.error is None and result.truncated and result.cut == LOOK_BACK
+    assert ids(result) == ["o1", "o2", "o3"] and page3.call_count == 0
+    assert asked == [["o1", "o2"], ["o1", "o2", "o3"]]  # asked after each page with a next one
+
+
+def test_following_a_prefetched_page_stops_when_the_caller_has_enough(client, mock):
+    mock.get(f"{BASE}?page=2", json=bundle(observation(2), next_url=f"{BASE}?page=3"))
+    page3 = mock.get(f"{BASE}?page=3", json=bundle(observation(3)))
+    held = bundle(observation(1), next_url=f"{BASE}?page=2")
+    result = client.follow_next(BASE, TOKEN, held, "obs", soon(), enough=lambda resources: bool(resources))
+    assert result.truncated and result.cut == LOOK_BACK and ids(result) == ["o2"] and page3.call_count == 0
 
 
 def test_page_limit_cut_says_so(mock):

@@ -77,3 +77,27 @@ def test_a_data_need_selects_what_its_query_returns(nct06462092):
     assert not any(n.selects(creatinine) for n in needs.values())  # no criterion reads it
     assert needs["conditions"].selects({"resourceType": "Condition"})  # fetched whole
     assert not needs["labResults"].selects({"resourceType": "Observation", "code": "751-8"})  # not a concept
+
+
+def test_a_lab_history_is_read_back_as_far_as_a_lab_criterion_looks(nct06462092):
+    # The lab criteria look back 28 days: once newest-first results reach more than 29 days
+    # (a day's margin for offsets) before the evaluation date, older pages cannot decide.
+    labs = {n.key: n for n in data_needs([nct06462092])}["labResults"]
+    as_of = dt.date(2026, 6, 15)
+
+    def result(when):
+        return {"resourceType": "Observation", "effectiveDateTime": when} if when else {"resourceType": "Observation"}
+
+    recent = [result("2026-06-10T08:00:00-04:00"), result("2026-05-20T08:00:00Z")]
+    assert labs.lookback_days == 28
+    assert not labs.read_enough(recent, as_of)
+    assert not labs.read_enough(recent + [result("2026-05-17T00:00:00Z")], as_of)  # within the margin
+    assert labs.read_enough(recent + [result("2026-05-16T23:59:59Z")], as_of)
+    assert labs.read_enough(recent + [result("2026-05-16T23:59:59Z"), result(None)], as_of)  # undated sort last
+    assert labs.read_enough(recent + [result("2026-01-01")], as_of)
+    # Not newest first (the server ignored _sort): nothing can be concluded from the order.
+    assert not labs.read_enough([result("2026-01-01"), *recent], as_of)
+    assert not labs.read_enough([], as_of)
+    # The other Observations are read whole: HER2 and hCG of any age count.
+    rest = {n.key: n for n in data_needs([nct06462092])}["observations"]
+    assert rest.lookback_days is None and not rest.read_enough(recent + [result("2020-01-01")], as_of)

@@ -176,7 +176,6 @@ def test_diagnoses_cut_short_by_the_page_limit_cannot_rule_out_an_exclusion(make
     assert trial_result(card, "neutrophils")["result"] == "pass"
 
 
-@responses.activate
 def test_a_search_out_of_time_while_paging_gives_a_card_from_the_pages_read(make_app):
     # A long lab history: the service's own labResults search (newest first) still pages when
     # the deadline comes. The newest page decides the labs, the older pages are given up: not
@@ -187,22 +186,24 @@ def test_a_search_out_of_time_while_paging_gives_a_card_from_the_pages_read(make
     app = make_app(allowed_fhir_servers=(EHR,), fhir_deadline=0.6)
     request = without(authorized(demo("eligible")), "labResults")
     page_one = [e["resource"] for e in demo("eligible")["prefetch"]["labResults"]["entry"]]
-    older_anc = dict(page_one[0], id="anc-2024", effectiveDateTime="2024-01-05T08:00:00Z")
+    older_anc = dict(page_one[0], id="anc-2026-05-20", effectiveDateTime="2026-05-20T08:00:00Z")
     release = threading.Event()
 
     def page_two(_request):
         release.wait(3.0)
         return 200, {}, json.dumps(searchset(older_anc))
 
-    responses.get(re.compile(re.escape(EHR) + r"/Observation\?.*"),
-                  json=searchset(*page_one, next_url=f"{EHR}?_getpages=o&_getpagesoffset=9"))
-    responses.add_callback(responses.GET, f"{EHR}?_getpages=o&_getpagesoffset=9", callback=page_two)
-    started = time.monotonic()
-    try:
-        response = post(app.test_client(), request)
-        elapsed = time.monotonic() - started
-    finally:
-        release.set()
+    # A mock of this test's own: the given-up request ends after the test, and must not land in another's.
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.get(re.compile(re.escape(EHR) + r"/Observation\?.*"),
+                 json=searchset(*page_one, next_url=f"{EHR}?_getpages=o&_getpagesoffset=9"))
+        mock.add_callback(responses.GET, f"{EHR}?_getpages=o&_getpagesoffset=9", callback=page_two)
+        started = time.monotonic()
+        try:
+            response = post(app.test_client(), request)
+            elapsed = time.monotonic() - started
+        finally:
+            release.set()
     card = card_of(response)
     assert elapsed < 1.2
     evaluation = card["extension"]["trial-eligibility"]
@@ -227,6 +228,40 @@ def test_a_cut_in_the_rare_tests_own_query_cannot_rule_her2_out(make_app):
         her2 = trial_result(card_of(post(client, request)), "her2-negative")
         assert (her2["result"], her2["reasonCode"]) == ("unknown", "incomplete-data") and "cut short" in her2["reason"]
         assert len(mock.calls) == 0  # the prefetch was the one page allowed
+
+
+@responses.activate(assert_all_requests_are_fired=True)
+def test_a_lab_history_is_not_paged_past_the_look_back(make_app):
+    # The EHR's labResults prefetch is the first page of a long history and already reaches
+    # an ANC from April: the next pages are older still and cannot decide (28-day look-back).
+    app = make_app(allowed_fhir_servers=(EHR,))
+    request = authorized(demo("eligible"))
+    labs = request["prefetch"]["labResults"]
+    anc = next(e["resource"] for e in labs["entry"] if e["resource"]["id"] == "g001-anc-1")
+    labs["entry"].append({"resource": dict(anc, id="anc-april", effectiveDateTime="2026-04-01T08:00:00Z",
+                                           valueQuantity=dict(anc["valueQuantity"], value=0.3))})
+    labs["link"] = [{"relation": "next", "url": f"{EHR}?_getpages=l&_getpagesoffset=7"}]
+    card = card_of(post(app.test_client(), request))
+    assert card["extension"]["trial-eligibility"]["status"] == "eligible"
+    assert len(responses.calls) == 0, [c.request.url for c in responses.calls]
+    audit = app.extensions["trial_eligibility"].store.hook_calls()[-1]["data_sources"]["labResults"]
+    assert (audit["source"], audit["truncated"], audit["cut"]) == ("prefetch", True, "look-back")
+
+
+@responses.activate
+def test_the_service_fetches_a_lab_history_only_back_to_the_look_back(make_app):
+    app = make_app(allowed_fhir_servers=(EHR,))
+    request = without(authorized(demo("eligible")), "labResults")
+    page_one = [e["resource"] for e in demo("eligible")["prefetch"]["labResults"]["entry"]]
+    page_one.append(dict(page_one[0], id="anc-2025", effectiveDateTime="2025-11-30T08:00:00Z"))
+    responses.get(re.compile(re.escape(EHR) + r"/Observation\?.*"),
+                  json=searchset(*page_one, next_url=f"{EHR}?_getpages=l&_getpagesoffset=7"))
+    page_two = responses.get(f"{EHR}?_getpages=l&_getpagesoffset=7", json=searchset())
+    card = card_of(post(app.test_client(), request))
+    assert card["extension"]["trial-eligibility"]["status"] == "eligible"
+    assert page_two.call_count == 0 and len(responses.calls) == 1
+    audit = app.extensions["trial_eligibility"].store.hook_calls()[-1]["data_sources"]["labResults"]
+    assert (audit["source"], audit["cut"], audit["requests"]) == ("fetched", "look-back", 1)
 
 
 @pytest.mark.parametrize("newer_on_page_two, expected", [(False, ("pass", None)),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from .codes import CodeSet
@@ -78,6 +78,10 @@ def _cut_short(outcome: Outcome, criterion: Criterion, ctx: Context) -> Outcome:
     if not missing:
         missing, newer = cut_types(outcome.newest_of, True), True
         if not missing:
+            if outcome.result is Result.UNKNOWN and cut_types(outcome.newest_of, False):
+                # Older results were cut: they cannot decide, but a stale one would have been named.
+                return replace(outcome, reason=f"{outcome.reason} (older results were not fetched: the FHIR "
+                                               "search was cut short)")
             return outcome
     how = ("was cut short (page or time limit) and not in date order: a newer result may be missing" if newer
            else "was cut short (page or time limit): it cannot be ruled out")

@@ -83,6 +83,11 @@ class FhirBadResponse(FhirError):
 # Why paging stopped before the last page (FetchResult.cut).
 PAGE_LIMIT = "page-limit"
 DEADLINE = "deadline"
+LOOK_BACK = "look-back"  # the caller's `enough` said the rest cannot matter (older than any look-back)
+
+
+# Asked with a search's resources so far: True when the caller needs no further page.
+Enough = Callable[[list[dict[str, Any]]], bool]
 
 
 class _NextPageGone(Exception):
@@ -97,7 +102,7 @@ class FetchResult:
     pages: int = 0
     requests: int = 0
     truncated: bool = False  # paging stopped before the last page: more may exist
-    cut: str | None = None  # why: PAGE_LIMIT or DEADLINE
+    cut: str | None = None  # why: PAGE_LIMIT, DEADLINE or LOOK_BACK
     elapsed_ms: float = 0.0
     error: FhirError | None = None
 
@@ -198,9 +203,11 @@ class FhirClient:
         return normal is not None and any(_is_under(normal, base) for base in self._allowed)
 
     def fetch(self, base: str, token: str | None, queries: Mapping[str, Query], patient_id: str,
-              deadline: float, *, no_cache: bool = False) -> dict[str, FetchResult]:
+              deadline: float, *, no_cache: bool = False, enough: Mapping[str, Enough] | None = None
+              ) -> dict[str, FetchResult]:
         """Run the queries in parallel; returns by `deadline` (a time.monotonic()
-        value) with one result per key, in the order of `queries`."""
+        value) with one result per key, in the order of `queries`. `enough[key]`,
+        asked after each page that has a next one, may stop a search's paging."""
         if not isinstance(patient_id, str) or not _FHIR_ID.match(patient_id):
             # An empty patient parameter would make some servers search all patients.
             raise ValueError("patient_id is not a FHIR id")
@@ -208,15 +215,18 @@ class FhirClient:
         if call_base is None:
             return {key: _refused(key) for key in queries}
         calls = {key: self._new_call(key, call_base, token, deadline, no_cache) for key in queries}
+        enough = enough or {}
         futures = {key: self._executor.submit(self._run, calls[key], partial(self._query, query=query,
-                                                                             patient_id=patient_id))
+                                                                             patient_id=patient_id,
+                                                                             enough=enough.get(key)))
                    for key, query in queries.items()}
         return self._results_by_deadline(calls, futures, deadline)
 
     def follow_next(self, base: str, token: str | None, bundle: dict, key: str, deadline: float,
-                    *, no_cache: bool = False) -> FetchResult:
+                    *, no_cache: bool = False, enough: Enough | None = None) -> FetchResult:
         """The resources of the pages after a prefetched search Bundle (the caller
-        has its first page); an empty result when it has no next link."""
+        has its first page); an empty result when it has no next link. `enough` is
+        asked with the resources of the pages fetched, as in fetch()."""
         next_href = _link_url(bundle, "next")
         if next_href is None:
             return FetchResult(key, [])
@@ -225,7 +235,8 @@ class FhirClient:
             return _refused(key)
         call = self._new_call(key, call_base, token, deadline, no_cache)
         future = self._executor.submit(self._run, call, partial(self._next_pages, next_href=next_href,
-                                                                   self_href=_link_url(bundle, "self")))
+                                                                   self_href=_link_url(bundle, "self"),
+                                                                   enough=enough))
         return self._results_by_deadline({key: call}, {key: future}, deadline)[key]
 
     def close(self) -> None:
@@ -288,31 +299,36 @@ class FhirClient:
         result.elapsed_ms = (time.monotonic() - call.started) * 1000
         return result
 
-    def _query(self, call: _Call, result: FetchResult, *, query: Query, patient_id: str) -> None:
+    def _query(self, call: _Call, result: FetchResult, *, query: Query, patient_id: str,
+               enough: Enough | None) -> None:
         url = f"{call.base}/{query.relative_url(patient_id)}"
         if isinstance(query, Read):
             resource = self._get(call, url, expect=query.resource_type, is_read=True)
             result.resources = [] if resource is None else [resource]
             result.not_found = resource is None
         else:
-            result.resources, result.cut = self._pages(call, url, restart_url=url, first_page_held=False)
+            result.resources, result.cut = self._pages(call, url, restart_url=url, first_page_held=False,
+                                                       enough=enough)
             result.truncated = result.cut is not None
 
-    def _next_pages(self, call: _Call, result: FetchResult, *, next_href: str, self_href: str | None) -> None:
+    def _next_pages(self, call: _Call, result: FetchResult, *, next_href: str, self_href: str | None,
+                    enough: Enough | None) -> None:
         next_url = self._resolve_link(call, next_href)
         # The self link re-runs the search if HAPI has expired the paged results.
         restart_url = _normalise_url(urljoin(call.base + "/", self_href)) if self_href else None
         if restart_url is not None and not _is_under(restart_url, call.base):
             restart_url = None
-        result.resources, result.cut = self._pages(call, next_url, restart_url=restart_url, first_page_held=True)
+        result.resources, result.cut = self._pages(call, next_url, restart_url=restart_url, first_page_held=True,
+                                                   enough=enough)
         result.truncated = result.cut is not None
 
-    def _pages(self, call: _Call, url: str, *, restart_url: str | None,
-               first_page_held: bool) -> tuple[list[dict[str, Any]], str | None]:
+    def _pages(self, call: _Call, url: str, *, restart_url: str | None, first_page_held: bool,
+               enough: Enough | None = None) -> tuple[list[dict[str, Any]], str | None]:
         """Resources of the pages from `url` on, and why paging stopped before the
-        last page (PAGE_LIMIT, DEADLINE) or None. `first_page_held`: the caller has
-        the search's first page, so it counts towards page_limit and, after a
-        restart, is not returned again.
+        last page (LOOK_BACK, PAGE_LIMIT, DEADLINE) or None. `first_page_held`: the
+        caller has the search's first page, so it counts towards page_limit and,
+        after a restart, is not returned again. `enough(resources)`, asked when
+        there is a next page, stops paging when the caller needs no more.
 
         Once a page is in, running out of time cuts the search short instead of
         failing it: a page that would not arrive in the time left (judged by the
@@ -367,6 +383,8 @@ class FhirClient:
             next_href = _link_url(bundle, "next")
             if next_href is None:
                 break
+            if enough is not None and enough(resources):
+                return resources, LOOK_BACK
             if page_number >= self._page_limit:
                 return resources, PAGE_LIMIT
             next_url = self._resolve_link(call, next_href)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .bundles import patient_reference, reference_key
-from .client import FetchResult, FhirClient, FhirError, FhirNotAllowed
+from .client import LOOK_BACK, Enough, FetchResult, FhirClient, FhirError, FhirNotAllowed
 from .queries import Read
 from .scopes import can_read
 
@@ -40,7 +40,7 @@ class KeyData:
     foreign: int = 0  # resources about another patient, dropped
     requests: int = 0
     truncated: bool = False  # a search cut short: more of its resources may exist
-    cut: str | None = None  # why: the page limit or the deadline (client.PAGE_LIMIT, DEADLINE)
+    cut: str | None = None  # why: client.LOOK_BACK, PAGE_LIMIT or DEADLINE
     elapsed_ms: float = 0.0
 
     def audit(self) -> dict[str, Any]:
@@ -77,8 +77,12 @@ class Gathered:
 
 
 def gather(needs: Mapping[str, Read | Any], required: set[str], prefetch: Mapping[str, Any] | None,
-           patient_id: str, access: FhirAccess | None, deadline: float) -> Gathered:
-    """Resources for every needed key. `needs` maps prefetch keys to queries."""
+           patient_id: str, access: FhirAccess | None, deadline: float,
+           enough: Mapping[str, Enough] | None = None) -> Gathered:
+    """Resources for every needed key. `needs` maps prefetch keys to queries;
+    `enough[key](resources)` says a search has read all that can matter (a
+    prefetched first page included), so its further pages are not fetched."""
+    enough = enough or {}
     keys = {key: KeyData(key) for key in needs}
     to_fetch: dict[str, Any] = {}
     to_page: dict[str, dict[str, Any]] = {}
@@ -101,9 +105,12 @@ def gather(needs: Mapping[str, Read | Any], required: set[str], prefetch: Mappin
         data.source = PREFETCH
         data.resources, data.foreign = resources, foreign
         if isinstance(value, dict) and value.get("resourceType") == "Bundle" and _next_link(value):
-            to_page[key] = value
+            if key in enough and enough[key](resources):  # the first page reaches far enough back
+                data.truncated, data.cut = True, LOOK_BACK
+            else:
+                to_page[key] = value
     if to_fetch or to_page:
-        _fetch(keys, to_fetch, to_page, patient_id, access, deadline, required)
+        _fetch(keys, to_fetch, to_page, patient_id, access, deadline, required, enough)
     return Gathered(keys)
 
 
@@ -154,7 +161,8 @@ def _next_link(bundle: dict[str, Any]) -> str | None:
 
 
 def _fetch(keys: dict[str, KeyData], to_fetch: dict[str, Any], to_page: dict[str, dict[str, Any]],
-           patient_id: str, access: FhirAccess | None, deadline: float, required: set[str]) -> None:
+           patient_id: str, access: FhirAccess | None, deadline: float, required: set[str],
+           enough: Mapping[str, Enough]) -> None:
     if access is None:
         for key in to_fetch:
             keys[key].detail = (keys[key].detail or "") + "; no FHIR server to fetch from"
@@ -181,10 +189,10 @@ def _fetch(keys: dict[str, KeyData], to_fetch: dict[str, Any], to_page: dict[str
         return
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=1 + len(to_page)) as pool:
-        searches = pool.submit(access.client.fetch, access.base, access.token, to_fetch, patient_id, deadline) \
-            if to_fetch else None
-        pages = {key: pool.submit(access.client.follow_next, access.base, access.token, bundle, key, deadline)
-                 for key, bundle in to_page.items()}
+        searches = pool.submit(access.client.fetch, access.base, access.token, to_fetch, patient_id, deadline,
+                               enough=enough) if to_fetch else None
+        pages = {key: pool.submit(access.client.follow_next, access.base, access.token, bundle, key, deadline,
+                                  enough=enough.get(key)) for key, bundle in to_page.items()}
         fetched: dict[str, FetchResult] = searches.result() if searches else {}
         paged = {key: future.result() for key, future in pages.items()}
     for key, result in fetched.items():

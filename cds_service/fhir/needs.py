@@ -6,15 +6,20 @@ its tests, so its query (`labResults`) may return years of blood counts and be
 cut short (page limit, deadline) without harm: it asks for the newest first.
 The other Observations criteria read (HER2, hCG, CSF cytology) are few and old;
 in a query of their own (`observations`) no lab history can push them past a cut.
+Nor need a lab history be read to its end: once a newest-first search has
+reached results older than any lab criterion looks back, the rest is older still
+and cannot decide (DataNeed.read_enough).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..engine.codes import coding_key
 from ..engine.evaluate import Trial
+from ..engine.rules.base import instant_rank, newest_first, raw_observation_rank
 from .queries import Query, Read, Search
 
 
@@ -49,6 +54,8 @@ class DataNeed:
     newest_first: bool = False  # sorted by -date: a cut (page limit, deadline) drops only the oldest
     # The coding keys (engine.codes.coding_key) the search is restricted to; None: every resource of the type.
     codes: frozenset[tuple[str, str]] | None = None
+    # Read by latest-result rules only: the longest look-back among them (None: results of any age count).
+    lookback_days: int | None = None
 
     def selects(self, resource: dict[str, Any]) -> bool:
         """Whether the query returns this resource (by type and code)."""
@@ -61,6 +68,18 @@ class DataNeed:
         return any(isinstance(c, dict) and coding_key(c.get("system"), c.get("code")) in self.codes
                    for c in codings or ())
 
+    def read_enough(self, resources: list[dict[str, Any]], as_of: dt.date) -> bool:
+        """Whether a search of this query has read all that can decide, so its further
+        pages need not be fetched: the results so far came newest first and reach one
+        more than a day older than the look-back (a day's margin for time zones: such a
+        result is stale in any offset). Later pages hold only older results."""
+        if self.lookback_days is None or not self.newest_first:
+            return False
+        oldest = next((r for r in map(raw_observation_rank, reversed(resources)) if r is not None), None)
+        boundary = dt.datetime.combine(as_of - dt.timedelta(days=self.lookback_days + 1), dt.time.min,
+                                       tzinfo=dt.timezone.utc)
+        return oldest is not None and oldest < instant_rank(boundary) and newest_first(resources)
+
 
 def data_needs(trials: Iterable[Trial], page_size: int = 100) -> list[DataNeed]:
     """One query per kind of data any criterion reads. A search is restricted to
@@ -68,6 +87,7 @@ def data_needs(trials: Iterable[Trial], page_size: int = 100) -> list[DataNeed]:
     with prefixes (ICD-10-CM C50.*) cannot be written as a token search, so that
     type is fetched whole."""
     wanted: dict[str, set[tuple[str, str]] | None] = {}  # kind key -> codes (None: every resource of the type)
+    lookback: dict[str, int | None] = {}  # kind key -> longest look-back of latest-only rules (None: unbounded)
     for trial in trials:
         for criterion in trial.definition.criteria:
             latest_only = criterion.rule.latest_only
@@ -77,6 +97,10 @@ def data_needs(trials: Iterable[Trial], page_size: int = 100) -> list[DataNeed]:
                 kind = next(k for k in _KINDS if k.resource_type == rtype
                             and k.latest_only in (None, latest_only))
                 codes = _exact_codes(trial, names)
+                if latest_only:
+                    days = criterion.rule.latest_within_days()
+                    known = lookback.get(kind.key, 0)
+                    lookback[kind.key] = None if days is None or known is None else max(days, known)
                 if kind.key in wanted:
                     current = wanted[kind.key]
                     codes = None if current is None or codes is None else current | codes
@@ -98,7 +122,7 @@ def data_needs(trials: Iterable[Trial], page_size: int = 100) -> list[DataNeed]:
         params.append(("_count", str(page_size)))
         keys = frozenset(k for k in (coding_key(s, c) for s, c in codes) if k is not None) if codes else None
         needs.append(DataNeed(kind.key, kind.resource_type, Search(kind.resource_type, tuple(params)),
-                              kind.required, sort, keys))
+                              kind.required, sort, keys, lookback.get(kind.key)))
     return needs
 
 

@@ -8,6 +8,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from flask import Response
@@ -89,7 +90,10 @@ class TrialEligibilityService:
             access = FhirAccess(self.client, request.fhirServer, auth.access_token if auth else None,
                                 auth.scope if auth else None)
         deadline = mark + self.settings.fhir_deadline
-        gathered = gather(self.queries, self.required, request.prefetch, patient_id, access, deadline)
+        as_of = self.settings.today()
+        # A lab history is read only as far back as a lab criterion looks.
+        enough = {n.key: partial(n.read_enough, as_of=as_of) for n in self.needs if n.lookback_days is not None}
+        gathered = gather(self.queries, self.required, request.prefetch, patient_id, access, deadline, enough)
         timings["gather"] = _ms(mark)
         sources = {key: data.audit() for key, data in gathered.keys.items()}
         missing = gathered.missing(self.required)
@@ -105,7 +109,6 @@ class TrialEligibilityService:
         cuts = [Cut(n.resource_type, n.codes, n.newest_first and newest_first(gathered.keys[n.key].resources))
                 for n in self.needs if gathered.keys[n.key].truncated]
         record = PatientRecord(gathered.resources(), cuts=cuts)
-        as_of = self.settings.today()
         evaluations = [(trial, evaluate(trial, record, as_of)) for trial in self.trials]
         timings["evaluate"] = _ms(mark)
         mark = time.monotonic()

@@ -29,6 +29,11 @@ class RuleModel(BaseModel):
     # their query may ask for the newest first and be cut short without harm (see fhir/needs.py).
     latest_only: ClassVar[bool] = False
 
+    def latest_within_days(self) -> int | None:
+        """For a latest_only rule: how many days back a result can still decide (an
+        older one is stale whatever it says); None when a result of any age can."""
+        return None
+
     def evaluate(self, ctx: "Context") -> "Outcome":  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -60,6 +60,9 @@ class LabRule(RuleModel):
     analytes: list[Analyte] = Field(min_length=1)
     order: str | None = None
 
+    def latest_within_days(self) -> int | None:
+        return self.lookback_days
+
     def reads(self) -> dict[str, list[str]]:
         return {"Observation": [n for a in self.analytes for n in a.codes]}
 
