@@ -97,7 +97,7 @@ def data_needs(trials: Iterable[Trial], page_size: int = 100) -> list[DataNeed]:
                 kind = next(k for k in _KINDS if k.resource_type == rtype
                             and k.latest_only in (None, latest_only))
                 codes = _exact_codes(trial, names)
-                if latest_only:
+                if kind.latest_only:  # a query only latest-result rules read may stop at their look-back
                     days = criterion.rule.latest_within_days()
                     known = lookback.get(kind.key, 0)
                     lookback[kind.key] = None if days is None or known is None else max(days, known)
