@@ -17,6 +17,8 @@ slow local FHIR server.
 2. fetch: the same patient without prefetch; the service fetches everything
    from a stub FHIR server on 127.0.0.1 that sleeps 50 ms per request. Target:
    p50 <= 1.5x the slowest single FHIR request (queries run in parallel).
+3. a 2,000-result lab history without prefetch, the stub paging by 100: read
+   back to the lab criteria's look-back, and (for comparison) every page.
 
   python bench/hook_bench.py [--calls 60]
 """
@@ -33,7 +35,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import orjson
 
@@ -42,6 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 from cds_service.demo import hook_request  # noqa: E402
 from cds_service.engine.record import _validate_serialized  # noqa: E402
+from cds_service.engine.rules.base import raw_observation_rank  # noqa: E402
+from cds_service.fhir.needs import DataNeed  # noqa: E402
 from cds_service.hooks.app import create_app  # noqa: E402
 from cds_service.hooks.config import Settings  # noqa: E402
 
@@ -175,11 +179,13 @@ def bench_prefetch(calls: int, tmp: Path) -> None:
 
 
 class _StubFhir(BaseHTTPRequestHandler):
-    """A FHIR server holding one patient; every request takes `delay` seconds."""
+    """A FHIR server holding one patient; every request takes `delay` seconds.
+    `paged`: searches honour _sort=-date and _count, with next links."""
 
     resources: dict[str, list[dict]] = {}
     delay = 0.05
     durations: list[float] = []
+    paged = False
 
     def do_GET(self):  # noqa: N802 - http.server API
         start = time.perf_counter()
@@ -198,7 +204,17 @@ class _StubFhir(BaseHTTPRequestHandler):
                 wanted = set(tokens[0].split(","))
                 matches = [r for r in matches if any(f"{c.get('system')}|{c.get('code')}" in wanted
                                                      for c in (r.get("code") or r.get("type") or {}).get("coding", []))]
-            body = {"resourceType": "Bundle", "type": "searchset", "total": len(matches),
+            total, link = len(matches), []
+            if self.paged:
+                if query.get("_sort") == ["-date"]:  # newest first, undated last
+                    matches = sorted(matches, key=lambda r: raw_observation_rank(r) or -2**62, reverse=True)
+                count, offset = int(query.get("_count", ["100"])[0]), int(query.get("_offset", ["0"])[0])
+                matches = matches[offset:offset + count]
+                if offset + count < total:
+                    query["_offset"] = [str(offset + count)]
+                    link = [{"relation": "next", "url": f"http://{self.headers['Host']}{url.path}?"
+                                                        f"{urlencode(query, doseq=True, safe='|,:/')}"}]
+            body = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": link,
                     "entry": [{"resource": r, "search": {"mode": "match"}} for r in matches]}
         data = orjson.dumps(body)
         self.send_response(200)
@@ -246,6 +262,48 @@ def bench_fetch(calls: int, tmp: Path) -> None:
           f"(sequential would be ~{requests_per_call * 50} ms)")
 
 
+def bench_history_fetch(calls: int, tmp: Path, n_observations: int = 2000) -> None:
+    """Without prefetch, a long lab history on a server that pages by 100 (50 ms a page):
+    read back to the lab criteria's look-back, against reading every page up to the page
+    limit (as before the look-back, by switching DataNeed.read_enough off)."""
+    request = padded_request(n_observations)
+    resources: dict[str, list[dict]] = {"Patient": [request["prefetch"]["patient"]]}
+    for key, bundle in request["prefetch"].items():
+        if key != "patient":
+            for entry in bundle["entry"]:
+                resources.setdefault(entry["resource"]["resourceType"], []).append(entry["resource"])
+    _StubFhir.resources, _StubFhir.paged = resources, True
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StubFhir)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/fhir"
+    body = orjson.dumps(padded_request(n_observations, prefetch=False, fhir_server=base))
+    print()
+    print(f"without prefetch, a {n_observations:,}-result lab history served in pages of 100 "
+          f"({_StubFhir.delay * 1000:.0f} ms a request; cache off)")
+    read_enough = DataNeed.read_enough
+    for label, enough in (("to the look-back", read_enough), ("every page", lambda *args, **kw: False)):
+        DataNeed.read_enough = enough
+        try:
+            app = create_app(Settings(database=tmp / f"bench-history-{len(label)}.sqlite3", evaluation_date=AS_OF,
+                                      allowed_fhir_servers=(base,), fhir_cache_ttl=0.0))
+            client = app.test_client()
+            served, requests = [], []
+            for _ in range(calls):
+                _StubFhir.durations = []
+                response = client.post(SERVICE, data=body, content_type="application/json", buffered=True)
+                assert response.status_code == 200 and response.get_json()["cards"], response.get_json()
+                served.append(service_side_ms(app))
+                requests.append(len(_StubFhir.durations))
+        finally:
+            DataNeed.read_enough = read_enough
+        labs = last_call(app)["data_sources"]["labResults"]
+        print(f"  {label:>18}: {statistics.median(requests):.0f} requests ({labs['requests']} for the lab history, "
+              f"cut: {labs.get('cut', '-')}), hook p50 {statistics.median(served):.0f} ms, "
+              f"p95 {percentile(served, 95):.0f} ms")
+    server.shutdown()
+    _StubFhir.paged = False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=60)
@@ -253,6 +311,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bench_prefetch(args.calls, Path(tmp))
         bench_fetch(args.calls, Path(tmp))
+        bench_history_fetch(max(5, args.calls // 6), Path(tmp))
 
 
 if __name__ == "__main__":
