@@ -311,7 +311,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bench_prefetch(args.calls, Path(tmp))
         bench_fetch(args.calls, Path(tmp))
-        bench_history_fetch(max(5, args.calls // 6), Path(tmp))
+        bench_history_fetch(max(3, args.calls // 6), Path(tmp))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,22 @@
+"""The hook benchmark runs end to end (a few calls; its figures are not judged here:
+speed is measured by running it, see README "Benchmarks")."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).parents[1] / "bench" / "hook_bench.py"
+
+
+def test_hook_bench_runs_every_section():
+    done = subprocess.run([sys.executable, str(BENCH), "--calls", "2"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    for row in ("100 history", "1,000 history", "100 other tests", "1,000 other tests"):
+        assert row in out, out
+    assert "without prefetch: 7 FHIR requests per call" in out, out
+    look_back = next(line for line in out.splitlines() if "to the look-back:" in line)
+    every_page = next(line for line in out.splitlines() if "every page:" in line)
+    assert "cut: look-back" in look_back and "(1 for the lab history" in look_back, look_back
+    assert "(20 for the lab history" in every_page, every_page
