@@ -703,3 +703,42 @@ def test_gather_keeps_only_this_patients_resources_in_a_prefetch_bundle():
     data = gathered.keys["observations"]
     assert [r["id"] for r in data.resources] == ["a", "b", "c"]
     assert data.foreign == 3 and data.source == "prefetch"
+
+
+def test_gather_keeps_a_resource_two_queries_of_its_type_returned_once():
+    from cds_service.fhir.gather import gather
+    from cds_service.fhir.queries import Search
+
+    def obs(rid, **more):
+        return {"resourceType": "Observation", "id": rid, "subject": {"reference": "Patient/p1"}, **more}
+
+    needs = {"labResults": Search("Observation", (("code", "x"),)), "observations": Search("Observation"),
+             "specimens": Search("Specimen")}
+    odd = [obs(["not", "an", "id"]), {k: v for k, v in obs("z").items() if k != "id"}]  # never matched
+    labs = [obs("a"), obs("b"), obs("c"), obs("d"), *odd]  # the larger key keeps its copies
+    rest = [obs("c"), obs("h"), obs("a"), obs("h"), *odd]
+    specimen = {"resourceType": "Specimen", "id": "a", "subject": {"reference": "Patient/p1"}}  # another type
+    gathered = gather(needs, set(), {"labResults": searchset(*labs), "observations": searchset(*rest),
+                                     "specimens": searchset(specimen)}, "p1", None, 0.0)
+    assert [r.get("id") for r in gathered.keys["labResults"].resources] == ["a", "b", "c", "d", ["not", "an", "id"],
+                                                                              None]
+    assert [r.get("id") for r in gathered.keys["observations"].resources] == ["h", ["not", "an", "id"], None]
+    assert gathered.keys["observations"].audit()["repeated"] == 3
+    assert [r["id"] for r in gathered.keys["specimens"].resources] == ["a"]
+    assert "repeated" not in gathered.keys["labResults"].audit()
+
+
+@responses.activate(assert_all_requests_are_fired=True)
+def test_an_ehr_ignoring_the_code_filter_gets_each_result_once_on_the_card(make_app):
+    # Both Observation keys hold every Observation: the card lists each result once.
+    app = make_app()
+    request = demo("eligible")
+    everything = request["prefetch"]["labResults"]["entry"] + request["prefetch"]["observations"]["entry"]
+    request["prefetch"]["labResults"]["entry"] = copy.deepcopy(everything)
+    request["prefetch"]["observations"]["entry"] = copy.deepcopy(everything)
+    card = card_of(post(app.test_client(), request))
+    transaminases = trial_result(card, "transaminases")
+    assert [e["reference"] for e in transaminases["evidence"]] == ["Observation/g001-alt-1", "Observation/g001-ast-1"]
+    assert "g001-anc-1 · " not in card["detail"] and card["detail"].count("Observation/g001-anc-1") == 1
+    audit = app.extensions["trial_eligibility"].store.hook_calls()[-1]["data_sources"]
+    assert audit["observations"]["repeated"] == len(everything) and audit["observations"]["resources"] == 0

@@ -7,7 +7,9 @@ Prefetch is never trusted to be complete (CDS Hooks 2.0 §Prefetch):
   Bundle (possibly empty)           -> use it; a next link -> fetch the next pages
   OperationOutcome, or a Bundle
   holding one, or not FHIR at all   -> not satisfied: fetch it
-Resources about another patient are dropped and counted, wherever they came from.
+Resources about another patient are dropped and counted, wherever they came from,
+and so is a resource a second query of the same type returned again (an EHR that
+ignores the code filter sends every Observation under both Observation keys).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class KeyData:
     resources: list[dict[str, Any]] = field(default_factory=list)
     detail: str | None = None  # why prefetch was not used, or why it is missing
     foreign: int = 0  # resources about another patient, dropped
+    repeated: int = 0  # resources another key of the same type already holds, dropped
     requests: int = 0
     truncated: bool = False  # a search cut short: more of its resources may exist
     cut: str | None = None  # why: client.LOOK_BACK, PAGE_LIMIT or DEADLINE
@@ -45,7 +48,7 @@ class KeyData:
 
     def audit(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source, "resources": len(self.resources)}
-        for name in ("detail", "foreign", "requests", "truncated", "cut"):
+        for name in ("detail", "foreign", "repeated", "requests", "truncated", "cut"):
             value = getattr(self, name)
             if value:
                 out[name] = value
@@ -111,7 +114,43 @@ def gather(needs: Mapping[str, Read | Any], required: set[str], prefetch: Mappin
                 to_page[key] = value
     if to_fetch or to_page:
         _fetch(keys, to_fetch, to_page, patient_id, access, deadline, required, enough)
+    _drop_repeats(keys, needs)
     return Gathered(keys)
+
+
+def _drop_repeats(keys: dict[str, KeyData], needs: Mapping[str, Any]) -> None:
+    """Where several keys search one resource type, a resource a larger key holds is
+    dropped from the smaller ones (counted as `repeated`): the record gets it once.
+    Resources without a string id are kept."""
+    by_type: dict[str, list[KeyData]] = {}
+    for key, query in needs.items():
+        by_type.setdefault(query.resource_type, []).append(keys[key])
+    for group in by_type.values():
+        if len(group) < 2:
+            continue
+        group = sorted(group, key=lambda d: len(d.resources), reverse=True)
+        largest, smaller = group[0], [d for d in group[1:] if d.resources]
+        if not smaller:
+            continue
+        # The usual case, nothing in common, settled at C speed: the smaller keys hold a few resources.
+        ids = {i for i in (r.get("id") for d in smaller for r in d.resources) if type(i) is str}  # noqa: E721
+        try:
+            if ids.isdisjoint([r.get("id") for r in largest.resources]):
+                continue
+        except TypeError:  # an id that is not a string (nor hashable): compared one by one below
+            pass
+        seen = {(r.get("resourceType"), r["id"]) for r in largest.resources if type(r.get("id")) is str}  # noqa: E721
+        for data in smaller:
+            kept = []
+            for r in data.resources:
+                if type(r.get("id")) is str:  # noqa: E721 - an id-less resource cannot be matched
+                    identity = (r.get("resourceType"), r["id"])
+                    if identity in seen:
+                        data.repeated += 1
+                        continue
+                    seen.add(identity)
+                kept.append(r)
+            data.resources = kept
 
 
 def _usable_resources(value: Any, query: Any, patient_id: str) -> tuple[list[dict[str, Any]] | None, int, str | None]:
