@@ -61,7 +61,7 @@ def _evaluate_criterion(trial: Trial, criterion: Criterion, ctx: Context) -> Cri
 
 def _cut_short(outcome: Outcome, criterion: Criterion, ctx: Context) -> Outcome:
     """The outcome, or unknown (incomplete-data) if what it rests on may be among
-    what a FHIR search cut short (page limit, deadline) left out: resources of
+    what a FHIR search cut short (page limit, deadline, look-back) left out: resources of
     which it found none, or the newest results of its tests when the search's
     pages did not come newest first (a newer result would settle the latter)."""
     cuts = ctx.record.cuts

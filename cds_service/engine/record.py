@@ -104,8 +104,8 @@ VALIDATION_MEMO_SIZE = 4096
 
 def _decimal_out_of_range(model: Any) -> str | None:
     """The path of the first decimal of a validated model beyond 10^±MAX_DECIMAL_EXPONENT.
-    Runs for every resource validated: the model is walked without paths (a third of
-    the time), and only one found out of range is walked again to name where."""
+    Runs for every resource validated: the model is walked without paths (half the
+    time), and only one found out of range is walked again to name where."""
     if not _has_decimal_out_of_range(model):
         return None
     stack: list[tuple[str, Any]] = [("", model)]
@@ -183,7 +183,7 @@ def reference_of(raw: dict[str, Any], full_url: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class Cut:
-    """What a FHIR search cut short (page limit, deadline) may have left out:
+    """What a FHIR search cut short (page limit, deadline, look-back) may have left out:
     resources of `resource_type` coded in `codes` (coding keys, as the search
     asked for them), or any of that type when `codes` is None. Nothing found
     among those does not show there is nothing. `newest_first`: the pages came
