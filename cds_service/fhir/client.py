@@ -101,10 +101,14 @@ class FetchResult:
     not_found: bool = False
     pages: int = 0
     requests: int = 0
-    truncated: bool = False  # paging stopped before the last page: more may exist
-    cut: str | None = None  # why: PAGE_LIMIT, DEADLINE or LOOK_BACK
+    cut: str | None = None  # why paging stopped before the last page: PAGE_LIMIT, DEADLINE or LOOK_BACK
     elapsed_ms: float = 0.0
     error: FhirError | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """Paging stopped before the last page: more may exist."""
+        return self.cut is not None
 
 
 @dataclass
@@ -279,7 +283,7 @@ class FhirClient:
             if held is not None:  # a later page was still loading: the pages read are the newest
                 log.warning("FHIR %s: deadline reached while paging; %d pages used", key, call.pages)
                 results[key] = FetchResult(key, list(held), pages=call.pages, requests=call.requests,
-                                           truncated=True, cut=DEADLINE, elapsed_ms=elapsed_ms)
+                                           cut=DEADLINE, elapsed_ms=elapsed_ms)
                 continue
             log.warning("FHIR %s: deadline exceeded", key)
             results[key] = FetchResult(key, [], pages=call.pages, requests=call.requests, elapsed_ms=elapsed_ms,
@@ -292,8 +296,7 @@ class FhirClient:
             work(call, result)
         except FhirError as error:
             error.key = call.key
-            result.resources, result.not_found, result.truncated, result.cut, result.error = [], False, False, \
-                None, error
+            result.resources, result.not_found, result.cut, result.error = [], False, None, error
             log.warning("FHIR %s: %s (status %s)", call.key, type(error).__name__, error.status)
         result.pages, result.requests = call.pages, call.requests
         result.elapsed_ms = (time.monotonic() - call.started) * 1000
@@ -309,7 +312,6 @@ class FhirClient:
         else:
             result.resources, result.cut = self._pages(call, url, restart_url=url, first_page_held=False,
                                                        enough=enough)
-            result.truncated = result.cut is not None
 
     def _next_pages(self, call: _Call, result: FetchResult, *, next_href: str, self_href: str | None,
                     enough: Enough | None) -> None:
@@ -320,7 +322,6 @@ class FhirClient:
             restart_url = None
         result.resources, result.cut = self._pages(call, next_url, restart_url=restart_url, first_page_held=True,
                                                    enough=enough)
-        result.truncated = result.cut is not None
 
     def _pages(self, call: _Call, url: str, *, restart_url: str | None, first_page_held: bool,
                enough: Enough | None = None) -> tuple[list[dict[str, Any]], str | None]:

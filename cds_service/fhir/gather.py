@@ -42,9 +42,13 @@ class KeyData:
     foreign: int = 0  # resources about another patient, dropped
     repeated: int = 0  # resources another key of the same type already holds, dropped
     requests: int = 0
-    truncated: bool = False  # a search cut short: more of its resources may exist
-    cut: str | None = None  # why: client.LOOK_BACK, PAGE_LIMIT or DEADLINE
+    cut: str | None = None  # why a search was cut short: client.LOOK_BACK, PAGE_LIMIT or DEADLINE
     elapsed_ms: float = 0.0
+
+    @property
+    def truncated(self) -> bool:
+        """A search cut short: more of its resources may exist."""
+        return self.cut is not None
 
     def audit(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source, "resources": len(self.resources)}
@@ -109,7 +113,7 @@ def gather(needs: Mapping[str, Read | Any], required: set[str], prefetch: Mappin
         data.resources, data.foreign = resources, foreign
         if isinstance(value, dict) and value.get("resourceType") == "Bundle" and _next_link(value):
             if key in enough and enough[key](resources):  # the first page reaches far enough back
-                data.truncated, data.cut = True, LOOK_BACK
+                data.cut = LOOK_BACK
             else:
                 to_page[key] = value
     if to_fetch or to_page:
@@ -260,7 +264,6 @@ def _fetch(keys: dict[str, KeyData], to_fetch: dict[str, Any], to_page: dict[str
 
 def _account(data: KeyData, result: FetchResult) -> None:
     data.requests += result.requests
-    data.truncated = data.truncated or result.truncated
     data.cut = data.cut or result.cut
     data.elapsed_ms = result.elapsed_ms
 
