@@ -28,7 +28,7 @@ class _Kind:
     key: str  # prefetch key
     resource_type: str
     required: bool  # without it the hook answers 412
-    latest_only: bool | None = None  # Observations: read by latest-result rules (True), by others (False)
+    latest_only: bool | None = None  # Observations: read by latest-result rules (True), by the others (False)
 
 
 _KINDS = (
@@ -87,20 +87,18 @@ def data_needs(trials: Iterable[Trial], page_size: int = 100) -> list[DataNeed]:
     with prefixes (ICD-10-CM C50.*) cannot be written as a token search, so that
     type is fetched whole."""
     wanted: dict[str, set[tuple[str, str]] | None] = {}  # kind key -> codes (None: every resource of the type)
-    lookback: dict[str, int | None] = {}  # kind key -> longest look-back of latest-only rules (None: unbounded)
+    lookback: dict[str, int] = {}  # latest-result kinds -> the longest look-back of the rules reading them
     for trial in trials:
         for criterion in trial.definition.criteria:
-            latest_only = criterion.rule.latest_only
+            days = criterion.rule.latest_within_days()
             for rtype, names in criterion.rule.reads().items():
                 if rtype not in _TYPES:
                     raise ValueError(f"criterion {criterion.id} reads {rtype}, which the service does not fetch")
                 kind = next(k for k in _KINDS if k.resource_type == rtype
-                            and k.latest_only in (None, latest_only))
+                            and k.latest_only in (None, days is not None))
+                if kind.latest_only:  # only latest-result rules read it: it may stop at their look-back
+                    lookback[kind.key] = max(days, lookback.get(kind.key, 0))
                 codes = _exact_codes(trial, names)
-                if kind.latest_only:  # a query only latest-result rules read may stop at their look-back
-                    days = criterion.rule.latest_within_days()
-                    known = lookback.get(kind.key, 0)
-                    lookback[kind.key] = None if days is None or known is None else max(days, known)
                 if kind.key in wanted:
                     current = wanted[kind.key]
                     codes = None if current is None or codes is None else current | codes

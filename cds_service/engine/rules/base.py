@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import itemgetter
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -25,13 +25,11 @@ class RuleModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel,
                               populate_by_name=True)
-    # The rule reads only the latest results of its codes (older ones cannot change its outcome):
-    # their query may ask for the newest first and be cut short without harm (see fhir/needs.py).
-    latest_only: ClassVar[bool] = False
-
     def latest_within_days(self) -> int | None:
-        """For a latest_only rule: how many days back a result can still decide (an
-        older one is stale whatever it says); None when a result of any age can."""
+        """For a rule decided by the latest result of each of its tests, within a
+        look-back: how many days back a result can still decide (an older one is stale
+        whatever it says). Its results' query may then ask for the newest first and be
+        cut short without harm (see fhir/needs.py). None: results of any age count."""
         return None
 
     def evaluate(self, ctx: "Context") -> "Outcome":  # pragma: no cover - abstract

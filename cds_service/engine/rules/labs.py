@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -53,15 +53,13 @@ class Analyte(RuleModel):
 
 
 class LabRule(RuleModel):
-    latest_only: ClassVar[bool] = True  # the latest result of each analyte decides
-
     type: Literal["lab"]
     lookback_days: int = Field(gt=0)
     analytes: list[Analyte] = Field(min_length=1)
     order: str | None = None
 
     def latest_within_days(self) -> int | None:
-        return self.lookback_days
+        return self.lookback_days  # the latest result of each analyte within it decides
 
     def reads(self) -> dict[str, list[str]]:
         return {"Observation": [n for a in self.analytes for n in a.codes]}
