@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from cds_service.demo import hook_request  # noqa: E402
 from cds_service.engine.record import _validate_serialized  # noqa: E402
-from cds_service.engine.rules.base import raw_observation_rank  # noqa: E402
+from cds_service.engine.rules.base import sorted_newest_first  # noqa: E402
 from cds_service.fhir.needs import DataNeed  # noqa: E402
 from cds_service.hooks.app import create_app  # noqa: E402
 from cds_service.hooks.config import Settings  # noqa: E402
@@ -206,8 +206,8 @@ class _StubFhir(BaseHTTPRequestHandler):
                                                      for c in (r.get("code") or r.get("type") or {}).get("coding", []))]
             total, link = len(matches), []
             if self.paged:
-                if query.get("_sort") == ["-date"]:  # newest first, undated last
-                    matches = sorted(matches, key=lambda r: raw_observation_rank(r) or -2**62, reverse=True)
+                if query.get("_sort") == ["-date"]:
+                    matches = sorted_newest_first(matches)
                 count, offset = int(query.get("_count", ["100"])[0]), int(query.get("_offset", ["0"])[0])
                 matches = matches[offset:offset + count]
                 if offset + count < total:

@@ -77,6 +77,18 @@ def test_a_cut_search_out_of_date_order_leaves_no_lab_result_certain(nct06462092
     assert c.order is not None  # a new count settles it
 
 
+def test_sorted_newest_first_orders_as_sort_date_returns():
+    from cds_service.engine.rules.base import newest_first, sorted_newest_first
+
+    results = [lab("751-8", 1, "10*3/uL", "2026-05-01"), lab("751-8", 2, "10*3/uL", None),
+               lab("751-8", 3, "10*3/uL", "2026-06-10T09:00:00+02:00"), lab("751-8", 4, "10*3/uL", None),
+               lab("751-8", 5, "10*3/uL", "2026-06-10T07:00:00Z"), lab("751-8", 6, "10*3/uL", "1969-12-31")]
+    ordered = sorted_newest_first(results)
+    # 09:00+02:00 and 07:00Z are one instant: record order among equals; undated last, in record order
+    assert [r["valueQuantity"]["value"] for r in ordered] == [3, 5, 1, 6, 2, 4]
+    assert newest_first(ordered) and not newest_first(results)
+
+
 def test_newest_first_order_of_a_servers_answer():
     from cds_service.engine.rules.base import newest_first
 

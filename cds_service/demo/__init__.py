@@ -11,6 +11,7 @@ the query asks for that.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import uuid
 from importlib import resources
@@ -18,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from ..engine.rules.base import raw_observation_rank
+from ..engine.rules.base import sorted_newest_first
 from ..fhir.bundles import entries_of, group_by_patient
 from ..fhir.needs import DataNeed, data_needs
 from ..trials import load_trials
@@ -31,14 +32,12 @@ DEMO_PATIENTS = {  # request name -> patient id in patients.json
     "her2-positive": "g011",
 }
 _DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})(T.*)?$")
-_needs: list[DataNeed] = []
 
 
-def _data_needs() -> list[DataNeed]:
+@functools.cache
+def _data_needs() -> tuple[DataNeed, ...]:
     """The service's queries for every bundled trial (what the prefetch keys hold)."""
-    if not _needs:
-        _needs.extend(data_needs(load_trials().values()))
-    return _needs
+    return tuple(data_needs(load_trials().values()))
 
 
 def demo_patients() -> dict[str, Any]:
@@ -76,9 +75,8 @@ def hook_request(name: str, as_of: dt.date = RECORDED_AS_OF, *, fhir_server: str
         if need.key == "patient":
             prefetch["patient"] = selected[0]
             continue
-        if need.newest_first:  # as _sort=-date returns them: undated last
-            selected.sort(key=lambda r: (raw_observation_rank(r) is not None, raw_observation_rank(r) or 0),
-                          reverse=True)
+        if need.newest_first:
+            selected = sorted_newest_first(selected)
         prefetch[need.key] = {"resourceType": "Bundle", "type": "searchset", "total": len(selected), "entry": [
             {"fullUrl": f"{fhir_server or 'https://ehr.example.org/fhir'}/{r['resourceType']}/{r['id']}",
              "resource": r, "search": {"mode": "match"}} for r in selected]}

@@ -104,7 +104,7 @@ class TrialEligibilityService:
             return self._finish(request.hookInstance, started, json_response(body, 412, "application/fhir+json"),
                                 "precondition-failed", sources=sources, timings=timings)
         mark = time.monotonic()
-        # A search cut short (page limit, deadline): what it did not return may exist. If the
+        # A search cut short (page limit, deadline, look-back): what it did not return may exist. If the
         # search asked for newest first and the server did not sort, the newest may be missing too.
         cuts = [Cut(n.resource_type, n.codes, n.newest_first and newest_first(gathered.keys[n.key].resources))
                 for n in self.needs if gathered.keys[n.key].truncated]

@@ -408,6 +408,16 @@ def _read_time(element: str, value: str) -> dt.datetime | None:
     return date.sort_key() if date is not None else None
 
 
+def sorted_newest_first(resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Observations as `_sort=-date` returns them: newest first, undated last (a
+    reversed sort stays stable: record order among equals)."""
+    def key(raw: dict[str, Any]) -> tuple[bool, int]:
+        rank = raw_observation_rank(raw)
+        return (rank is not None, rank or 0)
+
+    return sorted(resources, key=key, reverse=True)
+
+
 def newest_first(resources: Iterable[dict[str, Any]]) -> bool:
     """Whether Observations (as a server returned them) come newest first, as
     `_sort=-date` asks: undated ones aside, no result is newer than the one before."""
@@ -439,8 +449,8 @@ def read_latest_results(ctx: Context, codes: CodeSet, usable: Callable[[Reading]
     not in the future, and `usable`) with all results at that same time. Older
     results cannot change which result is latest, so they are counted, not
     validated nor listed (the evidence is what decided, and what was skipped on the
-    way and why): a chart sending years of daily
-    blood counts costs a few validations, not thousands. Results are ranked by
+    way and why): a chart sending years of daily blood counts costs a few
+    validations, not thousands. Results are ranked by
     the time their JSON gives (raw_observation_rank); should a validated date
     ever differ from it, everything is read, as read_results does."""
     hits = ctx.record.find("Observation", codes)
@@ -472,7 +482,7 @@ def _read_newest_first(ctx: Context, codes: CodeSet, usable: Callable[[Reading],
         read.append((hit.position, result))
         if latest is None and isinstance(result, Reading) and usable(result):
             latest = rank
-    read.sort(key=lambda item: item[0])  # record order, as read_results gives them
+    read.sort(key=itemgetter(0))  # record order, as read_results gives them
     readings = [r for _, r in read if isinstance(r, Reading)]
     ignored = [r for _, r in read if not isinstance(r, Reading)]
     return LatestResults(readings, ignored, not_read)

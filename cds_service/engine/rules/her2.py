@@ -64,7 +64,7 @@ class Her2Rule(RuleModel):
         everything = [f.evidence for f in findings] + ignored
         if not findings:
             invalid = any((e.note or "").startswith("not valid FHIR") for e in ignored)
-            # HER2 tests are rare and old: behind a long lab history, a cut search may have dropped them.
+            # Nothing found: if the search for HER2 tests or diagnoses was cut short, some may exist.
             return decided(Result.UNKNOWN, "HER2 result not valid FHIR" if invalid else "no HER2 result recorded",
                            [], everything, Why.INVALID_RESOURCE if invalid else Why.NO_DATA,
                            absence_of=("Observation", "Condition"))
