@@ -228,31 +228,48 @@ class _StubFhir(BaseHTTPRequestHandler):
         pass
 
 
-def bench_fetch(calls: int, tmp: Path) -> None:
-    request = padded_request(100)
+def _start_stub(n_observations: int, *, paged: bool) -> tuple[ThreadingHTTPServer, str]:
+    """The stub FHIR server on 127.0.0.1 holding the padded patient; (server, base URL)."""
+    request = padded_request(n_observations)
     resources: dict[str, list[dict]] = {"Patient": [request["prefetch"]["patient"]]}
     for key, bundle in request["prefetch"].items():
         if key != "patient":
             for entry in bundle["entry"]:
                 resources.setdefault(entry["resource"]["resourceType"], []).append(entry["resource"])
-    _StubFhir.resources = resources
+    _StubFhir.resources, _StubFhir.paged = resources, paged
     server = ThreadingHTTPServer(("127.0.0.1", 0), _StubFhir)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/fhir"
-    app = create_app(Settings(database=tmp / "bench-fetch.sqlite3", evaluation_date=AS_OF,
-                              allowed_fhir_servers=(base,), fhir_cache_ttl=0.0))
+    return server, f"http://127.0.0.1:{server.server_address[1]}/fhir"
+
+
+def _fetching_calls(app, body: bytes, calls: int) -> tuple[list[float], list[list[float]]]:
+    """Hook calls without prefetch: the service-side ms of each, and the stub's
+    request durations during each."""
     client = app.test_client()
-    body = orjson.dumps(padded_request(100, prefetch=False, fhir_server=base))
-    client.post(SERVICE, data=body, content_type="application/json")  # warm up connections
-    served, slowest = [], []
+    served, durations = [], []
     for _ in range(calls):
         _StubFhir.durations = []
         response = client.post(SERVICE, data=body, content_type="application/json", buffered=True)
         assert response.status_code == 200 and response.get_json()["cards"], response.get_json()
         served.append(service_side_ms(app))
-        slowest.append(max(_StubFhir.durations))
+        durations.append(_StubFhir.durations)
+    return served, durations
+
+
+def _fetching_app(tmp: Path, name: str, base: str):
+    return create_app(Settings(database=tmp / f"{name}.sqlite3", evaluation_date=AS_OF,
+                               allowed_fhir_servers=(base,), fhir_cache_ttl=0.0))
+
+
+def bench_fetch(calls: int, tmp: Path) -> None:
+    server, base = _start_stub(100, paged=False)
+    app = _fetching_app(tmp, "bench-fetch", base)
+    body = orjson.dumps(padded_request(100, prefetch=False, fhir_server=base))
+    _fetching_calls(app, body, 1)  # warm up connections
+    served, durations = _fetching_calls(app, body, calls)
     server.shutdown()
-    requests_per_call = len(_StubFhir.durations)
+    slowest = [max(d) for d in durations]
+    requests_per_call = len(durations[-1])
     print()
     print(f"without prefetch: {requests_per_call} FHIR requests per call to a stub adding 50 ms each "
           f"(cache off)")
@@ -266,16 +283,7 @@ def bench_history_fetch(calls: int, tmp: Path, n_observations: int = 2000) -> No
     """Without prefetch, a long lab history on a server that pages by 100 (50 ms a page):
     read back to the lab criteria's look-back, against reading every page up to the page
     limit (as before the look-back, by switching DataNeed.read_enough off)."""
-    request = padded_request(n_observations)
-    resources: dict[str, list[dict]] = {"Patient": [request["prefetch"]["patient"]]}
-    for key, bundle in request["prefetch"].items():
-        if key != "patient":
-            for entry in bundle["entry"]:
-                resources.setdefault(entry["resource"]["resourceType"], []).append(entry["resource"])
-    _StubFhir.resources, _StubFhir.paged = resources, True
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StubFhir)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/fhir"
+    server, base = _start_stub(n_observations, paged=True)
     body = orjson.dumps(padded_request(n_observations, prefetch=False, fhir_server=base))
     print()
     print(f"without prefetch, a {n_observations:,}-result lab history served in pages of 100 "
@@ -284,21 +292,13 @@ def bench_history_fetch(calls: int, tmp: Path, n_observations: int = 2000) -> No
     for label, enough in (("to the look-back", read_enough), ("every page", lambda *args, **kw: False)):
         DataNeed.read_enough = enough
         try:
-            app = create_app(Settings(database=tmp / f"bench-history-{len(label)}.sqlite3", evaluation_date=AS_OF,
-                                      allowed_fhir_servers=(base,), fhir_cache_ttl=0.0))
-            client = app.test_client()
-            served, requests = [], []
-            for _ in range(calls):
-                _StubFhir.durations = []
-                response = client.post(SERVICE, data=body, content_type="application/json", buffered=True)
-                assert response.status_code == 200 and response.get_json()["cards"], response.get_json()
-                served.append(service_side_ms(app))
-                requests.append(len(_StubFhir.durations))
+            app = _fetching_app(tmp, f"bench-history-{len(label)}", base)
+            served, durations = _fetching_calls(app, body, calls)
         finally:
             DataNeed.read_enough = read_enough
         labs = last_call(app)["data_sources"]["labResults"]
-        print(f"  {label:>18}: {statistics.median(requests):.0f} requests ({labs['requests']} for the lab history, "
-              f"cut: {labs.get('cut', '-')}), hook p50 {statistics.median(served):.0f} ms, "
+        print(f"  {label:>18}: {statistics.median(len(d) for d in durations):.0f} requests ({labs['requests']} "
+              f"for the lab history, cut: {labs.get('cut', '-')}), hook p50 {statistics.median(served):.0f} ms, "
               f"p95 {percentile(served, 95):.0f} ms")
     server.shutdown()
     _StubFhir.paged = False
