@@ -465,10 +465,23 @@ def test_context_is_checked(renderer, nct06462092, g066, trials):
 
 
 def test_render_refuses_to_emit_empty_values(renderer, nct06462092, g066):
+    # What the renderer fills in is checked: an order without a code (only a definition the
+    # loader would refuse has one) would leave the suggested ServiceRequest's code empty.
     evaluation = copy.deepcopy(g066)
-    evaluation.criterion("alive").reason = ""  # would reach the card through the extension
-    with pytest.raises(ValueError, match=r"trial-eligibility\.criteria\[0\]\.reason"):
+    anc = evaluation.criterion("neutrophils")
+    assert anc.order is not None
+    anc.order = dataclasses.replace(anc.order, code="")
+    with pytest.raises(ValueError, match=r"suggestions\[0\]\.actions\[0\]\.resource\.code\.coding\[0\]\.code$"):
         renderer.render(nct06462092, evaluation, ctx_for(evaluation))
+
+
+def test_an_empty_field_of_the_evaluation_is_left_out_of_the_extension(renderer, nct06462092, g066):
+    evaluation = copy.deepcopy(g066)
+    evaluation.criterion("alive").reason = ""
+    card = renderer.render(nct06462092, evaluation, ctx_for(evaluation))
+    alive = card["extension"]["trial-eligibility"]["criteria"][0]
+    assert alive["id"] == "alive" and "reason" not in alive
+    assert find_empty_values(card) == []
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -532,6 +545,41 @@ def test_find_empty_values_on_random_documents(seed):
 
     doc = {"cards": [document(0) for _ in range(3)]}
     assert find_empty_values(doc) == _empty_paths(doc)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_evaluation_json_never_carries_an_empty_value(seed):
+    # The card's extension is not walked for empty values at run time: the evaluation's JSON leaves
+    # out every field with nothing to say. Every text field here is empty, absent or set at random.
+    from cds_service.engine.model import (CriterionResult, Evidence, Measured, Order, Result, Role,
+                                          TrialEvaluation, UpperLimit, Why)
+
+    rng = random.Random(seed)
+
+    def text():
+        return rng.choice(["", None, "x", "10*3/uL"])
+
+    def decimal():
+        return rng.choice([Decimal("0"), Decimal("1.5E+1"), Decimal("-0.00")])
+
+    def evidence():
+        return Evidence(reference=rng.choice(["", "Observation/a"]), role=rng.choice(list(Role)), code=text(),
+                        display=text(), value=text(), unit=text(), comparator=text(), date=text(), status=text(),
+                        note=text(),
+                        converted=rng.choice([None, Measured(decimal(), rng.choice(["", "10*9/L"]))]),
+                        uln=rng.choice([None, UpperLimit(decimal(), rng.choice(["", "U/L"]), rng.choice(["", "fallback"]),
+                                                         rng.random() < 0.5, text())]),
+                        ratio_to_uln=rng.choice([None, decimal()]))
+
+    def criterion(i):
+        return CriterionResult(f"c{i}", rng.choice(["inclusion", "exclusion"]), rng.choice(list(Result)),
+                               rng.choice(["", "a reason"]), [evidence() for _ in range(rng.randint(0, 3))],
+                               why=rng.choice([None, *Why]), title=text(), not_read=rng.choice([0, 3]),
+                               order=rng.choice([None, Order(text() or "", text() or "", "751-8", text() or "")]))
+
+    evaluation = TrialEvaluation(NCT, "1", rng.choice([None, "", "p1"]), AS_OF,
+                                 [criterion(i) for i in range(rng.randint(0, 4))])
+    assert find_empty_values(evaluation.to_json()) == []
 
 
 # -- templates -------------------------------------------------------------------------------------

@@ -153,6 +153,14 @@ def test_definition_errors_name_file_criterion_and_field(tmp_path, criterion, ex
     assert expected in str(err.value)
 
 
+def test_an_order_without_a_display_is_refused(tmp_path):
+    # A card's suggestion carries the order's code and display: none may be empty.
+    text = SECOND.read_text().replace("display: CBC panel - Blood by Automated count", 'display: ""')
+    assert 'display: ""' in text
+    with pytest.raises(DefinitionError, match=r"orders.cbc.display: String should have at least 1 character"):
+        load_trial(_write(tmp_path, text))
+
+
 def test_yaml_syntax_error_names_the_line(tmp_path):
     path = _write(tmp_path, "nctId: X\ncriteria: [\n  - id: a\n")
     with pytest.raises(DefinitionError, match=r"BAD.yaml: line \d+ not valid YAML"):

@@ -128,6 +128,10 @@ def test_empty_bundle_means_no_matches(client):
     {"resourceType": "Bundle", "type": "searchset",
      "entry": [{"resource": {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "x"}]},
                 "search": {"mode": "outcome"}}]},
+    # one that names the patient as its subject is still an error, not a resource of the chart
+    {"resourceType": "Bundle", "type": "searchset",
+     "entry": [{"resource": {"resourceType": "OperationOutcome", "subject": {"reference": "Patient/g001"},
+                             "issue": [{"severity": "error", "code": "x"}]}}]},
     "<html>Tomcat error</html>",
     {"resourceType": "Patient", "id": "g001"},
 ])
@@ -698,7 +702,11 @@ def test_gather_keeps_only_this_patients_resources_in_a_prefetch_bundle():
     # a Patient is this patient by its id, whatever else it carries
     impostor = {"resourceType": "Patient", "id": "p2", "subject": {"reference": "Patient/p1"}}
     nameless = {"resourceType": "Observation", "id": "e"}
-    bundle = searchset(own, versioned, by_patient_field, other, impostor, nameless)
+    # shapes that are no resource at all, though they name the patient: neither kept nor counted
+    untyped = {"resourceType": ["Observation"], "id": "f", "subject": {"reference": "Patient/p1"}}
+    typeless = {"id": "g", "subject": {"reference": "Patient/p1"}}
+    bundle = searchset(own, versioned, by_patient_field, other, impostor, nameless, untyped, typeless)
+    bundle["entry"] += [["not", "an", "entry"], {"resource": [own]}, {"resource": {"subject": [own]}}]
     gathered = gather({"observations": query}, set(), {"observations": bundle}, "p1", None, 0.0)
     data = gathered.keys["observations"]
     assert [r["id"] for r in data.resources] == ["a", "b", "c"]

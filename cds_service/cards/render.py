@@ -415,10 +415,12 @@ class CardRenderer:
             card["selectionBehavior"] = "any"
         card["overrideReasons"] = [dict(r) for r in self._override_reasons]
         card["links"] = [{"label": self._text("link.label", tv), "url": info.study_url, "type": "absolute"}]
-        card["extension"] = {"trial-eligibility": evaluation.to_json()}
+        # What templates, texts and the request's context filled in is checked here; the
+        # evaluation's JSON leaves out every field with nothing to say by construction (engine/model.py).
         empty = find_empty_values(card)
         if empty:
             raise ValueError(f"card for {info.nct_id} would carry empty values at {', '.join(empty)}")
+        card["extension"] = {"trial-eligibility": evaluation.to_json()}
         return card
 
     def _file(self, name: str, view: dict[str, Any]) -> str:

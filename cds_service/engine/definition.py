@@ -40,9 +40,9 @@ class AppliesTo(RuleModel):
 
 
 class OrderDefinition(RuleModel):
-    system: str
-    code: str
-    display: str
+    system: str = Field(min_length=1)
+    code: str = Field(min_length=1)
+    display: str = Field(min_length=1)
     source: str
 
     def as_order(self, key: str) -> Order:

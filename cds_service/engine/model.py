@@ -85,7 +85,10 @@ class Measured:
     unit: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"value": _decimal_text(self.value), "unit": self.unit}
+        out = {"value": _decimal_text(self.value)}
+        if self.unit:
+            out["unit"] = self.unit
+        return out
 
 
 @dataclass(slots=True)
@@ -99,8 +102,12 @@ class UpperLimit:
     note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out = {"value": _decimal_text(self.value), "unit": self.unit, "source": self.source,
-               "assumed": self.assumed}
+        out: dict[str, Any] = {"value": _decimal_text(self.value)}
+        if self.unit:
+            out["unit"] = self.unit
+        if self.source:
+            out["source"] = self.source
+        out["assumed"] = self.assumed
         if self.note:
             out["note"] = self.note
         return out
@@ -123,7 +130,8 @@ class Evidence:
     note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"reference": self.reference, "role": self.role._value_}
+        out: dict[str, Any] = {"reference": self.reference} if self.reference else {}
+        out["role"] = self.role._value_
         # Spelt out field by field (not a getattr loop): this runs for every evidence of every card.
         if self.code:
             out["code"] = _text(self.code)
@@ -160,7 +168,8 @@ class Order:
     display: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "system": self.system, "code": self.code, "display": self.display}
+        return {name: value for name, value in (("key", self.key), ("system", self.system), ("code", self.code),
+                                                ("display", self.display)) if value}
 
 
 @dataclass(slots=True)
@@ -176,17 +185,17 @@ class CriterionResult:
     not_read: int = 0  # further matching records left unread: they cannot change the result
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id, "kind": self.kind, "result": self.result._value_,
-                               "reason": self.reason}
+        out: dict[str, Any] = {"id": self.id, "kind": self.kind, "result": self.result._value_}
+        if self.reason:
+            out["reason"] = self.reason
         if self.title:
             out["title"] = self.title
         if self.why is not None:
             out["reasonCode"] = self.why._value_
         if self.order is not None:
             out["order"] = self.order.to_json()
-        out["evidence"] = [e.to_json() for e in self.evidence]
-        if not out["evidence"]:
-            del out["evidence"]
+        if self.evidence:
+            out["evidence"] = [e.to_json() for e in self.evidence]
         if self.not_read:
             out["notRead"] = self.not_read
         return out
@@ -221,5 +230,6 @@ class TrialEvaluation:
             out["patient"] = self.patient
         out["asOf"] = self.as_of.isoformat()
         out["status"] = self.status._value_
-        out["criteria"] = [c.to_json() for c in self.criteria]
+        if self.criteria:
+            out["criteria"] = [c.to_json() for c in self.criteria]
         return out

@@ -226,17 +226,16 @@ class PatientRecord:
         # Observation, each component's code (with the component's position).
         by_type, indexes, keys = self.by_type, self._index, CODING_KEYS
         for position, raw in enumerate(resources):
-            if not isinstance(raw, dict):
-                continue
-            rtype = raw.get("resourceType")
-            if not isinstance(rtype, str):
+            try:
+                rtype = raw["resourceType"]
+                index = indexes[rtype]  # an indexed type: the usual case
+            except (KeyError, TypeError, IndexError):  # the Patient, another type, or not a resource
+                if isinstance(raw, dict) and isinstance(rtype := raw.get("resourceType"), str):
+                    by_type[rtype].append(raw)
+                    if rtype == "Patient" and self.patient_raw is None:
+                        self.patient_raw = raw
                 continue
             by_type[rtype].append(raw)
-            index = indexes.get(rtype)
-            if index is None:
-                if rtype == "Patient" and self.patient_raw is None:
-                    self.patient_raw = raw
-                continue
             components = raw.get("component") if rtype == "Observation" else None
             if not isinstance(components, list):
                 components = ()

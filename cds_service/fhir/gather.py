@@ -157,6 +157,11 @@ def _drop_repeats(keys: dict[str, KeyData], needs: Mapping[str, Any]) -> None:
             data.resources = kept
 
 
+# Searched types whose `subject` names the patient (AllergyIntolerance has `patient`; the
+# Patient is checked by its id): the fast path of _usable_resources.
+_SUBJECT_TYPES = frozenset({"Observation", "Condition", "DiagnosticReport", "Specimen"})
+
+
 def _usable_resources(value: Any, query: Any, patient_id: str) -> tuple[list[dict[str, Any]] | None, int, str | None]:
     """(this patient's resources of a prefetch value, how many were another
     patient's, None), or (None, 0, why it cannot be used). One pass over a
@@ -179,7 +184,19 @@ def _usable_resources(value: Any, query: Any, patient_id: str) -> tuple[list[dic
         return None, 0, "prefetch Bundle.entry is not a list"
     own_key = f"Patient/{patient_id}"
     resources, foreign = [], 0
+    keep = resources.append
     for entry in entries:
+        # The usual entry, a Condition or Observation whose subject is "Patient/<id>" as nearly every EHR writes
+        # it, settled by subscripts in a try block (free when nothing is raised); anything else
+        # (no subject, another patient, odd shapes, an OperationOutcome) takes the full checks.
+        try:
+            resource = entry["resource"]
+            if resource["subject"]["reference"] == own_key and resource.__class__ is dict \
+                    and resource["resourceType"] in _SUBJECT_TYPES:
+                keep(resource)
+                continue
+        except (KeyError, TypeError, IndexError):
+            pass
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict):
             entry_type = resource.get("resourceType")
@@ -187,7 +204,7 @@ def _usable_resources(value: Any, query: Any, patient_id: str) -> tuple[list[dic
                 return None, 0, "prefetch Bundle holds an OperationOutcome"
             if isinstance(entry_type, str):
                 if _is_own(resource, entry_type, patient_id, own_key):
-                    resources.append(resource)
+                    keep(resource)
                 else:
                     foreign += 1
     return resources, foreign, None

@@ -355,7 +355,10 @@ def _date_type(element: str) -> Any:
 
 
 _UNREAD = object()
-_RANKS: dict[tuple[str, str], int | None] = {}  # a panel's results share their time; charts are reopened
+# Ranks by the element's text, one memo per element (a panel's results share their time; charts
+# are reopened). read_latest_results reads effectiveDateTime's memo directly: one look-up a result.
+_RANKS: dict[str, dict[str, int | None]] = {e: {} for e in ("effectiveDateTime", "effectiveInstant", "start", "end")}
+_DATETIME_RANKS = _RANKS["effectiveDateTime"]
 RANK_MEMO_SIZE = 65536
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _MICROSECOND = dt.timedelta(microseconds=1)
@@ -384,14 +387,14 @@ def raw_observation_rank(raw: dict[str, Any]) -> int | None:
             value, element = (period.get("start"), "start") if period.get("start") else (period.get("end"), "end")
     if not isinstance(value, str):
         return None
-    key = (element, value)
-    rank = _RANKS.get(key, _UNREAD)
+    memo = _RANKS[element]
+    rank = memo.get(value, _UNREAD)
     if rank is _UNREAD:
         time = _read_time(element, value)
         rank = instant_rank(time) if time is not None else None
-        if len(_RANKS) >= RANK_MEMO_SIZE:
-            _RANKS.clear()
-        _RANKS[key] = rank
+        if len(memo) >= RANK_MEMO_SIZE:
+            memo.clear()
+        memo[value] = rank
     return rank
 
 
@@ -455,8 +458,12 @@ def read_latest_results(ctx: Context, codes: CodeSet, usable: Callable[[Reading]
     ever differ from it, everything is read, as read_results does."""
     hits = ctx.record.find("Observation", codes)
     undated, dated = [], []
+    ranks = _DATETIME_RANKS
     for hit in hits:
-        rank = raw_observation_rank(hit.raw)
+        try:  # the usual case, a dateTime ranked before: what raw_observation_rank would return
+            rank = ranks[hit[0]["effectiveDateTime"]]
+        except (KeyError, TypeError):  # none, not ranked yet, or not a string
+            rank = raw_observation_rank(hit.raw)
         if rank is None:
             undated.append(hit)
         else:
