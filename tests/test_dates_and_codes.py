@@ -167,3 +167,16 @@ def test_code_library_gives_one_union_for_a_list_an_equal_list_and_single_names(
     assert library.get(["x", "y"]) is both  # an equal list of names: the same union
     assert library.get("y") is other and library.get(["y"]) is other
     assert both.contains(coding_key(ICD10CM, "C79.81")) and both.contains(coding_key(LOINC, "2106-3"))
+
+
+def test_equal_instants_in_other_offsets_stay_other_days():
+    # Parsed dates are shared between calls; an instant equal to one seen before, but recorded
+    # in another offset, is another local day and another text.
+    evening = dt.datetime(2026, 6, 8, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+    utc = dt.datetime(2026, 6, 9, 4, 30, tzinfo=dt.timezone.utc)
+    assert evening == utc and hash(evening) == hash(utc)
+    for _ in range(2):
+        first, second = parse_fhir_date(evening), parse_fhir_date(utc)
+        assert (first.first_day, first.text) == (dt.date(2026, 6, 8), "2026-06-08T23:30:00-05:00")
+        assert (second.first_day, second.text) == (dt.date(2026, 6, 9), "2026-06-09T04:30:00+00:00")
+        assert parse_fhir_date(evening.replace(microsecond=1)).text == "2026-06-08T23:30:00.000001-05:00"

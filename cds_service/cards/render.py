@@ -479,13 +479,14 @@ class CardRenderer:
     def _item(self, info: _TrialInfo, c: CriterionResult) -> dict[str, Any]:
         ci = info.criteria.get(c.id)
         decisive = [e for e in c.evidence if e.role is Role.DECISIVE][:MAX_DECISIVE_EVIDENCE]
-        evidence = _with_lines([_evidence_view(e, ci) for e in decisive], c.result)
+        evidence = _with_lines([_evidence_view(e, ci) for e in decisive], c.result) if decisive else []
+        result = c.result._value_
         return {
             "id": c.id,
             "kind": c.kind,
-            "result": c.result._value_,
-            "symbol": self._symbols[c.result._value_],
-            "title": _title(info, c),
+            "result": result,
+            "symbol": self._symbols[result],
+            "title": c.title or (ci.title if ci is not None else None) or c.id,  # as _title()
             "short_name": self._short_name(info, c),
             "reason": c.reason,
             "reason_code": c.why._value_ if c.why is not None else None,

@@ -44,19 +44,25 @@ def evaluate(trial: Trial, record: PatientRecord | Iterable[dict[str, Any]], as_
 
 
 def _evaluate_criterion(trial: Trial, criterion: Criterion, ctx: Context) -> CriterionResult:
-    outside = _outside(criterion.applies_to, ctx)
-    if outside:
-        return CriterionResult(criterion.id, criterion.kind, Result.NOT_APPLICABLE, outside,
-                               title=criterion.title)
-    outcome = _cut_short(criterion.rule.evaluate(ctx), criterion, ctx)
-    order = None
-    if outcome.result is Result.UNKNOWN and outcome.orderable:
-        order_key = getattr(criterion.rule, "order", None)  # only some rule kinds have one
-        if order_key:
-            order = trial.definition.orders[order_key].as_order(order_key)
-    return CriterionResult(criterion.id, criterion.kind, outcome.result, outcome.reason, outcome.evidence,
-                           why=outcome.why if outcome.result is Result.UNKNOWN else None, order=order,
-                           title=criterion.title, not_read=outcome.not_read)
+    if criterion.applies_to is not None:
+        outside = _outside(criterion.applies_to, ctx)
+        if outside:
+            return CriterionResult(criterion.id, criterion.kind, Result.NOT_APPLICABLE, outside,
+                                   title=criterion.title)
+    outcome = criterion.rule.evaluate(ctx)
+    if ctx.record.cuts:
+        outcome = _cut_short(outcome, criterion, ctx)
+    order = why = None
+    if outcome.result is Result.UNKNOWN:
+        why = outcome.why
+        if outcome.orderable:
+            order_key = getattr(criterion.rule, "order", None)  # only some rule kinds have one
+            if order_key:
+                order = trial.definition.orders[order_key].as_order(order_key)
+    # Positional (id, kind, result, reason, evidence, why, order, title, not_read): made for every
+    # criterion of every call.
+    return CriterionResult(criterion.id, criterion.kind, outcome.result, outcome.reason, outcome.evidence, why,
+                           order, criterion.title, outcome.not_read)
 
 
 def _cut_short(outcome: Outcome, criterion: Criterion, ctx: Context) -> Outcome:
