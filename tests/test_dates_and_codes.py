@@ -180,3 +180,67 @@ def test_equal_instants_in_other_offsets_stay_other_days():
         assert (first.first_day, first.text) == (dt.date(2026, 6, 8), "2026-06-08T23:30:00-05:00")
         assert (second.first_day, second.text) == (dt.date(2026, 6, 9), "2026-06-09T04:30:00+00:00")
         assert parse_fhir_date(evening.replace(microsecond=1)).text == "2026-06-08T23:30:00.000001-05:00"
+
+
+def _found_by_scanning(resources, resource_type, codes):
+    """Reference for PatientRecord.find: every resource scanned, in record order."""
+    found = []
+    for position, raw in enumerate(resources):
+        if not isinstance(raw, dict) or raw.get("resourceType") != resource_type:
+            continue
+        concepts = [(None, raw.get("code"))]
+        parts = raw.get("component") if resource_type == "Observation" else None
+        if isinstance(parts, list):
+            concepts += [(i, p.get("code") if isinstance(p, dict) else None) for i, p in enumerate(parts)]
+        for component, concept in concepts:
+            codings = concept.get("coding") if isinstance(concept, dict) else None
+            if isinstance(codings, list) and any(
+                    isinstance(c, dict) and codes.contains(memo_coding_key(c.get("system"), c.get("code")))
+                    for c in codings):
+                found.append((position, component))
+    return found
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_record_index_finds_what_scanning_finds_in_odd_shapes(seed):
+    # Resources as EHRs and broken interfaces send them: codings repeated, in components, and
+    # every part of the path missing, null or of the wrong JSON type.
+    import random
+
+    rng = random.Random(seed)
+    anc = CodeSet("anc", "anc", [CodeEntry(LOINC, "751-8", None, "ANC", "test")])
+    breast = CodeSet("breast", "breast", [CodeEntry(ICD10CM, None, "C50", "breast", "test")])
+    odd = [None, "text", 7, [], {}, ["x"]]
+
+    def coding():
+        roll = rng.random()
+        if roll < 0.15:
+            return rng.choice(odd)
+        return {"system": rng.choice([LOINC, "urn:oid:2.16.840.1.113883.6.1", ICD10CM, None, ["x"]]),
+                "code": rng.choice(["751-8", "C50.912", "C50912", "777-3", None, 5])}
+
+    def concept():
+        roll = rng.random()
+        if roll < 0.15:
+            return rng.choice(odd)
+        return {"coding": [coding() for _ in range(rng.randint(0, 3))] if rng.random() < 0.9 else rng.choice(odd)}
+
+    def resource(i):
+        if rng.random() < 0.05:
+            return rng.choice(odd)
+        raw = {"resourceType": rng.choice(["Observation", "Observation", "Condition", "Patient", ["x"], None]),
+               "id": f"r{i}"}
+        if rng.random() < 0.9:
+            raw["code"] = concept()
+        if rng.random() < 0.3:
+            raw["component"] = [{"code": concept()} if rng.random() < 0.8 else rng.choice(odd)
+                                for _ in range(rng.randint(0, 3))] if rng.random() < 0.9 else rng.choice(odd)
+        return raw
+
+    resources = [resource(i) for i in range(30)]
+    record = PatientRecord(resources)
+    for rtype in ("Observation", "Condition"):
+        for codes in (anc, breast):
+            got = [(h.position, h.component) for h in record.find(rtype, codes)]
+            assert got == _found_by_scanning(resources, rtype, codes)
+            assert all(resources[h.position] is h.raw for h in record.find(rtype, codes))

@@ -200,6 +200,25 @@ class Cut:
         return self.codes is None or codes is None or any(codes.contains(key) for key in self.codes)
 
 
+def _index_codings(index: dict[tuple[str, str], list[tuple[dict[str, Any], int | None, int]]], codings: Any,
+                   entry: tuple[dict[str, Any], int | None, int]) -> None:
+    """Add `entry` (resource, component, position) under each coding's key, once per key."""
+    if not isinstance(codings, list):
+        return
+    keys = CODING_KEYS
+    for coding in codings:
+        try:
+            key = keys[(coding["system"], coding["code"])]  # a code seen before: no call
+        except (KeyError, TypeError, IndexError):  # new, incomplete, or not a Coding
+            key = memo_coding_key(coding.get("system"), coding.get("code")) if isinstance(coding, dict) else None
+        if key is not None:
+            bucket = index.get(key)
+            if bucket is None:
+                index[key] = [entry]
+            elif bucket[-1] is not entry:  # not twice for one concept coded twice alike
+                bucket.append(entry)
+
+
 class PatientRecord:
     """Everything the engine knows about one patient."""
 
@@ -224,7 +243,7 @@ class PatientRecord:
         # asks for), reading by subscript in try blocks (free when nothing is raised) rather
         # than by .get() and isinstance() calls. Indexed: the resource's code and, for an
         # Observation, each component's code (with the component's position).
-        by_type, indexes, keys = self.by_type, self._index, CODING_KEYS
+        by_type, indexes = self.by_type, self._index
         for position, raw in enumerate(resources):
             try:
                 rtype = raw["resourceType"]
@@ -236,34 +255,21 @@ class PatientRecord:
                         self.patient_raw = raw
                 continue
             by_type[rtype].append(raw)
-            components = raw.get("component") if rtype == "Observation" else None
-            if not isinstance(components, list):
-                components = ()
-            concept, component = raw.get("code"), None
-            while True:
-                try:
-                    codings = concept["coding"]
-                except (KeyError, TypeError, IndexError):  # no code, or not a CodeableConcept
-                    codings = None
-                if isinstance(codings, list):
-                    entry = (raw, component, position)
-                    for coding in codings:
+            try:
+                codings = raw["code"]["coding"]
+            except (KeyError, TypeError, IndexError):  # no code, or not a CodeableConcept
+                pass
+            else:
+                _index_codings(index, codings, (raw, None, position))
+            if rtype == "Observation" and "component" in raw:  # a panel's parts (blood pressure, ISH ratio)
+                components = raw["component"]
+                if isinstance(components, list):
+                    for i, part in enumerate(components):
                         try:
-                            key = keys[(coding["system"], coding["code"])]  # a code seen before: no call
-                        except (KeyError, TypeError, IndexError):  # new, incomplete, or not a Coding
-                            key = memo_coding_key(coding.get("system"), coding.get("code")) \
-                                if isinstance(coding, dict) else None
-                        if key is not None:
-                            bucket = index.get(key)
-                            if bucket is None:
-                                index[key] = [entry]
-                            elif bucket[-1] is not entry:  # not twice for one concept coded twice alike
-                                bucket.append(entry)
-                component = 0 if component is None else component + 1
-                if component >= len(components):
-                    break
-                part = components[component]
-                concept = part.get("code") if isinstance(part, dict) else None
+                            codings = part["code"]["coding"]
+                        except (KeyError, TypeError, IndexError):
+                            continue
+                        _index_codings(index, codings, (raw, i, position))
 
     # -- look-ups -----------------------------------------------------------
 
