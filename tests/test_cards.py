@@ -567,8 +567,8 @@ def test_the_evaluation_json_never_carries_an_empty_value(seed):
                         display=text(), value=text(), unit=text(), comparator=text(), date=text(), status=text(),
                         note=text(),
                         converted=rng.choice([None, Measured(decimal(), rng.choice(["", "10*9/L"]))]),
-                        uln=rng.choice([None, UpperLimit(decimal(), rng.choice(["", "U/L"]), rng.choice(["", "fallback"]),
-                                                         rng.random() < 0.5, text())]),
+                        uln=rng.choice([None, UpperLimit(decimal(), rng.choice(["", "U/L"]),
+                                                         rng.choice(["", "fallback"]), rng.random() < 0.5, text())]),
                         ratio_to_uln=rng.choice([None, decimal()]))
 
     def criterion(i):

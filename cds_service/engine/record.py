@@ -238,11 +238,11 @@ class PatientRecord:
         self._index_all(resources)
 
     def _index_all(self, resources: Iterable[dict[str, Any]]) -> None:
-        # The hot path: runs for every resource of every chart, so one loop of plain dict
-        # and tuple work (Hit objects are made in find(), for the few resources a criterion
-        # asks for), reading by subscript in try blocks (free when nothing is raised) rather
-        # than by .get() and isinstance() calls. Indexed: the resource's code and, for an
-        # Observation, each component's code (with the component's position).
+        # The hot path: runs for every resource of every chart, so plain dict and tuple work
+        # (Hit objects are made in find(), for the few resources a criterion asks for),
+        # reading by subscript in try blocks (free when nothing is raised) rather than by
+        # .get() and isinstance() calls. Indexed: the resource's code and, for an Observation
+        # that has components, each component's code (with the component's position).
         by_type, indexes = self.by_type, self._index
         for position, raw in enumerate(resources):
             try:

@@ -186,9 +186,10 @@ def _usable_resources(value: Any, query: Any, patient_id: str) -> tuple[list[dic
     resources, foreign = [], 0
     keep = resources.append
     for entry in entries:
-        # The usual entry, a Condition or Observation whose subject is "Patient/<id>" as nearly every EHR writes
-        # it, settled by subscripts in a try block (free when nothing is raised); anything else
-        # (no subject, another patient, odd shapes, an OperationOutcome) takes the full checks.
+        # The usual entry, a Condition or Observation whose subject is "Patient/<id>" as nearly
+        # every EHR writes it, is settled by subscripts in a try block (free when nothing is
+        # raised); anything else (no subject, another patient, odd shapes, an OperationOutcome)
+        # takes the full checks.
         try:
             resource = entry["resource"]
             if resource["subject"]["reference"] == own_key and resource.__class__ is dict \

@@ -461,7 +461,7 @@ def read_latest_results(ctx: Context, codes: CodeSet, usable: Callable[[Reading]
     ranks = _DATETIME_RANKS
     for hit in hits:
         try:  # the usual case, a dateTime ranked before: what raw_observation_rank would return
-            rank = ranks[hit[0]["effectiveDateTime"]]
+            rank = ranks[hit[0]["effectiveDateTime"]]  # hit[0] is hit.raw, without the attribute call
         except (KeyError, TypeError):  # none, not ranked yet, or not a string
             rank = raw_observation_rank(hit.raw)
         if rank is None:
