@@ -21,7 +21,7 @@ import functools
 import importlib.resources
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -191,6 +191,22 @@ class _CriterionInfo:
     title: str
     card_note: str | None
     analytes: tuple[tuple[str, CodeSet], ...]  # lab analyte names and their codes, to label evidence
+    _labels: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
+
+    def analyte_label(self, code: str | None) -> str | None:
+        """The name of the analyte a "system|code" belongs to (None if none): asked for
+        every decisive result of every card, so answers are kept (a few codes per criterion)."""
+        if not self.analytes or not code or "|" not in code:
+            return None
+        try:
+            return self._labels[code]
+        except KeyError:
+            pass
+        key = memo_coding_key(*code.split("|", 1))
+        label = next((name for name, codes in self.analytes if codes.contains(key)), None)
+        if len(self._labels) < TEXT_MEMO_SIZE:
+            self._labels[code] = label
+        return label
 
 
 @dataclass(frozen=True)
@@ -479,7 +495,8 @@ class CardRenderer:
     def _item(self, info: _TrialInfo, c: CriterionResult) -> dict[str, Any]:
         ci = info.criteria.get(c.id)
         decisive = [e for e in c.evidence if e.role is Role.DECISIVE][:MAX_DECISIVE_EVIDENCE]
-        evidence = _with_lines([_evidence_view(e, ci) for e in decisive], c.result) if decisive else []
+        several = len(decisive) > 1
+        evidence = [_evidence_view(e, ci, several, c.result) for e in decisive]
         result = c.result._value_
         return {
             "id": c.id,
@@ -566,62 +583,52 @@ def _dec(value: Decimal) -> str:
     return format(value, "f")
 
 
-def _evidence_view(e: Evidence, ci: _CriterionInfo | None) -> dict[str, Any]:
-    """One decisive piece of evidence: as recorded, plus the converted value
-    only when it differs from what was recorded (number or unit)."""
-    label = None
-    if ci is not None and ci.analytes and e.code and "|" in e.code:
-        key = memo_coding_key(*e.code.split("|", 1))
-        label = next((name for name, codes in ci.analytes if codes.contains(key)), None)
-    if label is None and e.value in (None, ""):
-        label = e.display  # a diagnosis or allergy: what was found is the evidence
+def _evidence_view(e: Evidence, ci: _CriterionInfo | None, several: bool, result: Result) -> dict[str, Any]:
+    """One decisive piece of evidence: as recorded, plus the converted value only
+    when it differs from what was recorded (number or unit), and `line`: the
+    evidence as one Markdown-safe line (what was found, value as recorded,
+    converted value, ULN · day · source). The line names the analyte when the
+    criterion shows `several` pieces; else the display when that is short, or when
+    there is no value and the criterion is not met. Built here, not in the
+    template, because it runs for every evidence of every card (speed)."""
+    label = ci.analyte_label(e.code) if ci is not None else None
+    display, value, unit = e.display, e.value, e.unit
+    if label is None and value in (None, ""):
+        label = display  # a diagnosis or allergy: what was found is the evidence
     converted = None
-    if e.converted is not None and _differs(e.value, e.unit, e.converted):
+    if e.converted is not None and _differs(value, unit, e.converted):
         converted = {"value": _dec(e.converted.value), "unit": e.converted.unit}
     uln = None
     if e.uln is not None:
         uln = {"value": _dec(e.uln.value), "unit": e.uln.unit, "assumed": e.uln.assumed}
+    date = e.date[:10] if e.date else None
+
+    if several and label:
+        name = label
+    elif display and (len(display) <= 32 or (not value and result is not Result.PASS)):
+        name = display
+    else:
+        name = ""
+    measured = f"{e.comparator or ''}{value}{' ' + unit_display(unit) if unit else ''}" if value else ""
+    shown = f"(= {converted['value']} {unit_display(converted['unit'])})" if converted else ""
+    what = " ".join(filter(None, (name, measured, shown)))  # the parts that say something
+    if uln:
+        limit = f"ULN {uln['value']} {unit_display(uln['unit'])}" + (" (assumed)" if uln["assumed"] else "")
+        what = ", ".join(filter(None, (what, limit)))
     return {
         "reference": e.reference,
         "label": label,
-        "display": e.display,
+        "display": display,
         "comparator": e.comparator,
-        "value": e.value,
-        "unit": e.unit,
+        "value": value,
+        "unit": unit,
         "converted": converted,
         "uln": uln,
         "ratio_to_uln": _dec(e.ratio_to_uln) if e.ratio_to_uln is not None else None,
-        "date": e.date[:10] if e.date else None,
+        "date": date,
         "note": e.note,
+        "line": " · ".join(map(md_escape, filter(None, (what, date, e.reference)))),
     }
-
-
-def _with_lines(views: list[dict[str, Any]], result: Result) -> list[dict[str, Any]]:
-    """Add `line`: the evidence as one Markdown-safe line (what was found, value as
-    recorded, converted value, ULN · day · source). Named by its analyte when the
-    criterion shows several; else by its display when that is short, or when
-    there is no value and the criterion is not met. Built here, not in the
-    template, because it runs for every evidence of every card (speed)."""
-    several = len(views) > 1
-    for ev in views:
-        display = ev["display"]
-        if several and ev["label"]:
-            name = ev["label"]
-        elif display and (len(display) <= 32 or (not ev["value"] and result is not Result.PASS)):
-            name = display
-        else:
-            name = ""
-        measured = f"{ev['comparator'] or ''}{ev['value']}{' ' + unit_display(ev['unit']) if ev['unit'] else ''}" \
-            if ev["value"] else ""
-        converted = f"(= {ev['converted']['value']} {unit_display(ev['converted']['unit'])})" \
-            if ev["converted"] else ""
-        what = " ".join(p for p in (name, measured, converted) if p)
-        if ev["uln"]:
-            uln = ev["uln"]
-            limit = f"ULN {uln['value']} {unit_display(uln['unit'])}" + (" (assumed)" if uln["assumed"] else "")
-            what = ", ".join(p for p in (what, limit) if p)
-        ev["line"] = " · ".join(md_escape(p) for p in (what, ev["date"], ev["reference"]) if p)
-    return views
 
 
 _NO_BRACKETS = str.maketrans("", "", "[]")
