@@ -503,7 +503,7 @@ class CardRenderer:
             "kind": c.kind,
             "result": result,
             "symbol": self._symbols[result],
-            "title": c.title or (ci.title if ci is not None else None) or c.id,  # as _title()
+            "title": _title(info, c),
             "short_name": self._short_name(info, c),
             "reason": c.reason,
             "reason_code": c.why._value_ if c.why is not None else None,

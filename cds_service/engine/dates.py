@@ -45,7 +45,6 @@ class FhirDate(NamedTuple):
 # alone takes 0.8 µs. FhirDate is immutable, so one is shared.
 _INSTANT_DATES: dict[tuple[dt.datetime, dt.timedelta | None], FhirDate] = {}
 INSTANT_MEMO_SIZE = 65536
-_new_tuple = tuple.__new__  # FhirDate(*fields) goes through a Python-level __new__
 
 
 def parse_fhir_date(value: object) -> FhirDate | None:
@@ -61,7 +60,7 @@ def parse_fhir_date(value: object) -> FhirDate | None:
         found = _INSTANT_DATES.get(key)
         if found is None:
             day = value.date()  # the calendar day in the offset it was recorded with
-            found = _new_tuple(FhirDate, (day, day, value, value.isoformat()))
+            found = FhirDate(day, day, value, value.isoformat())
             if len(_INSTANT_DATES) >= INSTANT_MEMO_SIZE:
                 _INSTANT_DATES.clear()
             _INSTANT_DATES[key] = found

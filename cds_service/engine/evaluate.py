@@ -69,9 +69,10 @@ def _cut_short(outcome: Outcome, criterion: Criterion, ctx: Context) -> Outcome:
     """The outcome, or unknown (incomplete-data) if what it rests on may be among
     what a FHIR search cut short (page limit, deadline, look-back) left out: resources of
     which it found none, or the newest results of its tests when the search's
-    pages did not come newest first (a newer result would settle the latter)."""
+    pages did not come newest first (a newer result would settle the latter). Called
+    only when some search was cut (ctx.record.cuts)."""
     cuts = ctx.record.cuts
-    if not cuts or not (outcome.absence_of or outcome.newest_of):
+    if not (outcome.absence_of or outcome.newest_of):
         return outcome
     reads = criterion.rule.reads()
 

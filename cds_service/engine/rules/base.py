@@ -25,6 +25,7 @@ class RuleModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel,
                               populate_by_name=True)
+
     def latest_within_days(self) -> int | None:
         """For a rule decided by the latest result of each of its tests, within a
         look-back: how many days back a result can still decide (an older one is stale
