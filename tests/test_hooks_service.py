@@ -56,7 +56,8 @@ def test_discovery_describes_one_patient_view_service(client):
     assert service["title"] and "NCT06462092" in service["description"] and service["usageRequirements"]
     prefetch = service["prefetch"]
     assert prefetch["patient"] == "Patient/{{context.patientId}}"
-    assert set(prefetch) >= {"patient", "conditions", "labResults", "observations", "allergies"}
+    assert set(prefetch) == {"patient", "conditions", "labResults", "observations", "allergies",
+                             "cytologyReports", "specimens"}
     for template in prefetch.values():
         tokens = set(re.findall(r"\{\{(.*?)\}\}", template))
         assert tokens <= ALLOWED_TOKENS, template
