@@ -79,7 +79,7 @@ def _decimal_text(value: Decimal) -> str:
     return format(value, "f")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)  # frozen: a judgement memoised in rules/labs.py shares it between calls
 class Measured:
     value: Decimal
     unit: str
@@ -91,7 +91,7 @@ class Measured:
         return out
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)  # frozen: shared between calls, as Measured
 class UpperLimit:
     """The upper limit of normal used for a ×ULN rule."""
 

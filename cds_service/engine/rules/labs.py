@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from ..dates import FhirDate, Recency, recency
 from ..model import Evidence, Measured, Result, Role, UpperLimit, Why
-from ..quantities import NotConvertible
+from ..quantities import NotConvertible, UnitTable
 from .base import Context, Outcome, Reading, RuleModel, concept_label, has_invalid, read_latest_results
 
 Comparator = Literal["<", "<=", ">", ">="]
@@ -93,7 +93,6 @@ class LabRule(RuleModel):
 @dataclass(slots=True)
 class _Candidate:
     source: Any  # the Observation or its component carrying the value
-    quantity: Any
     date: FhirDate | None
     evidence: Evidence
 
@@ -135,7 +134,7 @@ def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[R
             ignored.append(ev)
             continue
         ev.value, ev.unit, ev.comparator = format(q.value, "f"), q.unit or q.code, q.comparator
-        cand = _Candidate(r.source, q, r.date, ev)
+        cand = _Candidate(r.source, r.date, ev)
         (dated if r.date is not None else undated).append(cand)
 
     if dated:
@@ -162,10 +161,11 @@ def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[R
                                    _collect(latest, older, undated, ignored), Why.IMPRECISE_DATE)
         latest_key = latest.date.sort_key()
         same_time = [latest] + [c for c in dated[1:] if c.date.sort_key() == latest_key]
-        judged = [(c, _judge(ctx, analyte, c)) for c in same_time]
+        judged = [(c, _judged(ctx, analyte, c)) for c in same_time]
         outcomes = {j.result for _, j in judged}
-        for c, _ in judged:
-            c.evidence.role = Role.DECISIVE
+        for c, j in judged:
+            ev = c.evidence
+            ev.role, ev.converted, ev.uln, ev.ratio_to_uln = Role.DECISIVE, j.converted, j.uln, j.ratio_to_uln
         rest = dated[len(same_time):]  # sorted newest first: the same-time results lead
         _note_older(rest)
         evidence = [c.evidence for c in same_time] + [c.evidence for c in rest] + \
@@ -201,42 +201,78 @@ def _collect(latest: _Candidate, older: list[_Candidate], undated: list[_Candida
     return [latest.evidence] + [c.evidence for c in older] + [c.evidence for c in undated] + ignored
 
 
-def _judge(ctx: Context, analyte: Analyte, cand: _Candidate) -> _AnalyteOutcome:
-    """Apply the threshold to one dated, fresh result."""
-    q, ev, name, rule = cand.quantity, cand.evidence, analyte.name, analyte.fail_when
-    unit = ctx.units.ucum_of(q.code, q.unit, q.system)
+@dataclass(frozen=True, slots=True)
+class _Judgement:
+    """The threshold applied to one result: the outcome, and what the evidence shows for it."""
+
+    result: Result
+    reason: str
+    why: Why | None = None
+    converted: Measured | None = None
+    uln: UpperLimit | None = None
+    ratio_to_uln: Decimal | None = None
+
+
+# Judgements by (analyte, unit table, the validated part carrying the value, its date). A judgement
+# reads nothing else, and validated models are shared between calls by content (record.py's
+# validation memo) and never mutated, so the same result seen again (every chart open re-sends the
+# patient's labs) is judged once. The entry holds the analyte, table and part: their ids in the key
+# cannot be reused while it lives. Each pins one model (~17 kB): at most ~17 MB.
+_JUDGEMENTS: dict[tuple[int, int, int, FhirDate | None], tuple[Any, Any, Any, _Judgement]] = {}
+JUDGEMENT_MEMO_SIZE = 1024
+
+
+def _judged(ctx: Context, analyte: Analyte, cand: _Candidate) -> _Judgement:
+    key = (id(analyte), id(ctx.units), id(cand.source), cand.date)
+    kept = _JUDGEMENTS.get(key)
+    if kept is not None:
+        return kept[3]
+    judgement = _judge(ctx.units, analyte, cand.source, cand.date)
+    if len(_JUDGEMENTS) >= JUDGEMENT_MEMO_SIZE:
+        _JUDGEMENTS.clear()
+    _JUDGEMENTS[key] = (analyte, ctx.units, cand.source, judgement)
+    return judgement
+
+
+def _judge(units: UnitTable, analyte: Analyte, source: Any, date: FhirDate | None) -> _Judgement:
+    """Apply the threshold to one dated, fresh result: `source` is the validated
+    Observation (or component) carrying the value. Pure: see _judged."""
+    q, name, rule = source.valueQuantity, analyte.name, analyte.fail_when
+    unit = units.ucum_of(q.code, q.unit, q.system)
     if unit is None:
-        return _AnalyteOutcome(Result.UNKNOWN, f"{name}: result has no unit", why=Why.UNIT_NOT_CONVERTIBLE)
+        return _Judgement(Result.UNKNOWN, f"{name}: result has no unit", Why.UNIT_NOT_CONVERTIBLE)
     value = Decimal(q.value)
+    converted = uln = ratio = None
     if rule.value is not None:
         try:
-            converted = ctx.units.convert(value, unit, rule.unit, analyte.conversions)
+            compared = units.convert(value, unit, rule.unit, analyte.conversions)
         except NotConvertible:
-            return _AnalyteOutcome(Result.UNKNOWN, f"{name}: unit '{q.unit or q.code}' cannot be converted to "
-                                   f"{rule.unit}", why=Why.UNIT_NOT_CONVERTIBLE)
-        ev.converted = Measured(converted, rule.unit)
+            return _Judgement(Result.UNKNOWN, f"{name}: unit '{q.unit or q.code}' cannot be converted to "
+                              f"{rule.unit}", Why.UNIT_NOT_CONVERTIBLE)
+        converted = Measured(compared, rule.unit)
         limit, limit_text = rule.value, f"{format(rule.value, 'f')} {rule.unit}"
-        shown = f"{format(converted, 'f')} {rule.unit}"
-        compared = converted
+        shown = f"{format(compared, 'f')} {rule.unit}"
     else:
-        uln = _upper_limit(ctx, analyte, cand, unit)
-        if isinstance(uln, _AnalyteOutcome):
+        uln = _upper_limit(units, analyte, source, unit)
+        if isinstance(uln, _Judgement):
             return uln
-        ev.uln = uln
-        ev.ratio_to_uln = _ratio(value, uln.value)
+        ratio = _ratio(value, uln.value)
         limit = rule.uln_multiple * uln.value
         limit_text = f"{format(rule.uln_multiple, 'f')} × ULN {format(uln.value, 'f')} {uln.unit}" + \
                      (" (assumed ULN)" if uln.assumed else "")
-        shown = f"{format(value, 'f')} {unit} ({ev.ratio_to_uln} × ULN)"
+        shown = f"{format(value, 'f')} {unit} ({ratio} × ULN)"
         compared = value
     verdict = classify(compared, q.comparator, rule.comparator, limit)
-    when = cand.date.day_text if cand.date else "undated"
+    when = date.day_text if date else "undated"
     if verdict is None:
-        return _AnalyteOutcome(Result.UNKNOWN, f"{name} reported as {q.comparator}{format(value, 'f')}: cannot "
-                               f"tell whether it is {rule.comparator} {limit_text}", why=Why.UNINTERPRETABLE)
+        return _Judgement(Result.UNKNOWN, f"{name} reported as {q.comparator}{format(value, 'f')}: cannot "
+                          f"tell whether it is {rule.comparator} {limit_text}", Why.UNINTERPRETABLE,
+                          converted, uln, ratio)
     if verdict:
-        return _AnalyteOutcome(Result.FAIL, f"{name} {shown} on {when} is {rule.comparator} {limit_text}")
-    return _AnalyteOutcome(Result.PASS, f"{name} {shown} on {when} is not {rule.comparator} {limit_text}")
+        return _Judgement(Result.FAIL, f"{name} {shown} on {when} is {rule.comparator} {limit_text}", None,
+                          converted, uln, ratio)
+    return _Judgement(Result.PASS, f"{name} {shown} on {when} is not {rule.comparator} {limit_text}", None,
+                      converted, uln, ratio)
 
 
 def _ratio(value: Decimal, uln: Decimal) -> Decimal:
@@ -252,15 +288,15 @@ def _ratio(value: Decimal, uln: Decimal) -> Decimal:
 _NORMAL_RANGE = {("http://terminology.hl7.org/CodeSystem/referencerange-meaning", "normal")}
 
 
-def _upper_limit(ctx: Context, analyte: Analyte, cand: _Candidate, unit: str) -> UpperLimit | _AnalyteOutcome:
+def _upper_limit(units: UnitTable, analyte: Analyte, source: Any, unit: str) -> UpperLimit | _Judgement:
     """The ULN in the result's unit: the result's own reference range, else the
     configured fallback (flagged as assumed)."""
-    for rr in cand.source.referenceRange or ():
+    for rr in source.referenceRange or ():
         if rr.high is None or rr.high.value is None:
             continue
         if rr.type is not None and not any((c.system, c.code) in _NORMAL_RANGE for c in rr.type.coding or ()):
             continue
-        high_unit = ctx.units.ucum_of(rr.high.code, rr.high.unit, rr.high.system)
+        high_unit = units.ucum_of(rr.high.code, rr.high.unit, rr.high.system)
         high = Decimal(rr.high.value)
         if high <= 0:
             continue
@@ -268,20 +304,20 @@ def _upper_limit(ctx: Context, analyte: Analyte, cand: _Candidate, unit: str) ->
             return UpperLimit(high, unit, "referenceRange.high", assumed=False,
                               note="the range gives no unit; taken to be the result's unit")
         try:
-            converted = ctx.units.convert(high, high_unit, unit, analyte.conversions)
+            converted = units.convert(high, high_unit, unit, analyte.conversions)
         except NotConvertible:
-            return _AnalyteOutcome(Result.UNKNOWN, f"{analyte.name}: reference range unit '{high_unit}' cannot be "
-                                   f"converted to the result's unit '{unit}'", why=Why.UNIT_NOT_CONVERTIBLE)
+            return _Judgement(Result.UNKNOWN, f"{analyte.name}: reference range unit '{high_unit}' cannot be "
+                                   f"converted to the result's unit '{unit}'", Why.UNIT_NOT_CONVERTIBLE)
         return UpperLimit(converted, unit, "referenceRange.high", assumed=False)
     fallback = analyte.fallback_uln
     if fallback is None:
-        return _AnalyteOutcome(Result.UNKNOWN, f"{analyte.name}: result has no reference range and no fallback "
-                               "ULN is configured", why=Why.NO_REFERENCE_RANGE)
+        return _Judgement(Result.UNKNOWN, f"{analyte.name}: result has no reference range and no fallback "
+                               "ULN is configured", Why.NO_REFERENCE_RANGE)
     try:
-        converted = ctx.units.convert(fallback.value, fallback.unit, unit, analyte.conversions)
+        converted = units.convert(fallback.value, fallback.unit, unit, analyte.conversions)
     except NotConvertible:
-        return _AnalyteOutcome(Result.UNKNOWN, f"{analyte.name}: unit '{unit}' cannot be converted to the fallback "
-                               f"ULN's unit {fallback.unit}", why=Why.UNIT_NOT_CONVERTIBLE)
+        return _Judgement(Result.UNKNOWN, f"{analyte.name}: unit '{unit}' cannot be converted to the fallback "
+                               f"ULN's unit {fallback.unit}", Why.UNIT_NOT_CONVERTIBLE)
     return UpperLimit(converted, unit, "fallback", assumed=True,
                       note=f"no reference range on the result; fallback ULN {format(fallback.value, 'f')} "
                            f"{fallback.unit} ({fallback.source})")
