@@ -8,6 +8,7 @@ import pytest
 
 from cds_service.engine import Result, Why, evaluate
 from cds_service.engine.model import Role
+from cds_service.engine import memo
 from cds_service.engine.quantities import UnitTable
 from cds_service.engine.rules import labs
 from fhirbuild import LOINC, lab, patient
@@ -193,7 +194,7 @@ def test_codes_matched_by_code_not_display(nct06462092):
     assert run(nct06462092, local, criterion="neutrophils").why is Why.NO_DATA
 
 
-# -- judgements remembered between calls (rules/labs.py _judged) ------------------------------------
+# -- judgements remembered between calls (rules/labs.py _judge) -------------------------------------
 
 def _variant(trial, criterion_id, **threshold):
     """The trial with one criterion's first analyte failing at another threshold: new
@@ -240,9 +241,9 @@ def test_what_a_remembered_judgement_shares_cannot_be_changed(nct06462092):
 
 
 def test_remembered_judgements_are_bounded(nct06462092, monkeypatch):
-    monkeypatch.setattr(labs, "JUDGEMENT_MEMO_SIZE", 8)
+    monkeypatch.setattr(memo, "IDENTITY_MEMO_SIZE", 8)
     for i in range(30):
         c = run(nct06462092, lab("718-7", 10 + i / 10, "g/dL", "2026-06-10"), criterion="hemoglobin")
         value = Decimal(str(10 + i / 10))
         assert c.result is Result.PASS and c.evidence[0].converted.value == value * 10  # g/dL -> g/L
-        assert len(labs._JUDGEMENTS) <= 8
+        assert len(labs._judge.entries) <= 8

@@ -15,6 +15,7 @@ from pydantic.alias_generators import to_camel
 
 from ..codes import CodeSet, memo_coding_key, union
 from ..dates import FhirDate, age_range, parse_fhir_date
+from ..memo import remembered_by_identity
 from ..model import Evidence, Result, Role, Why
 from ..quantities import UnitTable
 from ..record import InvalidResource, PatientRecord
@@ -178,6 +179,7 @@ def _status_code(concept: Any, systems: set[str]) -> str | None:
     return None
 
 
+@remembered_by_identity
 def verification(resource: Any) -> str:
     """confirmed / unconfirmed / excluded (refuted or entered-in-error).
     A Condition or AllergyIntolerance without a verification status counts as
@@ -196,6 +198,7 @@ def verification(resource: Any) -> str:
 ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
 
 
+@remembered_by_identity
 def clinical_status(resource: Any) -> str:
     """The clinical status code; a resource without one is taken as active."""
     systems = _ALLERGY_CLIN_SYSTEMS if resource.get_resource_type() == "AllergyIntolerance" else _CLIN_SYSTEMS
@@ -204,6 +207,7 @@ def clinical_status(resource: Any) -> str:
 
 # -- dates ----------------------------------------------------------------
 
+@remembered_by_identity
 def observation_date(obs: Any) -> FhirDate | None:
     """effective[x] of an Observation or DiagnosticReport (Period: its start)."""
     if obs.effectiveDateTime is not None:
@@ -216,6 +220,7 @@ def observation_date(obs: Any) -> FhirDate | None:
     return None
 
 
+@remembered_by_identity
 def condition_date(cond: Any) -> FhirDate | None:
     if cond.onsetDateTime is not None:
         return parse_fhir_date(cond.onsetDateTime)
@@ -226,6 +231,7 @@ def condition_date(cond: Any) -> FhirDate | None:
 
 # -- evidence helpers -----------------------------------------------------
 
+@remembered_by_identity
 def matching_coding(concept: Any, codes: CodeSet) -> Any | None:
     """The first coding of a (validated) CodeableConcept that is in `codes`."""
     if concept is None:

@@ -16,7 +16,9 @@ from pydantic import Field, model_validator
 from ..dates import FhirDate, Recency, recency
 from ..model import Evidence, Measured, Result, Role, UpperLimit, Why
 from ..quantities import NotConvertible, UnitTable
-from .base import Context, Outcome, Reading, RuleModel, concept_label, has_invalid, read_latest_results
+from ..memo import remembered_by_identity
+from .base import (Context, Outcome, Reading, RuleModel, concept_label, has_invalid, observation_date,
+                   read_latest_results)
 
 Comparator = Literal["<", "<=", ">", ">="]
 
@@ -92,7 +94,8 @@ class LabRule(RuleModel):
 
 @dataclass(slots=True)
 class _Candidate:
-    source: Any  # the Observation or its component carrying the value
+    resource: Any  # the validated Observation
+    source: Any  # the resource or its component carrying the value
     date: FhirDate | None
     evidence: Evidence
 
@@ -134,7 +137,7 @@ def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[R
             ignored.append(ev)
             continue
         ev.value, ev.unit, ev.comparator = format(q.value, "f"), q.unit or q.code, q.comparator
-        cand = _Candidate(r.source, r.date, ev)
+        cand = _Candidate(r.resource, r.source, r.date, ev)
         (dated if r.date is not None else undated).append(cand)
 
     if dated:
@@ -161,7 +164,7 @@ def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[R
                                    _collect(latest, older, undated, ignored), Why.IMPRECISE_DATE)
         latest_key = latest.date.sort_key()
         same_time = [latest] + [c for c in dated[1:] if c.date.sort_key() == latest_key]
-        judged = [(c, _judged(ctx, analyte, c)) for c in same_time]
+        judged = [(c, _judge(ctx.units, analyte, c.resource, c.source)) for c in same_time]
         outcomes = {j.result for _, j in judged}
         for c, j in judged:
             ev = c.evidence
@@ -213,30 +216,10 @@ class _Judgement:
     ratio_to_uln: Decimal | None = None
 
 
-# Judgements by (analyte, unit table, the validated part carrying the value, its date). A judgement
-# reads nothing else, and validated models are shared between calls by content (record.py's
-# validation memo) and never mutated, so the same result seen again (every chart open re-sends the
-# patient's labs) is judged once. The entry holds the analyte, table and part: their ids in the key
-# cannot be reused while it lives. Each pins one model (~17 kB): at most ~17 MB.
-_JUDGEMENTS: dict[tuple[int, int, int, FhirDate | None], tuple[Any, Any, Any, _Judgement]] = {}
-JUDGEMENT_MEMO_SIZE = 1024
-
-
-def _judged(ctx: Context, analyte: Analyte, cand: _Candidate) -> _Judgement:
-    key = (id(analyte), id(ctx.units), id(cand.source), cand.date)
-    kept = _JUDGEMENTS.get(key)
-    if kept is not None:
-        return kept[3]
-    judgement = _judge(ctx.units, analyte, cand.source, cand.date)
-    if len(_JUDGEMENTS) >= JUDGEMENT_MEMO_SIZE:
-        _JUDGEMENTS.clear()
-    _JUDGEMENTS[key] = (analyte, ctx.units, cand.source, judgement)
-    return judgement
-
-
-def _judge(units: UnitTable, analyte: Analyte, source: Any, date: FhirDate | None) -> _Judgement:
-    """Apply the threshold to one dated, fresh result: `source` is the validated
-    Observation (or component) carrying the value. Pure: see _judged."""
+@remembered_by_identity  # the same result is judged again on every chart open
+def _judge(units: UnitTable, analyte: Analyte, resource: Any, source: Any) -> _Judgement:
+    """Apply the threshold to one dated, fresh result: `source` is the part of the
+    validated Observation `resource` carrying the value (the resource or a component)."""
     q, name, rule = source.valueQuantity, analyte.name, analyte.fail_when
     unit = units.ucum_of(q.code, q.unit, q.system)
     if unit is None:
@@ -263,6 +246,7 @@ def _judge(units: UnitTable, analyte: Analyte, source: Any, date: FhirDate | Non
         shown = f"{format(value, 'f')} {unit} ({ratio} × ULN)"
         compared = value
     verdict = classify(compared, q.comparator, rule.comparator, limit)
+    date = observation_date(resource)
     when = date.day_text if date else "undated"
     if verdict is None:
         return _Judgement(Result.UNKNOWN, f"{name} reported as {q.comparator}{format(value, 'f')}: cannot "

@@ -1,0 +1,41 @@
+"""Answers read from validated FHIR models, remembered by the models' identity.
+
+Validated models are shared between calls by content (record.py's validation
+memo) and never mutated: a chart opened again re-sends the same resources and
+gets the same model objects. So what a pure function reads from them (a
+coding matched against a code set, a date, a status, a lab judgement) holds
+for as long as the objects live, and is computed once, not on every call.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+# Entries per function; then its memo starts afresh. An entry of a function of a whole resource
+# holds its model (~17 kB), mostly one the validation memo holds too: a call reads ~15 models, so
+# ~130 charts' worth, at most ~35 MB a function.
+IDENTITY_MEMO_SIZE = 2048
+
+
+def remembered_by_identity(fn: Callable[..., T]) -> Callable[..., T]:
+    """`fn(*objects)` remembered by the objects' identity (positional arguments
+    only, each immutable: validated models and their parts, rule definitions,
+    code sets, unit tables). An entry holds its objects, so the ids in its key
+    are not reused by other objects while it lives. The memo is `fn.entries`."""
+    entries: dict[tuple[int, ...], tuple[tuple[Any, ...], T]] = {}
+
+    @functools.wraps(fn)
+    def remembered(*objects: Any) -> T:
+        key = tuple(map(id, objects))
+        kept = entries.get(key)
+        if kept is None:
+            answer = fn(*objects)
+            if len(entries) >= IDENTITY_MEMO_SIZE:
+                entries.clear()
+            entries[key] = kept = (objects, answer)
+        return kept[1]
+
+    remembered.entries = entries  # type: ignore[attr-defined]
+    return remembered
