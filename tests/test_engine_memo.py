@@ -86,7 +86,7 @@ def test_remembered_answers_never_change_an_evaluation(nct06462092, monkeypatch)
     assert len(charts) >= 100
     remembered = _remembered_functions()
     assert {name for _, name, _ in remembered} >= {"matching_coding", "observation_date", "condition_date",
-                                                  "verification", "clinical_status", "_judge"}
+                                                  "verification", "clinical_status", "observation_rank", "_judge"}
     # Warm: everything evaluated once in reverse order, then in order (answers from other charts and dates).
     list(reversed(_all_evaluations(nct06462092, charts[::-1])))
     warm = _all_evaluations(nct06462092, charts)

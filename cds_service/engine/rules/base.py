@@ -319,7 +319,7 @@ def _read_hit(ctx: Context, hit: Any, codes: CodeSet, ranked_at: int | None = No
     source = resource.component[hit.component] if hit.component is not None else resource
     coding = matching_coding(source.code, codes)
     date = observation_date(resource)
-    if ranked_at is not None and (date is None or instant_rank(date.sort_key()) != ranked_at):
+    if ranked_at is not None and observation_rank(resource) != ranked_at:
         raise RankingMismatch(ctx.record.reference(hit.raw))
     ev = Evidence(reference=ctx.record.reference(hit.raw), code=coding_text(coding) if coding else None,
                   display=concept_label(source.code, coding), status=resource.status,
@@ -377,6 +377,13 @@ def instant_rank(instant: dt.datetime) -> int:
     as an int. Aware datetimes with different offsets compare through
     utcoffset() calls: sorting a 17-result history took 12 µs, as ints 0.5."""
     return (instant - _EPOCH) // _MICROSECOND
+
+
+@remembered_by_identity
+def observation_rank(obs: Any) -> int | None:
+    """instant_rank of a validated Observation's date (None when it has none)."""
+    date = observation_date(obs)
+    return instant_rank(date.sort_key()) if date is not None else None
 
 
 def raw_observation_rank(raw: dict[str, Any]) -> int | None:
