@@ -20,3 +20,14 @@ def test_hook_bench_runs_every_section():
     every_page = next(line for line in out.splitlines() if "every page:" in line)
     assert "cut: look-back" in look_back and "(1 for the lab history" in look_back, look_back
     assert "(20 for the lab history" in every_page, every_page
+
+
+def test_memory_bench_measures_both_runs():
+    done = subprocess.run([sys.executable, str(BENCH.with_name("memory_bench.py")), "--charts", "20"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert "20 distinct charts" in lines[0], done.stdout
+    assert lines[1].startswith("  identity memos off: +") and " MB" in lines[1], done.stdout
+    held = int(lines[2].split(", ")[1].split()[0].replace(",", ""))
+    assert lines[2].startswith("  identity memos on : +") and held > 0, done.stdout

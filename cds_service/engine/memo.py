@@ -14,9 +14,10 @@ from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 # Entries per function; then its memo starts afresh. An entry of a function of a whole resource
-# holds its model (~17 kB), mostly one the validation memo holds too: a call reads ~15 models, so
-# ~130 charts' worth, at most ~35 MB a function.
-IDENTITY_MEMO_SIZE = 2048
+# holds its model, nearly always one the validation memo holds too (the last 4,096 read). Measured:
+# evaluating 1,500 distinct charts grew a process by 66 MB with these memos, by 60 MB without
+# (bench/memory_bench.py).
+IDENTITY_MEMO_SIZE = 1024
 
 
 def remembered_by_identity(fn: Callable[..., T]) -> Callable[..., T]:
