@@ -14,6 +14,10 @@ slow local FHIR server.
    the app, and in a tight loop (everything cache-hot: a best case). Target p50 <= 3x.
    "p50" repeats the same chart (resources already validated, as when a chart is
    reopened); "cold" clears that memo before each call (first sight of a chart).
+   Then the same calls (unrelated tests) once the validation memo holds the models
+   of 300 other charts, as a worker's does after a busy day: p95 and p99, and the
+   full GC collections that walk those models, with Python's default for how often
+   they run and with the worker's (cds_service/hooks/server.py settle_gc).
 2. fetch: the same patient without prefetch; the service fetches everything
    from a stub FHIR server on 127.0.0.1 that sleeps 50 ms per request. Target:
    p50 <= 1.5x the slowest single FHIR request (queries run in parallel).
@@ -26,6 +30,7 @@ slow local FHIR server.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import gc
 import statistics
@@ -35,6 +40,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import orjson
@@ -43,11 +49,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cds_service.demo import hook_request  # noqa: E402
+from cds_service.engine import PatientRecord, evaluate  # noqa: E402
 from cds_service.engine.record import _validate_serialized  # noqa: E402
 from cds_service.engine.rules.base import sorted_newest_first  # noqa: E402
 from cds_service.fhir.needs import DataNeed  # noqa: E402
 from cds_service.hooks.app import create_app  # noqa: E402
 from cds_service.hooks.config import Settings  # noqa: E402
+from cds_service.hooks.server import settle_gc  # noqa: E402
 
 AS_OF = dt.date(2026, 6, 15)
 SERVICE = "/cds-services/trial-eligibility"
@@ -138,7 +146,7 @@ def timed_parse(body: bytes) -> float:
 
 def bench_prefetch(calls: int, tmp: Path) -> None:
     app = create_app(Settings(database=tmp / "bench.sqlite3", evaluation_date=AS_OF))
-    gc.freeze()  # as each server worker does after start-up (cds_service/hooks/server.py)
+    settle_gc()  # as each server worker does after start-up (cds_service/hooks/server.py)
     client = app.test_client()
     store = app.extensions["trial_eligibility"].store
     print("with full prefetch (service-side, measured in the app)")
@@ -176,6 +184,67 @@ def bench_prefetch(calls: int, tmp: Path) -> None:
         print(f"{label:>20} {len(body) / 1024:>8.0f} {p50_in:>7.2f} {p50_after:>7.2f} {p50_warm:>7.2f} {p50:>7.2f} "
               f"{percentile(served, 95):>7.2f} {p50 / p50_in:>10.2f} {paired:>6.2f} {p50 / p50_after:>9.2f} "
               f"{p50 / p50_warm:>8.2f} {statistics.median(cold):>8.2f}")
+
+
+def distinct_charts(n: int, n_observations: int = 30) -> Iterator[list[dict]]:
+    """The resources of `n` charts that differ in content (every id made new), so that
+    each is validated anew: the padded eligible patient, history padding."""
+    request = padded_request(n_observations, history=True)
+    chart = [request["prefetch"]["patient"]] + [entry["resource"] for key, bundle in request["prefetch"].items()
+                                                 if key != "patient" for entry in bundle["entry"]]
+    for i in range(n):
+        resources = copy.deepcopy(chart)
+        for resource in resources:
+            resource["id"] = f"{resource['id']}-{i}"
+        yield resources
+
+
+def bench_full_collections(calls: int, tmp: Path, charts: int = 300) -> None:
+    """Hook calls once the validation memo holds the models of many charts, as a worker's
+    does after a busy day: every full (oldest-generation) collection walks them. Python's
+    default for how often those run, against the worker's (server.settle_gc)."""
+    app = create_app(Settings(database=tmp / "bench-gc.sqlite3", evaluation_date=AS_OF))
+    settle_gc()
+    trial = app.extensions["trial_eligibility"].trials[0]
+    for resources in distinct_charts(charts):
+        evaluate(trial, PatientRecord(resources), AS_OF)
+    client = app.test_client()
+    store = app.extensions["trial_eligibility"].store
+    started: list[float] = []
+    full: list[float] = []
+
+    def timed(phase: str, info: dict) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                started.append(time.perf_counter())
+            else:
+                full.append((time.perf_counter() - started.pop()) * 1000)
+
+    young, middle, worker = gc.get_threshold()
+    print()
+    print(f"with full prefetch, the models of {charts} other charts held ({_validate_serialized.cache_info().currsize:,} "
+          f"validated resources, {len(gc.get_objects()):,} objects the GC tracks)")
+    print(f"{'a full GC after':>28} {'observations':>12} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+          f"{'full GCs/call':>13} {'ms each':>7}")
+    gc.callbacks.append(timed)
+    try:
+        for label, oldest in (("10 middle GCs (default)", 10), (f"{worker:,} middle GCs (worker)", worker)):
+            gc.set_threshold(young, middle, oldest)
+            for n in (100, 1000):
+                body = orjson.dumps(padded_request(n, history=False))
+                for _ in range(10):
+                    client.post(SERVICE, data=body, content_type="application/json", buffered=True)
+                full.clear()
+                first = len(store.hook_calls())
+                for _ in range(calls):
+                    client.post(SERVICE, data=body, content_type="application/json", buffered=True)
+                served = [row["latency_ms"] for row in store.hook_calls()[first:]]
+                each = f"{statistics.mean(full):.0f}" if full else "-"
+                print(f"{label:>28} {n:>12,} {statistics.median(served):>7.2f} {percentile(served, 95):>7.2f} "
+                      f"{percentile(served, 99):>7.2f} {len(full) / calls:>13.2f} {each:>7}")
+    finally:
+        gc.callbacks.remove(timed)
+        gc.set_threshold(young, middle, worker)
 
 
 class _StubFhir(BaseHTTPRequestHandler):
@@ -310,6 +379,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         bench_prefetch(args.calls, Path(tmp))
+        bench_full_collections(max(2 * args.calls, 4), Path(tmp))
         bench_fetch(args.calls, Path(tmp))
         bench_history_fetch(max(3, args.calls // 6), Path(tmp))
 

@@ -10,7 +10,6 @@ in both runs; the difference is what the identity memos add.
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import importlib
 import pkgutil
@@ -38,7 +37,7 @@ def _remembered_functions() -> list[tuple[object, str, object]]:
 
 def measure(charts: int, memos: bool) -> None:
     """One run, in this process: prints the growth in MB and the memos' sizes."""
-    from hook_bench import AS_OF, padded_request
+    from hook_bench import AS_OF, distinct_charts
 
     from cds_service.engine import PatientRecord, evaluate
     from cds_service.trials import load_trials
@@ -48,16 +47,11 @@ def measure(charts: int, memos: bool) -> None:
         for module, name, fn in remembered:
             setattr(module, name, fn.__wrapped__)
     trial = next(iter(load_trials().values()))
-    request = padded_request(30, history=True)
-    chart = [request["prefetch"]["patient"]] + [entry["resource"] for key, bundle in request["prefetch"].items()
-                                                 if key != "patient" for entry in bundle["entry"]]
-    evaluate(trial, PatientRecord(copy.deepcopy(chart)), AS_OF)  # loads what every call uses
+    charts_made = distinct_charts(charts + 1)
+    evaluate(trial, PatientRecord(next(charts_made)), AS_OF)  # loads what every call uses
     gc.collect()
     before = _resident_mb()
-    for i in range(charts):
-        resources = copy.deepcopy(chart)
-        for resource in resources:
-            resource["id"] = f"{resource['id']}-{i}"
+    for resources in charts_made:
         evaluate(trial, PatientRecord(resources), AS_OF)
     gc.collect()
     sizes = {name: len(fn.entries) for _, name, fn in remembered} if memos else {}

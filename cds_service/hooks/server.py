@@ -25,17 +25,30 @@ class _Gunicorn(BaseApplication):
         return worker_app(self.settings)
 
 
+# A full (oldest-generation) collection runs after this many middle-generation collections
+# (Python's default: 10), and only when the objects promoted since the last one are a quarter of
+# those that survived it. A large prefetch's parse promotes its objects while it runs, and the
+# validation memo (engine/record.py) keeps thousands of models that every full collection walks:
+# ~85 ms each with ~3,000 models held, every third call at 1,000 observations (bench/hook_bench.py).
+FULL_COLLECTION_AFTER = 1000
+
+
+def settle_gc() -> None:
+    """What a worker does to the cyclic GC once start-up is done: freeze what start-up built
+    (trial definitions, models, templates: it lives as long as the worker, and full
+    collections need not walk it), and run full collections a hundred times less often."""
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_AFTER)
+
+
 def worker_app(settings: Settings | None = None):
-    """The app for one server worker: `create_app`, then everything start-up built
-    (trial definitions, models, templates), which lives as long as the worker, is
-    frozen out of the cyclic GC, so that the full collections a large prefetch
-    triggers do not walk it on every hook call (bench/hook_bench.py: p95 at 1,000
-    observations ~90 ms → ~20 ms). For plain gunicorn:
-    `gunicorn 'cds_service.hooks.server:worker_app()'`."""
+    """The app for one server worker: `create_app`, then settle_gc(). For plain
+    gunicorn: `gunicorn 'cds_service.hooks.server:worker_app()'`."""
     from .app import create_app
 
     app = create_app(settings)
-    gc.freeze()
+    settle_gc()
     return app
 
 
