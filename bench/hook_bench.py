@@ -16,8 +16,8 @@ slow local FHIR server.
    reopened); "cold" clears that memo before each call (first sight of a chart).
    Then the same calls (unrelated tests) once the validation memo holds the models
    of 300 other charts, as a worker's does after a busy day: p95 and p99, and the
-   full GC collections that walk those models, with Python's default for how often
-   they run and with the worker's (cds_service/hooks/server.py settle_gc).
+   full GC collections that walk every object the GC tracks, with those models
+   frozen as a worker does (cds_service/hooks/server.py settle_gc) and not.
 2. fetch: the same patient without prefetch; the service fetches everything
    from a stub FHIR server on 127.0.0.1 that sleeps 50 ms per request. Target:
    p50 <= 1.5x the slowest single FHIR request (queries run in parallel).
@@ -49,7 +49,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cds_service.demo import hook_request  # noqa: E402
-from cds_service.engine import PatientRecord, evaluate  # noqa: E402
 from cds_service.engine.record import _validate_serialized  # noqa: E402
 from cds_service.engine.rules.base import sorted_newest_first  # noqa: E402
 from cds_service.fhir.needs import DataNeed  # noqa: E402
@@ -146,7 +145,7 @@ def timed_parse(body: bytes) -> float:
 
 def bench_prefetch(calls: int, tmp: Path) -> None:
     app = create_app(Settings(database=tmp / "bench.sqlite3", evaluation_date=AS_OF))
-    settle_gc()  # as each server worker does after start-up (cds_service/hooks/server.py)
+    settle_gc(app)  # as each server worker does after start-up (cds_service/hooks/server.py)
     client = app.test_client()
     store = app.extensions["trial_eligibility"].store
     print("with full prefetch (service-side, measured in the app)")
@@ -186,30 +185,35 @@ def bench_prefetch(calls: int, tmp: Path) -> None:
               f"{p50 / p50_warm:>8.2f} {statistics.median(cold):>8.2f}")
 
 
-def distinct_charts(n: int, n_observations: int = 30) -> Iterator[list[dict]]:
-    """The resources of `n` charts that differ in content (every id made new), so that
-    each is validated anew: the padded eligible patient, history padding."""
-    request = padded_request(n_observations, history=True)
-    chart = [request["prefetch"]["patient"]] + [entry["resource"] for key, bundle in request["prefetch"].items()
-                                                 if key != "patient" for entry in bundle["entry"]]
+def distinct_requests(n: int, n_observations: int = 30) -> Iterator[dict]:
+    """Hook requests for `n` charts that differ in content, so that each is validated
+    anew: the padded eligible patient (history padding), every resource but the
+    Patient given a new id."""
+    base = padded_request(n_observations, history=True)
     for i in range(n):
-        resources = copy.deepcopy(chart)
-        for resource in resources:
-            resource["id"] = f"{resource['id']}-{i}"
-        yield resources
+        request = copy.deepcopy(base)
+        for key, bundle in request["prefetch"].items():
+            if key != "patient":
+                for entry in bundle["entry"]:
+                    entry["resource"]["id"] = f"{entry['resource']['id']}-{i}"
+        yield request
+
+
+def chart_resources(request: dict) -> list[dict]:
+    """The resources a hook request's prefetch carries."""
+    return [request["prefetch"]["patient"]] + [entry["resource"] for key, bundle in request["prefetch"].items()
+                                                if key != "patient" for entry in bundle["entry"]]
 
 
 def bench_full_collections(calls: int, tmp: Path, charts: int = 300) -> None:
     """Hook calls once the validation memo holds the models of many charts, as a worker's
-    does after a busy day: every full (oldest-generation) collection walks them. Python's
-    default for how often those run, against the worker's (server.settle_gc)."""
-    app = create_app(Settings(database=tmp / "bench-gc.sqlite3", evaluation_date=AS_OF))
-    settle_gc()
-    trial = app.extensions["trial_eligibility"].trials[0]
-    for resources in distinct_charts(charts):
-        evaluate(trial, PatientRecord(resources), AS_OF)
-    client = app.test_client()
-    store = app.extensions["trial_eligibility"].store
+    does after a busy day: the cyclic GC's full collections walk every object it tracks.
+    A worker (server.settle_gc) freezes the models as the memo gains them; against an
+    app that only froze its start-up objects."""
+    print()
+    print(f"with full prefetch, after {charts} other charts' first calls (their models held by the memo)")
+    print(f"{'models':>28} {'observations':>12} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+          f"{'full GCs/call':>13} {'ms each':>7}")
     started: list[float] = []
     full: list[float] = []
 
@@ -220,16 +224,18 @@ def bench_full_collections(calls: int, tmp: Path, charts: int = 300) -> None:
             else:
                 full.append((time.perf_counter() - started.pop()) * 1000)
 
-    young, middle, worker = gc.get_threshold()
-    print()
-    print(f"with full prefetch, the models of {charts} other charts held ({_validate_serialized.cache_info().currsize:,} "
-          f"validated resources, {len(gc.get_objects()):,} objects the GC tracks)")
-    print(f"{'a full GC after':>28} {'observations':>12} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
-          f"{'full GCs/call':>13} {'ms each':>7}")
-    gc.callbacks.append(timed)
-    try:
-        for label, oldest in (("10 middle GCs (default)", 10), (f"{worker:,} middle GCs (worker)", worker)):
-            gc.set_threshold(young, middle, oldest)
+    for label, settle in (("not frozen (start-up only)", lambda app: gc.freeze()), ("frozen (the worker's)", settle_gc)):
+        gc.unfreeze()  # each setting from the same start: nothing frozen, nothing validated
+        _validate_serialized.cache_clear()
+        gc.collect()
+        app = create_app(Settings(database=tmp / f"bench-gc-{len(label)}.sqlite3", evaluation_date=AS_OF))
+        settle(app)
+        client = app.test_client()
+        store = app.extensions["trial_eligibility"].store
+        for request in distinct_requests(charts):
+            client.post(SERVICE, data=orjson.dumps(request), content_type="application/json", buffered=True)
+        gc.callbacks.append(timed)
+        try:
             for n in (100, 1000):
                 body = orjson.dumps(padded_request(n, history=False))
                 for _ in range(10):
@@ -242,9 +248,8 @@ def bench_full_collections(calls: int, tmp: Path, charts: int = 300) -> None:
                 each = f"{statistics.mean(full):.0f}" if full else "-"
                 print(f"{label:>28} {n:>12,} {statistics.median(served):>7.2f} {percentile(served, 95):>7.2f} "
                       f"{percentile(served, 99):>7.2f} {len(full) / calls:>13.2f} {each:>7}")
-    finally:
-        gc.callbacks.remove(timed)
-        gc.set_threshold(young, middle, worker)
+        finally:
+            gc.callbacks.remove(timed)
 
 
 class _StubFhir(BaseHTTPRequestHandler):

@@ -1,6 +1,6 @@
 """What a worker's memos hold: a process's growth after evaluating N distinct charts
-(the demo eligible patient padded to 30 observations, every resource id made new,
-so that each chart is validated and read anew), with the identity memos of
+(the demo eligible patient padded to 30 observations, every resource id but the
+Patient's made new, so that each chart is validated and read anew), with the identity memos of
 engine/memo.py as shipped and with them off. The validation memo (record.py) is on
 in both runs; the difference is what the identity memos add.
 
@@ -37,7 +37,7 @@ def _remembered_functions() -> list[tuple[object, str, object]]:
 
 def measure(charts: int, memos: bool) -> None:
     """One run, in this process: prints the growth in MB and the memos' sizes."""
-    from hook_bench import AS_OF, distinct_charts
+    from hook_bench import AS_OF, chart_resources, distinct_requests
 
     from cds_service.engine import PatientRecord, evaluate
     from cds_service.trials import load_trials
@@ -47,7 +47,7 @@ def measure(charts: int, memos: bool) -> None:
         for module, name, fn in remembered:
             setattr(module, name, fn.__wrapped__)
     trial = next(iter(load_trials().values()))
-    charts_made = distinct_charts(charts + 1)
+    charts_made = (chart_resources(request) for request in distinct_requests(charts + 1))
     evaluate(trial, PatientRecord(next(charts_made)), AS_OF)  # loads what every call uses
     gc.collect()
     before = _resident_mb()

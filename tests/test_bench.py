@@ -15,8 +15,8 @@ def test_hook_bench_runs_every_section():
     out = done.stdout
     for row in ("100 history", "1,000 history", "100 other tests", "1,000 other tests"):
         assert row in out, out
-    assert "the models of 300 other charts held" in out, out
-    for label in ("10 middle GCs (default)", "1,000 middle GCs (worker)"):
+    assert "after 300 other charts' first calls" in out, out
+    for label in ("not frozen (start-up only)", "frozen (the worker's)"):
         assert sum(1 for line in out.splitlines() if line.strip().startswith(label)) == 2, out
     assert "without prefetch: 7 FHIR requests per call" in out, out
     look_back = next(line for line in out.splitlines() if "to the look-back:" in line)

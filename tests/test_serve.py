@@ -208,25 +208,64 @@ def test_trusted_clients_need_a_public_base_url():
     assert proc.returncode == 2 and "CDS_PUBLIC_BASE_URL" in proc.stderr
 
 
-def test_each_worker_settles_the_gc_after_start_up(tmp_path):
+def _distinct_charts(n: int, start: int = 0):
+    """The demo eligible request n times, every resource but the Patient with a new id:
+    each one validated anew."""
+    base = hook_request("eligible")
+    for i in range(start, start + n):
+        request = json.loads(json.dumps(base))
+        for key, bundle in request["prefetch"].items():
+            if key != "patient":
+                for entry in bundle["entry"]:
+                    entry["resource"]["id"] += f"-{i}"
+        yield request
+
+
+def test_each_worker_freezes_start_up_and_the_models_it_validates(tmp_path):
     # A worker's app (cds-service serve, or plain gunicorn 'cds_service.hooks.server:worker_app()'):
-    # create_app, then gc.freeze(), so that full collections skip the start-up objects, and full
-    # collections a hundred times rarer (see bench/hook_bench.py); both are undone afterwards.
+    # create_app, then gc.freeze(), so that full collections skip the start-up objects, and the
+    # validated models frozen as the memo gains them (see bench/hook_bench.py); undone afterwards.
     import gc
 
+    from cds_service.engine import PatientRecord
+    from cds_service.engine.record import validations_done
     from cds_service.hooks.config import Settings
-    from cds_service.hooks.server import FULL_COLLECTION_AFTER, _Gunicorn
+    from cds_service.hooks.server import _Gunicorn
+
+    def tracked(obj) -> bool:  # frozen objects are left out of gc.get_objects()
+        return any(o is obj for o in gc.get_objects())
 
     gc.unfreeze()
-    threshold = gc.get_threshold()
     try:
         app = _Gunicorn(Settings(database=tmp_path / "w.sqlite3"), {"bind": "127.0.0.1:0"}).load()
         assert "trial_eligibility" in app.extensions
-        assert gc.get_freeze_count() > 10_000
-        assert gc.get_threshold() == (*threshold[:2], FULL_COLLECTION_AFTER) and FULL_COLLECTION_AFTER >= 1000
+        after_start_up = gc.get_freeze_count()
+        assert after_start_up > 10_000
+        client = app.test_client()
+        first = validations_done()
+        charts = list(_distinct_charts(40))
+        for request in charts:
+            response = client.post("/cds-services/trial-eligibility", data=json.dumps(request),  # keys in order:
+                                   content_type="application/json", buffered=True)  # the memo's key
+            assert response.status_code == 200  # buffered: closed, so what runs after the response has run
+            if validations_done() - first >= 256:
+                break
+        assert validations_done() - first >= 256  # enough for one freeze
+        assert gc.get_freeze_count() > after_start_up
+        # A model validated before the freeze is frozen; one validated after it is not (yet).
+        old = next(r for r in PatientRecord(_resources(charts[0])).all_of("Observation"))
+        record = PatientRecord(_resources(charts[0]))
+        assert not tracked(record.model(old))
+        fresh = next(_distinct_charts(1, start=len(charts)))
+        fresh_record = PatientRecord(_resources(fresh))
+        assert tracked(fresh_record.model(next(fresh_record.all_of("Condition"))))
     finally:
         gc.unfreeze()
-        gc.set_threshold(*threshold)
+
+
+def _resources(request: dict) -> list[dict]:
+    return [entry["resource"] for key, bundle in request["prefetch"].items() if key != "patient"
+            for entry in bundle["entry"]]
 
 
 def test_plain_gunicorn_serves_the_worker_app(tmp_path):

@@ -4,9 +4,11 @@ deployments can use it or plain `gunicorn 'cds_service.hooks.server:worker_app()
 from __future__ import annotations
 
 import gc
+import threading
 
 from gunicorn.app.base import BaseApplication
 
+from ..engine.record import validations_done
 from .config import Settings
 
 
@@ -25,21 +27,45 @@ class _Gunicorn(BaseApplication):
         return worker_app(self.settings)
 
 
-# A full (oldest-generation) collection runs after this many middle-generation collections
-# (Python's default: 10), and only when the objects promoted since the last one are a quarter of
-# those that survived it. A large prefetch's parse promotes its objects while it runs, and the
-# validation memo (engine/record.py) keeps thousands of models that every full collection walks:
-# ~85 ms each with ~3,000 models held, every third call at 1,000 observations (bench/hook_bench.py).
-FULL_COLLECTION_AFTER = 1000
+class MemoFreezer:
+    """Keeps the validation memo's models (engine/record.py) out of the cyclic GC's
+    full collections. Each full collection walks every object the GC tracks: with
+    300 charts' models held, ~80 ms, and a 1,000-observation prefetch (whose parse
+    promotes its objects) set one off every third call (bench/hook_bench.py). Once
+    `every` more resources have been validated, after the response has gone out:
+    a full collection (of what is not frozen yet: cheap after the first), then
+    gc.freeze() of what is left, the new models among it. Frozen objects are still
+    freed when the memo drops them; what a freeze could keep for good is a cycle
+    of a request still in flight on another thread (~8 kB each)."""
+
+    def __init__(self, every: int = 256):
+        self.every = every
+        self._frozen_at = validations_done()
+        self._lock = threading.Lock()
+
+    def after_response(self) -> None:
+        if validations_done() - self._frozen_at < self.every or not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._frozen_at = validations_done()
+            gc.collect()
+            gc.freeze()
+        finally:
+            self._lock.release()
 
 
-def settle_gc() -> None:
-    """What a worker does to the cyclic GC once start-up is done: freeze what start-up built
-    (trial definitions, models, templates: it lives as long as the worker, and full
-    collections need not walk it), and run full collections a hundred times less often."""
+def settle_gc(app) -> None:
+    """What a worker does to the cyclic GC once start-up is done: freeze what start-up
+    built (trial definitions, models, templates: it lives as long as the worker), and
+    freeze the validated models as the memo gains them (MemoFreezer)."""
+    freezer = MemoFreezer()
+
+    @app.after_request
+    def _freeze_after_response(response):
+        response.call_on_close(freezer.after_response)
+        return response
+
     gc.freeze()
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, FULL_COLLECTION_AFTER)
 
 
 def worker_app(settings: Settings | None = None):
@@ -48,7 +74,7 @@ def worker_app(settings: Settings | None = None):
     from .app import create_app
 
     app = create_app(settings)
-    settle_gc()
+    settle_gc(app)
     return app
 
 
