@@ -247,7 +247,7 @@ def bench_full_collections(calls: int, tmp: Path, charts: int = 300) -> None:
                 served = [row["latency_ms"] for row in store.hook_calls()[first:]]
                 each = f"{statistics.mean(full):.0f}" if full else "-"
                 print(f"{label:>28} {n:>12,} {statistics.median(served):>7.2f} {percentile(served, 95):>7.2f} "
-                      f"{percentile(served, 99):>7.2f} {len(full) / calls:>13.2f} {each:>7}")
+                      f"{percentile(served, 99):>7.2f} {len(full) / calls:>13.3f} {each:>7}")
         finally:
             gc.callbacks.remove(timed)
 
