@@ -33,7 +33,9 @@ import argparse
 import copy
 import datetime as dt
 import gc
+import logging
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -205,15 +207,26 @@ def chart_resources(request: dict) -> list[dict]:
                                                 if key != "patient" for entry in bundle["entry"]]
 
 
-def bench_full_collections(calls: int, tmp: Path, charts: int = 300) -> None:
+FULL_COLLECTION_SETTINGS = {"not frozen (start-up only)": lambda app: gc.freeze(), "frozen (the worker's)": settle_gc}
+
+
+def bench_full_collections(calls: int, charts: int = 300) -> None:
     """Hook calls once the validation memo holds the models of many charts, as a worker's
     does after a busy day: the cyclic GC's full collections walk every object it tracks.
     A worker (server.settle_gc) freezes the models as the memo gains them; against an
-    app that only froze its start-up objects."""
+    app that only froze its start-up objects. Each setting in a fresh process."""
     print()
     print(f"with full prefetch, after {charts} other charts' first calls (their models held by the memo)")
     print(f"{'models':>28} {'observations':>12} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
           f"{'full GCs/call':>13} {'ms each':>7}")
+    for label in FULL_COLLECTION_SETTINGS:
+        done = subprocess.run([sys.executable, __file__, "--calls", str(calls), "--full-collections", label,
+                               "--charts", str(charts)], capture_output=True, text=True, check=True)
+        print(done.stdout, end="")
+
+
+def full_collections_run(label: str, calls: int, charts: int, tmp: Path) -> None:
+    """One setting of bench_full_collections, in this process: prints its rows."""
     started: list[float] = []
     full: list[float] = []
 
@@ -224,32 +237,25 @@ def bench_full_collections(calls: int, tmp: Path, charts: int = 300) -> None:
             else:
                 full.append((time.perf_counter() - started.pop()) * 1000)
 
-    for label, settle in (("not frozen (start-up only)", lambda app: gc.freeze()), ("frozen (the worker's)", settle_gc)):
-        gc.unfreeze()  # each setting from the same start: nothing frozen, nothing validated
-        _validate_serialized.cache_clear()
-        gc.collect()
-        app = create_app(Settings(database=tmp / f"bench-gc-{len(label)}.sqlite3", evaluation_date=AS_OF))
-        settle(app)
-        client = app.test_client()
-        store = app.extensions["trial_eligibility"].store
-        for request in distinct_requests(charts):
-            client.post(SERVICE, data=orjson.dumps(request), content_type="application/json", buffered=True)
-        gc.callbacks.append(timed)
-        try:
-            for n in (100, 1000):
-                body = orjson.dumps(padded_request(n, history=False))
-                for _ in range(10):
-                    client.post(SERVICE, data=body, content_type="application/json", buffered=True)
-                full.clear()
-                first = len(store.hook_calls())
-                for _ in range(calls):
-                    client.post(SERVICE, data=body, content_type="application/json", buffered=True)
-                served = [row["latency_ms"] for row in store.hook_calls()[first:]]
-                each = f"{statistics.mean(full):.0f}" if full else "-"
-                print(f"{label:>28} {n:>12,} {statistics.median(served):>7.2f} {percentile(served, 95):>7.2f} "
-                      f"{percentile(served, 99):>7.2f} {len(full) / calls:>13.3f} {each:>7}")
-        finally:
-            gc.callbacks.remove(timed)
+    app = create_app(Settings(database=tmp / "bench-gc.sqlite3", evaluation_date=AS_OF))
+    FULL_COLLECTION_SETTINGS[label](app)
+    client = app.test_client()
+    store = app.extensions["trial_eligibility"].store
+    for request in distinct_requests(charts):
+        client.post(SERVICE, data=orjson.dumps(request), content_type="application/json", buffered=True)
+    gc.callbacks.append(timed)
+    for n in (100, 1000):
+        body = orjson.dumps(padded_request(n, history=False))
+        for _ in range(10):
+            client.post(SERVICE, data=body, content_type="application/json", buffered=True)
+        full.clear()
+        first = len(store.hook_calls())
+        for _ in range(calls):
+            client.post(SERVICE, data=body, content_type="application/json", buffered=True)
+        served = [row["latency_ms"] for row in store.hook_calls()[first:]]
+        each = f"{statistics.mean(full):.0f}" if full else "-"
+        print(f"{label:>28} {n:>12,} {statistics.median(served):>7.2f} {percentile(served, 95):>7.2f} "
+              f"{percentile(served, 99):>7.2f} {len(full) / calls:>13.3f} {each:>7}")
 
 
 class _StubFhir(BaseHTTPRequestHandler):
@@ -381,10 +387,16 @@ def bench_history_fetch(calls: int, tmp: Path, n_observations: int = 2000) -> No
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=60)
+    parser.add_argument("--full-collections", choices=FULL_COLLECTION_SETTINGS, help=argparse.SUPPRESS)
+    parser.add_argument("--charts", type=int, default=300, help=argparse.SUPPRESS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.full_collections:  # one setting of bench_full_collections, in a child process
+            logging.disable(logging.CRITICAL)  # the audit lines of the parent's run are enough
+            full_collections_run(args.full_collections, args.calls, args.charts, Path(tmp))
+            return
         bench_prefetch(args.calls, Path(tmp))
-        bench_full_collections(max(2 * args.calls, 4), Path(tmp))
+        bench_full_collections(max(2 * args.calls, 4))
         bench_fetch(args.calls, Path(tmp))
         bench_history_fetch(max(3, args.calls // 6), Path(tmp))
 
