@@ -6,9 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from cds_service.engine import Result, Why, evaluate
+from cds_service.engine import Result, Why, evaluate, memo
 from cds_service.engine.model import Role
-from cds_service.engine import memo
 from cds_service.engine.quantities import UnitTable
 from cds_service.engine.rules import labs
 from fhirbuild import LOINC, lab, patient

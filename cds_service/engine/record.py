@@ -141,6 +141,9 @@ def _out_of_range(value: Decimal) -> bool:
     return abs(value.adjusted()) > MAX_DECIMAL_EXPONENT  # 0E+999999999 too
 
 
+_validations = 0  # memo misses, counted apart from cache_info(), which cache_clear() resets
+
+
 @functools.lru_cache(maxsize=VALIDATION_MEMO_SIZE)
 def _validate_serialized(resource_type: str, serialized: bytes) -> Any:
     """Validation memoised on the resource's content: the same lab result sent
@@ -150,9 +153,6 @@ def _validate_serialized(resource_type: str, serialized: bytes) -> Any:
     global _validations
     _validations += 1
     return _validate(resource_type, read_elements(orjson.loads(serialized)))
-
-
-_validations = 0  # memo misses, counted apart from cache_info(), which cache_clear() resets
 
 
 def validations_done() -> int:

@@ -14,9 +14,9 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ..dates import FhirDate, Recency, recency
+from ..memo import remembered_by_identity
 from ..model import Evidence, Measured, Result, Role, UpperLimit, Why
 from ..quantities import NotConvertible, UnitTable
-from ..memo import remembered_by_identity
 from .base import (Context, Outcome, Reading, RuleModel, concept_label, has_invalid, observation_date,
                    read_latest_results)
 
