@@ -239,8 +239,7 @@ def test_each_worker_freezes_start_up_and_the_models_it_validates(tmp_path):
     try:
         app = _Gunicorn(Settings(database=tmp_path / "w.sqlite3"), {"bind": "127.0.0.1:0"}).load()
         assert "trial_eligibility" in app.extensions
-        after_start_up = gc.get_freeze_count()
-        assert after_start_up > 10_000
+        assert gc.get_freeze_count() > 10_000
         client = app.test_client()
         first = validations_done()
         charts = list(_distinct_charts(40))
@@ -251,7 +250,7 @@ def test_each_worker_freezes_start_up_and_the_models_it_validates(tmp_path):
             if validations_done() - first >= 256:
                 break
         assert validations_done() - first >= 256  # enough for one freeze
-        assert gc.get_freeze_count() > after_start_up
+        # (The frozen count itself can fall: objects frozen at start-up are still freed when they die.)
         # A model validated before the freeze is frozen; one validated after it is not (yet).
         old = next(r for r in PatientRecord(_resources(charts[0])).all_of("Observation"))
         record = PatientRecord(_resources(charts[0]))
