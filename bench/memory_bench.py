@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
-import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,14 +25,6 @@ def _resident_mb() -> float:
         return int(statm.read().split()[1]) * 4096 / 1e6
 
 
-def _remembered_functions() -> list[tuple[object, str, object]]:
-    import cds_service.engine.rules as rules
-
-    modules = [importlib.import_module(f"{rules.__name__}.{m.name}") for m in pkgutil.iter_modules(rules.__path__)]
-    return [(module, name, value) for module in modules for name, value in vars(module).items()
-            if callable(value) and hasattr(value, "entries") and hasattr(value, "__wrapped__")]
-
-
 def measure(charts: int, memos: bool) -> None:
     """One run, in this process: prints the growth in MB and the memos' sizes."""
     from hook_bench import AS_OF, chart_resources, distinct_requests
@@ -42,7 +32,10 @@ def measure(charts: int, memos: bool) -> None:
     from cds_service.engine import PatientRecord, evaluate
     from cds_service.trials import load_trials
 
-    remembered = _remembered_functions()
+    import cds_service.engine.rules as rules
+    from cds_service.engine.memo import bindings
+
+    remembered = bindings(rules)
     if not memos:
         for module, name, fn in remembered:
             setattr(module, name, fn.__wrapped__)

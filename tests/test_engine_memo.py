@@ -4,8 +4,6 @@ change an evaluation: every gold and demo patient evaluated with every memo warm
 
 import datetime as dt
 import gc
-import importlib
-import pkgutil
 from pathlib import Path
 
 import pytest
@@ -64,10 +62,7 @@ def test_the_memo_starts_afresh_when_full(monkeypatch):
 
 def _remembered_functions():
     """(module, name, function) of every remembered function as the rule modules see it."""
-    modules = [importlib.import_module(f"{rules_package.__name__}.{m.name}")
-               for m in pkgutil.iter_modules(rules_package.__path__)]
-    return [(module, name, value) for module in modules for name, value in vars(module).items()
-            if callable(value) and hasattr(value, "entries") and hasattr(value, "__wrapped__")]
+    return memo.bindings(rules_package)
 
 
 def _charts():

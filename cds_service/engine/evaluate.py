@@ -96,10 +96,8 @@ def _cut_short(outcome: Outcome, criterion: Criterion, ctx: Context) -> Outcome:
                    outcome.evidence, why=Why.INCOMPLETE_DATA, orderable=newer, not_read=outcome.not_read)
 
 
-def _outside(applies: AppliesTo | None, ctx: Context) -> str | None:
+def _outside(applies: AppliesTo, ctx: Context) -> str | None:
     """Why the criterion does not concern this patient, or None if it does (or may)."""
-    if applies is None:
-        return None
     if applies.sex is not None and ctx.sex is not None and ctx.sex != applies.sex:
         return f"applies to {applies.sex} patients only"
     if ctx.age is not None:

@@ -10,6 +10,9 @@ for as long as the objects live, and is computed once, not on every call.
 from __future__ import annotations
 
 import functools
+import importlib
+import pkgutil
+from types import ModuleType
 from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
@@ -18,6 +21,7 @@ T = TypeVar("T")
 # evaluating 1,500 distinct charts grew a process by 66 MB with these memos, by 60 MB without
 # (bench/memory_bench.py).
 IDENTITY_MEMO_SIZE = 1024
+_REMEMBERED: set[Callable[..., Any]] = set()  # every function made by remembered_by_identity
 
 
 def remembered_by_identity(fn: Callable[..., T]) -> Callable[..., T]:
@@ -39,4 +43,14 @@ def remembered_by_identity(fn: Callable[..., T]) -> Callable[..., T]:
         return kept[1]
 
     remembered.entries = entries  # type: ignore[attr-defined]
+    _REMEMBERED.add(remembered)
     return remembered
+
+
+def bindings(package: ModuleType) -> list[tuple[ModuleType, str, Callable[..., Any]]]:
+    """(module, name, function) for every name in `package`'s modules bound to a
+    remembered function: to measure or check the engine without its memos, patch
+    each name with the function's `__wrapped__` (callers import them by name)."""
+    modules = [importlib.import_module(f"{package.__name__}.{m.name}") for m in pkgutil.iter_modules(package.__path__)]
+    return [(module, name, value) for module in modules for name, value in vars(module).items()
+            if callable(value) and value in _REMEMBERED]

@@ -291,17 +291,17 @@ def _upper_limit(units: UnitTable, analyte: Analyte, source: Any, unit: str) -> 
             converted = units.convert(high, high_unit, unit, analyte.conversions)
         except NotConvertible:
             return _Judgement(Result.UNKNOWN, f"{analyte.name}: reference range unit '{high_unit}' cannot be "
-                                   f"converted to the result's unit '{unit}'", Why.UNIT_NOT_CONVERTIBLE)
+                              f"converted to the result's unit '{unit}'", Why.UNIT_NOT_CONVERTIBLE)
         return UpperLimit(converted, unit, "referenceRange.high", assumed=False)
     fallback = analyte.fallback_uln
     if fallback is None:
         return _Judgement(Result.UNKNOWN, f"{analyte.name}: result has no reference range and no fallback "
-                               "ULN is configured", Why.NO_REFERENCE_RANGE)
+                          "ULN is configured", Why.NO_REFERENCE_RANGE)
     try:
         converted = units.convert(fallback.value, fallback.unit, unit, analyte.conversions)
     except NotConvertible:
         return _Judgement(Result.UNKNOWN, f"{analyte.name}: unit '{unit}' cannot be converted to the fallback "
-                               f"ULN's unit {fallback.unit}", Why.UNIT_NOT_CONVERTIBLE)
+                          f"ULN's unit {fallback.unit}", Why.UNIT_NOT_CONVERTIBLE)
     return UpperLimit(converted, unit, "fallback", assumed=True,
                       note=f"no reference range on the result; fallback ULN {format(fallback.value, 'f')} "
                            f"{fallback.unit} ({fallback.source})")
