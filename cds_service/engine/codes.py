@@ -84,11 +84,28 @@ class CodeEntry:
     confirmed: bool = True
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where a code set's codes come from: the published source (a value set, a
+    release's hierarchy, an implementation guide), its version or date, and how
+    the codes were expanded from it."""
+
+    source: str
+    version: str
+    method: str
+
+
 @dataclass
 class CodeSet:
     name: str
     title: str
     entries: list[CodeEntry]
+    provenance: Provenance | None = None
+    # What the set means, for a terminology server asked about codes the shipped expansion
+    # lacks: (system, code) roots whose descendants-or-self belong (SNOMED "<< code"), and the
+    # canonical URL of a published ValueSet.
+    intension: tuple[tuple[str, str], ...] = ()
+    value_set: str | None = None
     exact: frozenset[tuple[str, str]] = field(init=False)
     prefixes: tuple[tuple[str, str], ...] = field(init=False)
     _answers: dict[tuple[str, str], bool] = field(init=False, repr=False, compare=False, default_factory=dict)
@@ -135,7 +152,9 @@ class CodeSet:
 
 def union(name: str, sets: Iterable[CodeSet]) -> CodeSet:
     entries: list[CodeEntry] = []
+    intension: list[tuple[str, str]] = []
     for s in sets:
         entries.extend(s.entries)
-    return CodeSet(name=name, title=name, entries=entries)
+        intension.extend(s.intension)
+    return CodeSet(name=name, title=name, entries=entries, intension=tuple(intension))
 

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from ..engine.codes import CodeEntry, CodeSet
+from ..engine.codes import CodeEntry, CodeSet, Provenance, canonical_system
 from ..engine.definition import RULE_KINDS, TrialDefinition
 from ..engine.evaluate import Trial
 from ..engine.quantities import UnitBridge, UnitTable, is_ucum
@@ -47,8 +47,22 @@ class _Code(_FileModel):
         return self
 
 
+class _Provenance(_FileModel):
+    source: str = Field(min_length=1)  # the published source: value set, release hierarchy, guide
+    version: str = Field(min_length=1)  # its version or date
+    method: str = Field(min_length=1)  # how the codes were expanded from it
+
+
+class _Root(_FileModel):
+    system: str = Field(min_length=1)
+    descendants_of: str = Field(min_length=1)  # the code and every descendant ("<< code")
+
+
 class _CodeSet(_FileModel):
     title: str
+    provenance: _Provenance | None = None
+    intension: list[_Root] = []
+    value_set: str | None = None
     codes: list[_Code] = Field(min_length=1)
 
 
@@ -128,9 +142,14 @@ def load_codesets(directory: Path = CODESETS_DIR) -> dict[str, CodeSet]:
             if name in sets:
                 raise DefinitionError(f"{path.name}: code set '{name}' is also defined in {origin[name].name}")
             origin[name] = path
-            sets[name] = CodeSet(name=name, title=cs.title, entries=[
-                CodeEntry(system=c.system, code=c.code, prefix=c.prefix, display=c.display, source=c.source,
-                          confirmed=c.confirmed) for c in cs.codes])
+            sets[name] = CodeSet(
+                name=name, title=cs.title,
+                entries=[CodeEntry(system=c.system, code=c.code, prefix=c.prefix, display=c.display,
+                                   source=c.source, confirmed=c.confirmed) for c in cs.codes],
+                provenance=Provenance(cs.provenance.source, cs.provenance.version, cs.provenance.method)
+                if cs.provenance else None,
+                intension=tuple((canonical_system(r.system), r.descendants_of) for r in cs.intension),
+                value_set=cs.value_set)
     return sets
 
 

@@ -263,6 +263,29 @@ def concept_label(concept: Any, coding: Any | None = None) -> str | None:
     return None
 
 
+# -- qualitative results sent as text ----------------------------------------
+
+POSITIVE, NEGATIVE = "positive", "negative"
+# Whole-string answers a lab interface sends for a qualitative test (valueString), after
+# normalising case, spacing, hyphens and a trailing full stop. Anything else is not read:
+# "POSITIVE - see note", "weakly positive", "neg?" stay unknown (the decisions'
+# "exact normalised words").
+_QUALITATIVE_WORDS = {
+    "positive": POSITIVE, "pos": POSITIVE, "detected": POSITIVE, "reactive": POSITIVE,
+    "negative": NEGATIVE, "neg": NEGATIVE, "not detected": NEGATIVE, "non reactive": NEGATIVE,
+    "nonreactive": NEGATIVE, "undetected": NEGATIVE,
+}
+
+
+def qualitative_word(text: Any) -> str | None:
+    """POSITIVE or NEGATIVE when the whole text, normalised, is one of the exact
+    qualitative answers; None for anything else (never a guess from part of it)."""
+    if not isinstance(text, str):
+        return None
+    words = " ".join(text.strip().rstrip(".").replace("-", " ").replace("_", " ").lower().split())
+    return _QUALITATIVE_WORDS.get(words)
+
+
 INVALID_NOTE = "not valid FHIR, skipped"
 
 

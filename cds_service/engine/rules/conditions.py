@@ -10,6 +10,7 @@ from pydantic import Field
 
 from ..model import Evidence, Result, Role, Why
 from ..record import InvalidResource
+from .cytology import Cytology, read_cytology
 from .base import (ACTIVE_CLINICAL, CONFIRMED, EXCLUDED, UNCONFIRMED, Context, Outcome, RuleModel,
                    clinical_status, coding_text, concept_in, concept_label, condition_date, has_invalid,
                    invalid_evidence, matching_coding, read_results, verification)
@@ -112,15 +113,6 @@ class SiteDependentCodes(RuleModel):
     body_site_codes: list[str] = Field(min_length=1)
 
 
-class Cytology(RuleModel):
-    """A positive cytology result on a named specimen type also qualifies."""
-
-    codes: list[str] = Field(min_length=1)
-    specimen_type_codes: list[str] = Field(min_length=1)
-    positive_value_codes: list[str] = Field(min_length=1)
-    label: str
-
-
 class ConditionPresentRule(RuleModel):
     type: Literal["condition-present"]
     label: str  # what is looked for, in words: "primary breast cancer"
@@ -164,7 +156,7 @@ class ConditionPresentRule(RuleModel):
                 else:
                     g.evidence.note = "general code without a body site"
                     nonspecific.append(g)
-        positive, unsure, cyto_ignored = _cytology(ctx, self.cytology) if self.cytology else ([], [], [])
+        positive, unsure, cyto_ignored = read_cytology(ctx, self.cytology) if self.cytology else ([], [], [])
         everything = [f.evidence for f in found + nonspecific] + positive + unsure + ignored + cyto_ignored
         confirmed = [f for f in found if f.verification == CONFIRMED]
         counting = [f for f in confirmed if self._counts(f)]
@@ -194,50 +186,6 @@ class ConditionPresentRule(RuleModel):
                            f"{self.label}", [], everything, Why.INVALID_RESOURCE)
         return decided(Result.FAIL, f"no {self.label} recorded", [], everything,
                        absence_of=("Condition",) + (("Observation", "DiagnosticReport") if self.cytology else ()))
-
-
-def _cytology(ctx: Context, spec: Cytology) -> tuple[list[Evidence], list[Evidence], list[Evidence]]:
-    """(positive on the right specimen, positive on an unconfirmed specimen, ignored)."""
-    codes = ctx.codes(spec.codes)
-    positive_values = ctx.codes(spec.positive_value_codes)
-    specimen_types = ctx.codes(spec.specimen_type_codes)
-    positive, unsure, ignored = [], [], []
-    for rtype in ("Observation", "DiagnosticReport"):
-        readings, more_ignored = read_results(ctx, codes, rtype, components=False)
-        ignored += more_ignored
-        for r in readings:
-            res, ev = r.resource, r.evidence
-            values = [res.valueCodeableConcept] if rtype == "Observation" else list(res.conclusionCode or ())
-            value_coding = next(filter(None, (matching_coding(v, positive_values) for v in values)), None)
-            if value_coding is None:
-                ev.role, ev.note = Role.IGNORED, "not positive for malignant cells"
-                ignored.append(ev)
-                continue
-            ev.value = value_coding.display or value_coding.code
-            specimens = [res.specimen] if rtype == "Observation" else list(res.specimen or ())
-            if any(_specimen_is(ctx, res, s, specimen_types) for s in specimens if s is not None):
-                positive.append(ev)
-            else:
-                ev.note = "specimen type not recorded as " + spec.label
-                unsure.append(ev)
-    return positive, unsure, ignored
-
-
-def _specimen_is(ctx: Context, resource: Any, ref: Any, types) -> bool:
-    target = ref.reference or ""
-    if target.startswith("#"):
-        for contained in resource.contained or ():
-            if contained.id == target[1:]:
-                return concept_in(getattr(contained, "type", None), types)
-        return False
-    raw = ctx.record.resolve(target)
-    if raw is None or raw.get("resourceType") != "Specimen":
-        return False
-    try:
-        specimen = ctx.record.model(raw)
-    except InvalidResource:
-        return False
-    return concept_in(specimen.type, types)
 
 
 class ConditionAbsentRule(RuleModel):
