@@ -156,8 +156,10 @@ class ConditionPresentRule(RuleModel):
                 else:
                     g.evidence.note = "general code without a body site"
                     nonspecific.append(g)
-        positive, unsure, cyto_ignored = read_cytology(ctx, self.cytology) if self.cytology else ([], [], [])
-        everything = [f.evidence for f in found + nonspecific] + positive + unsure + ignored + cyto_ignored
+        positive, unsure, unreadable, cyto_ignored = (read_cytology(ctx, self.cytology) if self.cytology
+                                                      else ([], [], [], []))
+        everything = [f.evidence for f in found + nonspecific] + positive + unsure + unreadable + ignored + \
+            cyto_ignored
         confirmed = [f for f in found if f.verification == CONFIRMED]
         counting = [f for f in confirmed if self._counts(f)]
         inactive = [f for f in confirmed if f not in counting]
@@ -181,6 +183,10 @@ class ConditionPresentRule(RuleModel):
         if unsure:
             return decided(Result.UNKNOWN, f"positive cytology, but the specimen is not recorded as "
                            f"{self.cytology.label}", unsure, everything, Why.SPECIMEN_NOT_CONFIRMED)
+        if unreadable:
+            return decided(Result.UNKNOWN, f"a {self.cytology.label} cytology result could not be read "
+                           f"({unreadable[0].value or 'no readable value'}): it may show {self.label}",
+                           unreadable, everything, Why.UNINTERPRETABLE)
         if has_invalid(everything):
             return decided(Result.UNKNOWN, f"a possibly relevant record is not valid FHIR; cannot rule out "
                            f"{self.label}", [], everything, Why.INVALID_RESOURCE)

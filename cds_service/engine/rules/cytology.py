@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import Field
 
@@ -21,8 +21,14 @@ class Cytology(RuleModel):
     label: str
 
 
-def read_cytology(ctx: Context, spec: Cytology) -> tuple[list[Evidence], list[Evidence], list[Evidence]]:
-    """(positive on the right specimen, positive on an unconfirmed specimen, ignored)."""
+class CytologyFindings(NamedTuple):
+    positive: list[Evidence]  # positive for malignant cells, on the named specimen type
+    unsure: list[Evidence]  # positive, on a specimen not recorded as that type
+    unreadable: list[Evidence]  # resulted, but the value cannot be read: it may be positive
+    ignored: list[Evidence]
+
+
+def read_cytology(ctx: Context, spec: Cytology) -> CytologyFindings:
     codes = ctx.codes(spec.codes)
     positive_values = ctx.codes(spec.positive_value_codes)
     specimen_types = ctx.codes(spec.specimen_type_codes)
@@ -45,7 +51,7 @@ def read_cytology(ctx: Context, spec: Cytology) -> tuple[list[Evidence], list[Ev
             else:
                 ev.note = "specimen type not recorded as " + spec.label
                 unsure.append(ev)
-    return positive, unsure, ignored
+    return CytologyFindings(positive, unsure, [], ignored)
 
 
 def _specimen_is(ctx: Context, resource: Any, ref: Any, types) -> bool:
