@@ -52,9 +52,9 @@ def _evaluate_criterion(trial: Trial, criterion: Criterion, ctx: Context) -> Cri
     outcome = criterion.rule.evaluate(ctx)
     if ctx.record.cuts:
         outcome = _cut_short(outcome, criterion, ctx)
-    order = why = None
+    order = None
+    why = outcome.why if outcome.result is Result.UNKNOWN or outcome.result is Result.REVIEW else None
     if outcome.result is Result.UNKNOWN:
-        why = outcome.why
         if outcome.orderable:
             order_key = getattr(criterion.rule, "order", None)  # only some rule kinds have one
             if order_key:

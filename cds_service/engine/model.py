@@ -52,6 +52,10 @@ class Why(str, Enum):
     INVALID_RESOURCE = "invalid-resource"
     UNINTERPRETABLE = "uninterpretable-value"
     INCOMPLETE_DATA = "incomplete-data"  # the answer rests on an absence, and the data was cut short
+    # A record the engine cannot match by code whose text names the criterion's concept: it may be
+    # the concept, so it never decides silently (an inclusion is unknown, an exclusion for review).
+    UNRECOGNISED_CODE = "unrecognised-code"  # coded, but in no code set the criterion reads
+    TEXT_ONLY = "text-only"  # no usable coding at all, only text
 
 
 class Role(str, Enum):
@@ -179,7 +183,7 @@ class CriterionResult:
     result: Result
     reason: str
     evidence: list[Evidence] = field(default_factory=list)
-    why: Why | None = None  # set for unknown results
+    why: Why | None = None  # set for unknown results, and for review results a record's text prompted
     order: Order | None = None  # set for unknown results that an order can settle
     title: str | None = None
     not_read: int = 0  # further matching records left unread: they cannot change the result
