@@ -107,8 +107,9 @@ def test_exclusion_diagnosis_states(nct06462092):
     assert c.result is Result.PASS and c.evidence[0].role is Role.IGNORED
     c = run(nct06462092, condition(ICD10CM, "D81.810"), criterion="immunodeficiency")  # biotinidase deficiency
     assert c.result is Result.PASS
+    # Primary immunodeficiency and HIV are lifelong: recorded as resolved, they still exclude.
     c = run(nct06462092, condition(ICD10CM, "D81.1", clinical="resolved"), criterion="immunodeficiency")
-    assert c.result is Result.REVIEW
+    assert c.result is Result.FAIL
     c = run(nct06462092, condition(ICD10CM, "D84.821", clinical="resolved"), criterion="immunodeficiency")
     assert c.result is Result.PASS
 

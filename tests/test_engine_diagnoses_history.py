@@ -72,10 +72,17 @@ def test_an_exclusion_recorded_at_every_visit_fails_after_three(nct06462092):
     assert decision(c) == decision(run_reading_everything(nct06462092, history, "immunodeficiency"))
 
 
-@pytest.mark.parametrize("criterion, code, result", [("immunodeficiency", "B20", Result.FAIL),
-                                                      ("leptomeningeal-metastases", "C79.32", Result.PASS)])
+def test_a_resolved_lifelong_diagnosis_decides_and_stops_the_reading(nct06462092):
+    # HIV is lifelong: recorded as resolved it still excludes, so it decides like an active one.
+    history = [condition(ICD, "B20", clinical="resolved") for _ in range(5)] + [condition(ICD, "B20")]
+    c = run(nct06462092, history, "immunodeficiency")
+    assert c.result is Result.FAIL and c.not_read == 3
+    assert decision(c) == decision(run_reading_everything(nct06462092, history, "immunodeficiency"))
+
+
+@pytest.mark.parametrize("criterion, code, result", [("leptomeningeal-metastases", "C79.32", Result.PASS)])
 def test_confirmed_but_resolved_ones_do_not_stop_the_reading(nct06462092, criterion, code, result):
-    # Both rules give review for an inactive diagnosis: only an active one decides.
+    # The rule gives review for an inactive diagnosis: only an active one decides.
     history = [condition(ICD, code, clinical="resolved") for _ in range(5)] + [condition(ICD, code)]
     c = run(nct06462092, history, criterion)
     assert c.result is result and c.not_read == 0

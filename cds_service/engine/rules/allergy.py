@@ -6,18 +6,20 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..model import Evidence, Result, Role
+from ..model import Evidence, Result, Role, Why
 from ..record import InvalidResource
-from .base import (ACTIVE_CLINICAL, EXCLUDED, Context, Outcome, RuleModel, clinical_status, coding_text,
-                   concept_label, invalid_evidence, matching_coding, verification)
+from .base import (ACTIVE_CLINICAL, EXCLUDED, Context, Outcome, RuleModel, TextMentions, clinical_status,
+                   coding_text, concept_label, invalid_evidence, matching_coding, named_by_text, verification)
 from .conditions import decided
 
 
 class AllergyRule(RuleModel):
     """fail: an active, not refuted allergy coded in `failCodes`; review: one in
-    `reviewCodes` or one recorded without any code; pass: an allergy list
-    exists (a 'no known allergy' entry or other coded allergies) and names
-    none of them; review when there is no allergy information at all."""
+    `reviewCodes`, one that is not valid FHIR, or one whose code is in none of the
+    sets but whose text names a study drug (`mentions`: ingredient or brand);
+    pass: an allergy list exists (a 'no known allergy' entry or other allergies,
+    coded or not) and names none of them; review when there is no allergy
+    information at all."""
 
     type: Literal["allergy"]
     label: str  # "the study drugs (sacituzumab govitecan, pemetrexed)"
@@ -25,6 +27,7 @@ class AllergyRule(RuleModel):
     review_codes: list[str] = []
     no_known_allergy_codes: list[str] = []
     uninformative_codes: list[str] = []  # entries that say nothing about drug allergy
+    mentions: TextMentions | None = None  # the study drugs' names, for entries their codes cannot match
 
     def reads(self) -> dict[str, list[str]]:
         return {"AllergyIntolerance": []}  # every entry: the list as a whole is evidence
@@ -35,6 +38,7 @@ class AllergyRule(RuleModel):
         nka_set = ctx.codes(self.no_known_allergy_codes) if self.no_known_allergy_codes else None
         silent_set = ctx.codes(self.uninformative_codes) if self.uninformative_codes else None
         failing, reviewing, uncoded, listed, nka = [], [], [], [], []
+        named_only: list[tuple[Evidence, Why]] = []
         everything: list[Evidence] = []
         for raw in ctx.record.all_of("AllergyIntolerance"):
             try:
@@ -64,10 +68,16 @@ class AllergyRule(RuleModel):
                 nka.append(ev)
             elif silent_set and matching_coding(allergy.code, silent_set) is not None:
                 ev.role, ev.note = Role.IGNORED, "says nothing about drug allergy"
-            elif allergy.code is None or not any(c.code for c in allergy.code.coding or ()):
-                ev.note = "recorded without a code; cannot be matched"
-                uncoded.append(ev)
+            elif self.mentions is not None and (named := named_by_text(raw.get("code"), self.mentions, None,
+                                                                       None)) is not None:
+                ev.role, ev.display = Role.DECISIVE, named[0]
+                ev.note = ("code not in the study-drug code sets; its text names a study drug or its class"
+                           if named[2] is Why.UNRECOGNISED_CODE else
+                           "recorded as text only; it names a study drug or its class")
+                named_only.append((ev, named[2]))
             else:
+                if allergy.code is None or not any(c.code for c in allergy.code.coding or ()):
+                    ev.note = "recorded without a code; its text names no study drug"
                 listed.append(ev)
         if failing:
             return decided(Result.FAIL, f"allergy to {failing[0].display or 'a study drug'} recorded", failing,
@@ -75,9 +85,14 @@ class AllergyRule(RuleModel):
         if reviewing:
             return decided(Result.REVIEW, f"allergy to {reviewing[0].display or 'a related drug'} recorded: "
                            "related to a study drug, a clinician's call", reviewing, everything)
+        if named_only:
+            ev, why = named_only[0]
+            how = "an unrecognised code" if why is Why.UNRECOGNISED_CODE else "text only"
+            return decided(Result.REVIEW, f"allergy to '{ev.display}' is recorded with {how}: check it is not to "
+                           + self.label, [e for e, _ in named_only], everything, why)
         if uncoded:
-            return decided(Result.REVIEW, "an allergy is recorded without a usable code: check it is not to "
-                           + self.label, uncoded, everything)
+            return decided(Result.REVIEW, "an allergy record is not valid FHIR: check it is not to "
+                           + self.label, uncoded, everything, Why.INVALID_RESOURCE)
         # A pass: no allergy to the study drugs among the entries received.
         if nka:
             return decided(Result.PASS, f"{nka[0].display or 'no known allergy'} recorded", nka, everything,

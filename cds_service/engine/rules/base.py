@@ -4,13 +4,14 @@ definition base model, and the readers for FHIR statuses and dates."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import itemgetter
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from ..codes import CodeSet, memo_coding_key, union
@@ -284,6 +285,117 @@ def qualitative_word(text: Any) -> str | None:
         return None
     words = " ".join(text.strip().rstrip(".").replace("-", " ").replace("_", " ").lower().split())
     return _QUALITATIVE_WORDS.get(words)
+
+
+# -- the safety net: records named by text, not by a code the criterion reads ---
+
+class TextMentions(RuleModel):
+    """Words that name a criterion's concept, for records whose codes the engine
+    cannot match: a local code beside no standard one, a standard code missing from
+    the shipped set, or text alone. Such a record may be the concept, so it must not
+    be passed over silently; it never decides either (an inclusion becomes unknown,
+    an exclusion review). Text is read only here, never to pass or fail."""
+
+    patterns: list[str] = Field(min_length=1)  # regular expressions, case-insensitive: any match names it
+    except_patterns: list[str] = []  # a text matching one of these names something else ("family history")
+    # Code sets of codes the criterion knows and deliberately does not count (secondary neoplasm
+    # of the breast, family history of breast cancer): recognised, so their text is not read.
+    other_codes: list[str] = []
+
+    @model_validator(mode="after")
+    def _compiles(self) -> "TextMentions":
+        for p in self.patterns + self.except_patterns:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"pattern {p!r}: {exc}") from None
+        return self
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE) if patterns else None
+
+
+_EXCLUDED_STATUSES = {"entered-in-error", "refuted", "cancelled"}
+
+
+def _raw_excluded(raw: dict[str, Any]) -> bool:
+    """Entered in error, refuted or cancelled, read from the JSON (the record may not be valid FHIR)."""
+    if raw.get("status") in _EXCLUDED_STATUSES:
+        return True
+    ver = raw.get("verificationStatus")
+    codings = ver.get("coding") if isinstance(ver, dict) else None
+    return isinstance(codings, list) and any(isinstance(c, dict) and c.get("code") in _EXCLUDED_STATUSES
+                                             for c in codings)
+
+
+def _raw_texts(concept: Any) -> tuple[list[str], list[tuple[str, str]], bool]:
+    """(texts, coding keys, has a coding with system and code) of a raw CodeableConcept."""
+    texts: list[str] = []
+    keys: list[tuple[str, str]] = []
+    if not isinstance(concept, dict):
+        return texts, keys, False
+    if isinstance(concept.get("text"), str):
+        texts.append(concept["text"])
+    codings = concept.get("coding")
+    for coding in codings if isinstance(codings, list) else ():
+        if not isinstance(coding, dict):
+            continue
+        if isinstance(coding.get("display"), str):
+            texts.append(coding["display"])
+        key = memo_coding_key(coding.get("system"), coding.get("code"))
+        if key is not None:
+            keys.append(key)
+    return texts, keys, bool(keys)
+
+
+def named_by_text(concept: Any, mentions: TextMentions, read: CodeSet | None,
+                  known: CodeSet | None) -> tuple[str, list[tuple[str, str]], Why] | None:
+    """(the text, the coding keys, UNRECOGNISED_CODE or TEXT_ONLY) when a raw
+    CodeableConcept has no coding in `read` nor in `known`, and a text or coding
+    display that names the concept; None otherwise."""
+    texts, keys, coded = _raw_texts(concept)
+    if not texts or any((read is not None and read.contains(k)) or (known is not None and known.contains(k))
+                        for k in keys):
+        return None
+    pattern = _compiled(tuple(mentions.patterns))
+    unless = _compiled(tuple(mentions.except_patterns))
+    text = next((t for t in texts if pattern.search(t) and not (unless and unless.search(t))), None)
+    if text is None:
+        return None
+    return text, keys, Why.UNRECOGNISED_CODE if coded else Why.TEXT_ONLY
+
+
+def mention_evidence(ctx: "Context", raw: dict[str, Any], named: tuple[str, list[tuple[str, str]], Why]
+                     ) -> Evidence:
+    text, keys, why = named
+    shown = ", ".join(f"{system}|{code}" for system, code in keys[:2])
+    note = (f"code not in the criterion's code sets ({shown}); its text names the concept"
+            if why is Why.UNRECOGNISED_CODE else "recorded as text only, without a code")
+    return Evidence(reference=ctx.record.reference(raw), role=Role.DECISIVE,
+                    code=f"{keys[0][0]}|{keys[0][1]}" if keys else None, display=text, note=note)
+
+
+def unread_mentions(ctx: "Context", resource_type: str, read: CodeSet, mentions: TextMentions,
+                    element: str = "code") -> list[tuple[Evidence, Why]]:
+    """Records of `resource_type` whose `element` has no coding in `read` (the sets
+    the criterion reads) nor in `mentions.other_codes`, but whose text or coding
+    display names the concept. Entered-in-error, refuted and cancelled ones are
+    left out. Each comes back as decisive evidence with its typed reason."""
+    known = ctx.codes(mentions.other_codes) if mentions.other_codes else None
+    found: list[tuple[Evidence, Why]] = []
+    for raw in ctx.record.all_of(resource_type):
+        named = named_by_text(raw.get(element), mentions, read, known)
+        if named is not None and not _raw_excluded(raw):
+            found.append((mention_evidence(ctx, raw, named), named[2]))
+    return found
+
+
+def mention_reason(mention: tuple[Evidence, Why], what: str) -> str:
+    evidence, why = mention
+    how = "an unrecognised code" if why is Why.UNRECOGNISED_CODE else "text only"
+    return f"'{evidence.display}' is recorded with {how}: it may be {what}"
 
 
 INVALID_NOTE = "not valid FHIR, skipped"

@@ -10,10 +10,10 @@ from pydantic import Field
 
 from ..model import Evidence, Result, Role, Why
 from ..record import InvalidResource
-from .cytology import Cytology, read_cytology
-from .base import (ACTIVE_CLINICAL, CONFIRMED, EXCLUDED, UNCONFIRMED, Context, Outcome, RuleModel,
+from .cytology import Cytology, CytologyFindings, read_cytology
+from .base import (ACTIVE_CLINICAL, CONFIRMED, EXCLUDED, UNCONFIRMED, Context, Outcome, RuleModel, TextMentions,
                    clinical_status, coding_text, concept_in, concept_label, condition_date, has_invalid,
-                   invalid_evidence, matching_coding, read_results, verification)
+                   invalid_evidence, matching_coding, mention_reason, unread_mentions, verification)
 
 
 @dataclass(slots=True)
@@ -106,24 +106,33 @@ def decided(result: Result, reason: str, decisive: list[Evidence], everything: l
 
 
 class SiteDependentCodes(RuleModel):
-    """Codes too general on their own (e.g. 'malignant neoplastic disease') that
-    qualify when the Condition's bodySite says where."""
+    """Codes too general on their own (e.g. 'malignant neoplastic disease', or
+    mCODE's 'secondary malignant neoplastic disease') that qualify when the
+    Condition's bodySite says where."""
 
     codes: list[str] = Field(min_length=1)
     body_site_codes: list[str] = Field(min_length=1)
+    # Without a bodySite: unknown ("nonspecific code": it may be the concept), or ignored when
+    # the general code without a site is known not to count (the protocol reading says so).
+    without_body_site: Literal["unknown", "ignore"] = "unknown"
 
 
 class ConditionPresentRule(RuleModel):
     type: Literal["condition-present"]
     label: str  # what is looked for, in words: "primary breast cancer"
     codes: list[str] = Field(min_length=1)
+    # "History of" codes that count as the concept whatever their clinicalStatus (an excised
+    # primary is recorded as Z85.3 once treated); the evidence says "history of".
+    history_codes: list[str] = []
     nonspecific_codes: list[str] = []
-    site_dependent: SiteDependentCodes | None = None
+    site_dependent: list[SiteDependentCodes] = []
     inactive_result: Literal["pass", "review"] = "pass"
     cytology: Cytology | None = None
+    mentions: TextMentions | None = None
 
     def reads(self) -> dict[str, list[str]]:
-        conditions = self.codes + self.nonspecific_codes + (self.site_dependent.codes if self.site_dependent else [])
+        conditions = self.codes + self.history_codes + self.nonspecific_codes + \
+            [n for site in self.site_dependent for n in site.codes]
         out = {"Condition": conditions}
         if self.cytology:
             out |= {"Observation": self.cytology.codes, "DiagnosticReport": self.cytology.codes,
@@ -140,35 +149,54 @@ class ConditionPresentRule(RuleModel):
         return outcome
 
     def _decide(self, ctx: Context, found: list[FoundCondition], ignored: list[Evidence]) -> Outcome:
+        seen = {id(f.raw) for f in found}
+        history, more_ignored = find_conditions(ctx, self.history_codes)
+        ignored += more_ignored
+        for h in history:
+            h.evidence.note = "history of: counts whatever its clinical status"
+        history = [h for h in history if id(h.raw) not in seen]
+        seen.update(id(h.raw) for h in history)
         nonspecific, more_ignored = find_conditions(ctx, self.nonspecific_codes)
         ignored += more_ignored
-        if self.site_dependent is not None:
-            general, more_ignored = find_conditions(ctx, self.site_dependent.codes)
+        nonspecific = [n for n in nonspecific if id(n.raw) not in seen]
+        seen.update(id(n.raw) for n in nonspecific)
+        for site_rule in self.site_dependent:
+            general, more_ignored = find_conditions(ctx, site_rule.codes)
             ignored += more_ignored
-            sites = ctx.codes(self.site_dependent.body_site_codes)
+            sites = ctx.codes(site_rule.body_site_codes)
             for g in general:
+                if id(g.raw) in seen:  # a specific code of the set is also a descendant of the general one
+                    continue
+                seen.add(id(g.raw))
                 if any(concept_in(site, sites) for site in g.model.bodySite or ()):
                     g.evidence.note = "general code; its body site qualifies it"
                     found.append(g)
                 elif g.model.bodySite:
                     g.evidence.role, g.evidence.note = Role.IGNORED, "general code with another body site"
                     ignored.append(g.evidence)
+                elif site_rule.without_body_site == "ignore":
+                    g.evidence.role, g.evidence.note = Role.IGNORED, "general code without a body site; " \
+                        "does not count"
+                    ignored.append(g.evidence)
                 else:
                     g.evidence.note = "general code without a body site"
                     nonspecific.append(g)
-        positive, unsure, unreadable, cyto_ignored = (read_cytology(ctx, self.cytology) if self.cytology
-                                                      else ([], [], [], []))
-        everything = [f.evidence for f in found + nonspecific] + positive + unsure + unreadable + ignored + \
-            cyto_ignored
+        cytology = read_cytology(ctx, self.cytology) if self.cytology else CytologyFindings([], [], [], [])
+        everything = [f.evidence for f in found + history + nonspecific] + cytology.positive + cytology.unsure + \
+            cytology.unreadable + ignored + cytology.ignored
         confirmed = [f for f in found if f.verification == CONFIRMED]
         counting = [f for f in confirmed if self._counts(f)]
         inactive = [f for f in confirmed if f not in counting]
-        unconfirmed = [f for f in found if f.verification == UNCONFIRMED]
+        unconfirmed = [f for f in found + history if f.verification == UNCONFIRMED]
+        confirmed_history = [h for h in history if h.verification == CONFIRMED]
         if counting:
             return decided(Result.PASS, f"{_label(counting[0])} recorded", [f.evidence for f in counting],
                            everything)
-        if positive:
-            return decided(Result.PASS, f"{self.cytology.label} positive for malignant cells", positive,
+        if confirmed_history:
+            return decided(Result.PASS, f"history of {self.label} recorded ({_label(confirmed_history[0])})",
+                           [h.evidence for h in confirmed_history], everything)
+        if cytology.positive:
+            return decided(Result.PASS, f"{self.cytology.label} positive for malignant cells", cytology.positive,
                            everything)
         if inactive:
             return decided(Result.REVIEW, f"{_label(inactive[0])} recorded as {inactive[0].clinical}: "
@@ -180,16 +208,21 @@ class ConditionPresentRule(RuleModel):
         if nonspecific:
             return decided(Result.UNKNOWN, f"only a nonspecific code ({_label(nonspecific[0])}): confirm "
                            f"{self.label}", [f.evidence for f in nonspecific], everything, Why.NONSPECIFIC_CODE)
-        if unsure:
+        if cytology.unsure:
             return decided(Result.UNKNOWN, f"positive cytology, but the specimen is not recorded as "
-                           f"{self.cytology.label}", unsure, everything, Why.SPECIMEN_NOT_CONFIRMED)
-        if unreadable:
+                           f"{self.cytology.label}", cytology.unsure, everything, Why.SPECIMEN_NOT_CONFIRMED)
+        if cytology.unreadable:
             return decided(Result.UNKNOWN, f"a {self.cytology.label} cytology result could not be read "
-                           f"({unreadable[0].value or 'no readable value'}): it may show {self.label}",
-                           unreadable, everything, Why.UNINTERPRETABLE)
+                           f"({cytology.unreadable[0].value or 'no readable value'}): it may show {self.label}",
+                           cytology.unreadable, everything, Why.UNINTERPRETABLE)
         if has_invalid(everything):
             return decided(Result.UNKNOWN, f"a possibly relevant record is not valid FHIR; cannot rule out "
                            f"{self.label}", [], everything, Why.INVALID_RESOURCE)
+        if self.mentions is not None:
+            named = unread_mentions(ctx, "Condition", ctx.codes(self.reads()["Condition"]), self.mentions)
+            if named:
+                return decided(Result.UNKNOWN, mention_reason(named[0], self.label), [e for e, _ in named],
+                               everything, named[0][1])
         return decided(Result.FAIL, f"no {self.label} recorded", [], everything,
                        absence_of=("Condition",) + (("Observation", "DiagnosticReport") if self.cytology else ()))
 
@@ -200,6 +233,7 @@ class ConditionAbsentRule(RuleModel):
     fail_codes: list[str] = Field(min_length=1)
     review_codes: list[str] = []
     inactive_result: Literal["fail", "review", "pass"] = "review"
+    mentions: TextMentions | None = None
 
     def reads(self) -> dict[str, list[str]]:
         return {"Condition": self.fail_codes + self.review_codes}
@@ -240,4 +274,9 @@ class ConditionAbsentRule(RuleModel):
         if to_review:
             return decided(Result.REVIEW, f"{_label(to_review[0])} recorded: a clinician's call",
                            [f.evidence for f in to_review], everything)
+        if self.mentions is not None:
+            named = unread_mentions(ctx, "Condition", ctx.codes(self.reads()["Condition"]), self.mentions)
+            if named:
+                return decided(Result.REVIEW, mention_reason(named[0], self.label), [e for e, _ in named],
+                               everything, named[0][1])
         return decided(Result.PASS, f"no {self.label} recorded", [], everything, absence_of=("Condition",))
