@@ -69,7 +69,9 @@ def test_newer_results_that_do_not_count_are_skipped_and_listed(nct06462092):
     newest = f"{AS_OF}T09:00:00Z"
     skipped = [lab(ANC, 0.5, "10*3/uL", newest, status="entered-in-error"),
                lab(ANC, 0.5, "10*3/uL", f"{AS_OF + dt.timedelta(days=3)}T09:00:00Z"),  # after the evaluation date
-               lab(ANC, None, None, newest),  # no value
+               lab(ANC, None, None, newest,  # no value, and the lab says why: a known absence
+                   dataAbsentReason={"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                                                 "code": "error", "display": "Error"}]}),
                lab(ANC, 0.5, "10*3/uL", newest, valueString="x")]  # two values: not valid FHIR
     history = skipped + daily_history(50, start=AS_OF - dt.timedelta(days=2))
     c = run(nct06462092, history)

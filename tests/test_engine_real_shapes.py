@@ -8,7 +8,7 @@ import pytest
 
 from cds_service.engine import Result, Why, evaluate
 from cds_service.engine.model import Role
-from fhirbuild import ICD10CM, RXNORM, SNOMED, allergy, concept, condition, patient
+from fhirbuild import ICD10CM, RXNORM, SNOMED, allergy, concept, condition, lab, patient
 
 AS_OF = dt.date(2026, 6, 15)
 EPIC_DX = "urn:oid:1.2.840.114350.1.13.0.1.7.2.696871"  # an Epic-style local diagnosis code system
@@ -199,3 +199,116 @@ def test_a_coded_study_drug_allergy_still_fails_beside_a_text_one(nct06462092):
 def test_an_hiv_infection_with_an_undetectable_viral_load_is_not_a_negative_finding(nct06462092):
     c = run(nct06462092, local_condition("HIV infection, viral load not detected"), criterion="immunodeficiency")
     assert (c.result, c.why) == (Result.REVIEW, Why.UNRECOGNISED_CODE)
+
+
+# -- labs: newer unreadable results, local codes, unit spellings, comparators ----------
+
+HB, ANC, PLT, BILI = "718-7", "751-8", "777-3", "1975-2"
+EPIC_LAB = "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.14"  # an Epic-style local component id system
+OLDER, NEWER = "2026-06-05T08:00:00-04:00", "2026-06-12T08:00:00-04:00"
+
+
+def string_result(code: str, text: str, date: str = NEWER) -> dict:
+    """A result as an HL7v2-fed interface sends it: OBX-2 'ST', so valueString."""
+    obs = lab(code, None, None, date)
+    obs["valueString"] = text
+    return obs
+
+
+@pytest.mark.parametrize("newer", [
+    string_result(HB, "8.5"), string_result(HB, "see comment"),
+    lab(HB, None, None, NEWER, valueCodeableConcept=concept((SNOMED, "260385009", "Negative"))),
+    lab(HB, None, None, NEWER),  # resulted, no value, no dataAbsentReason
+])
+def test_a_newer_unreadable_result_never_hands_the_decision_to_an_older_one(nct06462092, newer):
+    c = run(nct06462092, lab(HB, 13.1, "g/dL", OLDER), newer, criterion="hemoglobin")
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.UNINTERPRETABLE)
+    assert c.evidence[0].reference == f"Observation/{newer['id']}" and c.evidence[0].role is Role.DECISIVE
+    assert any(e.role is Role.SUPPORTING and e.value == "13.1" for e in c.evidence)  # the older one is shown
+    assert c.order is not None  # a new CBC settles it
+
+
+def test_a_newer_result_with_a_data_absent_reason_leaves_the_older_one_deciding(nct06462092):
+    absent = lab(HB, None, None, NEWER, dataAbsentReason=concept(
+        ("http://terminology.hl7.org/CodeSystem/data-absent-reason", "error", "Error")))
+    c = run(nct06462092, lab(HB, 13.1, "g/dL", OLDER), absent, criterion="hemoglobin")
+    assert c.result is Result.PASS
+
+
+def test_an_older_unreadable_result_does_not_stand_in_the_way(nct06462092):
+    c = run(nct06462092, string_result(HB, "see comment", OLDER), lab(HB, 13.1, "g/dL", NEWER), criterion="hemoglobin")
+    assert c.result is Result.PASS
+
+
+def test_an_unreadable_result_alone_is_uninterpretable(nct06462092):
+    c = run(nct06462092, string_result(HB, "8.5"), criterion="hemoglobin")
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.UNINTERPRETABLE)
+    assert "'8.5'" in c.reason
+
+
+def local_lab(text: str, value, unit: str, date: str = NEWER) -> dict:
+    obs = lab("1234", value, unit, date, system=EPIC_LAB, ucum=False)
+    obs["code"] = concept((EPIC_LAB, "1234", text), text=text)
+    return obs
+
+
+def test_a_newer_result_under_a_local_code_alone_makes_the_lab_unknown(nct06462092):
+    c = run(nct06462092, lab(HB, 13.1, "g/dL", OLDER), local_lab("HGB", 7.9, "g/dL"), criterion="hemoglobin")
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.UNRECOGNISED_CODE)
+    assert c.evidence[0].display == "HGB" and c.evidence[0].date == NEWER
+
+
+@pytest.mark.parametrize("other", [local_lab("HGB", 7.9, "g/dL", OLDER), local_lab("Hemoglobin A1c", 9.1, "%"),
+                                   local_lab("MCH (mean corpuscular hemoglobin)", 30, "pg")])
+def test_older_or_other_local_results_do_not_stand_in_the_way(nct06462092, other):
+    c = run(nct06462092, lab(HB, 13.1, "g/dL", "2026-06-08T08:00:00-04:00"), other, criterion="hemoglobin")
+    assert c.result is Result.PASS
+
+
+def test_a_local_code_beside_loinc_is_read_by_its_loinc(nct06462092):
+    obs = lab(HB, 8.1, "g/dL", NEWER)
+    obs["code"]["coding"].insert(0, {"system": EPIC_LAB, "code": "1234", "display": "HGB"})
+    c = run(nct06462092, lab(HB, 13.1, "g/dL", OLDER), obs, criterion="hemoglobin")
+    assert c.result is Result.FAIL
+
+
+@pytest.mark.parametrize("unit, value, result", [
+    ("x10(9)/L", "2.0", Result.PASS), ("x10E3/uL", "1.4", Result.FAIL), ("10^3/uL", "1.6", Result.PASS),
+    ("thou/mm3", "1.5", Result.FAIL), ("K/\u00b5L", "2.2", Result.PASS), ("K/\u03bcL", "1.2", Result.FAIL),
+    ("K/mcL", "3", Result.PASS), ("cells/\u00b5L", "1400", Result.FAIL),
+])
+def test_anc_unit_spellings_ehrs_send(nct06462092, unit, value, result):
+    c = run(nct06462092, lab(ANC, value, unit, NEWER, ucum=False), criterion="neutrophils")
+    assert c.result is result, c.reason
+
+
+@pytest.mark.parametrize("unit, value, result", [("gm/dL", "8.9", Result.FAIL), ("gm/dL", "9.1", Result.PASS),
+                                                 ("g/L", "90", Result.FAIL)])
+def test_haemoglobin_unit_spellings(nct06462092, unit, value, result):
+    assert run(nct06462092, lab(HB, value, unit, NEWER, ucum=False), criterion="hemoglobin").result is result
+
+
+@pytest.mark.parametrize("unit", ["\u03bcmol/L", "\u00b5mol/L", "mcmol/L", "umol/L"])
+def test_bilirubin_in_micromoles_however_spelt(nct06462092, unit):
+    # 30 µmol/L = 1.755 mg/dL against ULN 1.0 mg/dL: 1.76 × ULN, >= 1.5 × ULN fails.
+    c = run(nct06462092, lab(BILI, 30, unit, NEWER, ucum=False, high=1.0, high_unit="mg/dL"), criterion="bilirubin")
+    assert c.result is Result.FAIL, c.reason
+
+
+def test_a_reason_keeps_the_reported_comparator(nct06462092):
+    c = run(nct06462092, lab(BILI, 0.2, "mg/dL", NEWER, comparator="<", high=1.2), criterion="bilirubin")
+    assert c.result is Result.PASS
+    assert "<0.2 mg/dL" in c.reason
+
+
+def test_unknown_unit_spellings_are_remembered_within_a_bound(nct06462092):
+    from cds_service.engine import quantities
+
+    table = nct06462092.units
+    for i in range(quantities.UNIT_MEMO_SIZE + 50):
+        table.ucum_of(None, f"weird-unit-{i}", None)
+        try:
+            table.factor(f"weird-unit-{i}", "g/L")
+        except quantities.NotConvertible:
+            pass
+    assert len(table._units) <= quantities.UNIT_MEMO_SIZE and len(table._factors) <= quantities.UNIT_MEMO_SIZE

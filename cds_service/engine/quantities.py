@@ -14,6 +14,7 @@ and molar-mass factors per analyte (haemoglobin mmol/L -> g/dL).
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -74,6 +75,25 @@ def is_ucum(unit: str) -> bool:
     return True
 
 
+# Spelling variants lab interfaces use for the same UCUM unit, undone before the alias table and
+# UCUM read a unit: the micro sign (U+00B5) and Greek mu (U+03BC) for "u", "mc" for micro (mcL,
+# mcmol), "gm" for grams, and powers of ten written x10(9), x10E9, x10e9, 10E9, x10^9 or 10^9.
+_MICRO = str.maketrans({"\u00b5": "u", "\u03bc": "u"})
+_MC_PREFIX = re.compile(r"(?<![A-Za-z])mc(?=(?:g|L|l|mol|kat|IU|\[IU\])(?![A-Za-z]))")
+_GRAMS = re.compile(r"(?<![A-Za-z])gm(?=/)")
+_POWER_OF_TEN = re.compile(r"(?<![0-9A-Za-z*])x?10(?:\((\d+)\)|[Ee\^](\d+))")
+
+
+def respell(unit: str) -> str:
+    """A unit string with the spelling variants above undone ("K/µL" -> "K/uL",
+    "x10(9)/L" -> "10*9/L", "mcmol/L" -> "umol/L", "gm/dL" -> "g/dL"); other
+    text is left as it was, spaces removed."""
+    unit = unit.translate(_MICRO).replace(" ", "")
+    unit = _MC_PREFIX.sub("u", unit)
+    unit = _GRAMS.sub("g", unit)
+    return _POWER_OF_TEN.sub(lambda m: f"10*{m.group(1) or m.group(2)}", unit)
+
+
 @dataclass(frozen=True)
 class UnitBridge:
     """A conversion UCUM cannot make on its own, for one analyte."""
@@ -88,6 +108,8 @@ class UnitBridge:
 class UnitTable:
     aliases: dict[str, str] = field(default_factory=dict)  # local spelling -> UCUM
     bridges: dict[str, list[UnitBridge]] = field(default_factory=dict)  # analyte -> bridges
+    # Factors between units, and why a pair cannot be converted (parsing a bad unit is slow, so
+    # failures are kept too): bounded like _units, since the units come from the data.
     _factors: dict[tuple[str, str, str | None], Decimal | str] = field(
         default_factory=dict, repr=False, compare=False)
     _units: dict[tuple[str | None, str | None, str | None], str | None] = field(
@@ -116,7 +138,11 @@ class UnitTable:
             if c in self.aliases:
                 return self.aliases[c]
         for c in candidates:
-            c = c.strip()
+            c = respell(c)
+            if c in self.aliases:
+                return self.aliases[c]
+        for c in candidates:
+            c = respell(c)
             if c:
                 return c
         return None
@@ -129,6 +155,8 @@ class UnitTable:
                 found = self._find_factor(from_unit, to_unit, analyte)
             except NotConvertible as exc:
                 found = str(exc)  # remember failures too: parsing a bad unit is slow
+            if len(self._factors) >= UNIT_MEMO_SIZE:
+                self._factors.clear()
             self._factors[key] = found
         if isinstance(found, str):
             raise NotConvertible(found)

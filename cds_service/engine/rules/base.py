@@ -101,6 +101,10 @@ class CodeLibrary:
             self._by_list[id(names)] = (names, found)  # holding `names` keeps its id from being reused
         return found
 
+    def everything(self) -> CodeSet:
+        """Every code the library knows: a record coded in none of them is unrecognised."""
+        return self.union_of(tuple(sorted(self.sets)))
+
     def union_of(self, names: Sequence[str] | str) -> CodeSet:
         """The union of the named sets, for names not held by a rule (nothing kept by identity)."""
         key = (names,) if isinstance(names, str) else tuple(names)
@@ -121,6 +125,7 @@ class Context:
     as_of: dt.date
     library: CodeLibrary
     units: UnitTable
+    memo: dict[str, Any] = field(default_factory=dict)  # what several criteria read of this record, read once
 
     def codes(self, names: Sequence[str] | str) -> CodeSet:
         return self.library.get(names)
@@ -392,6 +397,25 @@ def unread_mentions(ctx: "Context", resource_type: str, read: CodeSet, mentions:
     return found
 
 
+def unrecognised_observations(ctx: "Context", mentions: TextMentions
+                              ) -> list[tuple[dict[str, Any], tuple[str, list[tuple[str, str]], Why]]]:
+    """Observations coded in no code set the trial knows (a local lab code alone, or
+    text only) whose text names what `mentions` names, with what named it. The
+    unrecognised ones are found once per evaluation: usually none, since the FHIR
+    searches ask for the trial's codes."""
+    pool = ctx.memo.get("unrecognised-observations")
+    if pool is None:
+        recognised = {id(hit.raw) for hit in ctx.record.find("Observation", ctx.library.everything())}
+        pool = ctx.memo["unrecognised-observations"] = [raw for raw in ctx.record.all_of("Observation")
+                                                        if id(raw) not in recognised]
+    found = []
+    for raw in pool:
+        named = named_by_text(raw.get("code"), mentions, None, None)
+        if named is not None:
+            found.append((raw, named))
+    return found
+
+
 def mention_reason(mention: tuple[Evidence, Why], what: str) -> str:
     evidence, why = mention
     how = "an unrecognised code" if why is Why.UNRECOGNISED_CODE else "text only"
@@ -545,6 +569,25 @@ def raw_observation_rank(raw: dict[str, Any]) -> int | None:
             memo.clear()
         memo[value] = rank
     return rank
+
+
+def observation_date_of_raw(raw: dict[str, Any]) -> FhirDate | None:
+    """observation_date() of an Observation not validated as a whole: the same
+    element, through the same FHIR type (None when absent or not valid)."""
+    value, element = raw.get("effectiveDateTime"), "effectiveDateTime"
+    if value is None:
+        value, element = raw.get("effectiveInstant"), "effectiveInstant"
+        if value is None:
+            period = raw.get("effectivePeriod")
+            if not isinstance(period, dict):
+                return None
+            value, element = (period.get("start"), "start") if period.get("start") else (period.get("end"), "end")
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_fhir_date(_date_type(element).validate_python(value))
+    except ValueError:
+        return None
 
 
 def _read_time(element: str, value: str) -> dt.datetime | None:

@@ -8,6 +8,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import Field
 
+from ..codes import CodeSet, memo_coding_key
 from ..model import Evidence, Result, Role, Why
 from ..record import InvalidResource
 from .cytology import Cytology, CytologyFindings, read_cytology
@@ -33,15 +34,24 @@ class FoundCondition:
 DECIDING_CONDITIONS_LISTED = 3
 
 
-def find_conditions(ctx: Context, code_names: list[str]) -> tuple[list[FoundCondition], list[Evidence]]:
+def find_conditions(ctx: Context, code_names: list[str], *, unless: CodeSet | None = None
+                    ) -> tuple[list[FoundCondition], list[Evidence]]:
     """Conditions coded in the named sets, with status read; refuted,
-    entered-in-error, invalid and future-dated ones come back as ignored evidence."""
-    found, ignored, _ = find_conditions_until(ctx, code_names)
+    entered-in-error, invalid and future-dated ones come back as ignored evidence.
+    `unless`: Conditions also coded in this set are left to the rule that reads it."""
+    found, ignored, _ = find_conditions_until(ctx, code_names, unless=unless)
     return found, ignored
 
 
+def _coded_in(raw: dict[str, Any], codes: CodeSet) -> bool:
+    code = raw.get("code")
+    codings = code.get("coding") if isinstance(code, dict) else None
+    return isinstance(codings, list) and any(
+        isinstance(c, dict) and codes.contains(memo_coding_key(c.get("system"), c.get("code"))) for c in codings)
+
+
 def find_conditions_until(ctx: Context, code_names: list[str],
-                          decides: Callable[[FoundCondition], bool] | None = None
+                          decides: Callable[[FoundCondition], bool] | None = None, *, unless: CodeSet | None = None
                           ) -> tuple[list[FoundCondition], list[Evidence], int]:
     """find_conditions, read in record order and stopped once
     DECIDING_CONDITIONS_LISTED conditions for which `decides` holds are found: the
@@ -54,6 +64,8 @@ def find_conditions_until(ctx: Context, code_names: list[str],
     found, ignored = [], []
     deciding = 0
     hits = ctx.record.find("Condition", codes)
+    if unless is not None:
+        hits = [hit for hit in hits if not _coded_in(hit.raw, unless)]
     for i, hit in enumerate(hits):
         if decides is not None and deciding >= DECIDING_CONDITIONS_LISTED:
             return found, ignored, len(hits) - i
@@ -149,25 +161,21 @@ class ConditionPresentRule(RuleModel):
         return outcome
 
     def _decide(self, ctx: Context, found: list[FoundCondition], ignored: list[Evidence]) -> Outcome:
-        seen = {id(f.raw) for f in found}
-        history, more_ignored = find_conditions(ctx, self.history_codes)
+        # A Condition is read by the first of these that codes it (a leptomeningeal code is also a
+        # secondary malignant neoplasm): the main codes, history codes, nonspecific codes, general ones.
+        history, more_ignored = find_conditions(ctx, self.history_codes, unless=ctx.codes(self.codes))
         ignored += more_ignored
         for h in history:
             h.evidence.note = "history of: counts whatever its clinical status"
-        history = [h for h in history if id(h.raw) not in seen]
-        seen.update(id(h.raw) for h in history)
-        nonspecific, more_ignored = find_conditions(ctx, self.nonspecific_codes)
+        nonspecific, more_ignored = find_conditions(ctx, self.nonspecific_codes,
+                                                    unless=ctx.codes(self.codes + self.history_codes))
         ignored += more_ignored
-        nonspecific = [n for n in nonspecific if id(n.raw) not in seen]
-        seen.update(id(n.raw) for n in nonspecific)
+        specific = ctx.codes(self.codes + self.history_codes + self.nonspecific_codes)
         for site_rule in self.site_dependent:
-            general, more_ignored = find_conditions(ctx, site_rule.codes)
+            general, more_ignored = find_conditions(ctx, site_rule.codes, unless=specific)
             ignored += more_ignored
             sites = ctx.codes(site_rule.body_site_codes)
             for g in general:
-                if id(g.raw) in seen:  # a specific code of the set is also a descendant of the general one
-                    continue
-                seen.add(id(g.raw))
                 if any(concept_in(site, sites) for site in g.model.bodySite or ()):
                     g.evidence.note = "general code; its body site qualifies it"
                     found.append(g)

@@ -17,8 +17,9 @@ from ..dates import FhirDate, Recency, recency
 from ..memo import remembered_by_identity
 from ..model import Evidence, Measured, Result, Role, UpperLimit, Why
 from ..quantities import NotConvertible, UnitTable
-from .base import (Context, Outcome, Reading, RuleModel, concept_label, has_invalid, observation_date,
-                   read_latest_results)
+from .base import (VALID_OBSERVATION_STATUSES, Context, Outcome, Reading, RuleModel, TextMentions, concept_label,
+                   has_invalid, instant_rank, mention_evidence, observation_date, raw_observation_rank,
+                   observation_date_of_raw, read_latest_results, unrecognised_observations)
 
 Comparator = Literal["<", "<=", ">", ">="]
 
@@ -52,6 +53,9 @@ class Analyte(RuleModel):
     conversions: str | None = None  # key of the analyte's unit bridges in units.yaml
     fail_when: Threshold
     fallback_uln: FallbackUln | None = None
+    # The analyte's names, for results whose codes no set of the trial holds (a local lab code
+    # alone): one newer than the deciding result makes the analyte unknown (see _newer_mention).
+    mentions: TextMentions | None = None
 
 
 class LabRule(RuleModel):
@@ -107,6 +111,7 @@ class _AnalyteOutcome:
     evidence: list[Evidence] = field(default_factory=list)
     why: Why | None = None
     not_read: int = 0  # older results left unread (they cannot change which result is latest)
+    decided_at: FhirDate | None = None  # the date of the deciding result, when one decided
 
 
 def _has_number(reading: Reading) -> bool:
@@ -118,7 +123,43 @@ def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> _An
     found = read_latest_results(ctx, ctx.codes(analyte.codes), _has_number)
     outcome = _decide(ctx, analyte, lookback_days, found.readings, found.ignored)
     outcome.not_read = found.not_read
+    if analyte.mentions is not None and outcome.result is not Result.UNKNOWN:
+        newer = _newer_mention(ctx, analyte, outcome.decided_at)
+        if newer is not None:
+            evidence, why = newer
+            outcome = _AnalyteOutcome(Result.UNKNOWN, f"{analyte.name}: a newer result ({evidence.date}) is "
+                                      f"recorded as '{evidence.display}' with "
+                                      f"{'an unrecognised code' if why is Why.UNRECOGNISED_CODE else 'text only'}"
+                                      ": it cannot be read, and the older one does not decide",
+                                      [evidence] + _demoted(outcome.evidence), why, outcome.not_read)
     return outcome
+
+
+def _demoted(evidence: list[Evidence]) -> list[Evidence]:
+    for e in evidence:
+        if e.role is Role.DECISIVE:
+            e.role, e.note = Role.SUPPORTING, e.note or "older than an unreadable newer result; does not decide"
+    return evidence
+
+
+def _newer_mention(ctx: Context, analyte: Analyte, decided_at: FhirDate | None) -> tuple[Evidence, Why] | None:
+    """A resulted Observation no code set of the trial recognises, whose text names
+    the analyte, dated after the deciding result (and not after the evaluation date)."""
+    for raw, named in unrecognised_observations(ctx, analyte.mentions):
+        if raw.get("status") not in VALID_OBSERVATION_STATUSES:
+            continue
+        rank = raw_observation_rank(raw)
+        if rank is None:
+            continue  # undated: cannot be shown newer
+        date = observation_date_of_raw(raw)
+        if date is None or date.first_day > ctx.as_of:
+            continue
+        if decided_at is not None and rank <= instant_rank(decided_at.sort_key()):
+            continue
+        evidence = mention_evidence(ctx, raw, named)
+        evidence.date = date.text
+        return evidence, named[2]
+    return None
 
 
 def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[Reading],
@@ -127,13 +168,20 @@ def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[R
     dated: list[_Candidate] = []
     undated: list[_Candidate] = []
     no_value = 0
+    unreadable: list[Reading] = []  # resulted, but what was sent is not a number (see _unreadable_value)
     for r in readings:
         q, ev = r.source.valueQuantity, r.evidence
         ev.role = Role.IGNORED
         if q is None or q.value is None:
             no_value += 1
             absent = concept_label(r.source.dataAbsentReason)
-            ev.note = "no numeric value" + (f" (data absent: {absent})" if absent else "") + "; ignored"
+            sent = _unreadable_value(r.source)
+            if sent is not None:
+                ev.value = sent
+                ev.note = "not a numeric value; cannot be read"
+                unreadable.append(r)
+            else:
+                ev.note = "no numeric value" + (f" (data absent: {absent})" if absent else "") + "; ignored"
             ignored.append(ev)
             continue
         ev.value, ev.unit, ev.comparator = format(q.value, "f"), q.unit or q.code, q.comparator
@@ -163,6 +211,16 @@ def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[R
                                    f"imprecise to show it is within {lookback_days} days",
                                    _collect(latest, older, undated, ignored), Why.IMPRECISE_DATE)
         latest_key = latest.date.sort_key()
+        newer = [r for r in unreadable if r.date is not None and r.date.sort_key() > latest_key]
+        if newer:  # never hand the decision to an older result
+            newest = max(newer, key=lambda r: r.date.sort_key())
+            newest.evidence.role = Role.DECISIVE
+            _note_older(dated)
+            return _AnalyteOutcome(Result.UNKNOWN, f"{name}: the latest result ({newest.date.day_text}) was sent as "
+                                   f"'{newest.evidence.value}', not a number: it cannot be read, and older results "
+                                   "do not decide", [newest.evidence] + [c.evidence for c in dated] +
+                                   [c.evidence for c in undated] + [e for e in ignored if e is not newest.evidence],
+                                   Why.UNINTERPRETABLE)
         same_time = [latest] + [c for c in dated[1:] if c.date.sort_key() == latest_key]
         judged = [(c, _judge(ctx.units, analyte, c.resource, c.source)) for c in same_time]
         outcomes = {j.result for _, j in judged}
@@ -177,13 +235,20 @@ def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[R
             return _AnalyteOutcome(Result.UNKNOWN, f"{name}: results at the same time disagree",
                                    evidence, Why.CONFLICTING_RESULTS)
         judgement = judged[0][1]
-        return _AnalyteOutcome(judgement.result, judgement.reason, evidence, judgement.why)
+        return _AnalyteOutcome(judgement.result, judgement.reason, evidence, judgement.why, decided_at=latest.date)
 
     if undated:
         for c in undated:
             c.evidence.note = "no effective date; cannot show recency"
         return _AnalyteOutcome(Result.UNKNOWN, f"{name}: result has no date, so recency cannot be shown",
                                [c.evidence for c in undated] + ignored, Why.NO_DATE)
+    fresh_unreadable = [r for r in unreadable if r.date is not None and
+                        recency(r.date, ctx.as_of, lookback_days) is Recency.FRESH]
+    if fresh_unreadable:
+        r = fresh_unreadable[0]
+        r.evidence.role = Role.DECISIVE
+        return _AnalyteOutcome(Result.UNKNOWN, f"{name}: the result of {r.date.day_text} was sent as "
+                               f"'{r.evidence.value}', not a number: it cannot be read", ignored, Why.UNINTERPRETABLE)
     if no_value:
         return _AnalyteOutcome(Result.UNKNOWN, f"{name}: no usable value in the results found", ignored,
                                Why.NO_VALUE)
@@ -191,6 +256,24 @@ def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[R
         return _AnalyteOutcome(Result.UNKNOWN, f"{name}: results found are not valid FHIR", ignored,
                                Why.INVALID_RESOURCE)
     return _AnalyteOutcome(Result.UNKNOWN, f"{name}: no valid result", ignored, Why.NO_DATA)
+
+
+def _unreadable_value(source: Any) -> str | None:
+    """What a resulted lab sent instead of a number, as text, or None when it sent
+    nothing (no value, or a dataAbsentReason: a known absence, which does not stand in
+    the way of an older result). A numeric-looking string ("8.5") is not read either: a
+    lab interface that sends strings may send "<8.5", "8.5 (H)" or "8,5" as well."""
+    if source.dataAbsentReason is not None:
+        return None
+    for value in (source.valueString, source.valueCodeableConcept, getattr(source, "valueBoolean", None)):
+        if value is None:
+            continue
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool):
+            return str(value).lower()
+        return concept_label(value) or "a coded value"
+    return "no value"
 
 
 def _note_older(older: list[_Candidate]) -> None:
@@ -234,7 +317,7 @@ def _judge(units: UnitTable, analyte: Analyte, resource: Any, source: Any) -> _J
                               f"{rule.unit}", Why.UNIT_NOT_CONVERTIBLE)
         converted = Measured(compared, rule.unit)
         limit, limit_text = rule.value, f"{format(rule.value, 'f')} {rule.unit}"
-        shown = f"{format(compared, 'f')} {rule.unit}"
+        shown = f"{q.comparator or ''}{format(compared, 'f')} {rule.unit}"
     else:
         uln = _upper_limit(units, analyte, source, unit)
         if isinstance(uln, _Judgement):
@@ -243,7 +326,7 @@ def _judge(units: UnitTable, analyte: Analyte, resource: Any, source: Any) -> _J
         limit = rule.uln_multiple * uln.value
         limit_text = f"{format(rule.uln_multiple, 'f')} × ULN {format(uln.value, 'f')} {uln.unit}" + \
                      (" (assumed ULN)" if uln.assumed else "")
-        shown = f"{format(value, 'f')} {unit} ({ratio} × ULN)"
+        shown = f"{q.comparator or ''}{format(value, 'f')} {unit} ({q.comparator or ''}{ratio} × ULN)"
         compared = value
     verdict = classify(compared, q.comparator, rule.comparator, limit)
     date = observation_date(resource)
