@@ -6,13 +6,23 @@
   cds-service harness --fhir-server URL [--service URL|none] [--mode private|shared]
 
 Exit status: 0 when the input was evaluated (whatever the eligibility), 2 for
-unreadable or non-FHIR input or bad arguments (one line on stderr), 1 for an
-internal error (one line; --debug shows the traceback).
+unreadable or non-FHIR input, input with no Patient resource, or bad arguments
+(one line on stderr), 1 for an internal error (one line; --debug shows the
+traceback).
+
+`evaluate` evaluates each Patient resource of the file with the resources that
+reference it; every evaluation carries `patient` (the Patient's id, else its
+fullUrl, else `#n`, its place among the file's patients). Resources whose
+patient is not in the file (a reference to an absent Patient, a `urn:uuid`
+that does not resolve in its own Bundle, as in concatenated Bundles) are not
+evaluated: stderr says how many were skipped and why, with counts and reasons
+only, never a reference (references identify patients).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import sys
 from pathlib import Path
@@ -23,7 +33,7 @@ import orjson
 from .demo import DEMO_PATIENTS, hook_request
 from .engine import PatientRecord, TrialEvaluation, evaluate
 from .engine.evaluate import Trial
-from .fhir.bundles import InputError, patient_groups_from_bytes
+from .fhir.bundles import InputError, read_patient_file
 from .harness import HarnessError
 from .hooks.auth import TrustConfigError, load_trust_config
 from .hooks.config import ConfigError
@@ -108,10 +118,16 @@ def _read(file: str) -> bytes:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     trial = _trial(args)
-    groups = patient_groups_from_bytes(_read(args.file))
+    grouping = read_patient_file(_read(args.file))
+    for line in grouping.skipped_lines():  # counts and reasons only: no reference, no name
+        print(f"cds-service: {line}", file=sys.stderr)
     as_of = args.as_of or dt.date.today()
-    evaluations: list[TrialEvaluation] = [
-        evaluate(trial, PatientRecord(g.resources, g.full_urls), as_of) for g in groups]
+    evaluations: list[TrialEvaluation] = []
+    for g in grouping.groups:
+        evaluation = evaluate(trial, PatientRecord(g.resources, g.full_urls), as_of)
+        if evaluation.patient is None:  # a Patient without id
+            evaluation = dataclasses.replace(evaluation, patient=g.label)
+        evaluations.append(evaluation)
     if args.format == "text":
         sys.stdout.write("\n".join(text_report(e, trial) for e in evaluations))
     else:

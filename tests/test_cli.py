@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,114 @@ def test_console_script_never_prints_a_traceback(tmp_path):
     proc = subprocess.run([str(exe), "evaluate", "--as-of", "2026-06-15", "-"], input=BASELINE.read_text(),
                           capture_output=True, text=True)
     assert proc.returncode == 0 and json.loads(proc.stdout)["status"] == "eligible"
+
+
+# -- files with resources of patients who are not in them (issue 13, item 7) ------------------------
+
+def _urn_transaction(bundle: dict) -> dict:
+    """The bundle as a Synthea-style transaction: urn:uuid fullUrls and references."""
+    urn = {f"{e['resource']['resourceType']}/{e['resource']['id']}":
+           f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, e['fullUrl'])}" for e in bundle["entry"]}
+    text = json.dumps(bundle)
+    for ref, u in urn.items():
+        text = text.replace(f'"reference": "{ref}"', f'"reference": "{u}"')
+    out = json.loads(text)
+    out["type"] = "transaction"
+    for e in out["entry"]:
+        e["fullUrl"] = urn[f"{e['resource']['resourceType']}/{e['resource']['id']}"]
+        e["request"] = {"method": "POST", "url": e["resource"]["resourceType"]}
+    return out
+
+
+def _assert_no_identifiers(err: str, *identifiers: str):
+    for identifier in identifiers:
+        assert identifier not in err
+    assert "urn:uuid:" not in err and "Patient/" not in err and "Traceback" not in err
+
+
+def test_concatenated_bundles_whose_urn_references_no_longer_resolve_are_skipped(capsys, tmp_path):
+    whole = _urn_transaction(json.loads(BASELINE.read_text()))
+    labs = [e for e in whole["entry"] if e["resource"]["resourceType"] == "Observation"]
+    first = dict(whole, entry=[e for e in whole["entry"] if e not in labs])
+    second = dict(whole, entry=labs)  # references the Patient of the first Bundle by urn:uuid
+    path = tmp_path / "two-bundles.ndjson"
+    path.write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n")
+    code, out, err = run_cli(capsys, "evaluate", "--as-of", "2026-06-15", str(path))
+    assert code == 0
+    body = json.loads(out)
+    assert body["patient"] == "g001"  # one patient, not one more without `patient` for the orphans
+    assert err == (f"cds-service: skipped {len(labs)} resources: their subject is a urn: reference that "
+                   "resolves to no Patient in their Bundle\n")
+    _assert_no_identifiers(err, "g001", "Lin", "MRN-700001")
+    # The labs were not read as the patient's: they are missing, not passed.
+    neutrophils = next(c for c in body["criteria"] if c["id"] == "neutrophils")
+    assert neutrophils["result"] == "unknown" and "evidence" not in neutrophils
+    # Within one Bundle the same urn:uuid references resolve.
+    path.write_text(json.dumps(whole))
+    code, out, err = run_cli(capsys, "evaluate", "--as-of", "2026-06-15", str(path))
+    assert code == 0 and err == "" and json.loads(out)["status"] == "eligible"
+
+
+def test_resources_of_an_absent_patient_are_not_evaluated_nor_given_to_another(capsys, tmp_path):
+    bundle = json.loads(BASELINE.read_text())
+    hiv = {"resourceType": "Condition", "id": "other-hiv",
+           "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                          "code": "active"}]},
+           "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "B20"}]},
+           "subject": {"reference": "Patient/someone-else"}}
+    device_obs = {"resourceType": "Observation", "id": "pump-1", "status": "final",
+                  "code": {"text": "Infusion pump check"}, "subject": {"reference": "Device/pump-7"}}
+    by_url = dict(hiv, id="other-hiv-2", subject={"reference": "https://hie.example.org/fhir/Patient/x9"})
+    bundle["entry"] += [{"resource": hiv}, {"resource": by_url}, {"resource": device_obs}]
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps(bundle))
+    code, out, err = run_cli(capsys, "evaluate", "--as-of", "2026-06-15", str(path))
+    assert code == 0
+    body = json.loads(out)  # a single object: the absent patients are not evaluated
+    assert body["patient"] == "g001" and body["status"] == "eligible"
+    assert next(c for c in body["criteria"] if c["id"] == "immunodeficiency")["result"] == "pass"
+    assert err.splitlines() == [
+        "cds-service: skipped 2 resources: their subject names a Patient that is not in this input",
+        "cds-service: skipped 1 resource: their subject is not a Patient (a Group, Device, Location... or an "
+        "unreadable reference)"]
+    _assert_no_identifiers(err, "someone-else", "x9", "pump-7", "g001")
+
+
+def test_a_file_without_any_patient_is_a_clear_error(capsys, tmp_path):
+    bundle = json.loads(BASELINE.read_text())
+    bundle["entry"] = [e for e in bundle["entry"] if e["resource"]["resourceType"] != "Patient"]
+    path = tmp_path / "no-patient.json"
+    path.write_text(json.dumps(bundle))
+    code, out, err = run_cli(capsys, "evaluate", "--as-of", "2026-06-15", str(path))
+    assert code == 2 and out == ""
+    assert err == (f"cds-service: no patient found in the input: it holds no Patient resource; skipped "
+                   f"{len(bundle['entry'])} resources: their subject names a Patient that is not in this input\n")
+    _assert_no_identifiers(err, "g001")
+    exe = Path(sys.executable).parent / "cds-service"
+    proc = subprocess.run([str(exe), "evaluate", "--as-of", "2026-06-15", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr == err
+
+
+def test_every_evaluation_carries_patient_even_for_a_patient_without_id(capsys, tmp_path):
+    one = _urn_transaction(json.loads(BASELINE.read_text()))
+    patient_entry = next(e for e in one["entry"] if e["resource"]["resourceType"] == "Patient")
+    del patient_entry["resource"]["id"]  # a transaction's new Patient: named by its fullUrl only
+    bare = json.loads((GOLD / "g079-male-patient.json").read_text())
+    for e in bare["entry"]:  # a Patient with neither id nor fullUrl; loose resources that name no patient
+        e.pop("fullUrl", None)
+        e["resource"].pop("subject", None), e["resource"].pop("patient", None)
+        if e["resource"]["resourceType"] == "Patient":
+            del e["resource"]["id"]
+    path = tmp_path / "no-ids.ndjson"
+    path.write_text(json.dumps(one) + "\n" + json.dumps(bare) + "\n")
+    code, out, err = run_cli(capsys, "evaluate", "--as-of", "2026-06-15", str(path))
+    assert code == 0
+    body = json.loads(out)
+    assert [b.get("patient") for b in body] == [patient_entry["fullUrl"], "#2"]
+    assert body[0]["status"] == "eligible"  # its urn:uuid references resolved in its Bundle
+    # With two patients, resources that name none cannot be given to either.
+    assert err == (f"cds-service: skipped {len(bare['entry']) - 1} resources: they name no patient and the input "
+                   "holds several patients\n")
+    code, out, _ = run_cli(capsys, "evaluate", "--as-of", "2026-06-15", "--format", "text", str(path))
+    headers = [line for line in out.splitlines() if line.startswith("Patient ")]
+    assert [h.split(" · ")[0] for h in headers] == [f"Patient {patient_entry['fullUrl']}", "Patient #2"]

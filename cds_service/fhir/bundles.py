@@ -3,6 +3,7 @@ splitting what they hold into one group of resources per patient."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -17,15 +18,35 @@ class InputError(ValueError):
 class Entry:
     resource: dict[str, Any]
     full_url: str | None = None
+    bundle: int | None = None  # which Bundle of the input holds it (urn: references resolve only there)
 
 
 @dataclass
 class PatientGroup:
     """One patient's resources, and the fullUrls that resolve references among them."""
 
-    patient_key: str  # "Patient/123"
+    patient_key: str  # "Patient/123"; for a Patient without id its fullUrl, else "Patient/#n"
     resources: list[dict[str, Any]] = field(default_factory=list)
     full_urls: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """What names the patient in an evaluation: the Patient's id, else its fullUrl, else "#n"
+        (its place among the input's patients)."""
+        return self.patient_key.removeprefix("Patient/")
+
+
+@dataclass
+class Grouping:
+    """The input split by patient, and what could not be given to a patient in it."""
+
+    groups: list[PatientGroup]
+    # Why -> how many resources: fixed texts with counts only, never an identifier (references
+    # name patients), so that they can be shown on stderr.
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skipped_lines(self) -> list[str]:
+        return [f"skipped {n} resource{'s' if n != 1 else ''}: {why}" for why, n in self.skipped.items()]
 
 
 def parse_fhir_json(data: bytes) -> list[Entry]:
@@ -66,6 +87,7 @@ def entries_of(document: Any, where: str = "input") -> list[Entry]:
     if not isinstance(raw_entries, list):
         raise InputError(f"{where}: Bundle.entry is not a list")
     entries = []
+    bundle = next(_BUNDLE_NUMBERS)
     for item in raw_entries:
         if not isinstance(item, dict):
             continue
@@ -76,8 +98,11 @@ def entries_of(document: Any, where: str = "input") -> list[Entry]:
         if resource["resourceType"] == "Bundle":
             entries.extend(entries_of(resource, where))
         else:
-            entries.append(Entry(resource, full_url))
+            entries.append(Entry(resource, full_url, bundle))
     return entries
+
+
+_BUNDLE_NUMBERS = itertools.count(1)  # tells the Bundles of an input apart (never reused in a process)
 
 
 def reference_key(reference: Any) -> str | None:
@@ -107,47 +132,102 @@ def patient_reference(resource: dict[str, Any]) -> str | None:
 
 
 def group_by_patient(entries: Iterable[Entry]) -> list[PatientGroup]:
-    """One group per patient, in the order patients first appear. A resource
-    that names no patient joins the only patient when there is exactly one;
-    with several it is dropped (it cannot be attributed)."""
+    """One group per Patient resource, in the order patients first appear (see split_by_patient)."""
+    return split_by_patient(entries).groups
+
+
+# Why a resource is given to no patient (texts for stderr: counts and reasons, no identifiers).
+SKIP_URN = "their subject is a urn: reference that resolves to no Patient in their Bundle"
+SKIP_ABSENT = "their subject names a Patient that is not in this input"
+SKIP_NOT_PATIENT = "their subject is not a Patient (a Group, Device, Location... or an unreadable reference)"
+SKIP_NO_REFERENCE = "their subject has no reference (an identifier or display only)"
+SKIP_NO_PATIENT_SEVERAL = "they name no patient and the input holds several patients"
+SKIP_NO_PATIENT_NONE = "they name no patient and the input holds no Patient"
+
+
+def split_by_patient(entries: Iterable[Entry]) -> Grouping:
+    """One group per Patient resource, in the order patients first appear.
+
+    A resource joins the patient its subject (or patient) references: by id
+    (`Patient/123`, an absolute URL, `_history` ignored) anywhere in the input, or
+    by a `urn:` fullUrl only within its own Bundle (FHIR resolves those in the
+    Bundle that holds them: concatenated Bundles do not resolve each other's).
+    Resources whose patient is not in the input are not evaluated as a patient:
+    they are counted in `skipped`, by reason. A resource that names no patient
+    (a Medication, an Organization) joins the only patient when there is exactly
+    one; with several it cannot be attributed and is counted too."""
     entries = list(entries)
-    aliases: dict[str, str] = {}  # any way of referring to a patient -> its key
-    groups: dict[str, PatientGroup] = {}
+    aliases: dict[Any, PatientGroup] = {}  # any way of referring to a patient -> its group
+    groups: list[PatientGroup] = []
+    owner: dict[int, PatientGroup] = {}  # id(entry) -> its patient's group
+    named: set[str] = set()  # the fullUrls naming patients without an id
     for e in entries:
         if e.resource.get("resourceType") != "Patient":
             continue
         rid = e.resource.get("id")
-        key = f"Patient/{rid}" if isinstance(rid, str) and rid else (e.full_url or f"Patient/#{len(groups) + 1}")
-        if key not in groups:
-            groups[key] = PatientGroup(key)
-        aliases[key] = key
+        key = f"Patient/{rid}" if isinstance(rid, str) and rid else None
+        group = aliases.get(key) if key else None  # the same patient listed again
+        if group is None:
+            if key is None:  # no id: named by its fullUrl when no other patient is, else by its place
+                key = e.full_url if e.full_url and e.full_url not in named else f"Patient/#{len(groups) + 1}"
+                named.add(key)
+            group = PatientGroup(key)
+            groups.append(group)
+            if key.startswith("Patient/") and "#" not in key:
+                aliases[key] = group
         if e.full_url:
-            aliases[e.full_url] = key
-            aliases[reference_key(e.full_url) or e.full_url] = key
+            aliases.setdefault(_alias(e.full_url, e.bundle), group)
+            if not e.full_url.startswith("urn:"):
+                aliases.setdefault(reference_key(e.full_url) or e.full_url, group)
+        owner[id(e)] = group
+    skipped: dict[str, int] = {}
     unattributed: list[Entry] = []
     for e in entries:
         if e.resource.get("resourceType") == "Patient":
-            rid = e.resource.get("id")
-            key = f"Patient/{rid}" if isinstance(rid, str) and rid else aliases.get(e.full_url or "", None)
-            group = groups.get(key) if key else None
-        else:
-            ref = patient_reference(e.resource)
-            if ref is None:
+            continue
+        ref = patient_reference(e.resource)
+        if ref is None:
+            if _names_a_subject(e.resource):
+                skipped[SKIP_NO_REFERENCE] = skipped.get(SKIP_NO_REFERENCE, 0) + 1
+            else:
                 unattributed.append(e)
-                continue
-            key = aliases.get(ref) or aliases.get(reference_key(ref) or "")
-            if key is None:  # a patient with no Patient resource in the input
-                key = reference_key(ref) or ref
-                aliases[ref] = key
-                groups.setdefault(key, PatientGroup(key))
-            group = groups[key]
+            continue
+        group, why = _resolve(ref, e.bundle, aliases)
+        if group is None:
+            skipped[why] = skipped.get(why, 0) + 1
+        else:
+            owner[id(e)] = group
+    if len(groups) == 1:
+        for e in unattributed:
+            owner[id(e)] = groups[0]
+    elif unattributed:
+        skipped[SKIP_NO_PATIENT_SEVERAL if groups else SKIP_NO_PATIENT_NONE] = len(unattributed)
+    for e in entries:  # each group's resources in input order
+        group = owner.get(id(e))
         if group is not None:
             _add(group, e)
-    if len(groups) == 1:
-        only = next(iter(groups.values()))
-        for e in unattributed:
-            _add(only, e)
-    return list(groups.values())
+    return Grouping(groups, skipped)
+
+
+def _alias(full_url: str, bundle: int | None) -> Any:
+    return (bundle, full_url) if full_url.startswith("urn:") else full_url
+
+
+def _resolve(ref: str, bundle: int | None, aliases: dict[Any, PatientGroup]) -> tuple[PatientGroup | None, str]:
+    if ref.startswith("urn:"):
+        return aliases.get((bundle, ref)), SKIP_URN
+    group = aliases.get(ref)
+    if group is not None:
+        return group, ""
+    key = reference_key(ref) or ""
+    group = aliases.get(key)
+    if group is not None:
+        return group, ""
+    return None, SKIP_ABSENT if key.startswith(("Patient/", "Patient?")) else SKIP_NOT_PATIENT
+
+
+def _names_a_subject(resource: dict[str, Any]) -> bool:
+    return any(isinstance(resource.get(name), dict) for name in _PATIENT_FIELDS)
 
 
 def _add(group: PatientGroup, entry: Entry) -> None:
@@ -157,7 +237,13 @@ def _add(group: PatientGroup, entry: Entry) -> None:
 
 
 def patient_groups_from_bytes(data: bytes) -> list[PatientGroup]:
-    groups = group_by_patient(parse_fhir_json(data))
-    if not groups:
-        raise InputError("no patient found in the input (no Patient resource and no resource naming one)")
-    return groups
+    return read_patient_file(data).groups
+
+
+def read_patient_file(data: bytes) -> Grouping:
+    """The patients of a FHIR file, and what was skipped; InputError when it holds no Patient."""
+    grouping = split_by_patient(parse_fhir_json(data))
+    if not grouping.groups:
+        raise InputError("; ".join(["no patient found in the input: it holds no Patient resource",
+                                    *grouping.skipped_lines()]))
+    return grouping
