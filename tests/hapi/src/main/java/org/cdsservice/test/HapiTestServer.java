@@ -6,6 +6,7 @@ import ca.uhn.fhir.jpa.api.config.JpaStorageSettings;
 import ca.uhn.fhir.jpa.api.dao.IFhirSystemDao;
 import ca.uhn.fhir.jpa.provider.JpaCapabilityStatementProvider;
 import ca.uhn.fhir.jpa.provider.JpaSystemProvider;
+import ca.uhn.fhir.jpa.provider.ValueSetOperationProvider;
 import ca.uhn.fhir.jpa.search.DatabaseBackedPagingProvider;
 import ca.uhn.fhir.rest.api.EncodingEnum;
 import ca.uhn.fhir.rest.server.RestfulServer;
@@ -94,6 +95,7 @@ public final class HapiTestServer {
 		fhir.setDefaultPrettyPrint(false);
 		fhir.registerProviders(spring.getBean(ResourceProviderFactory.class).createProviders());
 		fhir.registerProvider(spring.getBean(JpaSystemProvider.class)); // transaction/batch Bundles
+		fhir.registerProvider(spring.getBean(ValueSetOperationProvider.class)); // ValueSet $expand, $validate-code
 		fhir.setPagingProvider(paging);
 		@SuppressWarnings("unchecked")
 		IFhirSystemDao<?, ?> systemDao = spring.getBean(IFhirSystemDao.class);

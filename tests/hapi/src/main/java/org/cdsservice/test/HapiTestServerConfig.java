@@ -37,8 +37,9 @@ import java.util.UUID;
  * configs are imported and this class supplies the beans HAPI expects the
  * application to own (data source, entity manager factory, transaction manager,
  * storage/partition/subscription settings, binary storage). Nothing here
- * contacts a network: no remote terminology server, no package installation,
- * Hibernate Search (Lucene) off.
+ * contacts a network: no remote terminology server, no package installation;
+ * Hibernate Search runs on an in-memory (local-heap) Lucene index, which HAPI's
+ * own terminology service needs for CodeSystem $subsumes.
  *
  * <p>All tunables are JVM system properties, read once at start-up; see
  * {@link Settings}.
@@ -149,7 +150,14 @@ public class HapiTestServerConfig {
 		jpa.put("hibernate.hbm2ddl.auto", "update");
 		jpa.put("hibernate.format_sql", "false");
 		jpa.put("hibernate.show_sql", "false");
-		jpa.put("hibernate.search.enabled", "false");
+		// Hibernate Search on an in-memory Lucene index: HAPI's terminology service needs it for
+		// CodeSystem $subsumes (a concept's ancestors are indexed fields).
+		jpa.put("hibernate.search.enabled", "true");
+		jpa.put("hibernate.search.backend.type", "lucene");
+		jpa.put("hibernate.search.backend.directory.type", "local-heap");
+		jpa.put("hibernate.search.backend.lucene_version", "LUCENE_CURRENT");
+		jpa.put("hibernate.search.backend.analysis.configurer",
+				"ca.uhn.fhir.jpa.search.HapiHSearchAnalysisConfigurers$HapiLuceneAnalysisConfigurer");
 		emf.setJpaProperties(jpa);
 		return emf;
 	}
