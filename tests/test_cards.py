@@ -223,12 +223,22 @@ def test_her2_ihc_2plus_suggests_ish(renderer, nct06462092):
 
 
 def test_unknown_without_an_order_gives_only_the_referral(renderer, nct06462092):
-    evaluation = evaluate_gold(nct06462092, "g021")  # no HER2 result: nothing orderable
+    evaluation = evaluate_gold(nct06462092, "g004")  # breast cancer provisional: nothing to order
     card = renderer.render(nct06462092, evaluation, ctx_for(evaluation))
-    assert card["summary"] == f"Trial {NCT} possible match — needs: HER2 status"
+    assert card["summary"].startswith(f"Trial {NCT} possible match — needs: ")
     assert order_suggestions(card) == []
     assert len(card["suggestions"]) == 1
     assert card["selectionBehavior"] == "any"
+
+
+def test_no_her2_result_suggests_the_her2_test(renderer, nct06462092):
+    evaluation = evaluate_gold(nct06462092, "g021")  # no HER2 result at all
+    card = renderer.render(nct06462092, evaluation, ctx_for(evaluation))
+    assert card["summary"] == f"Trial {NCT} possible match — needs: HER2 status"
+    orders = order_suggestions(card)
+    assert len(orders) == 1 and "HER2 Ag" in orders[0]["label"]
+    request = orders[0]["actions"][0]["resource"]
+    assert request["code"]["coding"][0]["code"] == "18474-7"
 
 
 def test_criteria_sharing_an_order_give_one_suggestion(renderer, nct06462092):

@@ -312,3 +312,40 @@ def test_unknown_unit_spellings_are_remembered_within_a_bound(nct06462092):
         except quantities.NotConvertible:
             pass
     assert len(table._units) <= quantities.UNIT_MEMO_SIZE and len(table._factors) <= quantities.UNIT_MEMO_SIZE
+
+
+# -- HER2 sent as text; no HER2 at all -----------------------------------------------------
+
+IHC, INTERPRETATION = "85319-2", "48676-1"
+
+
+def text_result(code: str, text: str, date: str = "2025-03-02") -> dict:
+    obs = lab(code, None, None, date)
+    obs["valueString"] = text
+    return obs
+
+
+@pytest.mark.parametrize("code, text, result", [
+    (INTERPRETATION, "Negative", Result.PASS), (INTERPRETATION, "NEGATIVE.", Result.PASS),
+    (INTERPRETATION, "Positive", Result.FAIL), (IHC, "1+", Result.PASS), (IHC, "Score 0", Result.PASS),
+    (IHC, "3+", Result.FAIL), (IHC, "2+", Result.UNKNOWN), (IHC, "IHC 2+", Result.UNKNOWN),
+    (INTERPRETATION, "Negative (see comment)", Result.UNKNOWN), (IHC, "1+ to 2+", Result.UNKNOWN),
+    (INTERPRETATION, "low", Result.UNKNOWN),
+])
+def test_her2_sent_as_text_is_read_only_by_exact_words(nct06462092, code, text, result):
+    c = run(nct06462092, text_result(code, text), criterion="her2-negative")
+    assert c.result is result, c.reason
+
+
+def test_an_unreadable_newer_her2_text_does_not_hand_over_to_an_older_result(nct06462092):
+    c = run(nct06462092, text_result(INTERPRETATION, "Negative", "2024-01-10"),
+            text_result(INTERPRETATION, "Positive - see addendum", "2025-03-02"), criterion="her2-negative")
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.UNINTERPRETABLE)
+
+
+def test_no_her2_result_suggests_the_her2_immunostain(nct06462092):
+    c = run(nct06462092, criterion="her2-negative")
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.NO_DATA)
+    assert c.order is not None and c.order.code == "18474-7"
+    two_plus = run(nct06462092, text_result(IHC, "2+"), criterion="her2-negative")
+    assert two_plus.order is not None and two_plus.order.code == "96893-3"

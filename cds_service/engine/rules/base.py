@@ -71,6 +71,7 @@ class Outcome:
     evidence: list[Evidence] = field(default_factory=list)
     why: Why | None = None
     orderable: bool = False  # an order (the criterion's `order`) would settle this unknown
+    order: str | None = None  # which of the trial's orders, when not the criterion's `order`
     not_read: int = 0  # matching records left unread: they cannot change the outcome
     # What the outcome rests on, for data cut short (see evaluate._cut_short): types of which it
     # found nothing ("no HIV diagnosis recorded"), and types whose newest result decided it.

@@ -19,7 +19,7 @@ from pydantic import Field
 from ..dates import FhirDate
 from ..model import Evidence, Result, Why
 from .base import (CONFIRMED, EXCLUDED, Context, Outcome, RuleModel, concept_label, condition_date,
-                   matching_coding, read_results)
+                   matching_coding, qualitative_word, read_results)
 from .conditions import decided, find_conditions
 
 NEGATIVE, POSITIVE, OPEN = "negative", "positive", "not definitive"
@@ -53,7 +53,8 @@ class Her2Rule(RuleModel):
     negative_value_codes: list[str] = Field(min_length=1)  # Negative, Absent
     positive_value_codes: list[str] = Field(min_length=1)  # Positive, Present
     equivocal_value_codes: list[str] = Field(min_length=1)
-    order: str | None = None
+    order: str | None = None  # settles an IHC 2+ (ISH)
+    order_when_none: str | None = None  # settles no HER2 result at all (IHC, reflexed to ISH)
 
     def reads(self) -> dict[str, list[str]]:
         return {"Observation": self.ihc_codes + self.interpretation_codes + self.ish_codes + self.ish_numeric_codes,
@@ -65,9 +66,12 @@ class Her2Rule(RuleModel):
         if not findings:
             invalid = any((e.note or "").startswith("not valid FHIR") for e in ignored)
             # Nothing found: if the search for HER2 tests or diagnoses was cut short, some may exist.
-            return decided(Result.UNKNOWN, "HER2 result not valid FHIR" if invalid else "no HER2 result recorded",
-                           [], everything, Why.INVALID_RESOURCE if invalid else Why.NO_DATA,
-                           absence_of=("Observation", "Condition"))
+            outcome = decided(Result.UNKNOWN, "HER2 result not valid FHIR" if invalid else "no HER2 result recorded",
+                              [], everything, Why.INVALID_RESOURCE if invalid else Why.NO_DATA,
+                              absence_of=("Observation", "Condition"))
+            if not invalid and self.order_when_none:
+                outcome.orderable, outcome.order = True, self.order_when_none
+            return outcome
         # Latest day first; undated results count but rank as the oldest.
         days = sorted({f.day for f in findings if f.day is not None}, reverse=True)
         latest_day = days[0] if days else None
@@ -160,6 +164,17 @@ class Her2Rule(RuleModel):
         if matching_coding(value, ctx.codes(self.equivocal_value_codes)) is not None:
             ev.value = "equivocal"
             return Finding(OPEN, "IHC equivocal", date, ev, Why.EQUIVOCAL)
+        score = _ihc_score_text(source.valueString)
+        if score is not None:
+            ev.value = source.valueString
+            return Finding(score[0], f"IHC {score[1]}", date, ev, Why.EQUIVOCAL)
+        word = qualitative_word(source.valueString)
+        if word == NEGATIVE:
+            ev.value = source.valueString
+            return Finding(NEGATIVE, "IHC negative", date, ev)
+        if word == POSITIVE:
+            ev.value, ev.note = source.valueString, "IHC positive without a score does not decide HER2 status"
+            return Finding(OPEN, "IHC positive without a score", date, ev, Why.EQUIVOCAL)
         ev.value = _value_text(source)
         ev.note = "value cannot be interpreted"
         return Finding(OPEN, f"IHC result '{ev.value}'", date, ev, Why.UNINTERPRETABLE)
@@ -175,9 +190,28 @@ class Her2Rule(RuleModel):
         if matching_coding(value, ctx.codes(self.equivocal_value_codes)) is not None:
             ev.value = "equivocal"
             return Finding(OPEN, f"{label} equivocal", date, ev, Why.EQUIVOCAL)
+        word = qualitative_word(source.valueString)  # "Negative", "POSITIVE": exact words only
+        if word is not None:
+            ev.value = source.valueString
+            return Finding(word, f"{label} {word}", date, ev)
         ev.value = _value_text(source)
         ev.note = "value cannot be interpreted"
         return Finding(OPEN, f"{label} result '{ev.value}'", date, ev, Why.UNINTERPRETABLE)
+
+
+_IHC_SCORES = {"0": (NEGATIVE, "0"), "0+": (NEGATIVE, "0"), "1+": (NEGATIVE, "1+"), "2+": (OPEN, "2+"),
+               "3+": (POSITIVE, "3+")}
+
+
+def _ihc_score_text(text: str | None) -> tuple[str, str] | None:
+    """(category, score) for an IHC score sent as a string: exactly "0", "1+", "2+" or
+    "3+", optionally after "IHC" or "score" ("Score 2+"); anything else is not read."""
+    if not isinstance(text, str):
+        return None
+    words = text.strip().lower().split()
+    if len(words) == 2 and words[0] in ("ihc", "score"):
+        words = words[1:]
+    return _IHC_SCORES.get(words[0]) if len(words) == 1 else None
 
 
 def _dated(f: Finding) -> str:
