@@ -39,3 +39,81 @@ def test_gold_patient(case, nct06462092):
     reasons = {c.id: c.why.value for c in evaluation.criteria if c.why is not None}
     assert reasons == (case.get("reasons") or {})
     assert evaluation.status.value == case["status"]
+
+
+# -- real-world shapes (issue 13) ----------------------------------------------
+# Patients in the shapes EHRs, lab interfaces and HIEs send (tests/gold/real-shapes/),
+# expectations from the written decisions. A case marked `pendingEngine: true` is a
+# strict xfail: it must be un-marked the moment the engine gets it right. To see what
+# the engine still gets wrong, case by case (expected vs got):
+#   pytest tests/test_gold.py -k real_shapes --runxfail
+
+REAL = yaml.safe_load((GOLD / "real-shapes.yaml").read_text(encoding="utf-8"))
+REAL_AS_OF = dt.date.fromisoformat(REAL["asOf"])
+REAL_CASES = REAL["patients"]
+PENDING = pytest.mark.xfail(strict=True, reason="issue 13: engine not yet reading this shape")
+
+
+def _real_param(case):
+    return pytest.param(case, id=case["file"].removesuffix(".json"),
+                        marks=[PENDING] if case.get("pendingEngine") else [])
+
+
+def _status_of(results) -> str:
+    if "fail" in results:
+        return "ineligible"
+    return "needs-data" if "unknown" in results else "eligible"
+
+
+def test_real_shapes_section_is_large_and_complete(nct06462092):
+    assert REAL["trial"] == nct06462092.definition.nct_id
+    assert len(REAL_CASES) >= 40
+    criterion_ids = [c.id for c in nct06462092.definition.criteria]
+    files = sorted(p.name for p in (GOLD / "real-shapes").glob("*.json"))
+    assert files == sorted(c["file"] for c in REAL_CASES), "every patient file has exactly one case"
+    assert len({c["patient"] for c in REAL_CASES} | {c["patient"] for c in CASES}) == len(REAL_CASES) + len(CASES)
+    for case in REAL_CASES:
+        name = case["file"]
+        assert sorted(case["criteria"]) == sorted(criterion_ids), name
+        assert case["targets"] and set(case["targets"]) <= set(criterion_ids), name
+        assert case["description"].strip(), name
+        # the status is the trial's rule applied to the criteria, and every typed reason or order
+        # belongs to a criterion that is unknown (or, for a reason, a review a record's text prompted)
+        assert case["status"] == _status_of(set(case["criteria"].values())), name
+        for cid in case.get("reasons") or {}:
+            assert case["criteria"][cid] in ("unknown", "review"), (name, cid)
+        for cid in case.get("orders") or {}:
+            assert case["criteria"][cid] == "unknown", (name, cid)
+        assert set(case) <= {"file", "patient", "description", "targets", "status", "criteria", "reasons", "orders",
+                             "pendingEngine"}, name
+
+
+def _differences(case, evaluation) -> list[str]:
+    """Expected vs got, one line per difference."""
+    out = []
+    if evaluation.patient != case["patient"]:
+        out.append(f"patient: expected {case['patient']!r}, got {evaluation.patient!r}")
+    got = {c.id: c for c in evaluation.criteria}
+    for cid, expected in case["criteria"].items():
+        result = got[cid]
+        if result.result.value != expected:
+            out.append(f"{cid}: expected {expected}, got {result.result.value} ({result.reason})")
+    reasons = {c.id: c.why.value for c in evaluation.criteria if c.why is not None}
+    for cid in sorted(set(reasons) | set(case.get("reasons") or {})):
+        expected = (case.get("reasons") or {}).get(cid)
+        if reasons.get(cid) != expected:
+            out.append(f"{cid} reason: expected {expected}, got {reasons.get(cid)}")
+    for cid, key in (case.get("orders") or {}).items():
+        order = got[cid].order
+        if order is None or order.key != key:
+            out.append(f"{cid} order: expected {key}, got {order.key if order else None}")
+    if evaluation.status.value != case["status"]:
+        out.append(f"status: expected {case['status']}, got {evaluation.status.value}")
+    return out
+
+
+@pytest.mark.parametrize("case", [_real_param(c) for c in REAL_CASES])
+def test_real_shapes_patient(case, nct06462092):
+    evaluation = evaluate_file(nct06462092, GOLD / "real-shapes" / case["file"], REAL_AS_OF)
+    differences = _differences(case, evaluation)
+    assert not differences, f"{case['file']}: {case['description']}\n  " + "\n  ".join(differences)
