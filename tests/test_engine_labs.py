@@ -187,10 +187,11 @@ def test_codes_matched_by_code_not_display(nct06462092):
     plt = lab("777-3", 50, "10*3/uL")
     plt["code"]["coding"][0]["display"] = "Neutrophils [#/volume] in Blood by Automated count"
     assert run(nct06462092, plt, criterion="neutrophils").why is Why.NO_DATA
-    # a local code with the right display is not an ANC
+    # a local code with the right display is not read as an ANC (0.4 would fail): it is named, so unknown
     local = lab("NEUT-ABS", 0.4, "10*3/uL", system="http://lab.example.org/codes")
     local["code"]["coding"][0]["display"] = "Neutrophils [#/volume] in Blood by Automated count"
-    assert run(nct06462092, local, criterion="neutrophils").why is Why.NO_DATA
+    c = run(nct06462092, local, criterion="neutrophils")
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.UNRECOGNISED_CODE)
 
 
 # -- judgements remembered between calls (rules/labs.py _judge) -------------------------------------

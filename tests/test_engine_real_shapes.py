@@ -349,3 +349,66 @@ def test_no_her2_result_suggests_the_her2_immunostain(nct06462092):
     assert c.order is not None and c.order.code == "18474-7"
     two_plus = run(nct06462092, text_result(IHC, "2+"), criterion="her2-negative")
     assert two_plus.order is not None and two_plus.order.code == "96893-3"
+
+
+# -- pregnancy and lactation: how recent a diagnosis is, hCG sent as text -------------------
+
+URINE_HCG = "2106-3"
+
+
+def hcg_text(text: str, date: str = "2026-06-12T10:00:00-04:00") -> dict:
+    obs = lab(URINE_HCG, None, None, date)
+    obs["valueString"] = text
+    return obs
+
+
+@pytest.mark.parametrize("onset, result", [
+    ("2026-05-25", Result.FAIL),  # three weeks ago, active: current
+    ("2025-08-25", Result.FAIL),  # 42 weeks (294 days) back to the day: still within
+    ("2025-08-24", Result.UNKNOWN),  # 42 weeks and a day: a past pregnancy; no test -> unknown (age 51)
+    ("2019-03-02", Result.UNKNOWN),
+])
+def test_a_pregnancy_diagnosis_is_current_only_within_42_weeks(nct06462092, onset, result):
+    c = run(nct06462092, condition(ICD10CM, "Z33.1", onset=onset), criterion="pregnancy-breastfeeding")
+    assert c.result is result, c.reason
+    if result is Result.UNKNOWN:
+        assert c.why is Why.NO_DATA and c.evidence[0].role is Role.IGNORED and "past state" in c.evidence[0].note
+
+
+def test_an_old_encounter_diagnosis_without_clinical_status_is_history(nct06462092):
+    prenatal = condition(ICD10CM, "O09.511", clinical=None, verification=None, onset=None, recordedDate="2019-05-14")
+    c = run(nct06462092, prenatal, hcg_text("Negative"), criterion="pregnancy-breastfeeding")
+    assert c.result is Result.PASS
+
+
+def test_an_undated_pregnancy_diagnosis_without_status_is_unknown(nct06462092):
+    undated = condition(ICD10CM, "Z33.1", clinical=None, onset=None)
+    c = run(nct06462092, undated, hcg_text("Negative"), criterion="pregnancy-breastfeeding")
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.NO_DATE)
+
+
+@pytest.mark.parametrize("onset, result", [("2025-12-15", Result.FAIL), ("2024-06-01", Result.UNKNOWN)])
+def test_a_lactation_diagnosis_counts_within_12_months(nct06462092, onset, result):
+    c = run(nct06462092, condition(SNOMED, "413712001", onset=onset), criterion="pregnancy-breastfeeding")
+    assert c.result is result
+
+
+@pytest.mark.parametrize("text, result, why", [
+    ("POSITIVE", Result.FAIL, None), ("Negative.", Result.PASS, None), ("neg", Result.PASS, None),
+    ("weakly positive", Result.UNKNOWN, Why.UNINTERPRETABLE), ("see note", Result.UNKNOWN, Why.UNINTERPRETABLE),
+])
+def test_hcg_sent_as_text(nct06462092, text, result, why):
+    c = run(nct06462092, hcg_text(text), criterion="pregnancy-breastfeeding")
+    assert (c.result, c.why) == (result, why)
+
+
+def test_a_positive_hcg_string_outranks_an_older_negative(nct06462092):
+    c = run(nct06462092, hcg_text("Negative", "2026-06-02T10:00:00-04:00"), hcg_text("POSITIVE"),
+            criterion="pregnancy-breastfeeding")
+    assert c.result is Result.FAIL
+
+
+def test_an_unreadable_newer_hcg_does_not_hand_over_to_an_older_negative(nct06462092):
+    c = run(nct06462092, hcg_text("Negative", "2026-06-02T10:00:00-04:00"), hcg_text("equivocal, repeat"),
+            criterion="pregnancy-breastfeeding")
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.UNINTERPRETABLE)

@@ -123,14 +123,15 @@ def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> _An
     found = read_latest_results(ctx, ctx.codes(analyte.codes), _has_number)
     outcome = _decide(ctx, analyte, lookback_days, found.readings, found.ignored)
     outcome.not_read = found.not_read
-    if analyte.mentions is not None and outcome.result is not Result.UNKNOWN:
-        newer = _newer_mention(ctx, analyte, outcome.decided_at)
+    if analyte.mentions is not None and (outcome.result is not Result.UNKNOWN or outcome.why in _SILENT):
+        newer = _newer_mention(ctx, analyte, outcome.decided_at, lookback_days)
         if newer is not None:
             evidence, why = newer
-            outcome = _AnalyteOutcome(Result.UNKNOWN, f"{analyte.name}: a newer result ({evidence.date}) is "
-                                      f"recorded as '{evidence.display}' with "
+            outcome = _AnalyteOutcome(Result.UNKNOWN, f"{analyte.name}: a {'newer ' if outcome.decided_at else ''}"
+                                      f"result ({evidence.date}) is recorded as '{evidence.display}' with "
                                       f"{'an unrecognised code' if why is Why.UNRECOGNISED_CODE else 'text only'}"
-                                      ": it cannot be read, and the older one does not decide",
+                                      ": it cannot be read" + (", and the older one does not decide"
+                                                               if outcome.decided_at else ""),
                                       [evidence] + _demoted(outcome.evidence), why, outcome.not_read)
     return outcome
 
@@ -142,9 +143,15 @@ def _demoted(evidence: list[Evidence]) -> list[Evidence]:
     return evidence
 
 
-def _newer_mention(ctx: Context, analyte: Analyte, decided_at: FhirDate | None) -> tuple[Evidence, Why] | None:
+# Unknowns that a result under an unrecognised code explains better: there is a result, the
+# engine cannot read its code.
+_SILENT = (Why.NO_DATA, Why.STALE)
+
+
+def _newer_mention(ctx: Context, analyte: Analyte, decided_at: FhirDate | None,
+                   lookback_days: int) -> tuple[Evidence, Why] | None:
     """A resulted Observation no code set of the trial recognises, whose text names
-    the analyte, dated after the deciding result (and not after the evaluation date)."""
+    the analyte, within the look-back and dated after the deciding (or stale latest) result."""
     for raw, named in unrecognised_observations(ctx, analyte.mentions):
         if raw.get("status") not in VALID_OBSERVATION_STATUSES:
             continue
@@ -152,7 +159,7 @@ def _newer_mention(ctx: Context, analyte: Analyte, decided_at: FhirDate | None) 
         if rank is None:
             continue  # undated: cannot be shown newer
         date = observation_date_of_raw(raw)
-        if date is None or date.first_day > ctx.as_of:
+        if date is None or recency(date, ctx.as_of, lookback_days) is not Recency.FRESH:
             continue
         if decided_at is not None and rank <= instant_rank(decided_at.sort_key()):
             continue
@@ -202,7 +209,7 @@ def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[R
             _note_older(older)
             return _AnalyteOutcome(Result.UNKNOWN, f"{name}: latest result ({latest.date.day_text}) is older than "
                                    f"{lookback_days} days", _collect(latest, older, undated, ignored),
-                                   Why.STALE)
+                                   Why.STALE, decided_at=latest.date)
         if stand is Recency.IMPRECISE:
             latest.evidence.role = Role.DECISIVE
             latest.evidence.note = f"date too imprecise to place within {lookback_days} days"

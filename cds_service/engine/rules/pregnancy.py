@@ -11,12 +11,13 @@ from pydantic import Field
 from ..dates import FhirDate, Recency, recency
 from ..model import Evidence, Measured, Result, Role, Why
 from ..quantities import NotConvertible
-from .base import (CONFIRMED, UNCONFIRMED, Context, Outcome, RuleModel, concept_label, matching_coding,
-                   read_results)
+from .base import POSITIVE as QUALITATIVE_POSITIVE
+from .base import (CONFIRMED, UNCONFIRMED, Context, Outcome, RuleModel, concept_label, condition_date,
+                   matching_coding, qualitative_word, read_results)
 from .conditions import decided, find_conditions
 from .labs import classify
 
-POSITIVE, NEGATIVE, INDETERMINATE = "positive", "negative", "indeterminate"
+POSITIVE, NEGATIVE, INDETERMINATE, UNREADABLE = "positive", "negative", "indeterminate", "unreadable"
 
 
 class CodedTest(RuleModel):
@@ -60,6 +61,11 @@ class PregnancyRule(RuleModel):
     breastfeeding_tests: list[CodedTest] = []
     when_no_data: list[WhenNoData] = Field(min_length=1)
     order: str | None = None
+    # How long a diagnosis can show a current state: a pregnancy Condition dated more than
+    # 42 weeks back is a past pregnancy (a term pregnancy lasts 40), a lactation Condition
+    # older than 12 months a past one. Either without a date cannot show it is current.
+    pregnancy_condition_days: int = Field(default=294, gt=0)
+    breastfeeding_condition_days: int = Field(default=365, gt=0)
 
     def reads(self) -> dict[str, list[str]]:
         tests = [n for t in self.coded_tests + self.quantitative_tests + self.breastfeeding_tests for n in t.codes]
@@ -71,12 +77,26 @@ class PregnancyRule(RuleModel):
 
     def evaluate(self, ctx: Context) -> Outcome:
         pregnant, ignored = find_conditions(ctx, self.pregnancy_condition_codes)
-        feeding, more_ignored = find_conditions(ctx, self.breastfeeding_condition_codes)
+        feeding, more_ignored = find_conditions(ctx, self.breastfeeding_condition_codes,
+                                                unless=ctx.codes(self.pregnancy_condition_codes))
         ignored += more_ignored
-        current = [f for f in pregnant + feeding if f.active]
-        for f in pregnant + feeding:
-            if not f.active:
-                f.evidence.role, f.evidence.note = Role.IGNORED, f"{f.clinical}; not current"
+        current, undated = [], []
+        for found, days in ((pregnant, self.pregnancy_condition_days), (feeding, self.breastfeeding_condition_days)):
+            for f in found:
+                if not f.active:
+                    f.evidence.role, f.evidence.note = Role.IGNORED, f"{f.clinical}; not current"
+                    continue
+                date = condition_date(f.model)
+                stand = recency(date, ctx.as_of, days) if date is not None else None
+                if stand is Recency.FRESH:
+                    current.append(f)
+                elif stand is Recency.STALE:
+                    f.evidence.role = Role.IGNORED
+                    f.evidence.note = f"dated more than {_span(days)} ago: a past state, not current"
+                else:  # no date, or one too imprecise to place within the span
+                    f.evidence.note = f"{'no date' if date is None else 'date too imprecise'}: cannot show it is " \
+                                      f"within the last {_span(days)}"
+                    undated.append(f)
         tests, feeding_tests, stale, test_ignored = self._tests(ctx)
         everything = [f.evidence for f in pregnant + feeding] + [t.evidence for t in tests + feeding_tests] + \
             stale + ignored + test_ignored
@@ -90,12 +110,21 @@ class PregnancyRule(RuleModel):
                            [t.evidence for t in positive_feeding], everything)
         latest = _latest(tests)
         outcomes = {t.outcome for t in latest}
+        if UNREADABLE in outcomes and POSITIVE not in outcomes:  # never hand over to an older or same-day negative
+            unread = next(t for t in latest if t.outcome == UNREADABLE)
+            return decided(Result.UNKNOWN, f"{unread.evidence.display or 'pregnancy test'} of "
+                           f"{unread.date.day_text} was sent as '{unread.evidence.value}': it cannot be read",
+                           [t.evidence for t in latest if t.outcome == UNREADABLE], everything, Why.UNINTERPRETABLE)
         if POSITIVE in outcomes and NEGATIVE in outcomes:
             return decided(Result.UNKNOWN, "pregnancy tests on the same day disagree", [t.evidence for t in latest],
                            everything, Why.CONFLICTING_RESULTS)
         if outcomes == {POSITIVE}:
             return decided(Result.FAIL, f"positive {latest[0].evidence.display or 'pregnancy test'} "
                            f"({latest[0].date.day_text})", [t.evidence for t in latest], everything)
+        if undated:
+            return decided(Result.UNKNOWN, f"{undated[0].evidence.display or 'pregnancy or lactation'} recorded "
+                           f"without a usable date: it may be current", [f.evidence for f in undated], everything,
+                           Why.NO_DATE if condition_date(undated[0].model) is None else Why.IMPRECISE_DATE)
         unconfirmed = [f for f in current if f.verification == UNCONFIRMED]
         if unconfirmed:
             return decided(Result.UNKNOWN, f"{unconfirmed[0].evidence.display or 'pregnancy'} recorded but not "
@@ -152,7 +181,17 @@ class PregnancyRule(RuleModel):
         if obs.valueBoolean is not None:  # e.g. breastfeeding status sent as true / false
             ev.value = "yes" if obs.valueBoolean else "no"
             return POSITIVE if obs.valueBoolean else NEGATIVE
+        if obs.valueString is not None:  # an HL7v2-fed result: read by exact words only
+            ev.value = obs.valueString
+            word = qualitative_word(obs.valueString)
+            if word is None:
+                ev.note = "text that is not an exact positive or negative word; cannot be read"
+                return UNREADABLE
+            return POSITIVE if word == QUALITATIVE_POSITIVE else NEGATIVE
         value = obs.valueCodeableConcept
+        if value is None and obs.valueQuantity is None and obs.dataAbsentReason is None:
+            ev.value, ev.note = "no value", "resulted without a value or a reason for its absence"
+            return UNREADABLE
         for names, outcome in ((test.positive_value_codes, POSITIVE), (test.negative_value_codes, NEGATIVE)):
             if names:
                 coding = matching_coding(value, ctx.codes(names))
@@ -183,6 +222,11 @@ class PregnancyRule(RuleModel):
             return POSITIVE
         ev.note = f"between {test.negative_below} and {test.positive_at_or_above} {test.unit}: indeterminate"
         return INDETERMINATE
+
+
+def _span(days: int) -> str:
+    return f"{days // 7} weeks" if days % 7 == 0 and days < 365 else \
+        ("12 months" if days == 365 else f"{days} days")
 
 
 def _latest(tests: list[_Test]) -> list[_Test]:
