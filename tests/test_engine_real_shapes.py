@@ -412,3 +412,18 @@ def test_an_unreadable_newer_hcg_does_not_hand_over_to_an_older_negative(nct0646
     c = run(nct06462092, hcg_text("Negative", "2026-06-02T10:00:00-04:00"), hcg_text("equivocal, repeat"),
             criterion="pregnancy-breastfeeding")
     assert (c.result, c.why) == (Result.UNKNOWN, Why.UNINTERPRETABLE)
+
+
+@pytest.mark.parametrize("entry, why", [(local_condition("Pregnancy, 8 weeks"), Why.UNRECOGNISED_CODE),
+                                        (text_only_condition("Breastfeeding"), Why.TEXT_ONLY)])
+def test_pregnancy_named_by_text_turns_a_negative_test_into_review(nct06462092, entry, why):
+    c = run(nct06462092, entry, hcg_text("Negative"), criterion="pregnancy-breastfeeding")
+    assert (c.result, c.why) == (Result.REVIEW, why)
+
+
+@pytest.mark.parametrize("entry", [local_condition("Not pregnant"), local_condition("Pregnancy test negative"),
+                                   local_condition("Pregnancy", clinical="resolved"),
+                                   local_condition("Encounter for contraceptive management")])
+def test_what_names_pregnancy_without_being_one_leaves_the_negative_test_deciding(nct06462092, entry):
+    c = run(nct06462092, entry, hcg_text("Negative"), criterion="pregnancy-breastfeeding")
+    assert c.result is Result.PASS

@@ -384,7 +384,8 @@ def mention_evidence(ctx: "Context", raw: dict[str, Any], named: tuple[str, list
 
 
 def unread_mentions(ctx: "Context", resource_type: str, read: CodeSet, mentions: TextMentions,
-                    element: str = "code") -> list[tuple[Evidence, Why]]:
+                    element: str = "code", keep: Callable[[dict[str, Any]], bool] | None = None
+                    ) -> list[tuple[Evidence, Why]]:
     """Records of `resource_type` whose `element` has no coding in `read` (the sets
     the criterion reads) nor in `mentions.other_codes`, but whose text or coding
     display names the concept. Entered-in-error, refuted and cancelled ones are
@@ -393,7 +394,7 @@ def unread_mentions(ctx: "Context", resource_type: str, read: CodeSet, mentions:
     found: list[tuple[Evidence, Why]] = []
     for raw in ctx.record.all_of(resource_type):
         named = named_by_text(raw.get(element), mentions, read, known)
-        if named is not None and not _raw_excluded(raw):
+        if named is not None and not _raw_excluded(raw) and (keep is None or keep(raw)):
             found.append((mention_evidence(ctx, raw, named), named[2]))
     return found
 

@@ -12,8 +12,8 @@ from ..dates import FhirDate, Recency, recency
 from ..model import Evidence, Measured, Result, Role, Why
 from ..quantities import NotConvertible
 from .base import POSITIVE as QUALITATIVE_POSITIVE
-from .base import (CONFIRMED, UNCONFIRMED, Context, Outcome, RuleModel, concept_label, condition_date,
-                   matching_coding, qualitative_word, read_results)
+from .base import (CONFIRMED, UNCONFIRMED, Context, Outcome, RuleModel, TextMentions, concept_label,
+                   condition_date, matching_coding, mention_reason, qualitative_word, read_results, unread_mentions)
 from .conditions import decided, find_conditions
 from .labs import classify
 
@@ -66,6 +66,7 @@ class PregnancyRule(RuleModel):
     # older than 12 months a past one. Either without a date cannot show it is current.
     pregnancy_condition_days: int = Field(default=294, gt=0)
     breastfeeding_condition_days: int = Field(default=365, gt=0)
+    mentions: TextMentions | None = None  # pregnancy or lactation named by text, for Conditions no set holds
 
     def reads(self) -> dict[str, list[str]]:
         tests = [n for t in self.coded_tests + self.quantitative_tests + self.breastfeeding_tests for n in t.codes]
@@ -129,6 +130,11 @@ class PregnancyRule(RuleModel):
         if unconfirmed:
             return decided(Result.UNKNOWN, f"{unconfirmed[0].evidence.display or 'pregnancy'} recorded but not "
                            "confirmed", [f.evidence for f in unconfirmed], everything, Why.DIAGNOSIS_UNCONFIRMED)
+        named = self._named(ctx)
+        if NEGATIVE in outcomes and named:
+            return decided(Result.REVIEW, mention_reason(named[0], "a current pregnancy or lactation") +
+                           f"; the latest test ({latest[0].date.day_text}) is negative", [e for e, _ in named],
+                           everything, named[0][1])
         if NEGATIVE in outcomes:
             return decided(Result.PASS, f"negative {latest[0].evidence.display or 'pregnancy test'} "
                            f"({latest[0].date.day_text}); no breastfeeding recorded", [t.evidence for t in latest],
@@ -148,6 +154,14 @@ class PregnancyRule(RuleModel):
                 outcome.orderable = True
                 return outcome
         return decided(Result.REVIEW, what, [], everything)  # pragma: no cover - definitions end with a catch-all
+
+    def _named(self, ctx: Context) -> list:
+        """Active Conditions whose code no pregnancy or lactation set holds but whose text
+        names one: they may be current, so a negative test alone does not pass."""
+        if self.mentions is None:
+            return []
+        read = ctx.codes(self.pregnancy_condition_codes + self.breastfeeding_condition_codes)
+        return unread_mentions(ctx, "Condition", read, self.mentions, keep=lambda raw: not _raw_inactive(raw))
 
     def _tests(self, ctx: Context):
         tests, feeding, stale, ignored = [], [], [], []
@@ -222,6 +236,14 @@ class PregnancyRule(RuleModel):
             return POSITIVE
         ev.note = f"between {test.negative_below} and {test.positive_at_or_above} {test.unit}: indeterminate"
         return INDETERMINATE
+
+
+def _raw_inactive(raw) -> bool:
+    status = raw.get("clinicalStatus")
+    codings = status.get("coding") if isinstance(status, dict) else None
+    return isinstance(codings, list) and any(isinstance(c, dict) and c.get("code") in ("inactive", "resolved",
+                                                                                        "remission")
+                                             for c in codings)
 
 
 def _span(days: int) -> str:
