@@ -118,3 +118,17 @@ def age_on(birth: dt.date, on: dt.date) -> int:
 def age_range(birth: FhirDate, on: dt.date) -> tuple[int, int]:
     """(youngest, oldest) possible age for a possibly partial birth date."""
     return age_on(birth.last_day, on), age_on(birth.first_day, on)
+
+
+def age_range_at_death(birth: FhirDate, death: FhirDate | None, on: dt.date) -> tuple[int, int]:
+    """(youngest, oldest) possible age of a deceased person: on the date of death,
+    never counted past it (nor past `on`, for an evaluation dated before the death).
+    A partial death date widens the range as a partial birth date does. Without a
+    date of death (deceasedBoolean true) death may have come on any day from birth
+    to `on`: (0, the oldest possible age on `on`), so only a range that decides as a
+    whole decides anything."""
+    if death is None:
+        return 0, age_on(birth.first_day, on)
+    youngest = age_on(birth.last_day, min(death.first_day, on))
+    oldest = age_on(birth.first_day, min(death.last_day, on))
+    return max(youngest, 0), max(oldest, 0)  # a death dated before the birth is no negative age

@@ -12,6 +12,7 @@ from .model import CriterionResult, Result, TrialEvaluation, Why
 from .quantities import UnitTable
 from .record import PatientRecord
 from .rules.base import CodeLibrary, Context, Outcome
+from .rules.patient import lifetime_age
 
 
 @dataclass
@@ -100,10 +101,14 @@ def _outside(applies: AppliesTo, ctx: Context) -> str | None:
     """Why the criterion does not concern this patient, or None if it does (or may)."""
     if applies.sex is not None and ctx.sex is not None and ctx.sex != applies.sex:
         return f"applies to {applies.sex} patients only"
-    if ctx.age is not None:
-        youngest, oldest = ctx.age
-        if applies.max_age is not None and youngest > applies.max_age:
-            return f"applies up to age {applies.max_age}; patient is {youngest}"
-        if applies.min_age is not None and oldest < applies.min_age:
-            return f"applies from age {applies.min_age}; patient is {oldest}"
+    if applies.max_age is None and applies.min_age is None:
+        return None
+    age = lifetime_age(ctx)  # a deceased patient's age at death, never shown
+    if age is not None:
+        if applies.max_age is not None and age.youngest > applies.max_age:
+            return f"applies up to age {applies.max_age}; " + \
+                ("the patient was older at death" if age.deceased else f"patient is {age.youngest}")
+        if applies.min_age is not None and age.oldest < applies.min_age:
+            return f"applies from age {applies.min_age}; " + \
+                ("the patient was younger at death" if age.deceased else f"patient is {age.oldest}")
     return None

@@ -3,10 +3,11 @@ judge (review items)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import Field, model_validator
 
+from ..dates import age_range_at_death, parse_fhir_date
 from ..model import Evidence, Result, Role, Why
 from ..record import InvalidResource
 from .base import Context, Outcome, RuleModel
@@ -28,6 +29,33 @@ def _missing_patient(ctx: Context) -> Outcome | None:
         return Outcome(Result.UNKNOWN, f"Patient resource is not valid FHIR: {exc}", why=Why.INVALID_RESOURCE,
                        evidence=_patient_evidence(ctx, note=f"not valid FHIR: {exc}"))
     return None
+
+
+class Age(NamedTuple):
+    youngest: int
+    oldest: int
+    deceased: bool  # counted to the date of death (or unknown for want of one): never shown
+
+
+def lifetime_age(ctx: Context) -> Age | None:
+    """The patient's possible age (youngest, oldest) in completed years on the
+    evaluation date, or, for a deceased patient, on the date of death: an age is
+    never counted past death. deceasedBoolean true without a date: death may have
+    come on any day from birth to the evaluation date, so the age is 0 to the age
+    today, and decides only what that whole range decides (see
+    dates.age_range_at_death). None without a (readable) birth date."""
+    birth = ctx.birth_date
+    p = ctx.patient
+    if birth is None or p is None:
+        return None
+    if p.deceasedDateTime is not None:
+        death = parse_fhir_date(p.deceasedDateTime)
+        if death is not None:
+            return Age(*age_range_at_death(birth, death, ctx.as_of), True)
+    if p.deceasedDateTime is not None or p.deceasedBoolean:
+        return Age(*age_range_at_death(birth, None, ctx.as_of), True)
+    youngest, oldest = ctx.age
+    return Age(youngest, oldest, False)
 
 
 class AliveRule(RuleModel):
@@ -55,7 +83,15 @@ class AliveRule(RuleModel):
 
 
 class AgeRule(RuleModel):
-    """min <= age <= max in completed years on the evaluation date."""
+    """min <= age <= max in completed years on the evaluation date; for a
+    deceased patient, on the date of death (never past it). A range of possible
+    ages (a partial birth or death date; deceased without a date: 0 to the age
+    today) decides only when the whole range does: all of it inside the bounds
+    passes, all of it outside fails, else unknown.
+
+    A deceased patient's age is never shown: neither the reason nor the
+    evidence carries it (the card shows both, and the evaluation rides along in
+    the card's extension)."""
 
     type: Literal["age"]
     min: int | None = Field(default=None, ge=0)
@@ -75,24 +111,42 @@ class AgeRule(RuleModel):
     def _fits(self, age: int) -> bool:
         return (self.min is None or age >= self.min) and (self.max is None or age <= self.max)
 
+    def _decides(self, age: Age) -> Result | None:
+        """PASS or FAIL when every possible age gives it, else None."""
+        if self._fits(age.youngest) and self._fits(age.oldest):  # the bounds are one interval
+            return Result.PASS
+        if (self.min is not None and age.oldest < self.min) or (self.max is not None and age.youngest > self.max):
+            return Result.FAIL
+        return None
+
     def evaluate(self, ctx: Context) -> Outcome:
         missing = _missing_patient(ctx)
         if missing:
             return missing
-        birth = ctx.birth_date
         bounds = f"{self.min if self.min is not None else 0}–{self.max if self.max is not None else '∞'}"
-        if birth is None:
+        age = lifetime_age(ctx)
+        if age is None:
             return Outcome(Result.UNKNOWN, "no birth date recorded", why=Why.NO_DATA)
-        youngest, oldest = ctx.age
-        evidence = _patient_evidence(ctx, value=f"age {youngest}" if youngest == oldest
-                                     else f"age {youngest}–{oldest}")
+        decided = self._decides(age)
+        if age.deceased:
+            evidence = _patient_evidence(ctx, note="deceased: age counted to the date of death, not shown")
+            if decided is Result.PASS:
+                return Outcome(Result.PASS, f"deceased; age on the date of death within {bounds}", evidence)
+            if decided is Result.FAIL:
+                return Outcome(Result.FAIL, f"deceased; age on the date of death outside {bounds}", evidence)
+            if parse_fhir_date(ctx.patient.deceasedDateTime) is None:
+                return Outcome(Result.UNKNOWN, f"deceased without a date of death: age at death unknown "
+                                               f"(required {bounds})", evidence, Why.NO_DATE)
+            return Outcome(Result.UNKNOWN, f"deceased; partial birth or death date: age on the date of death "
+                                           f"may be inside or outside {bounds}", evidence, Why.PARTIAL_DATE)
+        youngest, oldest = age.youngest, age.oldest
+        age_text = str(youngest) if youngest == oldest else f"{youngest}–{oldest}"
         # Birth dates are PHI: the evidence carries the age, never the date.
-        fits_young, fits_old = self._fits(youngest), self._fits(oldest)
-        if fits_young != fits_old:
+        evidence = _patient_evidence(ctx, value=f"age {age_text}")
+        if decided is None:
             return Outcome(Result.UNKNOWN, f"partial birth date: age could be {youngest}–{oldest}, "
                                            f"required {bounds}", evidence, Why.PARTIAL_DATE)
-        age_text = str(youngest) if youngest == oldest else f"{youngest}–{oldest}"
-        if fits_young:
+        if decided is Result.PASS:
             return Outcome(Result.PASS, f"age {age_text} (required {bounds})", evidence)
         return Outcome(Result.FAIL, f"age {age_text} is outside {bounds}", evidence)
 
