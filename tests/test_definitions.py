@@ -189,7 +189,8 @@ def test_codeset_file_errors(tmp_path):
 
 
 def test_duplicate_codeset_names_across_files(tmp_path):
-    body = "codesets:\n  x:\n    title: t\n    codes:\n      - {system: s, code: c, display: d, source: s}\n"
+    body = ("codesets:\n  x:\n    title: t\n    provenance: {source: s, version: v, method: m}\n"
+            "    codes:\n      - {system: s, code: c, display: d, source: s}\n")
     _write(tmp_path, body, name="a.yaml")
     _write(tmp_path, body, name="b.yaml")
     with pytest.raises(DefinitionError, match="code set 'x' is also defined in a.yaml"):
