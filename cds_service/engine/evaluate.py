@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any, Iterable, Mapping
 
-from .codes import CodeSet
+from .codes import CodeEntry, CodeSet, coding_key
 from .definition import AppliesTo, Criterion, TrialDefinition
 from .model import CriterionResult, Result, TrialEvaluation, Why
 from .quantities import UnitTable
@@ -22,6 +23,10 @@ class Trial:
     definition: TrialDefinition
     library: CodeLibrary
     units: UnitTable
+    # Trials extended by with_extra_codes(), by what was added: identity memos elsewhere key on
+    # the CodeSet objects, so one chart reopened must get the same extended sets again.
+    _extended: dict[frozenset[tuple[str, frozenset[tuple[str, str]]]], "Trial"] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def id(self) -> str:
@@ -30,6 +35,61 @@ class Trial:
     def codesets_used(self) -> dict[str, CodeSet]:
         names = {n for c in self.definition.criteria for n in c.rule.codeset_names()}
         return {n: self.library.sets[n] for n in sorted(names)}
+
+    def with_extra_codes(self, extra: Mapping[str, Iterable[tuple[str, str]]]) -> "Trial":
+        """This trial with more members in some of its named code sets: (system, code)
+        keys a terminology server said belong to the set (its intension or ValueSet).
+        The shipped members all stay. Names the trial does not use, and keys a set
+        already holds, are left out; when nothing is left, the trial itself. The same
+        additions give the same Trial (and CodeSet objects) again, while remembered."""
+        added = []
+        for name, keys in extra.items():
+            codeset = self.library.sets.get(name)
+            if codeset is None or name not in self._names_used:
+                continue
+            new = frozenset(k for k in (coding_key(*key) for key in keys) if k is not None and not codeset.contains(k))
+            if new:
+                added.append((name, new))
+        if not added:
+            return self
+        memo_key = frozenset(added)
+        extended = self._extended.get(memo_key)
+        if extended is None:
+            sets = dict(self.library.sets)
+            for name, keys in added:
+                sets[name] = _with_members(sets[name], keys)
+            extended = Trial(definition=self.definition, library=CodeLibrary(sets), units=self.units)
+            if len(self._extended) >= EXTENDED_TRIALS_KEPT:
+                self._extended.clear()
+            self._extended[memo_key] = extended
+        return extended
+
+    @cached_property
+    def _names_used(self) -> frozenset[str]:
+        return frozenset(n for c in self.definition.criteria for n in c.rule.codeset_names())
+
+
+# Distinct sets of terminology-server additions remembered per trial (about one per chart whose
+# codes the shipped sets lack); then the memo starts afresh.
+EXTENDED_TRIALS_KEPT = 256
+
+
+def _with_members(codeset: CodeSet, keys: frozenset[tuple[str, str]]) -> CodeSet:
+    """A copy of `codeset` with the given keys as members, each sourced to the terminology
+    server's answer: $subsumes for a code in the system of one of the set's intension roots,
+    else $validate-code against its ValueSet. No display: evidence shows the record's own."""
+    entries = list(codeset.entries)
+    for system, code in sorted(keys):
+        roots = [root for root_system, root in codeset.intension if root_system == system]
+        if roots:
+            source = "terminology server $subsumes " + " or ".join(f"<< {root}" for root in roots)
+        elif codeset.value_set:
+            source = f"terminology server $validate-code {codeset.value_set}"
+        else:
+            source = "terminology server"
+        entries.append(CodeEntry(system=system, code=code, prefix=None, display="", source=source))
+    return CodeSet(name=codeset.name, title=codeset.title, entries=entries, provenance=codeset.provenance,
+                   intension=codeset.intension, value_set=codeset.value_set)
 
 
 def evaluate(trial: Trial, record: PatientRecord | Iterable[dict[str, Any]], as_of: dt.date) -> TrialEvaluation:

@@ -21,6 +21,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 from ..cards import CardRenderer
 from ..demo import hook_request
 from ..fhir.client import FhirClient
+from ..fhir.terminology import TerminologyClient
 from ..trials import load_trials
 from .auth import AuthError, Authenticator, ReplayStoreUnavailable, jti_store_for
 from .config import Settings
@@ -158,7 +159,11 @@ def create_app(settings: Settings | None = None, *, client: FhirClient | None = 
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    service = TrialEligibilityService(settings, trials, client, renderer, store)
+    terminology = TerminologyClient(
+        settings.terminology_server, timeout=settings.terminology_timeout, cache_ttl=settings.terminology_cache_ttl,
+        cache_size=settings.terminology_cache_size, max_lookups=settings.terminology_max_lookups,
+    ) if settings.terminology_server else None
+    service = TrialEligibilityService(settings, trials, client, renderer, store, terminology)
     demo = hook_request("eligible")
     service.warm_up([demo["prefetch"]["patient"]] + [e["resource"] for key, bundle in demo["prefetch"].items()
                                                      if key != "patient" for e in bundle["entry"]],

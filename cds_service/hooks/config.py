@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from ..fhir.terminology import normalise_server
 from .auth import DEFAULT_MAX_LIFETIME
 
 
@@ -71,6 +72,12 @@ class Settings:
     jwt_leeway: float = 60.0  # seconds of clock skew allowed on exp / nbf / iat
     jwt_max_lifetime: float = DEFAULT_MAX_LIFETIME  # longest exp − iat accepted, seconds
     jti_store: str = "sqlite"  # where seen JWT ids are kept: "sqlite" (the database) or a redis:// URL
+    # An optional FHIR terminology server for codes the shipped code sets lack (None = off).
+    terminology_server: str | None = None
+    terminology_timeout: float = 1.0  # seconds for its lookups in one call, within the FHIR deadline
+    terminology_cache_ttl: float = 3600.0  # seconds an answer (yes or no) is kept
+    terminology_cache_size: int = 10000  # answers kept
+    terminology_max_lookups: int = 32  # server lookups one call may make (cached answers are free)
 
     @property
     def database_path(self) -> Path:
@@ -96,6 +103,11 @@ class Settings:
         jti_store = (env.get("CDS_JTI_STORE") or "sqlite").strip()
         if jti_store != "sqlite" and not jti_store.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"CDS_JTI_STORE must be 'sqlite' or a redis:// URL (got {jti_store!r})")
+        terminology = (env.get("CDS_TERMINOLOGY_SERVER") or "").strip() or None
+        if terminology is not None and (terminology := normalise_server(terminology)) is None:
+            # The value is not echoed: a URL with credentials in it must not reach a log.
+            raise ConfigError("CDS_TERMINOLOGY_SERVER must be a FHIR server's plain http(s) base URL (no "
+                              "credentials, query or fragment)")
         servers = _split(env.get("CDS_ALLOWED_FHIR_SERVERS"))
         for s in servers:
             if not s.startswith(("https://", "http://")):
@@ -120,6 +132,11 @@ class Settings:
             jwt_leeway=_number(env, "CDS_JWT_LEEWAY", 60.0, 0.0),
             jwt_max_lifetime=_number(env, "CDS_JWT_MAX_LIFETIME", DEFAULT_MAX_LIFETIME, 60.0),
             jti_store=jti_store,
+            terminology_server=terminology,
+            terminology_timeout=_number(env, "CDS_TERMINOLOGY_TIMEOUT", 1.0, 0.01),
+            terminology_cache_ttl=_number(env, "CDS_TERMINOLOGY_CACHE_TTL", 3600.0, 0.0),
+            terminology_cache_size=_number(env, "CDS_TERMINOLOGY_CACHE_SIZE", 10000, 1, int),
+            terminology_max_lookups=_number(env, "CDS_TERMINOLOGY_MAX_LOOKUPS", 32, 0, int),
         )
 
     def today(self) -> dt.date:

@@ -19,6 +19,7 @@ from ..engine.evaluate import Trial
 from ..engine.rules.base import newest_first
 from ..fhir.client import FhirClient
 from ..fhir.gather import FhirAccess, gather
+from ..fhir.terminology import TerminologyClient
 from .config import Settings
 from .discovery import SERVICE_ID, DataNeed, data_needs, service_description
 from .responses import error_response, json_response, operation_outcome, problems_response
@@ -44,10 +45,11 @@ class TrialEligibilityService:
     id = SERVICE_ID
 
     def __init__(self, settings: Settings, trials: list[Trial], client: FhirClient, renderer: CardRenderer,
-                 store: Store):
+                 store: Store, terminology: TerminologyClient | None = None):
         self.settings = settings
         self.trials = trials
         self.client = client
+        self.terminology = terminology  # optional: codes the shipped sets lack (CDS_TERMINOLOGY_SERVER)
         self.renderer = renderer
         self.store = store
         self.needs: list[DataNeed] = data_needs(trials, settings.fhir_page_size)
@@ -109,8 +111,15 @@ class TrialEligibilityService:
         cuts = [Cut(n.resource_type, n.codes, n.newest_first and newest_first(gathered.keys[n.key].resources))
                 for n in self.needs if gathered.keys[n.key].truncated]
         record = PatientRecord(gathered.resources(), cuts=cuts)
-        evaluations = [(trial, evaluate(trial, record, as_of)) for trial in self.trials]
-        timings["evaluate"] = _ms(mark)
+        trials = self.trials
+        if self.terminology is not None:  # members the server finds extend the sets; the shipped ones stay
+            asked = time.monotonic()
+            lookup = self.terminology.lookup(trials, record, deadline)
+            sources["terminology"] = lookup.audit
+            trials = [lookup.for_trial(trial) for trial in trials]
+            timings["terminology"] = _ms(asked)
+        evaluations = [(trial, evaluate(trial, record, as_of)) for trial in trials]
+        timings["evaluate"] = _ms(mark) - timings.get("terminology", 0.0)
         mark = time.monotonic()
         context = CardContext(patient_id=patient_id, user_id=request.context.userId,
                               encounter_id=request.context.encounterId)

@@ -1,0 +1,422 @@
+"""An optional FHIR terminology server (CDS_TERMINOLOGY_SERVER) for codes the
+shipped code sets do not hold.
+
+A code set may say what it means beyond its shipped expansion: intension roots
+(SNOMED CT `<< root`: the root and its descendants) and a canonical ValueSet URL.
+For a chart's codings that are in no shipped set but may belong to one, the
+server is asked, in parallel and within the hook's deadline:
+
+- `CodeSystem/$subsumes?system=S&codeA=<root>&codeB=<code>` for a code in the
+  system of one of the set's roots (outcome `equivalent` or `subsumes`: a member);
+- `ValueSet/$validate-code?url=<vs>&system=S&code=C` for a code in another
+  system, when the set names a ValueSet (`result` true: a member).
+
+Answers, yes and no, are kept in a bounded TTL cache, so a chart opened again
+makes no call. Anything else (an error, a timeout, a 4xx, an answer that is not
+the Parameters it should be) adds nothing: the shipped sets decide, as they do
+when no server is configured. Only the configured server is called, never with
+the patient's access token or any Authorization header, and redirects are not
+followed. Logs and the audit carry counts only, never a code or a URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from http.cookiejar import DefaultCookiePolicy
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import orjson
+import requests
+from cachetools import TTLCache
+from requests.adapters import HTTPAdapter
+
+from ..engine.codes import CodeSet, memo_coding_key
+from ..engine.evaluate import Trial
+from ..engine.record import PatientRecord
+from .client import _normalise_base
+
+log = logging.getLogger(__name__)
+
+SUBSUMES = "subsumes"
+VALIDATE_CODE = "validate-code"
+_MEMBER_OUTCOMES = frozenset({"equivalent", "subsumes"})
+_SUBSUMES_OUTCOMES = frozenset({"equivalent", "subsumes", "subsumed-by", "not-subsumed"})
+# 4xx answers that will not change on a retry (unknown code, unknown system or ValueSet, operation
+# not supported, credentials required): remembered like a "no", so a chart reopened asks nothing.
+_SETTLED_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 422})
+_NO_ANSWER = None  # cached for a settled 4xx: not a member, nothing learnt
+_UNCACHED = object()
+
+# Where a resource's codes are, for the types criteria read (raw JSON, no validation).
+_CODED_ELEMENTS: dict[str, tuple[str, ...]] = {
+    "Condition": ("code", "bodySite"),
+    "AllergyIntolerance": ("code",),
+    "Observation": ("code", "valueCodeableConcept"),
+    "Specimen": ("type",),
+    "DiagnosticReport": ("code", "conclusionCode"),
+}
+
+
+def normalise_server(url: str) -> str | None:
+    """The server's base URL as it will be called (`scheme://host[:port]/path`, no
+    trailing slash), or None for anything but a plain http(s) base URL."""
+    return _normalise_base(url.strip()) if isinstance(url, str) else None
+
+
+@dataclass(frozen=True)
+class Question:
+    """One lookup: is (system, code) in `anchor`? `anchor` is (SUBSUMES, root system,
+    root code) or (VALIDATE_CODE, ValueSet URL)."""
+
+    anchor: tuple[str, ...]
+    system: str
+    code: str
+
+
+@dataclass(frozen=True)
+class _PlannedSet:
+    name: str
+    codeset: CodeSet
+    types: frozenset[str]  # the resource types whose codes may be members
+    roots: Mapping[str, tuple[str, ...]]  # system -> intension root codes
+
+
+def plan(trial: Trial) -> list[_PlannedSet]:
+    """The trial's code sets a server can extend (those with an intension or a
+    ValueSet), each with the resource types whose codes it is matched against: the
+    types a criterion lists it under in what it reads, else every type the criterion
+    reads (value codes, specimen types, allergy codes)."""
+    types: dict[str, set[str]] = {}
+    for criterion in trial.definition.criteria:
+        rule = criterion.rule
+        reads = rule.reads()
+        listed: dict[str, set[str]] = {}
+        for rtype, names in reads.items():
+            for name in names:
+                listed.setdefault(name, set()).add(rtype)
+        for name in rule.codeset_names():
+            types.setdefault(name, set()).update(listed.get(name) or reads.keys())
+    planned = []
+    for name, codeset in trial.codesets_used().items():
+        if not (codeset.intension or codeset.value_set):
+            continue
+        roots: dict[str, tuple[str, ...]] = {}
+        for system, root in codeset.intension:
+            roots[system] = roots.get(system, ()) + (root,)
+        coded = frozenset(t for t in types.get(name, ()) if t in _CODED_ELEMENTS) or frozenset(_CODED_ELEMENTS)
+        planned.append(_PlannedSet(name, codeset, coded, roots))
+    return planned
+
+
+def record_codings(record: PatientRecord) -> dict[str, dict[tuple[str, str], None]]:
+    """resource type -> the coding keys its resources carry (in record order, each
+    once), from the elements criteria read, contained resources included."""
+    found: dict[str, dict[tuple[str, str], None]] = {}
+    for rtype in _CODED_ELEMENTS:
+        for raw in record.all_of(rtype):
+            _add_codings(found, rtype, raw)
+            contained = raw.get("contained")
+            if isinstance(contained, list):
+                for inner in contained:
+                    inner_type = inner.get("resourceType") if isinstance(inner, dict) else None
+                    if inner_type in _CODED_ELEMENTS:
+                        _add_codings(found, inner_type, inner)
+    return found
+
+
+def _add_codings(found: dict[str, dict[tuple[str, str], None]], rtype: str, raw: dict[str, Any]) -> None:
+    keys = found.setdefault(rtype, {})
+    for element in _CODED_ELEMENTS[rtype]:
+        for concept in _concepts(raw.get(element)):
+            _add_concept(keys, concept)
+    if rtype == "Observation" and isinstance(raw.get("component"), list):
+        for part in raw["component"]:
+            if isinstance(part, dict):
+                _add_concept(keys, part.get("code"))
+                _add_concept(keys, part.get("valueCodeableConcept"))
+
+
+def _concepts(value: Any) -> Iterator[Any]:
+    if isinstance(value, list):  # bodySite, conclusionCode: lists of CodeableConcepts
+        yield from value
+    elif value is not None:
+        yield value
+
+
+def _add_concept(keys: dict[tuple[str, str], None], concept: Any) -> None:
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    if isinstance(codings, list):
+        for coding in codings:
+            if isinstance(coding, dict):
+                key = memo_coding_key(coding.get("system"), coding.get("code"))
+                if key is not None:
+                    keys[key] = None
+
+
+def questions_for(planned: Iterable[_PlannedSet], codings: Mapping[str, Mapping[tuple[str, str], None]]
+                  ) -> tuple[dict[tuple[str, tuple[str, str]], list[Question]], set[tuple[str, tuple[str, str]]]]:
+    """For each (set name, coding key) a server could settle: the questions whose
+    yes makes it a member; and the pairs settled without asking (a root itself:
+    `<< root` holds the root, whatever a server says of a code and itself)."""
+    asked: dict[tuple[str, tuple[str, str]], list[Question]] = {}
+    members: set[tuple[str, tuple[str, str]]] = set()
+    for p in planned:
+        for rtype in p.types:
+            for key in codings.get(rtype, ()):
+                pair = (p.name, key)
+                if pair in asked or pair in members or p.codeset.contains(key):
+                    continue
+                system, code = key
+                roots = p.roots.get(system)
+                if roots:
+                    if code in roots:
+                        members.add(pair)
+                    else:
+                        asked[pair] = [Question((SUBSUMES, system, root), system, code) for root in roots]
+                elif p.codeset.value_set:
+                    asked[pair] = [Question((VALIDATE_CODE, p.codeset.value_set), system, code)]
+    return asked, members
+
+
+@dataclass
+class Lookup:
+    """What the server added for one hook call: set name -> member keys, per trial
+    id; and the audit entry (counts only)."""
+
+    extra: dict[str, dict[str, frozenset[tuple[str, str]]]]
+    audit: dict[str, Any]
+
+    def for_trial(self, trial: Trial) -> Trial:
+        """The trial to evaluate: extended with the members found, or itself."""
+        extra = self.extra.get(trial.id)
+        return trial.with_extra_codes(extra) if extra else trial
+
+
+@dataclass
+class _Tally:
+    asked: int = 0  # requests made
+    answered: int = 0  # valid answers received in time
+    cached: int = 0  # questions answered from the cache
+    skipped: int = 0  # questions beyond max_lookups, or with no time left to ask
+    errors: Counter = field(default_factory=Counter)  # reason -> count
+
+
+class TerminologyClient:
+    """Shared by all requests of the process (the session, pool and cache are
+    thread-safe). `clock` is the deadline's clock (time.monotonic, like the FHIR
+    client's); tests pass a fake one."""
+
+    def __init__(self, base_url: str, *, timeout: float = 1.0, cache_ttl: float = 3600.0, cache_size: int = 10000,
+                 max_lookups: int = 32, max_workers: int = 4, session: requests.Session | None = None,
+                 clock: Callable[[], float] = time.monotonic, user_agent: str = "cds-service") -> None:
+        base = normalise_server(base_url)
+        if base is None:
+            raise ValueError("the terminology server is not a plain http(s) base URL")
+        self.base = base
+        self.timeout = timeout
+        self.max_lookups = max_lookups
+        self._clock = clock
+        self._cache: TTLCache[tuple[Any, ...], bool | None] = TTLCache(maxsize=cache_size, ttl=cache_ttl,
+                                                                       timer=clock)
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="terminology")
+        self._owns_session = session is None
+        self._session = session if session is not None else _new_session(max_workers)
+        self._headers = {"Accept": "application/fhir+json", "User-Agent": user_agent}
+        self._plans: dict[int, tuple[Trial, list[_PlannedSet]]] = {}
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._owns_session:
+            self._session.close()
+
+    def cache_size(self) -> int:
+        with self._lock:
+            return len(self._cache)
+
+    def _plan(self, trial: Trial) -> list[_PlannedSet]:
+        kept = self._plans.get(id(trial))
+        if kept is None or kept[0] is not trial:
+            kept = self._plans[id(trial)] = (trial, plan(trial))  # holding the trial keeps its id
+        return kept[1]
+
+    def lookup(self, trials: Iterable[Trial], record: PatientRecord, deadline: float) -> Lookup:
+        """Ask about the record's codings the trials' extensible sets lack, by
+        `deadline` (a value of the clock) or this client's timeout, whichever is sooner."""
+        started = self._clock()
+        deadline = min(deadline, started + self.timeout)
+        trials = list(trials)
+        planned = {t.id: self._plan(t) for t in trials}
+        codings = record_codings(record) if any(planned.values()) else {}
+        tally = _Tally()
+        per_trial = {tid: questions_for(p, codings) for tid, p in planned.items()}
+        wanted: dict[Question, None] = {}
+        for asked, _ in per_trial.values():
+            for questions in asked.values():
+                wanted.update(dict.fromkeys(questions))
+        answers = self._answers(list(wanted), deadline, tally)
+        extra: dict[str, dict[str, frozenset[tuple[str, str]]]] = {}
+        members_found = 0
+        for tid, (asked, settled) in per_trial.items():
+            found: dict[str, set[tuple[str, str]]] = {}
+            for name, key in settled:
+                found.setdefault(name, set()).add(key)
+            for (name, key), questions in asked.items():
+                if any(answers.get(q) for q in questions):
+                    found.setdefault(name, set()).add(key)
+            if found:
+                extra[tid] = {name: frozenset(keys) for name, keys in found.items()}
+                members_found += sum(len(keys) for keys in found.values())
+        audit: dict[str, Any] = {"questions": len(wanted), "asked": tally.asked, "answered": tally.answered,
+                                 "cached": tally.cached, "members": members_found}
+        if tally.skipped:
+            audit["skipped"] = tally.skipped
+        if tally.errors:
+            audit["errors"] = dict(sorted(tally.errors.items()))
+            log.warning("terminology server: %d lookups gave no answer (%s)", sum(tally.errors.values()),
+                        ", ".join(f"{reason}: {n}" for reason, n in sorted(tally.errors.items())))
+        audit["ms"] = round((self._clock() - started) * 1000, 1)
+        return Lookup(extra, audit)
+
+    def _answers(self, questions: list[Question], deadline: float, tally: _Tally) -> dict[Question, bool]:
+        """Question -> member or not, for those answered (from the cache or the server in time)."""
+        answers: dict[Question, bool] = {}
+        to_ask: list[Question] = []
+        with self._lock:
+            for q in questions:
+                answer = self._cache.get(self._cache_key(q), _UNCACHED)
+                if answer is _UNCACHED:
+                    to_ask.append(q)
+                    continue
+                tally.cached += 1
+                if answer is not _NO_ANSWER:
+                    answers[q] = answer
+        if len(to_ask) > self.max_lookups:
+            tally.skipped += len(to_ask) - self.max_lookups
+            to_ask = to_ask[:self.max_lookups]
+        if not to_ask:
+            return answers
+        futures = {self._executor.submit(self._ask, q, deadline): q for q in to_ask}
+        done, _ = wait(futures, timeout=max(0.0, deadline - self._clock()))
+        for future, q in futures.items():
+            if future not in done:
+                if future.cancel():  # never started: not asked
+                    tally.skipped += 1
+                else:  # in flight at the deadline: its answer, if one comes, is cached for the next call
+                    tally.asked += 1
+                    tally.errors["deadline"] += 1
+                continue
+            outcome, answer, requested = future.result()
+            tally.asked += requested
+            if outcome == "answered":
+                tally.answered += 1
+                answers[q] = answer
+            elif outcome == "out-of-time":
+                tally.skipped += 1
+            else:  # "deadline" (answered too late: cached, not used) or why there is no answer
+                tally.errors[outcome] += 1
+        return answers
+
+    def _cache_key(self, q: Question) -> tuple[Any, ...]:
+        return (self.base, q.anchor, q.system, q.code)
+
+    def _remember(self, q: Question, answer: bool | None) -> None:
+        with self._lock:
+            self._cache[self._cache_key(q)] = answer
+
+    def _ask(self, q: Question, deadline: float) -> tuple[str, bool | None, int]:
+        """(outcome, member?, requests made). Outcome "answered", "deadline" (answered
+        after the deadline: cached, not used), "out-of-time" (not asked), or why
+        there is no answer."""
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            return "out-of-time", None, 0
+        if q.anchor[0] == SUBSUMES:
+            url = f"{self.base}/CodeSystem/$subsumes"
+            params = {"system": q.system, "codeA": q.anchor[2], "codeB": q.code}
+        else:
+            url = f"{self.base}/ValueSet/$validate-code"
+            params = {"url": q.anchor[1], "system": q.system, "code": q.code}
+        try:
+            response = self._session.get(url, params=params, headers=self._headers, timeout=(remaining, remaining),
+                                         allow_redirects=False, auth=_no_auth)
+        except requests.Timeout:
+            return "timeout", None, 1
+        except requests.ConnectionError:
+            return "connection failed", None, 1
+        except requests.RequestException as error:  # its text holds the URL, and so the code: not logged
+            return f"request failed ({type(error).__name__})", None, 1
+        status = response.status_code
+        if status != 200:
+            if status in _SETTLED_STATUSES:
+                self._remember(q, _NO_ANSWER)
+            return f"status {status}", None, 1
+        answer = _parse_subsumes(response.content) if q.anchor[0] == SUBSUMES else _parse_validate(response.content)
+        if answer is None:
+            return "malformed answer", None, 1
+        self._remember(q, answer)
+        if self._clock() > deadline:
+            return "deadline", answer, 1
+        return "answered", answer, 1
+
+
+def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """No Authorization header, whatever the environment offers (~/.netrc)."""
+    request.headers.pop("Authorization", None)
+    return request
+
+
+def _new_session(max_workers: int) -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_maxsize=max_workers * 2)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+    return session
+
+
+def _parameters(content: bytes) -> dict[str, list[dict[str, Any]]] | None:
+    """A Parameters resource's parameters by name, or None for anything else."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        return None
+    parameters = body.get("parameter")
+    if not isinstance(parameters, list):
+        return None
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for p in parameters:
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            return None
+        by_name.setdefault(p["name"], []).append(p)
+    return by_name
+
+
+def _parse_subsumes(content: bytes) -> bool | None:
+    """$subsumes: exactly one `outcome` (a valueCode the operation defines); member
+    when codeA subsumes codeB or both are the same concept."""
+    parameters = _parameters(content)
+    outcome = parameters.get("outcome") if parameters is not None else None
+    if not outcome or len(outcome) != 1:
+        return None
+    code = outcome[0].get("valueCode")
+    if code not in _SUBSUMES_OUTCOMES:
+        return None
+    return code in _MEMBER_OUTCOMES
+
+
+def _parse_validate(content: bytes) -> bool | None:
+    """$validate-code: exactly one `result`, a valueBoolean."""
+    parameters = _parameters(content)
+    result = parameters.get("result") if parameters is not None else None
+    if not result or len(result) != 1:
+        return None
+    value = result[0].get("valueBoolean")
+    return value if isinstance(value, bool) else None
