@@ -33,18 +33,20 @@ _INDEXED_TYPES = ("Observation", "Condition", "AllergyIntolerance", "DiagnosticR
 
 # The elements criteria read, per type. Only these are validated: a malformed
 # narrative or performer must not discard a valid lab value, and validating the
-# rest would cost time for nothing (fhir.resources takes ~100-300 µs a resource).
+# rest would cost time for nothing (fhir.resources takes ~100-300 µs a resource). Contained
+# resources are not among them: the record indexes each on its own (PatientRecord), so one
+# that is not valid FHIR does not discard its container, nor a container's its results.
 _READ_ELEMENTS = {
     "Patient": {"resourceType", "id", "gender", "birthDate", "deceasedBoolean", "deceasedDateTime", "extension"},
     "Observation": {"resourceType", "id", "status", "code", "subject", "effectiveDateTime", "effectiveInstant",
                     "effectivePeriod", "valueQuantity", "valueCodeableConcept", "valueString", "valueBoolean",
-                    "dataAbsentReason", "referenceRange", "component", "specimen", "contained"},
+                    "dataAbsentReason", "referenceRange", "component", "specimen"},
     "Condition": {"resourceType", "id", "code", "subject", "clinicalStatus", "verificationStatus", "bodySite",
                   "onsetDateTime", "onsetPeriod", "recordedDate"},
     "AllergyIntolerance": {"resourceType", "id", "code", "patient", "clinicalStatus", "verificationStatus",
                            "recordedDate", "onsetDateTime"},
     "DiagnosticReport": {"resourceType", "id", "status", "code", "subject", "effectiveDateTime",
-                         "effectivePeriod", "conclusionCode", "specimen", "contained"},
+                         "effectivePeriod", "conclusionCode", "conclusion", "specimen"},
     "Specimen": {"resourceType", "id", "type", "subject"},
 }
 _BIRTHSEX_URL = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex"
@@ -177,7 +179,9 @@ class Hit(NamedTuple):
 
     raw: dict[str, Any]
     component: int | None  # index into Observation.component, None for the resource itself
-    position: int = 0  # order of the resource in the input, to keep results stable
+    # Order of the resource in the input, to keep results stable: its index, or for a contained
+    # resource a fraction between its container's and the next resource's.
+    position: float = 0
 
 
 _new_tuple = tuple.__new__  # Hit(*fields) goes through a Python-level __new__: twice as slow
@@ -189,6 +193,48 @@ def reference_of(raw: dict[str, Any], full_url: str | None = None) -> str:
     if isinstance(rid, str) and rid:
         return f"{rtype}/{rid}"
     return full_url or f"{rtype}/(no id)"
+
+
+def type_and_id(reference: str) -> str | None:
+    """"Type/id" of a literal reference: relative ("Observation/1"), absolute
+    ("https://ehr/fhir/Observation/1") or versioned (".../Observation/1/_history/2");
+    None for anything else (urn:uuid:, "#id", a search URL)."""
+    parts = reference.split("?", 1)[0].rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    if len(parts) < 2 or not parts[-2][:1].isupper() or not parts[-2].isalpha() or not parts[-1]:
+        return None
+    return f"{parts[-2]}/{parts[-1]}"
+
+
+# What a contained resource without its own takes from its container (FHIR: a contained resource
+# has no existence apart from its container; it is about what the container is about). The
+# element naming the patient, by type, and for a result the time it was taken.
+_PATIENT_ELEMENT = {"Observation": "subject", "Condition": "subject", "DiagnosticReport": "subject",
+                    "Specimen": "subject", "AllergyIntolerance": "patient"}
+_EFFECTIVE = ("effectiveDateTime", "effectiveInstant", "effectivePeriod")
+_TAKES_EFFECTIVE = frozenset({"Observation", "DiagnosticReport"})
+
+
+def _as_contained(item: dict[str, Any], container: dict[str, Any]) -> dict[str, Any]:
+    """A contained resource as the record reads it: with its container's patient when it
+    names none, and (an Observation in a DiagnosticReport or panel Observation) the
+    container's effective time when it has none. A copy when anything is added: the
+    input is never changed."""
+    rtype = item["resourceType"]
+    added: dict[str, Any] = {}
+    mine = _PATIENT_ELEMENT.get(rtype)
+    if mine is not None and mine not in item:
+        theirs = container.get(_PATIENT_ELEMENT.get(container.get("resourceType")) or "subject")
+        if isinstance(theirs, dict):
+            added[mine] = theirs
+    if rtype == "Observation" and container.get("resourceType") in _TAKES_EFFECTIVE \
+            and not any(e in item for e in _EFFECTIVE):
+        for e in _EFFECTIVE:
+            if e in container:
+                added[e] = container[e]
+                break
+    return {**item, **added} if added else item
 
 
 @dataclass(frozen=True)
@@ -245,6 +291,10 @@ class PatientRecord:
         self._by_reference: dict[str, dict[str, Any]] | None = None  # built on first resolve()
         self._models: dict[int, Any] = {}
         self._full_url_of = {id(raw): url for url, raw in self._full_urls.items()}
+        # Contained resources: each one's container, and each container's by local id (see _index_contained).
+        self._container_of: dict[int, dict[str, Any]] = {}
+        self._contained: dict[int, dict[str, dict[str, Any]]] = {}
+        self._listed_by: dict[int, list[dict[str, Any]]] | None = None  # built on first reports_listing()
         self._index_all(resources)
 
     def _index_all(self, resources: Iterable[dict[str, Any]]) -> None:
@@ -253,7 +303,10 @@ class PatientRecord:
         # reading by subscript in try blocks (free when nothing is raised) rather than by
         # .get() and isinstance() calls. Indexed: the resource's code and, for an Observation
         # that has components, each component's code (with the component's position).
+        # A resource with `contained` is set aside (one key look-up a resource) and its contained
+        # resources indexed after the loop: only charts that send them pay for them.
         by_type, indexes = self.by_type, self._index
+        containers: list[tuple[int, dict[str, Any]]] = []
         for position, raw in enumerate(resources):
             try:
                 rtype = raw["resourceType"]
@@ -263,8 +316,12 @@ class PatientRecord:
                     by_type[rtype].append(raw)
                     if rtype == "Patient" and self.patient_raw is None:
                         self.patient_raw = raw
+                    if "contained" in raw:
+                        containers.append((position, raw))
                 continue
             by_type[rtype].append(raw)
+            if "contained" in raw:
+                containers.append((position, raw))
             try:
                 codings = raw["code"]["coding"]
             except (KeyError, TypeError, IndexError):  # no code, or not a CodeableConcept
@@ -280,6 +337,50 @@ class PatientRecord:
                         except (KeyError, TypeError, IndexError):
                             continue
                         _index_codings(index, codings, (raw, i, position))
+        if containers:
+            self._index_contained(containers)
+
+    def _index_contained(self, containers: list[tuple[int, dict[str, Any]]]) -> None:
+        """Index the resources inside each container's `contained` like any other: by
+        type and code, found by find() and all_of(), validated on their own when read,
+        named "Container/id#local-id" in evidence, resolved from "#local-id" only within
+        their container (their ids are local to it), never by "Type/id". Each takes its
+        container's patient (and a result its time) when it names none (_as_contained).
+        Contained resources may not themselves contain any (FHIR): nested ones are not read."""
+        by_type, indexes = self.by_type, self._index
+        for position, container in containers:
+            items = container["contained"]
+            if not isinstance(items, list) or not items:
+                continue
+            local: dict[str, dict[str, Any]] = {}
+            step = 1 / (len(items) + 1)
+            for k, item in enumerate(items, 1):
+                if not isinstance(item, dict) or not isinstance(rtype := item.get("resourceType"), str):
+                    continue
+                raw = _as_contained(item, container)
+                rid = raw.get("id")
+                if isinstance(rid, str) and rid and rid not in local:
+                    local[rid] = raw
+                self._container_of[id(raw)] = container
+                by_type[rtype].append(raw)  # a contained Patient is never the record's patient
+                index = indexes.get(rtype)
+                if index is not None:
+                    self._index_codes(index, raw, position + k * step)
+            self._contained[id(container)] = local
+
+    @staticmethod
+    def _index_codes(index: dict[tuple[str, str], list[tuple[dict[str, Any], int | None, float]]],
+                     raw: dict[str, Any], position: float) -> None:
+        """What the loop of _index_all does for one resource: its code and its components' codes."""
+        code = raw.get("code")
+        if isinstance(code, dict):
+            _index_codings(index, code.get("coding"), (raw, None, position))
+        components = raw.get("component") if raw.get("resourceType") == "Observation" else None
+        if isinstance(components, list):
+            for i, part in enumerate(components):
+                concept = part.get("code") if isinstance(part, dict) else None
+                if isinstance(concept, dict):
+                    _index_codings(index, concept.get("coding"), (raw, i, position))
 
     # -- look-ups -----------------------------------------------------------
 
@@ -314,25 +415,72 @@ class PatientRecord:
         self._found[memo_key] = (codes, found)  # holding the set keeps its id from being reused
         return list(found)
 
-    def resolve(self, reference: str | None) -> dict[str, Any] | None:
-        """A referenced resource of this record: "Type/id", an absolute URL ending
-        in Type/id, or a fullUrl (urn:uuid:...)."""
-        if not reference:
+    def resolve(self, reference: str | None, within: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The resource of this record a literal reference names: "Type/id", an
+        absolute URL ending in Type/id (a version, "/_history/n", ignored), a fullUrl
+        (urn:uuid:...), or "#id": a resource contained in `within` (the resource that
+        holds the reference) or in `within`'s container ("#" alone: the container)."""
+        if not reference or not isinstance(reference, str):
             return None
+        if reference[0] == "#":
+            if within is None:
+                return None
+            container = self._container_of.get(id(within), within)
+            if reference == "#":
+                return container
+            return self._contained.get(id(container), {}).get(reference[1:])
         if self._by_reference is None:
             self._by_reference = dict(self._full_urls)
+            contained = self._container_of
             for rtype, items in self.by_type.items():
                 for raw in items:
-                    if isinstance(raw.get("id"), str):
+                    if isinstance(raw.get("id"), str) and id(raw) not in contained:
                         self._by_reference[f"{rtype}/{raw['id']}"] = raw
-        if reference in self._by_reference:
-            return self._by_reference[reference]
-        parts = reference.rstrip("/").split("/")
-        if len(parts) >= 2:
-            return self._by_reference.get(f"{parts[-2]}/{parts[-1]}")
-        return None
+        found = self._by_reference.get(reference)
+        if found is not None:
+            return found
+        key = type_and_id(reference)
+        return self._by_reference.get(key) if key is not None else None
+
+    def container(self, raw: dict[str, Any]) -> dict[str, Any] | None:
+        """The resource whose `contained` holds `raw`; None for a resource of its own."""
+        return self._container_of.get(id(raw))
+
+    def reports_listing(self, raw: dict[str, Any]) -> list[dict[str, Any]]:
+        """The DiagnosticReports whose `result` references `raw` (in any form resolve() reads)."""
+        if self._listed_by is None:
+            listed: dict[int, list[dict[str, Any]]] = {}
+            for report in self.by_type.get("DiagnosticReport", ()):
+                results = report.get("result")
+                for ref in results if isinstance(results, list) else ():
+                    target = self.resolve(ref.get("reference") if isinstance(ref, dict) else None, report)
+                    if target is not None:
+                        reports = listed.setdefault(id(target), [])
+                        if not reports or reports[-1] is not report:  # listed twice by one report
+                            reports.append(report)
+            self._listed_by = listed
+        return self._listed_by.get(id(raw), [])
+
+    def referenced(self, raw: dict[str, Any], element: str) -> list[dict[str, Any]]:
+        """The resources of this record that `raw`'s element (a Reference or a list of
+        them: `result`, `hasMember`, `specimen`) references; those not in the record are left out."""
+        value = raw.get(element)
+        refs = value if isinstance(value, list) else [value]
+        found = []
+        for ref in refs:
+            target = self.resolve(ref.get("reference") if isinstance(ref, dict) else None, raw)
+            if target is not None:
+                found.append(target)
+        return found
 
     def reference(self, raw: dict[str, Any]) -> str:
+        """How evidence names a resource: "Type/id", else its fullUrl; a contained
+        resource by its container's reference and its local id ("DiagnosticReport/r1#obs1")."""
+        container = self._container_of.get(id(raw))
+        if container is not None:
+            rid = raw.get("id")
+            return f"{reference_of(container, self._full_url_of.get(id(container)))}#" \
+                   f"{rid if isinstance(rid, str) and rid else '(no id)'}"
         return reference_of(raw, self._full_url_of.get(id(raw)))
 
     def model(self, raw: dict[str, Any]) -> Any:
