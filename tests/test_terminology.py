@@ -186,34 +186,72 @@ def test_subsumes_outcomes(dx_trial, tx, clock, outcome, member):
 @pytest.mark.parametrize("answer, expected", [(True, Result.FAIL), (False, Result.PASS)])
 @responses.activate
 def test_validate_code_against_the_sets_value_set(trial, tx, clock, answer, expected):
-    """The exclusion set has a ValueSet and no intension root: every code it lacks goes
-    to $validate-code, whatever its system."""
+    """The exclusion set has a ValueSet and no intension root: a code it lacks goes
+    to $validate-code."""
     responses.get(VALIDATE, json=validate_answer(answer))
     responses.get(SUBSUMES, json=subsumes_answer("not-subsumed"))  # EXC-310 under the diagnosis root?
-    rec = record(condition("c1", "EXC-310", "Excluding disorder, other"), condition("c2", "C50.912",
-                 "Malignant neoplasm of unspecified site of left female breast", ICD10CM))
+    rec = record(condition("c1", "EXC-310", "Excluding disorder, other"))
     assert results(trial, rec)["excluding-disorder"] is Result.PASS
     lookup = tx.lookup([trial], rec, clock.now + 2)
     assert results(lookup.for_trial(trial), rec)["excluding-disorder"] is expected
-    asked = {(p.get("url"), p["system"], p.get("code")) for p in map(params, responses.calls) if "url" in p}
-    assert asked == {(TEST_VALUE_SET, TEST_SYSTEM, "EXC-310"), (TEST_VALUE_SET, ICD10CM, "C50912")}
+    asked = [params(c) for c in responses.calls if "$validate-code" in c.request.url]
+    assert asked == [{"url": TEST_VALUE_SET, "system": TEST_SYSTEM, "code": "EXC-310"}]
 
 
 @responses.activate
-def test_only_codes_a_set_lacks_and_its_intension_or_value_set_covers_are_asked(trial, tx, clock):
-    # Diagnosis set (root NEO-100 in TEST_SYSTEM, an ICD-10-CM prefix, no ValueSet): NEO-100 is the
-    # root itself (<< holds it), C50.911 is in by prefix, a LOINC code is in no root's system: only
-    # EXC-300 is asked. Exclusion set (ValueSet, no root): EXC-300 is shipped; the rest is asked.
+def test_only_codes_no_shipped_set_holds_and_an_intension_or_value_set_covers_are_asked(trial, tx, clock):
+    """EXC-300 is in the exclusion set: recognised, so never asked under the diagnosis
+    root though it is in the root's system (a code the trial's sets know is what they
+    say). NEO-100 is the diagnosis root and C50.911 is in its set by prefix. Only the
+    local code, in no set and in no root's system, goes to the exclusion ValueSet."""
     responses.get(VALIDATE, json=validate_answer(False))
-    responses.get(SUBSUMES, json=subsumes_answer("not-subsumed"))
+    responses.get(SUBSUMES, json=subsumes_answer("subsumes"))
     rec = record(condition("c1", "EXC-300", "Excluding disorder"), condition("c2", "NEO-100", "Malignant neoplasm"),
                  condition("c3", "C50.911", "Malignant neoplasm of right female breast", ICD10CM),
-                 condition("c4", "LA-1", "Local code", "http://loinc.org"))
+                 condition("c4", "LA-1", "Local problem-list code", "urn:oid:1.2.840.114350.1.13.0.1.7.2.696871"))
     lookup = tx.lookup([trial], rec, clock.now + 2)
-    subsumes = {p["codeB"] for p in map(params, responses.calls) if "codeB" in p}
-    validated = {p["code"] for p in map(params, responses.calls) if "url" in p}
-    assert subsumes == {"EXC-300"} and validated == {"NEO-100", "C50911", "LA-1"}
-    assert lookup.extra == {} and lookup.audit["questions"] == 4
+    assert [(c.request.url.split("?")[0], params(c)["code"]) for c in responses.calls] == [
+        (f"{TX}/ValueSet/$validate-code", "LA-1")]
+    assert lookup.extra == {} and lookup.audit["questions"] == 1
+
+
+def site_trial() -> Trial:
+    """A general code that counts with a qualifying body site (the mCODE secondary-cancer
+    shape): the site set has an intension root; the general set does not."""
+    definition = TrialDefinition.model_validate({
+        "schemaVersion": 1, "nctId": "TEST-TX02", "definitionVersion": "0.1.0",
+        "title": "An invented study: a general code qualified by its body site", "shortTitle": "Body-site test",
+        "phase": "Phase 2", "status": "Recruiting", "studyUrl": "https://example.org/studies/TEST-TX02",
+        "protocolSource": "invented for the test suite",
+        "criteria": [{"id": "sited", "kind": "inclusion", "title": "Secondary neoplasm of the meninges",
+                      "protocolText": "Metastasis to the meninges.", "interpretation": "General code with a site.",
+                      "rule": {"type": "condition-present", "label": "meningeal metastasis", "codes": ["tx-specific"],
+                               "siteDependent": [{"codes": ["tx-general"], "bodySiteCodes": ["tx-site"],
+                                                  "withoutBodySite": "ignore"}]}}]})
+    sets = {
+        "tx-specific": CodeSet("tx-specific", "Specific (test)", [
+            CodeEntry(TEST_SYSTEM, "SEC-410", None, "Meningeal metastasis", "test code system")]),
+        "tx-general": CodeSet("tx-general", "General (test)", [
+            CodeEntry(TEST_SYSTEM, "SEC-400", None, "Secondary malignant neoplasm", "test code system")]),
+        "tx-site": CodeSet("tx-site", "Meninges (test)", [
+            CodeEntry(TEST_SYSTEM, "SITE-1", None, "Meninges structure", "test code system")],
+            intension=((TEST_SYSTEM, "SITE-1"),)),
+    }
+    return Trial(definition=definition, library=CodeLibrary(sets), units=load_units())
+
+
+@responses.activate
+def test_a_body_site_set_is_matched_against_body_sites_only(tx, clock):
+    trial = site_trial()
+    responses.get(SUBSUMES, json=subsumes_answer("subsumes"))
+    sited = condition("c1", "SEC-400", "Secondary malignant neoplasm")
+    sited["bodySite"] = [{"coding": [{"system": TEST_SYSTEM, "code": "SITE-1.2", "display": "Leptomeninges"}]}]
+    other = condition("c2", "NEO-111", "Lobular carcinoma")  # a Condition code: never asked as a body site
+    rec = record(sited, other)
+    assert results(trial, rec)["sited"] is Result.FAIL
+    lookup = tx.lookup([trial], rec, clock.now + 2)
+    assert [params(c) for c in responses.calls] == [{"system": TEST_SYSTEM, "codeA": "SITE-1", "codeB": "SITE-1.2"}]
+    assert results(lookup.for_trial(trial), rec)["sited"] is Result.PASS
 
 
 def test_a_root_not_shipped_is_a_member_without_asking(clock):

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import orjson
 import requests
 from cachetools import TTLCache
+from pydantic import BaseModel
 from requests.adapters import HTTPAdapter
 
 from ..engine.codes import CodeSet, memo_coding_key
@@ -52,14 +53,18 @@ _SETTLED_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 422})
 _NO_ANSWER = None  # cached for a settled 4xx: not a member, nothing learnt
 _UNCACHED = object()
 
-# Where a resource's codes are, for the types criteria read (raw JSON, no validation).
-_CODED_ELEMENTS: dict[str, tuple[str, ...]] = {
-    "Condition": ("code", "bodySite"),
-    "AllergyIntolerance": ("code",),
-    "Observation": ("code", "valueCodeableConcept"),
-    "Specimen": ("type",),
-    "DiagnosticReport": ("code", "conclusionCode"),
+# Where a resource's codes are, for the types criteria read (raw JSON, no validation), by role:
+# CODE, what the resource is or says (code, value, type, conclusion); SITE, where (bodySite).
+CODE, SITE = "code", "site"
+_CODED_ELEMENTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "Condition": (("code", CODE), ("bodySite", SITE)),
+    "AllergyIntolerance": (("code", CODE),),
+    "Observation": (("code", CODE), ("valueCodeableConcept", CODE)),
+    "Specimen": (("type", CODE),),
+    "DiagnosticReport": (("code", CODE), ("conclusionCode", CODE)),
 }
+# Rule fields (aliases) whose code sets are matched against a bodySite.
+_SITE_FIELDS = frozenset({"bodySiteCodes"})
 
 
 def normalise_server(url: str) -> str | None:
@@ -82,16 +87,28 @@ class Question:
 class _PlannedSet:
     name: str
     codeset: CodeSet
-    types: frozenset[str]  # the resource types whose codes may be members
+    reads: frozenset[tuple[str, str]]  # (resource type, role) whose codings may be members
     roots: Mapping[str, tuple[str, ...]]  # system -> intension root codes
 
 
-def plan(trial: Trial) -> list[_PlannedSet]:
+@dataclass(frozen=True)
+class Plan:
+    """What a trial's code sets let a server settle: the sets it can extend, and
+    every set the trial uses (a code one of them holds is recognised: never asked)."""
+
+    sets: tuple[_PlannedSet, ...]
+    shipped: tuple[CodeSet, ...]
+
+    def recognised(self, key: tuple[str, str]) -> bool:
+        return any(codeset.contains(key) for codeset in self.shipped)
+
+
+def plan(trial: Trial) -> Plan:
     """The trial's code sets a server can extend (those with an intension or a
-    ValueSet), each with the resource types whose codes it is matched against: the
-    types a criterion lists it under in what it reads, else every type the criterion
-    reads (value codes, specimen types, allergy codes)."""
-    types: dict[str, set[str]] = {}
+    ValueSet), each with where its members are read: the resource types a criterion
+    lists it under in what it reads, else every type the criterion reads (value codes,
+    specimen types, allergy codes); a bodySite for body-site sets, else the codes."""
+    reads_of: dict[str, set[tuple[str, str]]] = {}
     for criterion in trial.definition.criteria:
         rule = criterion.rule
         reads = rule.reads()
@@ -99,24 +116,44 @@ def plan(trial: Trial) -> list[_PlannedSet]:
         for rtype, names in reads.items():
             for name in names:
                 listed.setdefault(name, set()).add(rtype)
-        for name in rule.codeset_names():
-            types.setdefault(name, set()).update(listed.get(name) or reads.keys())
+        for alias, name in _codeset_fields(rule):
+            role = SITE if alias in _SITE_FIELDS else CODE
+            types = listed.get(name) or reads.keys()
+            reads_of.setdefault(name, set()).update((t, role) for t in types)
+    used = trial.codesets_used()
     planned = []
-    for name, codeset in trial.codesets_used().items():
+    for name, codeset in used.items():
         if not (codeset.intension or codeset.value_set):
             continue
         roots: dict[str, tuple[str, ...]] = {}
         for system, root in codeset.intension:
             roots[system] = roots.get(system, ()) + (root,)
-        coded = frozenset(t for t in types.get(name, ()) if t in _CODED_ELEMENTS) or frozenset(_CODED_ELEMENTS)
-        planned.append(_PlannedSet(name, codeset, coded, roots))
-    return planned
+        readable = frozenset(r for r in reads_of.get(name, ()) if r[0] in _CODED_ELEMENTS)
+        planned.append(_PlannedSet(name, codeset, readable, roots))
+    return Plan(tuple(planned), tuple(used.values()))
 
 
-def record_codings(record: PatientRecord) -> dict[str, dict[tuple[str, str], None]]:
-    """resource type -> the coding keys its resources carry (in record order, each
-    once), from the elements criteria read, contained resources included."""
-    found: dict[str, dict[tuple[str, str], None]] = {}
+def _codeset_fields(model: BaseModel) -> Iterator[tuple[str, str]]:
+    """(field alias, code-set name) for every code-set name a rule refers to: the
+    fields named `codes` or ending in `Codes`, at any depth (RuleModel.codeset_names)."""
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        alias = info.alias or name
+        if alias == "codes" or alias.endswith("Codes"):
+            if isinstance(value, (list, tuple)):
+                yield from ((alias, n) for n in value)
+        elif isinstance(value, BaseModel):
+            yield from _codeset_fields(value)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, BaseModel):
+                    yield from _codeset_fields(item)
+
+
+def record_codings(record: PatientRecord) -> dict[tuple[str, str], dict[tuple[str, str], None]]:
+    """(resource type, role) -> the coding keys its resources carry there (in record
+    order, each once), contained resources included."""
+    found: dict[tuple[str, str], dict[tuple[str, str], None]] = {}
     for rtype in _CODED_ELEMENTS:
         for raw in record.all_of(rtype):
             _add_codings(found, rtype, raw)
@@ -129,23 +166,19 @@ def record_codings(record: PatientRecord) -> dict[str, dict[tuple[str, str], Non
     return found
 
 
-def _add_codings(found: dict[str, dict[tuple[str, str], None]], rtype: str, raw: dict[str, Any]) -> None:
-    keys = found.setdefault(rtype, {})
-    for element in _CODED_ELEMENTS[rtype]:
-        for concept in _concepts(raw.get(element)):
-            _add_concept(keys, concept)
+def _add_codings(found: dict[tuple[str, str], dict[tuple[str, str], None]], rtype: str, raw: dict[str, Any]) -> None:
+    for element, role in _CODED_ELEMENTS[rtype]:
+        value = raw.get(element)
+        if value is not None:
+            keys = found.setdefault((rtype, role), {})
+            for concept in value if isinstance(value, list) else (value,):  # bodySite, conclusionCode: lists
+                _add_concept(keys, concept)
     if rtype == "Observation" and isinstance(raw.get("component"), list):
+        keys = found.setdefault((rtype, CODE), {})
         for part in raw["component"]:
             if isinstance(part, dict):
                 _add_concept(keys, part.get("code"))
                 _add_concept(keys, part.get("valueCodeableConcept"))
-
-
-def _concepts(value: Any) -> Iterator[Any]:
-    if isinstance(value, list):  # bodySite, conclusionCode: lists of CodeableConcepts
-        yield from value
-    elif value is not None:
-        yield value
 
 
 def _add_concept(keys: dict[tuple[str, str], None], concept: Any) -> None:
@@ -158,18 +191,29 @@ def _add_concept(keys: dict[tuple[str, str], None], concept: Any) -> None:
                     keys[key] = None
 
 
-def questions_for(planned: Iterable[_PlannedSet], codings: Mapping[str, Mapping[tuple[str, str], None]]
+def questions_for(trial_plan: Plan, codings: Mapping[tuple[str, str], Mapping[tuple[str, str], None]]
                   ) -> tuple[dict[tuple[str, tuple[str, str]], list[Question]], set[tuple[str, tuple[str, str]]]]:
     """For each (set name, coding key) a server could settle: the questions whose
     yes makes it a member; and the pairs settled without asking (a root itself:
-    `<< root` holds the root, whatever a server says of a code and itself)."""
+    `<< root` holds the root, whatever a server says of a code and itself).
+
+    Only codes no shipped set of the trial holds are asked about: a code one of them
+    holds is recognised, and the sets that hold it say what it is (a secondary
+    neoplasm of the breast, known and deliberately not counted as a breast primary,
+    is never added to the breast-cancer set by its place under the root)."""
     asked: dict[tuple[str, tuple[str, str]], list[Question]] = {}
     members: set[tuple[str, tuple[str, str]]] = set()
-    for p in planned:
-        for rtype in p.types:
-            for key in codings.get(rtype, ()):
+    recognised: dict[tuple[str, str], bool] = {}
+    for p in trial_plan.sets:
+        for where in p.reads:
+            for key in codings.get(where, ()):
                 pair = (p.name, key)
-                if pair in asked or pair in members or p.codeset.contains(key):
+                if pair in asked or pair in members:
+                    continue
+                known = recognised.get(key)
+                if known is None:
+                    known = recognised[key] = trial_plan.recognised(key)
+                if known:
                     continue
                 system, code = key
                 roots = p.roots.get(system)
@@ -228,7 +272,7 @@ class TerminologyClient:
         self._owns_session = session is None
         self._session = session if session is not None else _new_session(max_workers)
         self._headers = {"Accept": "application/fhir+json", "User-Agent": user_agent}
-        self._plans: dict[int, tuple[Trial, list[_PlannedSet]]] = {}
+        self._plans: dict[int, tuple[Trial, Plan]] = {}
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -239,7 +283,7 @@ class TerminologyClient:
         with self._lock:
             return len(self._cache)
 
-    def _plan(self, trial: Trial) -> list[_PlannedSet]:
+    def _plan(self, trial: Trial) -> Plan:
         kept = self._plans.get(id(trial))
         if kept is None or kept[0] is not trial:
             kept = self._plans[id(trial)] = (trial, plan(trial))  # holding the trial keeps its id
@@ -252,7 +296,7 @@ class TerminologyClient:
         deadline = min(deadline, started + self.timeout)
         trials = list(trials)
         planned = {t.id: self._plan(t) for t in trials}
-        codings = record_codings(record) if any(planned.values()) else {}
+        codings = record_codings(record) if any(p.sets for p in planned.values()) else {}
         tally = _Tally()
         per_trial = {tid: questions_for(p, codings) for tid, p in planned.items()}
         wanted: dict[Question, None] = {}
