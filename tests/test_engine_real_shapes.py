@@ -427,3 +427,10 @@ def test_pregnancy_named_by_text_turns_a_negative_test_into_review(nct06462092, 
 def test_what_names_pregnancy_without_being_one_leaves_the_negative_test_deciding(nct06462092, entry):
     c = run(nct06462092, entry, hcg_text("Negative"), criterion="pregnancy-breastfeeding")
     assert c.result is Result.PASS
+
+
+def test_a_snomed_substance_allergy_to_pemetrexed_fails(nct06462092):
+    # Cerner-style: the allergen coded as the SNOMED CT substance, with the brand as text.
+    substance = allergy(SNOMED, "409159000", text="ALIMTA")
+    c = run(nct06462092, substance, criterion="study-drug-allergy")
+    assert c.result is Result.FAIL and c.evidence[0].code == f"{SNOMED}|409159000"
