@@ -150,30 +150,32 @@ def _codeset_fields(model: BaseModel) -> Iterator[tuple[str, str]]:
                     yield from _codeset_fields(item)
 
 
-def record_codings(record: PatientRecord) -> dict[tuple[str, str], dict[tuple[str, str], None]]:
+def record_codings(record: PatientRecord, wanted: Iterable[tuple[str, str]] | None = None
+                   ) -> dict[tuple[str, str], dict[tuple[str, str], None]]:
     """(resource type, role) -> the coding keys its resources carry there (in record
-    order, each once), contained resources included."""
+    order, each once); contained resources are among the record's own. Only the
+    `wanted` (type, role) pairs (default: all): a chart's lab history is not walked
+    when no extensible set is read there."""
+    wanted = set(wanted) if wanted is not None else {(t, role) for t, elements in _CODED_ELEMENTS.items()
+                                                      for _, role in elements}
     found: dict[tuple[str, str], dict[tuple[str, str], None]] = {}
-    for rtype in _CODED_ELEMENTS:
-        for raw in record.all_of(rtype):
-            _add_codings(found, rtype, raw)
-            contained = raw.get("contained")
-            if isinstance(contained, list):
-                for inner in contained:
-                    inner_type = inner.get("resourceType") if isinstance(inner, dict) else None
-                    if inner_type in _CODED_ELEMENTS:
-                        _add_codings(found, inner_type, inner)
+    for rtype, elements in _CODED_ELEMENTS.items():
+        reads = tuple((element, role) for element, role in elements if (rtype, role) in wanted)
+        if reads:
+            for raw in record.all_of(rtype):
+                _add_codings(found, rtype, raw, reads)
     return found
 
 
-def _add_codings(found: dict[tuple[str, str], dict[tuple[str, str], None]], rtype: str, raw: dict[str, Any]) -> None:
-    for element, role in _CODED_ELEMENTS[rtype]:
+def _add_codings(found: dict[tuple[str, str], dict[tuple[str, str], None]], rtype: str, raw: dict[str, Any],
+                 reads: tuple[tuple[str, str], ...]) -> None:
+    for element, role in reads:
         value = raw.get(element)
         if value is not None:
             keys = found.setdefault((rtype, role), {})
             for concept in value if isinstance(value, list) else (value,):  # bodySite, conclusionCode: lists
                 _add_concept(keys, concept)
-    if rtype == "Observation" and isinstance(raw.get("component"), list):
+    if rtype == "Observation" and isinstance(raw.get("component"), list):  # Observation: CODE only
         keys = found.setdefault((rtype, CODE), {})
         for part in raw["component"]:
             if isinstance(part, dict):
@@ -296,7 +298,8 @@ class TerminologyClient:
         deadline = min(deadline, started + self.timeout)
         trials = list(trials)
         planned = {t.id: self._plan(t) for t in trials}
-        codings = record_codings(record) if any(p.sets for p in planned.values()) else {}
+        wanted = {where for p in planned.values() for s in p.sets for where in s.reads}
+        codings = record_codings(record, wanted) if wanted else {}
         tally = _Tally()
         per_trial = {tid: questions_for(p, codings) for tid, p in planned.items()}
         wanted: dict[Question, None] = {}
