@@ -4,20 +4,25 @@ from __future__ import annotations
 
 from .engine import Result, TrialEvaluation
 from .engine.evaluate import Trial
-from .engine.model import Evidence, Role
+from .engine.model import Evidence, Role, shown_number, shown_recorded, shown_text
 
 MARKS = {Result.PASS: "✔", Result.FAIL: "✘", Result.UNKNOWN: "?", Result.REVIEW: "👁",
          Result.NOT_APPLICABLE: "–"}
 
 
 def evidence_line(e: Evidence) -> str:
+    """One piece of evidence on one line. Numbers as a person reads them (engine/model.py):
+    recorded values at the precision recorded, converted values and ULNs to at most three
+    significant digits; the comparator stays with the value ("<0.2 mg/dL", "= <3.42 umol/L").
+    The JSON output keeps them all as recorded and as computed."""
     parts = [e.display or e.code or e.reference]
+    comparator = e.comparator or ""
     if e.value is not None:
-        parts.append(" ".join(p for p in (e.comparator, e.value, e.unit) if p))
+        parts.append(" ".join(p for p in (comparator + shown_recorded(e.value), e.unit) if p))
     if e.converted is not None:
-        parts.append(f"= {format(e.converted.value, 'f')} {e.converted.unit}")
+        parts.append(f"= {comparator}{shown_number(e.converted.value)} {e.converted.unit}")
     if e.uln is not None:
-        parts.append(f"ULN {format(e.uln.value, 'f')} {e.uln.unit}" + (" (assumed)" if e.uln.assumed else ""))
+        parts.append(f"ULN {shown_number(e.uln.value)} {e.uln.unit}" + (" (assumed)" if e.uln.assumed else ""))
     if e.date:
         parts.append(e.date)
     parts.append(e.reference)
@@ -34,7 +39,7 @@ def text_report(evaluation: TrialEvaluation, trial: Trial) -> str:
     width = max(len(c.id) for c in evaluation.criteria)
     for c in evaluation.criteria:
         tag = f" [{c.why.value}]" if c.why else ""
-        lines.append(f"  {MARKS[c.result]} {c.id:<{width}}  {c.result.value:<14} {c.reason}{tag}")
+        lines.append(f"  {MARKS[c.result]} {c.id:<{width}}  {c.result.value:<14} {shown_text(c.reason)}{tag}")
         if c.order is not None:
             lines.append(f"      → order: {c.order.display} (LOINC {c.order.code})")
         for e in c.evidence:

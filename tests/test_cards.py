@@ -21,6 +21,7 @@ import pytest
 from cds_service.cards import CardContext, CardRenderer, find_empty_values, fit_summary, md_escape
 from cds_service.cards.render import unit_display
 from cds_service.engine import PatientRecord, evaluate
+from cds_service.engine.model import shown_number, shown_recorded, shown_text
 from cds_service.fhir.bundles import patient_groups_from_bytes
 
 GOLD_PATIENTS = Path(__file__).parent / "gold" / "patients"
@@ -696,3 +697,125 @@ def test_packaged_templates_are_the_cards_folder():
     top = Path(__file__).resolve().parent.parent / "cards"
     for name in TEMPLATE_FILES:
         assert (packaged_templates() / name).read_bytes() == (top / name).read_bytes()
+
+
+# -- numbers at the precision recorded; deceased patients' age (issue 13, item 8) --------------------
+
+UCUM = "http://unitsofmeasure.org"
+
+
+def _quantity(value, unit, comparator=None) -> dict:
+    q = {"value": value, "unit": unit, "system": UCUM, "code": unit}
+    if comparator:
+        q["comparator"] = comparator
+    return q
+
+
+def _card_line(renderer, trial, bundle: dict, starts: str):
+    evaluation = evaluate_bundle(trial, bundle)
+    card = renderer.render(trial, evaluation, ctx_for(evaluation))
+    return card, next(x for x in checklist(card["detail"]) if x[4:].startswith(starts))
+
+
+def _extension_evidence(card: dict, criterion: str) -> list[dict]:
+    criteria = card["extension"]["trial-eligibility"]["criteria"]
+    return next(c for c in criteria if c["id"] == criterion)["evidence"]
+
+
+def test_a_uln_converted_from_another_unit_is_shown_at_a_sensible_precision(renderer, nct06462092):
+    # Bilirubin in µmol/L, its reference range in mg/dL: the ULN is converted (1.2 mg/dL = 20.51282… µmol/L).
+    bundle = gold_bundle("g001")
+    tbil = entry(bundle, "g001-tbil-1")["resource"]
+    tbil["valueQuantity"] = _quantity(12, "umol/L")
+    tbil["referenceRange"] = [{"high": _quantity(1.2, "mg/dL")}]
+    card, line = _card_line(renderer, nct06462092, bundle, "Total bilirubin")
+    assert "— 12 µmol/L, ULN 20.5 µmol/L · 2026-06-08 · Observation/g001-tbil-1" in line
+    assert not re.search(r"\d\.\d{4}", card["detail"])
+    # The evaluation keeps the ULN as computed: it is data.
+    (evidence,) = _extension_evidence(card, "bilirubin")
+    assert evidence["uln"]["value"].startswith("20.5128205128") and evidence["value"] == "12"
+
+
+def test_a_platelet_count_converted_from_per_microlitre(renderer, nct06462092):
+    bundle = gold_bundle("g001")
+    plt = entry(bundle, "g001-plt-1")["resource"]
+    plt["valueQuantity"] = _quantity(314478, "/uL")
+    card, line = _card_line(renderer, nct06462092, bundle, "Platelets")
+    assert "— 314478 /µL (= 314 ×10⁹/L) · 2026-06-08" in line
+    (evidence,) = _extension_evidence(card, "platelets")
+    assert evidence["value"] == "314478" and evidence["converted"] == {"value": "314.478", "unit": "10*9/L"}
+    # Float noise as Synthea and some interfaces send it: shown as three significant digits, kept as sent.
+    plt["valueQuantity"] = _quantity(314.4783871540618, "10*3/uL")
+    card, line = _card_line(renderer, nct06462092, bundle, "Platelets")
+    assert "— 314 ×10³/µL (= 314 ×10⁹/L) · 2026-06-08" in line and "314.478" not in card["detail"]
+    (evidence,) = _extension_evidence(card, "platelets")
+    assert evidence["value"] == "314.4783871540618" and evidence["converted"]["value"] == "314.4783871540618"
+
+
+def test_a_value_keeps_its_comparator_converted_too(renderer_all, nct06462092):
+    bundle = gold_bundle("g001")
+    entry(bundle, "g001-tbil-1")["resource"]["valueQuantity"] = _quantity(0.2, "mg/dL", "<")
+    hb = entry(bundle, "g001-hb-1")["resource"]
+    hb["valueQuantity"] = _quantity(7, "g/dL", "<")
+    card, line = _card_line(renderer_all, nct06462092, bundle, "Total bilirubin")
+    assert "— &lt;0.2 mg/dL, ULN " in line
+    card, line = _card_line(renderer_all, nct06462092, bundle, "Haemoglobin")
+    assert line.startswith("- ✘") and "— &lt;7 g/dL (= &lt;70 g/L) · " in line
+
+
+def test_recorded_values_are_shown_as_recorded(renderer, nct06462092):
+    # Up to three decimals a number is the lab's: trailing zeros and all, nothing rounded at a threshold.
+    bundle = gold_bundle("g001")
+    entry(bundle, "g001-anc-1")["resource"]["valueQuantity"] = {"value": 1.505, "unit": "10^9/L"}
+    entry(bundle, "g001-hb-1")["resource"]["valueQuantity"] = _quantity(9.10, "g/dL")
+    _, anc = _card_line(renderer, nct06462092, bundle, "Absolute neutrophil")
+    assert "— 1.505 ×10⁹/L · " in anc
+    _, hb = _card_line(renderer, nct06462092, bundle, "Haemoglobin")
+    assert "— 9.1 g/dL (= 91.0 g/L) · " in hb  # computed: three significant digits
+
+
+def test_long_numbers_in_a_reason_are_shown_at_three_significant_digits(renderer, nct06462092, g066):
+    evaluation = copy.deepcopy(g066)
+    anc = evaluation.criterion("neutrophils")
+    anc.reason = "ANC 0.31478387154 10*9/L on 2026-05-01 is stale; ULN 20.51282051282051282051282051 umol/L, <0.2 mg/dL"
+    detail = renderer.render(nct06462092, evaluation, ctx_for(evaluation))["detail"]
+    missing = detail.split("**What is missing**", 1)[1].split("**Checklist**", 1)[0]
+    assert "ANC 0.315 10\\*9/L on 2026-05-01 is stale; ULN 20.5 umol/L, &lt;0.2 mg/dL" in missing
+
+
+def test_a_deceased_patients_card_shows_no_age(renderer_all, nct06462092):
+    bundle = gold_bundle("g002")  # deceased 2026-06-12
+    patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    birth = dt.date.fromisoformat(patient["birthDate"])
+    evaluation = evaluate_bundle(nct06462092, bundle)
+    card = renderer_all.render(nct06462092, evaluation, ctx_for(evaluation))
+    age = next(x for x in checklist(card["detail"]) if x[4:].startswith("Age"))
+    assert age.startswith("- ✔") and not re.search(r"\bage \d", card["detail"])
+    assert str(AS_OF.year - birth.year) not in age and str(AS_OF.year - birth.year - 1) not in age
+    assert not re.search(r"\bage \d|patient is \d", json.dumps(card["extension"]))
+    # The same patient alive shows it.
+    del patient["deceasedDateTime"]
+    living = evaluate_bundle(nct06462092, bundle)
+    assert re.search(r"— age \d+ · ", next(x for x in checklist(
+        renderer_all.render(nct06462092, living, ctx_for(living))["detail"]) if x[4:].startswith("Age")))
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("20.51282051282051282051282051", "20.5"), ("314.4783871540618", "314"), ("1234.5678", "1235"),
+    ("0.70175", "0.702"), ("0.0001234", "0.000123"), ("0.0123", "0.012"), ("3.100", "3.10"), ("123.0", "123"), ("3.2", "3.2"),
+    ("91.0", "91.0"), ("1E+1", "10"), ("0", "0"), ("2.5", "2.5"), ("0.125", "0.125"), ("0.1255", "0.126")])
+def test_computed_numbers_are_shown_to_three_significant_digits(value, shown):
+    assert shown_number(Decimal(value)) == shown
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("314.4783871540618", "314"), ("28.123456", "28.1"), ("3.100", "3.100"), ("1500", "1500"), ("0.005", "0.005"),
+    ("Negative", "Negative"), ("2+", "2+"), ("1.2.3.4", "1.2.3.4"), (None, None), ("NaN", "NaN")])
+def test_recorded_numbers_are_shown_as_recorded_unless_float_noise(value, shown):
+    assert shown_recorded(value) == shown
+
+
+def test_reasons_keep_their_words_dates_codes_and_comparators():
+    text = ("ALT <0.2 mg/dL (<0.44 × ULN) on 2026-06-01T09:30:00.1234Z, OID 2.16.840.1.113883.3.526, "
+            "version 1.1.0, ULN 20.51282051282051282051282051 umol/L.")
+    assert shown_text(text) == text.replace("20.51282051282051282051282051", "20.5")

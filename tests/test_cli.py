@@ -1,6 +1,7 @@
 """`cds-service evaluate`: the contract other programs rely on."""
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -240,3 +241,25 @@ def test_every_evaluation_carries_patient_even_for_a_patient_without_id(capsys, 
     code, out, _ = run_cli(capsys, "evaluate", "--as-of", "2026-06-15", "--format", "text", str(path))
     headers = [line for line in out.splitlines() if line.startswith("Patient ")]
     assert [h.split(" · ")[0] for h in headers] == [f"Patient {patient_entry['fullUrl']}", "Patient #2"]
+
+
+def test_text_report_shows_numbers_at_the_precision_recorded(capsys, tmp_path):
+    bundle = json.loads(BASELINE.read_text())
+    for e in bundle["entry"]:
+        r = e["resource"]
+        if r.get("id") == "g001-tbil-1":  # µmol/L with its reference range in mg/dL: a converted ULN
+            r["valueQuantity"] = {"value": 12, "unit": "umol/L", "system": "http://unitsofmeasure.org",
+                                  "code": "umol/L"}
+            r["referenceRange"] = [{"high": {"value": 1.2, "unit": "mg/dL", "system": "http://unitsofmeasure.org",
+                                             "code": "mg/dL"}}]
+        if r.get("id") == "g001-hb-1":
+            r["valueQuantity"]["comparator"] = "<"
+    path = tmp_path / "units.json"
+    path.write_text(json.dumps(bundle))
+    code, out, _ = run_cli(capsys, "evaluate", "--as-of", "2026-06-15", "--format", "text", str(path))
+    assert code == 0 and "· 12 umol/L · ULN 20.5 umol/L ·" in out
+    assert "· <12.1 g/dL · = <121 g/L ·" in out  # the comparator stays with the value, converted too
+    assert not re.search(r"\d\.\d{4}", out)
+    code, out, _ = run_cli(capsys, "evaluate", "--as-of", "2026-06-15", str(path))  # the JSON keeps it all
+    bilirubin = next(c for c in json.loads(out)["criteria"] if c["id"] == "bilirubin")
+    assert bilirubin["evidence"][0]["uln"]["value"].startswith("20.5128205128")

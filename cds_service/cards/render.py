@@ -33,7 +33,7 @@ import yaml
 from ..engine.codes import CodeSet, memo_coding_key
 from ..engine.evaluate import Trial
 from ..engine.model import (CriterionResult, Evidence, Measured, Order, Result, Role, Status, TrialEvaluation,
-                            UpperLimit, Why)
+                            UpperLimit, Why, shown_number, shown_recorded, shown_text)
 
 SUMMARY_TEMPLATE = "summary.txt.j2"
 DETAIL_TEMPLATE = "detail.md.j2"
@@ -505,7 +505,7 @@ class CardRenderer:
             "symbol": self._symbols[result],
             "title": _title(info, c),
             "short_name": self._short_name(info, c),
-            "reason": c.reason,
+            "reason": shown_text(c.reason),  # no 28-digit numbers (engine/model.py)
             "reason_code": c.why._value_ if c.why is not None else None,
             "order": c.order.to_json() if c.order is not None else None,
             "evidence": evidence,
@@ -579,8 +579,20 @@ def _distinct(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(v for v in values if v))
 
 
-def _dec(value: Decimal) -> str:
-    return format(value, "f")
+# Converted values, ULNs and ratios are parts of lab judgements shared between calls (rules/labs.py):
+# their text (computed values: engine/model.py shown_number) is kept by the Decimal's identity (an entry holds it, so the id is not reused meanwhile).
+_SHOWN: dict[int, tuple[Decimal, str]] = {}
+
+
+def _shown(value: Decimal) -> str:
+    kept = _SHOWN.get(id(value))
+    if kept is not None and kept[0] is value:
+        return kept[1]
+    text = shown_number(value)
+    if len(_SHOWN) >= TEXT_MEMO_SIZE:
+        _SHOWN.clear()
+    _SHOWN[id(value)] = (value, text)
+    return text
 
 
 def _evidence_view(e: Evidence, ci: _CriterionInfo | None, several: bool, result: Result) -> dict[str, Any]:
@@ -592,15 +604,16 @@ def _evidence_view(e: Evidence, ci: _CriterionInfo | None, several: bool, result
     there is no value and the criterion is not met. Built here, not in the
     template, because it runs for every evidence of every card (speed)."""
     label = ci.analyte_label(e.code) if ci is not None else None
-    display, value, unit = e.display, e.value, e.unit
+    display, unit = e.display, e.unit
+    value = shown_recorded(e.value)  # numbers at the precision recorded (engine/model.py)
     if label is None and value in (None, ""):
         label = display  # a diagnosis or allergy: what was found is the evidence
     converted = None
-    if e.converted is not None and _differs(value, unit, e.converted):
-        converted = {"value": _dec(e.converted.value), "unit": e.converted.unit}
+    if e.converted is not None and _differs(e.value, unit, e.converted):
+        converted = {"value": _shown(e.converted.value), "unit": e.converted.unit}
     uln = None
     if e.uln is not None:
-        uln = {"value": _dec(e.uln.value), "unit": e.uln.unit, "assumed": e.uln.assumed}
+        uln = {"value": _shown(e.uln.value), "unit": e.uln.unit, "assumed": e.uln.assumed}
     date = e.date[:10] if e.date else None
 
     if several and label:
@@ -609,8 +622,9 @@ def _evidence_view(e: Evidence, ci: _CriterionInfo | None, several: bool, result
         name = display
     else:
         name = ""
-    measured = f"{e.comparator or ''}{value}{' ' + unit_display(unit) if unit else ''}" if value else ""
-    shown = f"(= {converted['value']} {unit_display(converted['unit'])})" if converted else ""
+    comparator = e.comparator or ""  # "<0.2 mg/dL": the comparator stays with the value, converted too
+    measured = f"{comparator}{value}{' ' + unit_display(unit) if unit else ''}" if value else ""
+    shown = f"(= {comparator}{converted['value']} {unit_display(converted['unit'])})" if converted else ""
     what = " ".join(filter(None, (name, measured, shown)))  # the parts that say something
     if uln:
         limit = f"ULN {uln['value']} {unit_display(uln['unit'])}" + (" (assumed)" if uln["assumed"] else "")
@@ -624,7 +638,7 @@ def _evidence_view(e: Evidence, ci: _CriterionInfo | None, several: bool, result
         "unit": unit,
         "converted": converted,
         "uln": uln,
-        "ratio_to_uln": _dec(e.ratio_to_uln) if e.ratio_to_uln is not None else None,
+        "ratio_to_uln": _shown(e.ratio_to_uln) if e.ratio_to_uln is not None else None,
         "date": date,
         "note": e.note,
         "line": " · ".join(map(md_escape, filter(None, (what, date, e.reference)))),

@@ -8,6 +8,9 @@ value are omitted, never emitted as null or empty.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
+import functools
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
@@ -81,6 +84,84 @@ def _text(value: Any) -> Any:
 def _decimal_text(value: Decimal) -> str:
     """A decimal as plain text, never in exponent form (1E+1 -> "10")."""
     return format(value, "f")
+
+
+# -- numbers as a person reads them ------------------------------------------------------------------
+#
+# The evaluation JSON keeps numbers as recorded and as computed (full precision: it is data).
+# What a person reads (cards, the text report, reasons) shows them at the precision recorded:
+#   - a computed value (a converted value or ULN) to at most DISPLAY_SIGNIFICANT significant digits,
+#     never rounding away a digit before the decimal point, never past DISPLAY_PLACES decimals, and
+#     never with digits added (1.2 mg/dL as µmol/L: 20.5, not 20.51282051282051282051282051; 3.2
+#     stays 3.2);
+#   - a recorded value as recorded, unless it has more than DISPLAY_PLACES decimals: that is float
+#     noise (Synthea and some interfaces send 314.4783871540618), shown as a computed value (314).
+# Only numbers with more decimals than that are rounded, so a value at a threshold reads as
+# recorded; one so rounded may read as the threshold (1.50049 as 1.50) while the JSON keeps it.
+
+DISPLAY_PLACES = 3
+DISPLAY_SIGNIFICANT = 3
+_WIDE = decimal.Context(prec=200)  # room for quantize() on any value a result can carry
+
+
+def shown_number(value: Decimal | str, significant: int | None = DISPLAY_SIGNIFICANT,
+                 places: int = DISPLAY_PLACES) -> str:
+    """A number for people: at most `significant` significant digits (None: no limit) but
+    never fewer than its integer digits, at most `places` decimals (unless that would
+    leave no significant digit: 0.000123 stays), rounded half up, in plain notation
+    (never 1E+1). A value already that short is shown as given ("3.10" stays "3.10").
+    Text that is not a finite number comes back unchanged."""
+    if not isinstance(value, Decimal):
+        try:
+            value = Decimal(value.strip())
+        except (decimal.InvalidOperation, AttributeError, ValueError):
+            return str(value)
+    if not value.is_finite():
+        return str(value)
+    # Shown on every card for every lab value: most are already short enough, seen in their text.
+    text = _decimal_text(value)
+    dot = text.find(".")
+    if dot < 0:
+        return text  # a whole number: no digit before the point is ever rounded away
+    whole = dot - (text[0] == "-")
+    if whole == 1 and text[dot - 1] == "0":
+        whole = 0  # 0.x: no whole digits
+    if len(text) - dot - 1 <= min(places, places if significant is None else significant - whole):
+        return text
+    keep = places
+    if significant is not None and value:
+        keep = max(0, significant - value.adjusted() - 1)
+        if value.adjusted() >= -places:  # the cap on decimals never turns a value into 0.000
+            keep = min(keep, places)
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent <= keep:
+        return _decimal_text(value)
+    try:
+        return _decimal_text(value.quantize(Decimal(1).scaleb(-keep), rounding=decimal.ROUND_HALF_UP, context=_WIDE))
+    except decimal.InvalidOperation:  # beyond any clinical value: as it is
+        return _decimal_text(value)
+
+
+def shown_recorded(value: str | None) -> str | None:
+    """A value as recorded, for people: unchanged unless it is a number with more than
+    DISPLAY_PLACES decimals (float noise), which is shown as a computed value."""
+    if not value or "." not in value or len(value) - value.index(".") <= DISPLAY_PLACES + 1:
+        return value  # the usual cases, without parsing
+    return shown_number(value)
+
+
+# A number in prose with more decimals than a person reads: a computed value or float noise.
+_LONG_DECIMAL = re.compile(r"(?<![\w.:])\d+\.\d{%d,}(?!\d|\.\d)" % (DISPLAY_PLACES + 1))
+
+
+@functools.lru_cache(maxsize=4096)  # reasons recur on every card
+def shown_text(text: str) -> str:
+    """Prose (a reason) for people: every number in it with more than DISPLAY_PLACES
+    decimals shown as a computed value ("ULN 20.51282051282051282051282051 umol/L" ->
+    "ULN 20.5 umol/L"); everything else, comparators included ("<0.2 mg/dL"), unchanged."""
+    if "." not in text:
+        return text
+    return _LONG_DECIMAL.sub(lambda m: shown_number(m.group()), text)
 
 
 @dataclass(frozen=True, slots=True)  # frozen: a judgement memoised in rules/labs.py shares it between calls
