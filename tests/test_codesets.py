@@ -303,3 +303,39 @@ def test_no_code_sits_in_two_sets_whose_meanings_contradict(sets, a, b):
 def test_the_overlap_check_sees_exact_and_prefix_overlaps(sets):
     assert _overlap(sets["breast-cancer"], sets["breast-cancer"])
     assert _overlap(sets["secondary-malignant-neoplasm"], sets["leptomeningeal-metastasis"])  # C79.32 under C79
+
+
+# ---------------------------------------------------------------- breast codes known not to be the primary
+
+
+def test_breast_codes_left_out_of_breast_cancer_are_held_as_not_the_primary(sets):
+    """SNOMED CT codes under 254837009 that breast-cancer leaves out on purpose are held in
+    breast-cancer-not-primary (so a terminology server never adds them to breast-cancer);
+    no code is in both sets; metastasis FROM the breast is in neither (the safety net)."""
+    assert not _overlap(sets["breast-cancer"], sets["breast-cancer-not-primary"])
+    for code in ("278053004",   # Intraductal carcinoma of breast (VSAC Cancer)
+                 "94297009",    # Metastatic malignant neoplasm to female breast (VSAC Cancer)
+                 "278052009"):  # Malignant lymphoma of breast (VSAC Cancer)
+        assert has(sets, "breast-cancer-not-primary", SNOMED, code), code
+        assert not has(sets, "breast-cancer", SNOMED, code), code
+    assert has(sets, "breast-cancer-not-primary", ICD10CM, "C79.81")  # the ICD-10-CM entries stay
+    assert not has(sets, "breast-cancer-not-primary", SNOMED, "315004001")  # metastasis from breast
+    assert not has(sets, "breast-cancer", SNOMED, "315004001")
+
+
+def test_a_known_secondary_of_the_breast_fails_but_metastasis_from_the_breast_stays_unknown(nct06462092):
+    import datetime as dt
+
+    from cds_service.engine import Result, evaluate
+
+    def breast(code: str, display: str):
+        condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+                     "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                                    "code": "active"}]},
+                     "code": {"coding": [{"system": SNOMED, "code": code, "display": display}]}}
+        patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1970-01-01", "gender": "female"}
+        return evaluate(nct06462092, [patient, condition], dt.date(2026, 6, 15)).criterion("breast-cancer").result
+
+    assert breast("94297009", "Metastatic malignant neoplasm to female breast (disorder)") is Result.FAIL
+    assert breast("278053004", "Intraductal carcinoma of breast (disorder)") is Result.FAIL
+    assert breast("315004001", "Metastasis from malignant tumor of breast (disorder)") is Result.UNKNOWN
