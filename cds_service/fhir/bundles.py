@@ -131,6 +131,21 @@ def patient_reference(resource: dict[str, Any]) -> str | None:
     return None
 
 
+def references_in(resource: Any) -> Iterable[str]:
+    """Every literal reference a resource makes, at any depth (its contained resources'
+    included), except "#id" ones (those point inside the resource itself)."""
+    stack = [resource]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            ref = value.get("reference")
+            if isinstance(ref, str) and ref and ref[0] != "#":
+                yield ref
+            stack.extend(v for v in value.values() if isinstance(v, (dict, list)))
+        elif isinstance(value, list):
+            stack.extend(v for v in value if isinstance(v, (dict, list)))
+
+
 def group_by_patient(entries: Iterable[Entry]) -> list[PatientGroup]:
     """One group per Patient resource, in the order patients first appear (see split_by_patient)."""
     return split_by_patient(entries).groups
@@ -154,8 +169,11 @@ def split_by_patient(entries: Iterable[Entry]) -> Grouping:
     Bundle that holds them: concatenated Bundles do not resolve each other's).
     Resources whose patient is not in the input are not evaluated as a patient:
     they are counted in `skipped`, by reason. A resource that names no patient
-    (a Medication, an Organization) joins the only patient when there is exactly
-    one; with several it cannot be attributed and is counted too."""
+    (a Medication, an Organization, a Specimen without subject) joins the only
+    patient when there is exactly one; with several, the patient whose resources
+    reference it (a report's specimen, a panel's member) when they are all one
+    patient's, else it cannot be attributed and is counted too. Contained
+    resources go with their container, whatever they say."""
     entries = list(entries)
     aliases: dict[Any, PatientGroup] = {}  # any way of referring to a patient -> its group
     groups: list[PatientGroup] = []
@@ -200,13 +218,52 @@ def split_by_patient(entries: Iterable[Entry]) -> Grouping:
     if len(groups) == 1:
         for e in unattributed:
             owner[id(e)] = groups[0]
+    elif unattributed and groups:
+        unattributed = _claim_by_reference(entries, unattributed, owner)
+        if unattributed:
+            skipped[SKIP_NO_PATIENT_SEVERAL] = len(unattributed)
     elif unattributed:
-        skipped[SKIP_NO_PATIENT_SEVERAL if groups else SKIP_NO_PATIENT_NONE] = len(unattributed)
+        skipped[SKIP_NO_PATIENT_NONE] = len(unattributed)
     for e in entries:  # each group's resources in input order
         group = owner.get(id(e))
         if group is not None:
             _add(group, e)
     return Grouping(groups, skipped)
+
+
+def _claim_by_reference(entries: list[Entry], unattributed: list[Entry], owner: dict[int, PatientGroup]
+                        ) -> list[Entry]:
+    """Give each resource that names no patient to the patient whose resources reference it,
+    when they are one patient's (in `owner`); return those left unattributed."""
+    known: dict[Any, Entry] = {}  # every way of referring to an unattributed resource -> it
+    for e in unattributed:
+        rid, rtype = e.resource.get("id"), e.resource.get("resourceType")
+        if isinstance(rid, str) and rid and isinstance(rtype, str):
+            known[f"{rtype}/{rid}"] = e
+        if e.full_url:
+            known[_alias(e.full_url, e.bundle)] = e
+            if not e.full_url.startswith("urn:"):
+                known.setdefault(reference_key(e.full_url) or e.full_url, e)
+    claims: dict[int, set[int]] = {}  # id(entry) -> ids of the groups referencing it
+    groups = {}
+    for e in entries:
+        group = owner.get(id(e))
+        if group is None:
+            continue
+        for ref in references_in(e.resource):
+            target = known.get((e.bundle, ref)) if ref.startswith("urn:") else \
+                known.get(ref) or known.get(reference_key(ref))
+            if target is not None:
+                claims.setdefault(id(target), set()).add(id(group))
+                groups[id(group)] = group
+    left = []
+    for e in unattributed:
+        claimed = claims.get(id(e), ())
+        if len(claimed) == 1:
+            owner[id(e)] = groups[next(iter(claimed))]
+        else:
+            left.append(e)
+    return left
 
 
 def _alias(full_url: str, bundle: int | None) -> Any:

@@ -10,6 +10,14 @@ Prefetch is never trusted to be complete (CDS Hooks 2.0 §Prefetch):
 Resources about another patient are dropped and counted, wherever they came from,
 and so is a resource a second query of the same type returned again (an EHR that
 ignores the code filter sends every Observation under both Observation keys).
+Whose a resource is, is read from its subject (or patient) reference in any form:
+"Patient/<id>", an absolute URL, a version, or a urn: fullUrl resolved in its Bundle.
+One that names no patient (a Specimen without subject, a result a server included
+with `_include`) is kept when a resource kept from the same response references it.
+One whose reference cannot be checked (a urn: not in its Bundle, an identifier only)
+is kept and counted as `unresolved`: the query asked for this patient's resources and
+nothing in it names another; dropping it could let a missing diagnosis pass an
+exclusion. Contained resources go with their container, whatever they say.
 """
 
 from __future__ import annotations
@@ -19,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .bundles import patient_reference, reference_key
-from .client import LOOK_BACK, Enough, FetchResult, FhirClient, FhirError, FhirNotAllowed
-from .queries import Read
+from .bundles import reference_key
+from .client import LOOK_BACK, Enough, FetchResult, FhirBadResponse, FhirClient, FhirError, FhirNotAllowed
+from .queries import Read, Search
 from .scopes import can_read
 
 PREFETCH = "prefetch"  # satisfied by prefetch
@@ -40,7 +48,10 @@ class KeyData:
     resources: list[dict[str, Any]] = field(default_factory=list)
     detail: str | None = None  # why prefetch was not used, or why it is missing
     foreign: int = 0  # resources about another patient, dropped
+    unresolved: int = 0  # resources whose patient reference could not be checked, kept
     repeated: int = 0  # resources another key of the same type already holds, dropped
+    # The urn: fullUrls of a prefetch Bundle's resources kept, for references between them.
+    full_urls: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     requests: int = 0
     cut: str | None = None  # why a search was cut short: client.LOOK_BACK, PAGE_LIMIT or DEADLINE
     elapsed_ms: float = 0.0
@@ -52,7 +63,7 @@ class KeyData:
 
     def audit(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source, "resources": len(self.resources)}
-        for name in ("detail", "foreign", "repeated", "requests", "truncated", "cut"):
+        for name in ("detail", "foreign", "unresolved", "repeated", "requests", "truncated", "cut"):
             value = getattr(self, name)
             if value:
                 out[name] = value
@@ -79,6 +90,10 @@ class Gathered:
     def resources(self) -> list[dict[str, Any]]:
         return [r for k in self.keys.values() for r in k.resources]
 
+    def full_urls(self) -> dict[str, dict[str, Any]]:
+        """The urn: fullUrls prefetch Bundles gave the resources kept (see PatientRecord)."""
+        return {url: r for k in self.keys.values() for url, r in k.full_urls.items()}
+
     def missing(self, required: set[str]) -> list[KeyData]:
         return [k for name, k in self.keys.items() if name in required and k.source == MISSING]
 
@@ -104,7 +119,7 @@ def gather(needs: Mapping[str, Read | Any], required: set[str], prefetch: Mappin
         if value is None:
             data.source = NO_DATA
             continue
-        resources, foreign, why = _usable_resources(value, query, patient_id)
+        resources, foreign, why = _usable_resources(value, query, patient_id, data)
         if resources is None:
             data.detail = why
             to_fetch[key] = query
@@ -126,6 +141,7 @@ def _drop_repeats(keys: dict[str, KeyData], needs: Mapping[str, Any]) -> None:
     """Where several keys search one resource type, a resource a larger key holds is
     dropped from the smaller ones (counted as `repeated`): the record gets it once.
     Resources without a string id are kept."""
+    _drop_included_repeats(keys, needs)
     by_type: dict[str, list[KeyData]] = {}
     for key, query in needs.items():
         by_type.setdefault(query.resource_type, []).append(keys[key])
@@ -157,15 +173,35 @@ def _drop_repeats(keys: dict[str, KeyData], needs: Mapping[str, Any]) -> None:
             data.resources = kept
 
 
+def _drop_included_repeats(keys: dict[str, KeyData], needs: Mapping[str, Any]) -> None:
+    """Resources a search with _include brought along (of another type than the search's)
+    that a key searching their type also holds are dropped from the including key."""
+    for key, query in needs.items():
+        data = keys[key]
+        if not (isinstance(query, Search) and query.includes and data.resources):
+            continue
+        others = [r for r in data.resources if r.get("resourceType") != query.resource_type]
+        if not others:
+            continue
+        held = {(r.get("resourceType"), r.get("id")) for other, q in needs.items() if other != key
+                for r in keys[other].resources if type(r.get("id")) is str}  # noqa: E721
+        kept = [r for r in data.resources if r.get("resourceType") == query.resource_type
+                or type(r.get("id")) is not str or (r.get("resourceType"), r["id"]) not in held]  # noqa: E721
+        data.repeated += len(data.resources) - len(kept)
+        data.resources = kept
+
+
 # Searched types whose `subject` names the patient (AllergyIntolerance has `patient`; the
 # Patient is checked by its id): the fast path of _usable_resources.
 _SUBJECT_TYPES = frozenset({"Observation", "Condition", "DiagnosticReport", "Specimen"})
 
 
-def _usable_resources(value: Any, query: Any, patient_id: str) -> tuple[list[dict[str, Any]] | None, int, str | None]:
+def _usable_resources(value: Any, query: Any, patient_id: str, data: KeyData | None = None
+                      ) -> tuple[list[dict[str, Any]] | None, int, str | None]:
     """(this patient's resources of a prefetch value, how many were another
     patient's, None), or (None, 0, why it cannot be used). One pass over a
-    Bundle's entries: this runs for every resource of every call."""
+    Bundle's entries: this runs for every resource of every call. `data` gets
+    the count of resources kept unresolved and the urn: fullUrls of those kept."""
     if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
         return None, 0, "prefetch value is not a FHIR resource"
     rtype = value["resourceType"]
@@ -183,8 +219,9 @@ def _usable_resources(value: Any, query: Any, patient_id: str) -> tuple[list[dic
     if not isinstance(entries, list):
         return None, 0, "prefetch Bundle.entry is not a list"
     own_key = f"Patient/{patient_id}"
-    resources, foreign = [], 0
+    resources = []
     keep = resources.append
+    odd: list[tuple[dict[str, Any], str | None]] = []  # (resource, fullUrl): its patient needs a closer look
     for entry in entries:
         # The usual entry, a Condition or Observation whose subject is "Patient/<id>" as nearly
         # every EHR writes it, is settled by subscripts in a try block (free when nothing is
@@ -204,11 +241,106 @@ def _usable_resources(value: Any, query: Any, patient_id: str) -> tuple[list[dic
             if entry_type == "OperationOutcome":
                 return None, 0, "prefetch Bundle holds an OperationOutcome"
             if isinstance(entry_type, str):
-                if _is_own(resource, entry_type, patient_id, own_key):
-                    keep(resource)
-                else:
-                    foreign += 1
-    return resources, foreign, None
+                full_url = entry.get("fullUrl")
+                odd.append((resource, full_url if isinstance(full_url, str) else None))
+                keep(resource)  # for now: its place in the order; taken out below if not this patient's
+    if not odd:
+        return resources, 0, None
+    full_urls = _urn_full_urls(entries)
+    verdicts = _whose(odd, patient_id, own_key, full_urls, resources)
+    kept = [r for r in resources if verdicts.get(id(r), _OWN) in (_OWN, _UNRESOLVED)]
+    if data is not None:
+        data.unresolved += sum(1 for v in verdicts.values() if v is _UNRESOLVED)
+        if full_urls:
+            kept_ids = {id(r) for r in kept}
+            data.full_urls = {url: r for url, r in full_urls.items() if id(r) in kept_ids}
+    return kept, len(resources) - len(kept), None
+
+
+# Whose a resource is (_whose): this patient's, another's, this patient's as far as can be told
+# (the reference cannot be checked: kept and counted), or nobody's (it names no patient).
+_OWN, _FOREIGN, _UNRESOLVED, _NOBODY = "own", "foreign", "unresolved", "nobody"
+
+
+def _urn_full_urls(entries: list[Any]) -> dict[str, dict[str, Any]]:
+    """urn: fullUrl -> resource, for the entries of a Bundle that have one."""
+    out = {}
+    for entry in entries:
+        if isinstance(entry, dict):
+            url, resource = entry.get("fullUrl"), entry.get("resource")
+            if isinstance(url, str) and url.startswith("urn:") and isinstance(resource, dict):
+                out[url] = resource
+    return out
+
+
+def _whose(odd: list[tuple[dict[str, Any], str | None]], patient_id: str, own_key: str,
+           full_urls: dict[str, dict[str, Any]], kept: list[dict[str, Any]]) -> dict[int, str]:
+    """id(resource) -> _OWN, _FOREIGN or _UNRESOLVED for the resources the fast path could
+    not settle. One naming no patient is this patient's when a resource kept from the same
+    response references it (a report's specimen or result, a panel's member), else another's."""
+    verdicts: dict[int, str] = {}
+    nobody: list[tuple[dict[str, Any], str | None]] = []
+    for resource, full_url in odd:
+        verdict = _patient_of(resource, patient_id, own_key, full_urls)
+        if verdict is _NOBODY:
+            nobody.append((resource, full_url))
+        else:
+            verdicts[id(resource)] = verdict
+    if nobody:
+        unnamed = {id(r) for r, _ in nobody}
+        linked = _linked(r for r in kept if id(r) not in unnamed and verdicts.get(id(r), _OWN) is not _FOREIGN)
+        for resource, full_url in nobody:
+            rid = resource.get("id")
+            names = {full_url, reference_key(full_url)} if full_url else set()
+            if isinstance(rid, str) and rid:
+                names.add(f"{resource['resourceType']}/{rid}")
+            verdicts[id(resource)] = _OWN if names & linked else _FOREIGN
+    return verdicts
+
+
+def _patient_of(resource: dict[str, Any], patient_id: str, own_key: str,
+                full_urls: dict[str, dict[str, Any]]) -> str:
+    resource_type = resource.get("resourceType")
+    if resource_type == "Patient":
+        return _OWN if resource.get("id") == patient_id else _FOREIGN
+    for name in _PATIENT_FIELDS:
+        value = resource.get(name)
+        if value is None:
+            continue
+        reference = value.get("reference") if isinstance(value, dict) else None
+        if not isinstance(reference, str) or not reference:  # an identifier or display only
+            return _UNRESOLVED if isinstance(value, dict) else _FOREIGN
+        if reference.startswith("urn:"):
+            target = full_urls.get(reference)
+            if target is None:
+                return _UNRESOLVED
+            return _OWN if target.get("resourceType") == "Patient" and target.get("id") == patient_id \
+                else _FOREIGN
+        return _OWN if reference_key(reference) == own_key else _FOREIGN
+    return _NOBODY
+
+
+_PATIENT_FIELDS = ("subject", "patient")
+# Where a kept resource links to others that may name no patient of their own.
+_LINKS = ("result", "specimen", "hasMember", "derivedFrom")
+
+
+def _linked(resources: Iterable[dict[str, Any]]) -> set[str]:
+    """The references (as written, and as Type/id) that resources make through _LINKS."""
+    out: set[str] = set()
+    for resource in resources:
+        for name in _LINKS:
+            value = resource.get(name)
+            if value is None:
+                continue
+            for ref in value if isinstance(value, list) else (value,):
+                target = ref.get("reference") if isinstance(ref, dict) else None
+                if isinstance(target, str) and target and target[0] != "#":
+                    out.add(target)
+                    key = reference_key(target)
+                    if key:
+                        out.add(key)
+    return out
 
 
 def _next_link(bundle: dict[str, Any]) -> str | None:
@@ -249,12 +381,15 @@ def _fetch(keys: dict[str, KeyData], to_fetch: dict[str, Any], to_page: dict[str
     if not to_fetch and not to_page:
         return
     started = time.monotonic()
+    if access.base in _REFUSES_INCLUDES:
+        to_fetch = {key: _without_includes(query) for key, query in to_fetch.items()}
     with ThreadPoolExecutor(max_workers=1 + len(to_page)) as pool:
         searches = pool.submit(access.client.fetch, access.base, access.token, to_fetch, patient_id, deadline,
                                enough=enough) if to_fetch else None
         pages = {key: pool.submit(access.client.follow_next, access.base, access.token, bundle, key, deadline,
                                   enough=enough.get(key)) for key, bundle in to_page.items()}
         fetched: dict[str, FetchResult] = searches.result() if searches else {}
+        fetched = _again_without_includes(fetched, to_fetch, patient_id, access, deadline, enough)
         paged = {key: future.result() for key, future in pages.items()}
     for key, result in fetched.items():
         data = keys[key]
@@ -265,7 +400,7 @@ def _fetch(keys: dict[str, KeyData], to_fetch: dict[str, Any], to_page: dict[str
             data.detail = f"{data.detail}; not found on the FHIR server"
         else:
             data.source = FETCHED
-            data.resources, data.foreign = _own(result.resources, patient_id)
+            data.resources, data.foreign, data.unresolved = _own(result.resources, patient_id)
     for key, result in paged.items():
         data = keys[key]
         _account(data, result)
@@ -273,11 +408,44 @@ def _fetch(keys: dict[str, KeyData], to_fetch: dict[str, Any], to_page: dict[str
             _missing(data, f"prefetch has more pages; fetching them failed: {_why(result.error)}")
         else:
             data.source = PREFETCH_PAGED
-            kept, foreign = _own(result.resources, patient_id)
+            kept, foreign, unresolved = _own(result.resources, patient_id)
             data.resources, data.foreign = data.resources + kept, data.foreign + foreign
+            data.unresolved += unresolved
     elapsed = (time.monotonic() - started) * 1000
     for key in list(to_fetch) + list(to_page):
         keys[key].elapsed_ms = keys[key].elapsed_ms or elapsed
+
+
+# FHIR servers that answered a search with _include by 400 or 422 (not supported there): searched
+# without it from then on. Bounded: a service talks to a few servers.
+_REFUSES_INCLUDES: set[str] = set()
+_REFUSALS_KEPT = 64
+
+
+def _without_includes(query: Any) -> Any:
+    return query.without_includes() if isinstance(query, Search) else query
+
+
+def _again_without_includes(fetched: dict[str, FetchResult], queries: Mapping[str, Any], patient_id: str,
+                            access: FhirAccess, deadline: float, enough: Mapping[str, Enough]
+                            ) -> dict[str, FetchResult]:
+    """A search with _include that the server refused as a bad request is run once more
+    without it: its results then come without what they link to (the engine says what it
+    cannot read), rather than not at all."""
+    refused = {key: queries[key].without_includes() for key, result in fetched.items()
+               if isinstance(queries.get(key), Search) and queries[key].includes
+               and isinstance(result.error, FhirBadResponse) and result.error.status in (400, 422)}
+    if not refused:
+        return fetched
+    if len(_REFUSES_INCLUDES) >= _REFUSALS_KEPT:
+        _REFUSES_INCLUDES.clear()
+    _REFUSES_INCLUDES.add(access.base)
+    again = access.client.fetch(access.base, access.token, refused, patient_id, deadline, enough=enough)
+    out = dict(fetched)
+    for key, result in again.items():
+        result.requests += fetched[key].requests
+        out[key] = result
+    return out
 
 
 def _account(data: KeyData, result: FetchResult) -> None:
@@ -296,24 +464,19 @@ def _why(error: FhirError) -> str:
     return error.reason
 
 
-def _own(resources: Iterable[dict[str, Any]], patient_id: str) -> tuple[list[dict[str, Any]], int]:
-    """(the resources about this patient, how many were about another)."""
+def _own(resources: Iterable[dict[str, Any]], patient_id: str) -> tuple[list[dict[str, Any]], int, int]:
+    """(the resources about this patient, how many were about another, how many of those
+    kept could not be checked): the same reading as a prefetch Bundle's (_whose), for a
+    fetched search's resources (no fullUrls: a urn: reference cannot be resolved)."""
     own_key = f"Patient/{patient_id}"
-    kept, foreign = [], 0
+    resources = list(resources)
+    odd = []
     for resource in resources:
-        if _is_own(resource, resource.get("resourceType"), patient_id, own_key):
-            kept.append(resource)
-        else:
-            foreign += 1
-    return kept, foreign
-
-
-def _is_own(resource: dict[str, Any], resource_type: Any, patient_id: str, own_key: str) -> bool:
-    """The Patient itself, or a resource whose subject/patient reference names it."""
-    if resource_type == "Patient":
-        return resource.get("id") == patient_id
-    subject = resource.get("subject")
-    if isinstance(subject, dict) and subject.get("reference") == own_key:
-        return True  # "Patient/<id>" as nearly every EHR writes it: no parsing (runs for every resource)
-    reference = patient_reference(resource)  # absolute URL, _history, or `patient` instead of `subject`
-    return reference_key(reference) == own_key
+        subject = resource.get("subject")
+        if not (isinstance(subject, dict) and subject.get("reference") == own_key):  # as nearly every EHR writes it
+            odd.append((resource, None))
+    if not odd:
+        return resources, 0, 0
+    verdicts = _whose(odd, patient_id, own_key, {}, resources)
+    kept = [r for r in resources if verdicts.get(id(r), _OWN) in (_OWN, _UNRESOLVED)]
+    return kept, len(resources) - len(kept), sum(1 for v in verdicts.values() if v is _UNRESOLVED)

@@ -43,6 +43,12 @@ _KINDS = (
 _TYPES = {k.resource_type for k in _KINDS}
 _CODE_PARAM = {"Observation": "code", "Condition": "code", "DiagnosticReport": "code", "Specimen": "type"}
 _SORTED_BY_DATE = {"Observation", "DiagnosticReport"}
+# What a search the service runs itself asks the server to include: a report's results and
+# specimen may be coded otherwise than the searches ask, or name no patient (a Specimen
+# without subject is not found by Specimen?patient=), and the cytology reading follows the
+# links (fhir/gather.py keeps what an included resource needs). Not in prefetch templates
+# (queries.Search); a server that rejects them is searched again without (gather).
+_INCLUDES = {"DiagnosticReport": ("DiagnosticReport:result", "DiagnosticReport:specimen")}
 
 
 @dataclass(frozen=True)
@@ -119,8 +125,9 @@ def data_needs(trials: Iterable[Trial], page_size: int = 100) -> list[DataNeed]:
             params.append(("_sort", "-date"))
         params.append(("_count", str(page_size)))
         keys = frozenset(k for k in (coding_key(s, c) for s, c in codes) if k is not None) if codes else None
-        needs.append(DataNeed(kind.key, kind.resource_type, Search(kind.resource_type, tuple(params)),
-                              kind.required, sort, keys, lookback.get(kind.key)))
+        search = Search(kind.resource_type, tuple(params), includes=_INCLUDES.get(kind.resource_type, ()))
+        needs.append(DataNeed(kind.key, kind.resource_type, search, kind.required, sort, keys,
+                              lookback.get(kind.key)))
     return needs
 
 

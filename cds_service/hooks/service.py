@@ -110,7 +110,7 @@ class TrialEligibilityService:
         # search asked for newest first and the server did not sort, the newest may be missing too.
         cuts = [Cut(n.resource_type, n.codes, n.newest_first and newest_first(gathered.keys[n.key].resources))
                 for n in self.needs if gathered.keys[n.key].truncated]
-        record = PatientRecord(gathered.resources(), cuts=cuts)
+        record = PatientRecord(gathered.resources(), gathered.full_urls(), cuts=cuts)
         trials = self.trials
         if self.terminology is not None:  # members the server finds extend the sets; the shipped ones stay
             asked = time.monotonic()
