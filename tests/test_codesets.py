@@ -313,11 +313,15 @@ def test_breast_codes_left_out_of_breast_cancer_are_held_as_not_the_primary(sets
     breast-cancer-not-primary (so a terminology server never adds them to breast-cancer);
     no code is in both sets; metastasis FROM the breast is in neither (the safety net)."""
     assert not _overlap(sets["breast-cancer"], sets["breast-cancer-not-primary"])
-    for code in ("278053004",   # Intraductal carcinoma of breast (VSAC Cancer)
-                 "94297009",    # Metastatic malignant neoplasm to female breast (VSAC Cancer)
+    for code in ("94297009",    # Metastatic malignant neoplasm to female breast (VSAC Cancer)
                  "278052009"):  # Malignant lymphoma of breast (VSAC Cancer)
         assert has(sets, "breast-cancer-not-primary", SNOMED, code), code
         assert not has(sets, "breast-cancer", SNOMED, code), code
+    # in situ / uncertain behaviour: neither the primary nor ruled out (nonspecific: unknown)
+    assert has(sets, "breast-neoplasm-uncertain", SNOMED, "278053004")  # Intraductal carcinoma of breast
+    assert has(sets, "breast-neoplasm-uncertain", ICD10CM, "D05.11")
+    assert not _overlap(sets["breast-neoplasm-uncertain"], sets["breast-cancer-not-primary"])
+    assert not _overlap(sets["breast-neoplasm-uncertain"], sets["breast-cancer"])
     assert has(sets, "breast-cancer-not-primary", ICD10CM, "C79.81")  # the ICD-10-CM entries stay
     assert not has(sets, "breast-cancer-not-primary", SNOMED, "315004001")  # metastasis from breast
     assert not has(sets, "breast-cancer", SNOMED, "315004001")
@@ -337,5 +341,5 @@ def test_a_known_secondary_of_the_breast_fails_but_metastasis_from_the_breast_st
         return evaluate(nct06462092, [patient, condition], dt.date(2026, 6, 15)).criterion("breast-cancer").result
 
     assert breast("94297009", "Metastatic malignant neoplasm to female breast (disorder)") is Result.FAIL
-    assert breast("278053004", "Intraductal carcinoma of breast (disorder)") is Result.FAIL
+    assert breast("278053004", "Intraductal carcinoma of breast (disorder)") is Result.UNKNOWN  # nonspecific
     assert breast("315004001", "Metastasis from malignant tumor of breast (disorder)") is Result.UNKNOWN

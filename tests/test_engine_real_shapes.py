@@ -434,3 +434,14 @@ def test_a_snomed_substance_allergy_to_pemetrexed_fails(nct06462092):
     substance = allergy(SNOMED, "409159000", text="ALIMTA")
     c = run(nct06462092, substance, criterion="study-drug-allergy")
     assert c.result is Result.FAIL and c.evidence[0].code == f"{SNOMED}|409159000"
+
+
+@pytest.mark.parametrize("code, result, why", [
+    ("D05.11", Result.UNKNOWN, Why.NONSPECIFIC_CODE),  # intraductal carcinoma in situ: confirm the invasive primary
+    ("D0511", Result.UNKNOWN, Why.NONSPECIFIC_CODE),
+    ("C44.511", Result.FAIL, None),  # basal cell carcinoma of the skin of the breast: not a breast primary
+    ("C43.52", Result.FAIL, None),
+])
+def test_in_situ_and_skin_of_breast_codes(nct06462092, code, result, why):
+    c = run(nct06462092, condition(ICD10CM, code), criterion="breast-cancer")
+    assert (c.result, c.why) == (result, why)
