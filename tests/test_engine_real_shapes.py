@@ -445,3 +445,10 @@ def test_a_snomed_substance_allergy_to_pemetrexed_fails(nct06462092):
 def test_in_situ_and_skin_of_breast_codes(nct06462092, code, result, why):
     c = run(nct06462092, condition(ICD10CM, code), criterion="breast-cancer")
     assert (c.result, c.why) == (result, why)
+
+
+def test_a_converted_uln_is_shown_briefly_in_the_reason(nct06462092):
+    # 30 µmol/L against a ULN of 1.2 mg/dL: the ULN in µmol/L is 20.51282051282051282051282051 exactly
+    c = run(nct06462092, lab(BILI, 30, "umol/L", NEWER, high=1.2, high_unit="mg/dL"), criterion="bilirubin")
+    assert "ULN 20.5 umol/L" in c.reason and "20.5128" not in c.reason
+    assert c.evidence[0].uln.value > 20.51  # the evaluation keeps the exact value

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from ..dates import FhirDate, Recency, recency
 from ..memo import remembered_by_identity
-from ..model import Evidence, Measured, Result, Role, UpperLimit, Why
+from ..model import Evidence, Measured, Result, Role, UpperLimit, Why, shown_number
 from ..quantities import NotConvertible, UnitTable
 from .base import (VALID_OBSERVATION_STATUSES, Context, Outcome, Reading, RuleModel, TextMentions, concept_label,
                    has_invalid, instant_rank, mention_evidence, observation_date, raw_observation_rank,
@@ -324,14 +324,14 @@ def _judge(units: UnitTable, analyte: Analyte, resource: Any, source: Any) -> _J
                               f"{rule.unit}", Why.UNIT_NOT_CONVERTIBLE)
         converted = Measured(compared, rule.unit)
         limit, limit_text = rule.value, f"{format(rule.value, 'f')} {rule.unit}"
-        shown = f"{q.comparator or ''}{format(compared, 'f')} {rule.unit}"
+        shown = f"{q.comparator or ''}{_computed(compared)} {rule.unit}"
     else:
         uln = _upper_limit(units, analyte, source, unit)
         if isinstance(uln, _Judgement):
             return uln
         ratio = _ratio(value, uln.value)
         limit = rule.uln_multiple * uln.value
-        limit_text = f"{format(rule.uln_multiple, 'f')} × ULN {format(uln.value, 'f')} {uln.unit}" + \
+        limit_text = f"{format(rule.uln_multiple, 'f')} × ULN {shown_number(uln.value)} {uln.unit}" + \
                      (" (assumed ULN)" if uln.assumed else "")
         shown = f"{q.comparator or ''}{format(value, 'f')} {unit} ({q.comparator or ''}{ratio} × ULN)"
         compared = value
@@ -347,6 +347,13 @@ def _judge(units: UnitTable, analyte: Analyte, resource: Any, source: Any) -> _J
                           converted, uln, ratio)
     return _Judgement(Result.PASS, f"{name} {shown} on {when} is not {rule.comparator} {limit_text}", None,
                       converted, uln, ratio)
+
+
+def _computed(value: Decimal) -> str:
+    """A converted value in a reason: at most 3 decimals, every significant digit before
+    them kept (so the comparison it states stays true); a ULN is shown to 3 significant
+    digits (one converted from µmol/L has 28). The evidence keeps the exact values."""
+    return shown_number(value, significant=None)
 
 
 def _ratio(value: Decimal, uln: Decimal) -> Decimal:

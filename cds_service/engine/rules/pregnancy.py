@@ -16,6 +16,7 @@ from .base import (CONFIRMED, UNCONFIRMED, Context, Outcome, RuleModel, TextMent
                    condition_date, matching_coding, mention_reason, qualitative_word, read_results, unread_mentions)
 from .conditions import decided, find_conditions
 from .labs import classify
+from .patient import lifetime_age
 
 POSITIVE, NEGATIVE, INDETERMINATE, UNREADABLE = "positive", "negative", "indeterminate", "unreadable"
 
@@ -145,8 +146,9 @@ class PregnancyRule(RuleModel):
             why, what = Why.STALE, f"no pregnancy test within {self.lookback_days} days"
         else:
             why, what = Why.NO_DATA, f"no pregnancy test within {self.lookback_days} days"
+        age = lifetime_age(ctx)  # never counted past death
         for rule in self.when_no_data:
-            if rule.max_age is None or ctx.age is None or ctx.age[0] <= rule.max_age:
+            if rule.max_age is None or age is None or age.youngest <= rule.max_age:
                 if rule.result == "review":
                     return decided(Result.REVIEW, f"{what}; pregnancy unlikely at this age — confirm", [],
                                    everything)
