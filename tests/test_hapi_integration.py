@@ -201,6 +201,50 @@ def test_long_lab_history_paged_newest_first_on_a_real_server(hapi, make_app):
         writer.delete(locations)
 
 
+def test_cytology_report_search_includes_its_result_and_a_specimen_without_subject(hapi, make_app):
+    """The shapes a real server hands back: the service's own DiagnosticReport search asks
+    _include=DiagnosticReport:result and :specimen (HAPI lists both in its CapabilityStatement),
+    and gets the report's result, coded only locally, and its CSF specimen, which names no
+    patient and so no Specimen?patient= search finds. LM is then read from them alone."""
+    metadata = requests.get(f"{hapi}/metadata", headers={"Accept": "application/fhir+json"}, timeout=30).json()
+    report_type = next(r for rest in metadata["rest"] for r in rest["resource"] if r["type"] == "DiagnosticReport")
+    assert {"DiagnosticReport:result", "DiagnosticReport:specimen"} <= set(report_type.get("searchInclude", []))
+
+    bundle = json.loads((GOLD / "patients" / "g001-baseline-eligible.json").read_text())
+    bundle["entry"] = [e for e in bundle["entry"] if e["resource"].get("id") != "g001-lm-1"]  # LM only by cytology
+    local = "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.0"
+    bundle["entry"] += [{"resource": r} for r in (
+        {"resourceType": "Specimen", "id": "it-csf", "type": {"coding": [
+            {"system": "http://terminology.hl7.org/CodeSystem/v2-0487", "code": "CSF"}]}},
+        {"resourceType": "Observation", "id": "it-cyto-dx", "status": "final",
+         "code": {"coding": [{"system": local, "code": "CYTDX", "display": "Cytology interpretation"}]},
+         "subject": {"reference": "Patient/g001"}, "effectiveDateTime": "2026-05-20T10:00:00Z",
+         "valueCodeableConcept": {"coding": [{"system": LOINC, "code": "LA6576-8", "display": "Positive"}]}},
+        {"resourceType": "DiagnosticReport", "id": "it-cyto", "status": "final",
+         "code": {"coding": [{"system": LOINC, "code": "47523-6"}]}, "subject": {"reference": "Patient/g001"},
+         "effectiveDateTime": "2026-05-20T10:00:00Z", "result": [{"reference": "Observation/it-cyto-dx"}],
+         "specimen": [{"reference": "Specimen/it-csf"}]})]
+    writer = FhirWriter(hapi)
+    pid, locations = writer.load(bundle, shared=True, run_id="include")
+    try:
+        app = make_app(allowed_fhir_servers=(hapi,), fhir_deadline=60.0, fhir_cache_ttl=0)
+        body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view", "fhirServer": hapi,
+                "context": {"userId": "Practitioner/x", "patientId": pid}}
+        response = app.test_client().post("/cds-services/trial-eligibility", data=json.dumps(body),
+                                          content_type="application/json")
+        assert response.status_code == 200, response.get_json()
+        evaluation = response.get_json()["cards"][0]["extension"]["trial-eligibility"]
+        lm = next(c for c in evaluation["criteria"] if c["id"] == "leptomeningeal-metastases")
+        assert lm["result"] == "pass" and evaluation["status"] == "eligible", lm
+        report = [loc for loc in locations if loc.startswith("DiagnosticReport/")][-1]  # ours, added last
+        assert lm["evidence"][0]["reference"] == report and lm["evidence"][0]["value"] == "Positive"
+        audit = app.extensions["trial_eligibility"].store.hook_calls()[-1]["data_sources"]
+        assert audit["cytologyReports"]["resources"] == 3 and "foreign" not in audit["cytologyReports"]
+        assert audit["specimens"]["resources"] == 0  # the Specimen names no patient: only the include finds it
+    finally:
+        writer.delete(locations)
+
+
 def test_harness_on_the_gold_set(hapi, capsys):
     as_of, cases = load_gold(GOLD)
     out = io.StringIO()
