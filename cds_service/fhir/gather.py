@@ -221,7 +221,8 @@ def _usable_resources(value: Any, query: Any, patient_id: str, data: KeyData | N
     own_key = f"Patient/{patient_id}"
     resources = []
     keep = resources.append
-    odd: list[tuple[dict[str, Any], str | None]] = []  # (resource, fullUrl): its patient needs a closer look
+    # (place in `resources`, resource, fullUrl) of the entries whose patient needs a closer look
+    odd: list[tuple[int, dict[str, Any], str | None]] = []
     for entry in entries:
         # The usual entry, a Condition or Observation whose subject is "Patient/<id>" as nearly
         # every EHR writes it, is settled by subscripts in a try block (free when nothing is
@@ -242,19 +243,37 @@ def _usable_resources(value: Any, query: Any, patient_id: str, data: KeyData | N
                 return None, 0, "prefetch Bundle holds an OperationOutcome"
             if isinstance(entry_type, str):
                 full_url = entry.get("fullUrl")
-                odd.append((resource, full_url if isinstance(full_url, str) else None))
-                keep(resource)  # for now: its place in the order; taken out below if not this patient's
+                odd.append((len(resources), resource, full_url if isinstance(full_url, str) else None))
+                keep(resource)  # in its place; taken out below if it is not this patient's
+    # urn: fullUrls (references between a Bundle's entries) are looked for only where a Bundle
+    # uses them: its first entry, or an entry that took the full checks (one pass more then).
+    first = entries[0].get("fullUrl") if entries and isinstance(entries[0], dict) else None
+    urns = (isinstance(first, str) and first.startswith("urn:")) or \
+        any(url is not None and url.startswith("urn:") for _, _, url in odd) or \
+        any(_urn_subject(r) for _, r, _ in odd)
+    full_urls = _urn_full_urls(entries) if urns else {}
     if not odd:
+        if data is not None and full_urls:
+            data.full_urls = full_urls
         return resources, 0, None
-    full_urls = _urn_full_urls(entries)
-    verdicts = _whose(odd, patient_id, own_key, full_urls, resources)
-    kept = [r for r in resources if verdicts.get(id(r), _OWN) in (_OWN, _UNRESOLVED)]
+    verdicts = _whose([(r, url) for _, r, url in odd], patient_id, own_key, full_urls, resources)
+    dropped = {i for i, r, _ in odd if verdicts[id(r)] is _FOREIGN}
+    kept = [r for i, r in enumerate(resources) if i not in dropped] if dropped else resources
     if data is not None:
         data.unresolved += sum(1 for v in verdicts.values() if v is _UNRESOLVED)
         if full_urls:
-            kept_ids = {id(r) for r in kept}
-            data.full_urls = {url: r for url, r in full_urls.items() if id(r) in kept_ids}
-    return kept, len(resources) - len(kept), None
+            dropped_ids = {id(resources[i]) for i in dropped}
+            data.full_urls = {url: r for url, r in full_urls.items() if id(r) not in dropped_ids}
+    return kept, len(dropped), None
+
+
+def _urn_subject(resource: dict[str, Any]) -> bool:
+    for name in _PATIENT_FIELDS:
+        value = resource.get(name)
+        if isinstance(value, dict):
+            ref = value.get("reference")
+            return isinstance(ref, str) and ref.startswith("urn:")
+    return False
 
 
 # Whose a resource is (_whose): this patient's, another's, this patient's as far as can be told
