@@ -452,3 +452,28 @@ def test_a_converted_uln_is_shown_briefly_in_the_reason(nct06462092):
     c = run(nct06462092, lab(BILI, 30, "umol/L", NEWER, high=1.2, high_unit="mg/dL"), criterion="bilirubin")
     assert "ULN 20.5 umol/L" in c.reason and "20.5128" not in c.reason
     assert c.evidence[0].uln.value > 20.51  # the evaluation keeps the exact value
+
+
+@pytest.mark.parametrize("day, why", [("2026-05-18", Why.UNRECOGNISED_CODE),  # 28 days back: within the look-back
+                                      ("2026-05-17", Why.NO_DATA)])  # 29 days back: too old to matter
+def test_a_local_code_result_counts_only_within_the_look_back(nct06462092, day, why):
+    c = run(nct06462092, local_lab("HGB", 7.9, "g/dL", f"{day}T23:30:00-10:00"), criterion="hemoglobin")
+    assert (c.result, c.why) == (Result.UNKNOWN, why)
+
+
+def test_a_text_only_result_without_a_code_is_a_mention_too(nct06462092):
+    obs = local_lab("Hemoglobin", 7.9, "g/dL")
+    obs["code"] = {"text": "Hemoglobin"}
+    c = run(nct06462092, lab(HB, 13.1, "g/dL", OLDER), obs, criterion="hemoglobin")
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.TEXT_ONLY)
+
+
+def test_only_resources_filed_under_no_known_code_are_unrecognised(nct06462092):
+    from cds_service.engine import PatientRecord
+
+    known, local, bare = lab(HB, 13.1, "g/dL"), local_lab("HGB", 7.9, "g/dL"), local_lab("x", 1, "g/dL")
+    bare["code"] = {"text": "free text only"}
+    known["code"]["coding"].append({"system": EPIC_LAB, "code": "1234", "display": "HGB"})  # LOINC beside local
+    record = PatientRecord([patient(), known, local, bare])
+    assert record.not_coded_in("Observation", nct06462092.library.everything()) == [local, bare]
+    assert PatientRecord([patient(), known]).not_coded_in("Observation", nct06462092.library.everything()) == []

@@ -504,5 +504,16 @@ class PatientRecord:
             return None
         return self.model(self.patient_raw)
 
+    def not_coded_in(self, resource_type: str, codes: CodeSet) -> list[dict[str, Any]]:
+        """Resources of an indexed type none of whose codes (nor their components') is in
+        `codes`, in record order: read from the index by its distinct codes, so a chart
+        whose codes are all known costs a look-up per code, not per resource."""
+        index = self._index.get(resource_type) or {}
+        everything = self.by_type.get(resource_type, ())
+        recognised = {id(entry[0]) for key, bucket in index.items() if codes.contains(key) for entry in bucket}
+        if len(recognised) == len(everything):
+            return []  # every resource is filed under a known code
+        return [raw for raw in everything if id(raw) not in recognised]
+
     def all_of(self, resource_type: str) -> Iterator[dict[str, Any]]:
         return iter(self.by_type.get(resource_type, ()))

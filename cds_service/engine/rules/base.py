@@ -88,6 +88,7 @@ class CodeLibrary:
         # By the identity of a rule's list of names (rules are frozen definitions, their lists
         # never change and live as long as the trial): every criterion asks on every call.
         self._by_list: dict[int, tuple[Sequence[str], CodeSet]] = {}
+        self._everything: CodeSet | None = None
 
     def __contains__(self, name: str) -> bool:
         return name in self.sets
@@ -104,7 +105,9 @@ class CodeLibrary:
 
     def everything(self) -> CodeSet:
         """Every code the library knows: a record coded in none of them is unrecognised."""
-        return self.union_of(tuple(sorted(self.sets)))
+        if self._everything is None:
+            self._everything = self.union_of(tuple(sorted(self.sets)))
+        return self._everything
 
     def union_of(self, names: Sequence[str] | str) -> CodeSet:
         """The union of the named sets, for names not held by a rule (nothing kept by identity)."""
@@ -356,21 +359,55 @@ def _raw_texts(concept: Any) -> tuple[list[str], list[tuple[str, str]], bool]:
     return texts, keys, bool(keys)
 
 
+# What each TextMentions says of a text, remembered: the same displays ("Glucose", "HGB") come on
+# every chart. By the mentions' identity (they live as long as their trial), bounded per mentions.
+_NAMES: dict[int, tuple[TextMentions, dict[str, bool]]] = {}
+NAMES_MEMO_SIZE = 4096
+
+
+def _names_memo(mentions: TextMentions) -> dict[str, bool]:
+    entry = _NAMES.get(id(mentions))
+    if entry is None or entry[0] is not mentions:
+        entry = _NAMES[id(mentions)] = (mentions, {})  # holding it keeps its id from being reused
+    return entry[1]
+
+
+def _names(mentions: TextMentions, text: str, memo: dict[str, bool] | None = None) -> bool:
+    memo = _names_memo(mentions) if memo is None else memo
+    answer = memo.get(text)
+    if answer is None:
+        pattern, unless = _compiled(tuple(mentions.patterns)), _compiled(tuple(mentions.except_patterns))
+        answer = bool(pattern.search(text)) and not (unless is not None and unless.search(text))
+        if len(memo) >= NAMES_MEMO_SIZE:
+            memo.clear()
+        memo[text] = answer
+    return answer
+
+
 def named_by_text(concept: Any, mentions: TextMentions, read: CodeSet | None,
                   known: CodeSet | None) -> tuple[str, list[tuple[str, str]], Why] | None:
     """(the text, the coding keys, UNRECOGNISED_CODE or TEXT_ONLY) when a raw
     CodeableConcept has no coding in `read` nor in `known`, and a text or coding
     display that names the concept; None otherwise."""
-    texts, keys, coded = _raw_texts(concept)
-    if not texts or any((read is not None and read.contains(k)) or (known is not None and known.contains(k))
-                        for k in keys):
+    if not isinstance(concept, dict):
         return None
-    pattern = _compiled(tuple(mentions.patterns))
-    unless = _compiled(tuple(mentions.except_patterns))
-    text = next((t for t in texts if pattern.search(t) and not (unless and unless.search(t))), None)
-    if text is None:
+    named = None
+    text = concept.get("text")
+    if isinstance(text, str) and _names(mentions, text):
+        named = text
+    else:
+        codings = concept.get("coding")
+        for coding in codings if isinstance(codings, list) else ():
+            display = coding.get("display") if isinstance(coding, dict) else None
+            if isinstance(display, str) and _names(mentions, display):
+                named = display
+                break
+    if named is None:
         return None
-    return text, keys, Why.UNRECOGNISED_CODE if coded else Why.TEXT_ONLY
+    _, keys, coded = _raw_texts(concept)
+    if any((read is not None and read.contains(k)) or (known is not None and known.contains(k)) for k in keys):
+        return None
+    return named, keys, Why.UNRECOGNISED_CODE if coded else Why.TEXT_ONLY
 
 
 def mention_evidence(ctx: "Context", raw: dict[str, Any], named: tuple[str, list[tuple[str, str]], Why]
@@ -399,23 +436,46 @@ def unread_mentions(ctx: "Context", resource_type: str, read: CodeSet, mentions:
     return found
 
 
-def unrecognised_observations(ctx: "Context", mentions: TextMentions
-                              ) -> list[tuple[dict[str, Any], tuple[str, list[tuple[str, str]], Why]]]:
-    """Observations coded in no code set the trial knows (a local lab code alone, or
-    text only) whose text names what `mentions` names, with what named it. The
-    unrecognised ones are found once per evaluation: usually none, since the FHIR
-    searches ask for the trial's codes."""
-    pool = ctx.memo.get("unrecognised-observations")
+def unrecognised_results(ctx: "Context", since: dt.date) -> list[tuple[int, dict[str, Any], list[str]]]:
+    """Resulted (valid status) Observations coded in no code set the trial knows (a
+    local lab code alone, or text only), dated on or after `since` (by the calendar day
+    they were recorded in), newest first with their rank (raw_observation_rank) and
+    their texts (code.text, coding displays). Found
+    once per evaluation and day, so a criterion asking for those newer than a result
+    reads only the head of the list. Usually empty: the FHIR searches ask for the
+    trial's codes; an EHR that ignores the filter sends years of other tests, most of
+    them dropped by their date's text before anything else is read."""
+    key = ("unrecognised-results", since)
+    pool = ctx.memo.get(key)
     if pool is None:
-        recognised = {id(hit.raw) for hit in ctx.record.find("Observation", ctx.library.everything())}
-        pool = ctx.memo["unrecognised-observations"] = [raw for raw in ctx.record.all_of("Observation")
-                                                        if id(raw) not in recognised]
-    found = []
-    for raw in pool:
-        named = named_by_text(raw.get("code"), mentions, None, None)
-        if named is not None:
-            found.append((raw, named))
-    return found
+        floor = since.isoformat()
+        pool = []
+        for raw in ctx.record.not_coded_in("Observation", ctx.library.everything()):
+            when = raw.get("effectiveDateTime")
+            if type(when) is str and len(when) >= 10 and when[:10] < floor:  # noqa: E721 - ISO dates sort as text
+                continue
+            if raw.get("status") not in VALID_OBSERVATION_STATUSES:
+                continue
+            rank = raw_observation_rank(raw)
+            if rank is not None:
+                texts = _raw_texts(raw.get("code"))[0]
+                if texts:  # nothing to name an analyte by: cannot be a mention
+                    pool.append((rank, raw, texts))
+        pool.sort(key=itemgetter(0), reverse=True)
+        ctx.memo[key] = pool
+    return pool
+
+
+def names_any(mentions: TextMentions, texts: list[str]) -> bool:
+    """Whether one of `texts` names what `mentions` names (remembered by text)."""
+    memo = _names_memo(mentions)
+    for text in texts:
+        answer = memo.get(text)
+        if answer is None:
+            answer = _names(mentions, text, memo)
+        if answer:
+            return True
+    return False
 
 
 def mention_reason(mention: tuple[Evidence, Why], what: str) -> str:

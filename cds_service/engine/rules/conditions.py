@@ -4,6 +4,7 @@ disqualifying one must be absent (exclusion)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Literal
 
 from pydantic import Field
@@ -142,9 +143,20 @@ class ConditionPresentRule(RuleModel):
     cytology: Cytology | None = None
     mentions: TextMentions | None = None
 
+    @cached_property
+    def _main_and_history(self) -> list[str]:
+        return self.codes + self.history_codes
+
+    @cached_property
+    def _specific(self) -> list[str]:
+        return self.codes + self.history_codes + self.nonspecific_codes
+
+    @cached_property
+    def _conditions_read(self) -> list[str]:
+        return self._specific + [n for site in self.site_dependent for n in site.codes]
+
     def reads(self) -> dict[str, list[str]]:
-        conditions = self.codes + self.history_codes + self.nonspecific_codes + \
-            [n for site in self.site_dependent for n in site.codes]
+        conditions = self._conditions_read
         out = {"Condition": conditions}
         if self.cytology:
             out |= {"Observation": self.cytology.codes, "DiagnosticReport": self.cytology.codes,
@@ -161,16 +173,23 @@ class ConditionPresentRule(RuleModel):
         return outcome
 
     def _decide(self, ctx: Context, found: list[FoundCondition], ignored: list[Evidence]) -> Outcome:
+        counting = [f for f in found if self._counts(f)]
+        if counting:  # decided by the main codes: the other readings could only add listed evidence
+            return decided(Result.PASS, f"{_label(counting[0])} recorded", [f.evidence for f in counting],
+                           [f.evidence for f in found] + ignored)
         # A Condition is read by the first of these that codes it (a leptomeningeal code is also a
         # secondary malignant neoplasm): the main codes, history codes, nonspecific codes, general ones.
-        history, more_ignored = find_conditions(ctx, self.history_codes, unless=ctx.codes(self.codes))
-        ignored += more_ignored
-        for h in history:
-            h.evidence.note = "history of: counts whatever its clinical status"
-        nonspecific, more_ignored = find_conditions(ctx, self.nonspecific_codes,
-                                                    unless=ctx.codes(self.codes + self.history_codes))
-        ignored += more_ignored
-        specific = ctx.codes(self.codes + self.history_codes + self.nonspecific_codes)
+        history, nonspecific = [], []
+        if self.history_codes:
+            history, more_ignored = find_conditions(ctx, self.history_codes, unless=ctx.codes(self.codes))
+            ignored += more_ignored
+            for h in history:
+                h.evidence.note = "history of: counts whatever its clinical status"
+        if self.nonspecific_codes:
+            nonspecific, more_ignored = find_conditions(ctx, self.nonspecific_codes,
+                                                        unless=ctx.codes(self._main_and_history))
+            ignored += more_ignored
+        specific = ctx.codes(self._specific)
         for site_rule in self.site_dependent:
             general, more_ignored = find_conditions(ctx, site_rule.codes, unless=specific)
             ignored += more_ignored
@@ -227,7 +246,7 @@ class ConditionPresentRule(RuleModel):
             return decided(Result.UNKNOWN, f"a possibly relevant record is not valid FHIR; cannot rule out "
                            f"{self.label}", [], everything, Why.INVALID_RESOURCE)
         if self.mentions is not None:
-            named = unread_mentions(ctx, "Condition", ctx.codes(self.reads()["Condition"]), self.mentions)
+            named = unread_mentions(ctx, "Condition", ctx.codes(self._conditions_read), self.mentions)
             if named:
                 return decided(Result.UNKNOWN, mention_reason(named[0], self.label), [e for e, _ in named],
                                everything, named[0][1])
@@ -243,8 +262,12 @@ class ConditionAbsentRule(RuleModel):
     inactive_result: Literal["fail", "review", "pass"] = "review"
     mentions: TextMentions | None = None
 
+    @cached_property
+    def _conditions_read(self) -> list[str]:
+        return self.fail_codes + self.review_codes
+
     def reads(self) -> dict[str, list[str]]:
-        return {"Condition": self.fail_codes + self.review_codes}
+        return {"Condition": self._conditions_read}
 
     def _counts(self, f: FoundCondition) -> bool:
         return f.verification == CONFIRMED and (f.active or self.inactive_result == "fail")
@@ -283,7 +306,7 @@ class ConditionAbsentRule(RuleModel):
             return decided(Result.REVIEW, f"{_label(to_review[0])} recorded: a clinician's call",
                            [f.evidence for f in to_review], everything)
         if self.mentions is not None:
-            named = unread_mentions(ctx, "Condition", ctx.codes(self.reads()["Condition"]), self.mentions)
+            named = unread_mentions(ctx, "Condition", ctx.codes(self._conditions_read), self.mentions)
             if named:
                 return decided(Result.REVIEW, mention_reason(named[0], self.label), [e for e, _ in named],
                                everything, named[0][1])

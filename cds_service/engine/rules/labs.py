@@ -7,6 +7,7 @@ the criterion; all passing passes it; anything else is unknown.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
@@ -17,9 +18,9 @@ from ..dates import FhirDate, Recency, recency
 from ..memo import remembered_by_identity
 from ..model import Evidence, Measured, Result, Role, UpperLimit, Why, shown_number
 from ..quantities import NotConvertible, UnitTable
-from .base import (VALID_OBSERVATION_STATUSES, Context, Outcome, Reading, RuleModel, TextMentions, concept_label,
-                   has_invalid, instant_rank, mention_evidence, observation_date, raw_observation_rank,
-                   observation_date_of_raw, read_latest_results, unrecognised_observations)
+from .base import (Context, Outcome, Reading, RuleModel, TextMentions, concept_label, has_invalid, instant_rank,
+                   mention_evidence, named_by_text, names_any, observation_date, observation_date_of_raw, read_latest_results,
+                   unrecognised_results)
 
 Comparator = Literal["<", "<=", ">", ">="]
 
@@ -152,16 +153,24 @@ def _newer_mention(ctx: Context, analyte: Analyte, decided_at: FhirDate | None,
                    lookback_days: int) -> tuple[Evidence, Why] | None:
     """A resulted Observation no code set of the trial recognises, whose text names
     the analyte, within the look-back and dated after the deciding (or stale latest) result."""
-    for raw, named in unrecognised_observations(ctx, analyte.mentions):
-        if raw.get("status") not in VALID_OBSERVATION_STATUSES:
+    # Older than this cannot matter: the deciding result's time, or a day before the look-back's
+    # first day (offsets reach 14 hours; the exact window is checked below).
+    since = ctx.as_of - dt.timedelta(days=lookback_days + 1)
+    pool = unrecognised_results(ctx, since)
+    if not pool:
+        return None  # the usual case: every result is coded in the trial's sets
+    window = dt.datetime(since.year, since.month, since.day, tzinfo=dt.timezone.utc)
+    floor = max(instant_rank(window), instant_rank(decided_at.sort_key()) if decided_at is not None else -1)
+    for rank, raw, texts in pool:
+        if rank <= floor:
+            break  # newest first: the rest are older
+        if not names_any(analyte.mentions, texts):
             continue
-        rank = raw_observation_rank(raw)
-        if rank is None:
-            continue  # undated: cannot be shown newer
+        named = named_by_text(raw.get("code"), analyte.mentions, None, None)
+        if named is None:
+            continue
         date = observation_date_of_raw(raw)
         if date is None or recency(date, ctx.as_of, lookback_days) is not Recency.FRESH:
-            continue
-        if decided_at is not None and rank <= instant_rank(decided_at.sort_key()):
             continue
         evidence = mention_evidence(ctx, raw, named)
         evidence.date = date.text
