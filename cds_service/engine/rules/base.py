@@ -436,11 +436,10 @@ def unread_mentions(ctx: "Context", resource_type: str, read: CodeSet, mentions:
     return found
 
 
-def unrecognised_results(ctx: "Context", since: dt.date) -> list[tuple[int, dict[str, Any], list[str]]]:
+def unrecognised_results(ctx: "Context", since: dt.date) -> list[tuple[int, dict[str, Any]]]:
     """Resulted (valid status) Observations coded in no code set the trial knows (a
     local lab code alone, or text only), dated on or after `since` (by the calendar day
-    they were recorded in), newest first with their rank (raw_observation_rank) and
-    their texts (code.text, coding displays). Found
+    they were recorded in), newest first with their rank (raw_observation_rank). Found
     once per evaluation and day, so a criterion asking for those newer than a result
     reads only the head of the list. Usually empty: the FHIR searches ask for the
     trial's codes; an EHR that ignores the filter sends years of other tests, most of
@@ -458,24 +457,35 @@ def unrecognised_results(ctx: "Context", since: dt.date) -> list[tuple[int, dict
                 continue
             rank = raw_observation_rank(raw)
             if rank is not None:
-                texts = _raw_texts(raw.get("code"))[0]
-                if texts:  # nothing to name an analyte by: cannot be a mention
-                    pool.append((rank, raw, texts))
+                pool.append((rank, raw))
         pool.sort(key=itemgetter(0), reverse=True)
         ctx.memo[key] = pool
     return pool
 
 
-def names_any(mentions: TextMentions, texts: list[str]) -> bool:
-    """Whether one of `texts` names what `mentions` names (remembered by text)."""
+def concept_texts(concept: Any) -> tuple[str, ...]:
+    """The texts of a raw CodeableConcept: its text, then each coding's display."""
+    if not isinstance(concept, dict):
+        return ()
+    text = concept.get("text")
+    texts = [text] if isinstance(text, str) else []
+    codings = concept.get("coding")
+    for coding in codings if isinstance(codings, list) else ():
+        display = coding.get("display") if isinstance(coding, dict) else None
+        if isinstance(display, str):
+            texts.append(display)
+    return tuple(texts)
+
+
+def names_any(mentions: TextMentions, texts: tuple[str, ...]) -> bool:
+    """Whether one of `texts` names what `mentions` names (remembered by the texts
+    together, and by each text)."""
     memo = _names_memo(mentions)
-    for text in texts:
-        answer = memo.get(text)
-        if answer is None:
-            answer = _names(mentions, text, memo)
-        if answer:
-            return True
-    return False
+    answer = memo.get(texts)  # type: ignore[call-overload] - the memo holds tuples of texts too
+    if answer is None:
+        answer = any(_names(mentions, text, memo) for text in texts)
+        memo[texts] = answer  # type: ignore[index]
+    return answer
 
 
 def mention_reason(mention: tuple[Evidence, Why], what: str) -> str:

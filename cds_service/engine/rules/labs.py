@@ -18,9 +18,9 @@ from ..dates import FhirDate, Recency, recency
 from ..memo import remembered_by_identity
 from ..model import Evidence, Measured, Result, Role, UpperLimit, Why, shown_number
 from ..quantities import NotConvertible, UnitTable
-from .base import (Context, Outcome, Reading, RuleModel, TextMentions, concept_label, has_invalid, instant_rank,
-                   mention_evidence, named_by_text, names_any, observation_date, observation_date_of_raw, read_latest_results,
-                   unrecognised_results)
+from .base import (Context, Outcome, Reading, RuleModel, TextMentions, concept_label, concept_texts, has_invalid,
+                   instant_rank, mention_evidence, named_by_text, names_any, observation_date,
+                   observation_date_of_raw, read_latest_results, unrecognised_results)
 
 Comparator = Literal["<", "<=", ">", ">="]
 
@@ -161,9 +161,13 @@ def _newer_mention(ctx: Context, analyte: Analyte, decided_at: FhirDate | None,
         return None  # the usual case: every result is coded in the trial's sets
     window = dt.datetime(since.year, since.month, since.day, tzinfo=dt.timezone.utc)
     floor = max(instant_rank(window), instant_rank(decided_at.sort_key()) if decided_at is not None else -1)
-    for rank, raw, texts in pool:
+    texts_of = ctx.memo.setdefault("unrecognised-texts", {})  # by id: read once for all analytes
+    for rank, raw in pool:
         if rank <= floor:
             break  # newest first: the rest are older
+        texts = texts_of.get(id(raw))
+        if texts is None:
+            texts = texts_of[id(raw)] = concept_texts(raw.get("code"))  # the pool holds raw: ids stay unique
         if not names_any(analyte.mentions, texts):
             continue
         named = named_by_text(raw.get("code"), analyte.mentions, None, None)
