@@ -477,3 +477,22 @@ def test_only_resources_filed_under_no_known_code_are_unrecognised(nct06462092):
     record = PatientRecord([patient(), known, local, bare])
     assert record.not_coded_in("Observation", nct06462092.library.everything()) == [local, bare]
     assert PatientRecord([patient(), known]).not_coded_in("Observation", nct06462092.library.everything()) == []
+
+
+@pytest.mark.parametrize("site, result, why", [
+    ((EPIC_DX, "BS-77", "Leptomeninges"), Result.UNKNOWN, Why.UNRECOGNISED_CODE),
+    ((SNOMED, "999999002", "Subarachnoid space, spinal"), Result.UNKNOWN, Why.UNRECOGNISED_CODE),
+    ((EPIC_DX, "BS-78", "Dura mater"), Result.FAIL, None),  # a dural metastasis is not leptomeningeal
+    ((SNOMED, "12738006", "Brain structure"), Result.FAIL, None),
+])
+def test_a_secondary_cancer_site_the_set_lacks_is_unknown_when_its_text_names_the_meninges(nct06462092, site, result,
+                                                                                          why):
+    c = run(nct06462092, secondary_cancer(site), criterion="leptomeningeal-metastases")
+    assert (c.result, c.why) == (result, why)
+
+
+def test_a_site_given_as_text_only(nct06462092):
+    c = secondary_cancer()
+    c["bodySite"] = [{"text": "leptomeninges (lumbar)"}]
+    out = run(nct06462092, c, criterion="leptomeningeal-metastases")
+    assert (out.result, out.why) == (Result.UNKNOWN, Why.TEXT_ONLY)

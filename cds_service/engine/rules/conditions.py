@@ -15,7 +15,7 @@ from ..record import InvalidResource
 from .cytology import Cytology, CytologyFindings, read_cytology
 from .base import (ACTIVE_CLINICAL, CONFIRMED, EXCLUDED, UNCONFIRMED, Context, Outcome, RuleModel, TextMentions,
                    clinical_status, coding_text, concept_in, concept_label, condition_date, has_invalid,
-                   invalid_evidence, matching_coding, mention_reason, unread_mentions, verification)
+                   invalid_evidence, matching_coding, mention_reason, named_by_text, unread_mentions, verification)
 
 
 @dataclass(slots=True)
@@ -128,6 +128,21 @@ class SiteDependentCodes(RuleModel):
     # Without a bodySite: unknown ("nonspecific code": it may be the concept), or ignored when
     # the general code without a site is known not to count (the protocol reading says so).
     without_body_site: Literal["unknown", "ignore"] = "unknown"
+    # Body sites named by text whose code the site sets lack (a local site code, a SNOMED structure
+    # missing from the shipped set): such a Condition may qualify, so it is unknown, never ignored.
+    site_mentions: TextMentions | None = None
+
+
+def _site_named(raw: dict[str, Any], site_rule: SiteDependentCodes) -> tuple[str, Why] | None:
+    """(text, why) of a body site the site sets cannot match whose text names a qualifying site."""
+    if site_rule.site_mentions is None:
+        return None
+    sites = raw.get("bodySite")
+    for site in sites if isinstance(sites, list) else ():
+        named = named_by_text(site, site_rule.site_mentions, None, None)
+        if named is not None:
+            return named[0], named[2]
+    return None
 
 
 class ConditionPresentRule(RuleModel):
@@ -190,6 +205,7 @@ class ConditionPresentRule(RuleModel):
                                                         unless=ctx.codes(self._main_and_history))
             ignored += more_ignored
         specific = ctx.codes(self._specific)
+        unread_sites: list[tuple[FoundCondition, str, Why]] = []  # the Condition, its site's text, why
         for site_rule in self.site_dependent:
             general, more_ignored = find_conditions(ctx, site_rule.codes, unless=specific)
             ignored += more_ignored
@@ -198,6 +214,10 @@ class ConditionPresentRule(RuleModel):
                 if any(concept_in(site, sites) for site in g.model.bodySite or ()):
                     g.evidence.note = "general code; its body site qualifies it"
                     found.append(g)
+                elif g.model.bodySite and (site := _site_named(g.raw, site_rule)) is not None:
+                    g.evidence.note = f"general code; its body site '{site[0]}' is recorded with " + \
+                        ("an unrecognised code" if site[1] is Why.UNRECOGNISED_CODE else "text only")
+                    unread_sites.append((g, *site))
                 elif g.model.bodySite:
                     g.evidence.role, g.evidence.note = Role.IGNORED, "general code with another body site"
                     ignored.append(g.evidence)
@@ -209,7 +229,8 @@ class ConditionPresentRule(RuleModel):
                     g.evidence.note = "general code without a body site"
                     nonspecific.append(g)
         cytology = read_cytology(ctx, self.cytology) if self.cytology else CytologyFindings([], [], [], [])
-        everything = [f.evidence for f in found + history + nonspecific] + cytology.positive + cytology.unsure + \
+        everything = [f.evidence for f in found + history + nonspecific] + [g.evidence for g, _, _ in unread_sites] + \
+            cytology.positive + cytology.unsure + \
             cytology.unreadable + ignored + cytology.ignored
         confirmed = [f for f in found if f.verification == CONFIRMED]
         counting = [f for f in confirmed if self._counts(f)]
@@ -235,6 +256,11 @@ class ConditionPresentRule(RuleModel):
         if nonspecific:
             return decided(Result.UNKNOWN, f"only a nonspecific code ({_label(nonspecific[0])}): confirm "
                            f"{self.label}", [f.evidence for f in nonspecific], everything, Why.NONSPECIFIC_CODE)
+        if unread_sites:
+            g, site, why = unread_sites[0]
+            how = "an unrecognised code" if why is Why.UNRECOGNISED_CODE else "text only"
+            return decided(Result.UNKNOWN, f"{_label(g)} with a body site '{site}' recorded with {how}: it may be "
+                           f"{self.label}", [g.evidence for g, _, _ in unread_sites], everything, why)
         if cytology.unsure:
             return decided(Result.UNKNOWN, f"positive cytology, but the specimen is not recorded as "
                            f"{self.cytology.label}", cytology.unsure, everything, Why.SPECIMEN_NOT_CONFIRMED)
