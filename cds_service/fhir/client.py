@@ -167,6 +167,18 @@ def _is_under(url: str, base: str) -> bool:
     return url == base or url.startswith(base + "/") or url.startswith(base + "?")
 
 
+def new_session(max_workers: int) -> requests.Session:
+    """A requests session for a pool of `max_workers` threads that keeps no cookie: it is
+    shared across patients and users, and a server's cookie must not ride along on
+    someone else's requests."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_maxsize=max_workers * 2)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+    return session
+
+
 class FhirClient:
     """Shared by all requests of the process: the session, worker pool and cache
     are thread-safe, and per-fetch state lives in `_Call` objects."""
@@ -182,7 +194,7 @@ class FhirClient:
         self._cache_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fhir-fetch")
         self._owns_session = session is None
-        self._session = session if session is not None else self._new_session(max_workers)
+        self._session = session if session is not None else new_session(max_workers)
 
     @staticmethod
     def _allowed_entry(server: str) -> str:
@@ -190,17 +202,6 @@ class FhirClient:
         if base is None:
             raise ValueError("an allowed FHIR server is not a plain http(s) base URL")
         return base
-
-    @staticmethod
-    def _new_session(max_workers: int) -> requests.Session:
-        session = requests.Session()
-        adapter = HTTPAdapter(pool_maxsize=max_workers * 2)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
-        # The session is shared across patients and users: a server's cookie must
-        # not ride along on someone else's requests.
-        session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-        return session
 
     def is_allowed(self, url: str) -> bool:
         normal = _normalise_url(url)

@@ -27,19 +27,17 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from http.cookiejar import DefaultCookiePolicy
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import orjson
 import requests
 from cachetools import TTLCache
-from pydantic import BaseModel
-from requests.adapters import HTTPAdapter
 
 from ..engine.codes import CodeSet, memo_coding_key
 from ..engine.evaluate import Trial
 from ..engine.record import PatientRecord
-from .client import _normalise_base
+from ..engine.rules.base import codeset_fields
+from .client import _normalise_base, new_session
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +114,7 @@ def plan(trial: Trial) -> Plan:
         for rtype, names in reads.items():
             for name in names:
                 listed.setdefault(name, set()).add(rtype)
-        for alias, name in _codeset_fields(rule):
+        for alias, name in codeset_fields(rule):
             role = SITE if alias in _SITE_FIELDS else CODE
             types = listed.get(name) or reads.keys()
             reads_of.setdefault(name, set()).update((t, role) for t in types)
@@ -131,23 +129,6 @@ def plan(trial: Trial) -> Plan:
         readable = frozenset(r for r in reads_of.get(name, ()) if r[0] in _CODED_ELEMENTS)
         planned.append(_PlannedSet(name, codeset, readable, roots))
     return Plan(tuple(planned), tuple(used.values()))
-
-
-def _codeset_fields(model: BaseModel) -> Iterator[tuple[str, str]]:
-    """(field alias, code-set name) for every code-set name a rule refers to: the
-    fields named `codes` or ending in `Codes`, at any depth (RuleModel.codeset_names)."""
-    for name, info in type(model).model_fields.items():
-        value = getattr(model, name)
-        alias = info.alias or name
-        if alias == "codes" or alias.endswith("Codes"):
-            if isinstance(value, (list, tuple)):
-                yield from ((alias, n) for n in value)
-        elif isinstance(value, BaseModel):
-            yield from _codeset_fields(value)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                if isinstance(item, BaseModel):
-                    yield from _codeset_fields(item)
 
 
 def record_codings(record: PatientRecord, wanted: Iterable[tuple[str, str]] | None = None
@@ -272,7 +253,7 @@ class TerminologyClient:
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="terminology")
         self._owns_session = session is None
-        self._session = session if session is not None else _new_session(max_workers)
+        self._session = session if session is not None else new_session(max_workers)
         self._headers = {"Accept": "application/fhir+json", "User-Agent": user_agent}
         self._plans: dict[int, tuple[Trial, Plan]] = {}
 
@@ -416,15 +397,6 @@ def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
     """No Authorization header, whatever the environment offers (~/.netrc)."""
     request.headers.pop("Authorization", None)
     return request
-
-
-def _new_session(max_workers: int) -> requests.Session:
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_maxsize=max_workers * 2)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-    return session
 
 
 def _parameters(content: bytes) -> dict[str, list[dict[str, Any]]] | None:

@@ -50,18 +50,24 @@ class RuleModel(BaseModel):
 
 
 def _codeset_names(model: BaseModel) -> Iterable[str]:
+    return (name for _, name in codeset_fields(model))
+
+
+def codeset_fields(model: BaseModel) -> Iterable[tuple[str, str]]:
+    """(field alias, code-set name) for every code-set name a rule refers to: the
+    fields named `codes` or ending in `Codes` (lists of names), at any depth."""
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
         alias = info.alias or name
         if alias == "codes" or alias.endswith("Codes"):
             if isinstance(value, (list, tuple)):
-                yield from value
+                yield from ((alias, n) for n in value)
         elif isinstance(value, BaseModel):
-            yield from _codeset_names(value)
+            yield from codeset_fields(value)
         elif isinstance(value, (list, tuple)):
             for item in value:
                 if isinstance(item, BaseModel):
-                    yield from _codeset_names(item)
+                    yield from codeset_fields(item)
 
 
 @dataclass(slots=True)
@@ -617,20 +623,27 @@ def observation_rank(obs: Any) -> int | None:
     return instant_rank(date.sort_key()) if date is not None else None
 
 
-def raw_observation_rank(raw: dict[str, Any]) -> int | None:
-    """instant_rank(observation_date(model).sort_key()) of the validated resource,
-    read from the JSON alone: the same element (dateTime, then instant, then the
-    period's start or end) through the same FHIR type. None when there is no date
-    or it is not valid (such a result is read in full, and found undated or invalid)."""
+def _raw_effective(raw: dict[str, Any]) -> tuple[str | None, str]:
+    """(the text, the element) of the effective[x] observation_date() reads: dateTime,
+    then instant, then the period's start or end; (None, ...) when it is not a string."""
     value, element = raw.get("effectiveDateTime"), "effectiveDateTime"
     if value is None:
         value, element = raw.get("effectiveInstant"), "effectiveInstant"
         if value is None:
             period = raw.get("effectivePeriod")
             if not isinstance(period, dict):
-                return None
+                return None, element
             value, element = (period.get("start"), "start") if period.get("start") else (period.get("end"), "end")
-    if not isinstance(value, str):
+    return (value if isinstance(value, str) else None), element
+
+
+def raw_observation_rank(raw: dict[str, Any]) -> int | None:
+    """instant_rank(observation_date(model).sort_key()) of the validated resource,
+    read from the JSON alone: the same element (dateTime, then instant, then the
+    period's start or end) through the same FHIR type. None when there is no date
+    or it is not valid (such a result is read in full, and found undated or invalid)."""
+    value, element = _raw_effective(raw)
+    if value is None:
         return None
     memo = _RANKS[element]
     rank = memo.get(value, _UNREAD)
@@ -646,15 +659,8 @@ def raw_observation_rank(raw: dict[str, Any]) -> int | None:
 def observation_date_of_raw(raw: dict[str, Any]) -> FhirDate | None:
     """observation_date() of an Observation not validated as a whole: the same
     element, through the same FHIR type (None when absent or not valid)."""
-    value, element = raw.get("effectiveDateTime"), "effectiveDateTime"
+    value, element = _raw_effective(raw)
     if value is None:
-        value, element = raw.get("effectiveInstant"), "effectiveInstant"
-        if value is None:
-            period = raw.get("effectivePeriod")
-            if not isinstance(period, dict):
-                return None
-            value, element = (period.get("start"), "start") if period.get("start") else (period.get("end"), "end")
-    if not isinstance(value, str):
         return None
     try:
         return parse_fhir_date(_date_type(element).validate_python(value))
