@@ -343,3 +343,21 @@ def test_a_known_secondary_of_the_breast_fails_but_metastasis_from_the_breast_st
     assert breast("94297009", "Metastatic malignant neoplasm to female breast (disorder)") is Result.FAIL
     assert breast("278053004", "Intraductal carcinoma of breast (disorder)") is Result.UNKNOWN  # nonspecific
     assert breast("315004001", "Metastasis from malignant tumor of breast (disorder)") is Result.UNKNOWN
+
+
+# ---------------------------------------------------------------- meninges body sites
+
+
+def test_leptomeningeal_body_sites_are_meninges_but_the_dura_mater_is_not(sets):
+    """The arachnoid, pia mater and subarachnoid space (eHDSI Body Site, DICOM CID 7153, PH
+    Road Safety body sites) make a secondary malignant neoplasm leptomeningeal; the dura
+    mater (a dural metastasis) does not."""
+    for code in ("75042008",    # Arachnoid structure
+                 "23180006",    # Pia mater structure
+                 "35951006",    # Subarachnoid space structure
+                 "75559006"):   # Spinal cord meninges structure
+        assert has(sets, "meninges-body-site", SNOMED, code), code
+    for code in ("18545000",    # Dura mater structure
+                 "37554007",    # Spinal dura mater structure
+                 "7851002"):    # Intracranial subdural space
+        assert not has(sets, "meninges-body-site", SNOMED, code), code
