@@ -127,9 +127,9 @@ def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> _An
     if analyte.mentions is not None and (outcome.result is not Result.UNKNOWN or outcome.why in _SILENT):
         newer = _newer_mention(ctx, analyte, outcome.decided_at, lookback_days)
         if newer is not None:
-            evidence, why = newer
+            evidence, why, day = newer
             outcome = _AnalyteOutcome(Result.UNKNOWN, f"{analyte.name}: a {'newer ' if outcome.decided_at else ''}"
-                                      f"result ({evidence.date}) is recorded as '{evidence.display}' with "
+                                      f"result ({day}) is recorded as '{evidence.display}' with "
                                       f"{'an unrecognised code' if why is Why.UNRECOGNISED_CODE else 'text only'}"
                                       ": it cannot be read" + (", and the older one does not decide"
                                                                if outcome.decided_at else ""),
@@ -150,7 +150,7 @@ _SILENT = (Why.NO_DATA, Why.STALE)
 
 
 def _newer_mention(ctx: Context, analyte: Analyte, decided_at: FhirDate | None,
-                   lookback_days: int) -> tuple[Evidence, Why] | None:
+                   lookback_days: int) -> tuple[Evidence, Why, str] | None:
     """A resulted Observation no code set of the trial recognises, whose text names
     the analyte, within the look-back and dated after the deciding (or stale latest) result."""
     # Older than this cannot matter: the deciding result's time, or a day before the look-back's
@@ -178,7 +178,7 @@ def _newer_mention(ctx: Context, analyte: Analyte, decided_at: FhirDate | None,
             continue
         evidence = mention_evidence(ctx, raw, named)
         evidence.date = date.text
-        return evidence, named[2]
+        return evidence, named[2], date.day_text
     return None
 
 
