@@ -496,3 +496,12 @@ def test_a_site_given_as_text_only(nct06462092):
     c["bodySite"] = [{"text": "leptomeninges (lumbar)"}]
     out = run(nct06462092, c, criterion="leptomeningeal-metastases")
     assert (out.result, out.why) == (Result.UNKNOWN, Why.TEXT_ONLY)
+
+
+@pytest.mark.parametrize("text, analyte", [("Carboxyhemoglobin", "hemoglobin"), ("Hemoglobin A2", "hemoglobin"),
+                                           ("Neutrophil cytoplasmic Ab (ANCA)", "neutrophils"),
+                                           ("Platelet factor 4 Ab", "platelets")])
+def test_tests_that_share_a_word_with_an_analyte_do_not_stand_in_the_way(nct06462092, text, analyte):
+    code = {"hemoglobin": (HB, 13.1, "g/dL"), "neutrophils": (ANC, 3.2, "10*3/uL"), "platelets": (PLT, 212, "10*3/uL")}
+    c = run(nct06462092, lab(*code[analyte], OLDER), local_lab(text, 1, "%"), criterion=analyte)
+    assert c.result is Result.PASS
