@@ -510,7 +510,11 @@ class PatientRecord:
         whose codes are all known costs a look-up per code, not per resource."""
         index = self._index.get(resource_type) or {}
         everything = self.by_type.get(resource_type, ())
-        recognised = {id(entry[0]) for key, bucket in index.items() if codes.contains(key) for entry in bucket}
+        known = set(codes.exact.intersection(index))  # walks the record's codes; prefixes: their systems only
+        if codes.prefixes:
+            systems = {system for system, _ in codes.prefixes}
+            known.update(key for key in index if key[0] in systems and key not in known and codes.contains(key))
+        recognised = {id(entry[0]) for key in known for entry in index[key]}
         if len(recognised) == len(everything):
             return []  # every resource is filed under a known code
         return [raw for raw in everything if id(raw) not in recognised]

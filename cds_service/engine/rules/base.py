@@ -457,7 +457,9 @@ def unrecognised_results(ctx: "Context", since: dt.date) -> list[tuple[int, dict
         pool = []
         for raw in ctx.record.not_coded_in("Observation", ctx.library.everything()):
             when = raw.get("effectiveDateTime")
-            if type(when) is str and len(when) >= 10 and when[:10] < floor:  # noqa: E721 - ISO dates sort as text
+            # ISO dates sort as text: a dateTime on an earlier day is less than the floor's day; so is a
+            # partial date ("2026-05"), which cannot be shown within a look-back anyway.
+            if type(when) is str and when < floor:  # noqa: E721
                 continue
             if raw.get("status") not in VALID_OBSERVATION_STATUSES:
                 continue

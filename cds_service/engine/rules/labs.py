@@ -159,8 +159,11 @@ def _newer_mention(ctx: Context, analyte: Analyte, decided_at: FhirDate | None,
     pool = unrecognised_results(ctx, since)
     if not pool:
         return None  # the usual case: every result is coded in the trial's sets
-    window = dt.datetime(since.year, since.month, since.day, tzinfo=dt.timezone.utc)
-    floor = max(instant_rank(window), instant_rank(decided_at.sort_key()) if decided_at is not None else -1)
+    floor = instant_rank(dt.datetime(since.year, since.month, since.day, tzinfo=dt.timezone.utc))
+    if decided_at is not None:
+        floor = max(floor, instant_rank(decided_at.sort_key()))
+    if pool[0][0] <= floor:
+        return None  # none newer
     texts_of = ctx.memo.setdefault("unrecognised-texts", {})  # by id: read once for all analytes
     for rank, raw in pool:
         if rank <= floor:
