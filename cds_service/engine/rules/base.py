@@ -535,7 +535,7 @@ def read_results(ctx: Context, codes: CodeSet, resource_type: str = "Observation
     for hit in ctx.record.find(resource_type, codes):
         if hit.component is not None and not components:
             continue
-        read = _read_hit(ctx, hit, codes)
+        read = read_hit(ctx, hit, codes)
         if isinstance(read, Reading):
             readings.append(read)
         else:
@@ -548,7 +548,7 @@ class RankingMismatch(Exception):
     expected: both come from the same value through the same FHIR type)."""
 
 
-def _read_hit(ctx: Context, hit: Any, codes: CodeSet, ranked_at: int | None = None) -> Reading | Evidence:
+def read_hit(ctx: Context, hit: Any, codes: CodeSet, ranked_at: int | None = None) -> Reading | Evidence:
     """One result: a Reading, or the ignored Evidence saying why it does not count.
     `ranked_at`: the rank it was read in, which its validated date must agree with."""
     try:
@@ -750,14 +750,14 @@ def read_latest_results(ctx: Context, codes: CodeSet, usable: Callable[[Reading]
 
 def _read_newest_first(ctx: Context, codes: CodeSet, usable: Callable[[Reading], bool], undated: list[Any],
                        dated: list[tuple[int, Any]]) -> LatestResults:
-    read: list[tuple[int, Reading | Evidence]] = [(hit.position, _read_hit(ctx, hit, codes)) for hit in undated]
+    read: list[tuple[int, Reading | Evidence]] = [(hit.position, read_hit(ctx, hit, codes)) for hit in undated]
     latest = None  # rank of the latest usable result, once found
     not_read = 0
     for i, (rank, hit) in enumerate(dated):
         if latest is not None and rank != latest:
             not_read = len(dated) - i
             break
-        result = _read_hit(ctx, hit, codes, ranked_at=rank)
+        result = read_hit(ctx, hit, codes, ranked_at=rank)
         read.append((hit.position, result))
         if latest is None and isinstance(result, Reading) and usable(result):
             latest = rank

@@ -30,8 +30,8 @@ from pydantic import Field
 from ..codes import CodeSet
 from ..model import Evidence, Role
 from ..record import InvalidResource
-from .base import (NEGATIVE, POSITIVE, Context, Reading, RuleModel, _read_hit, coding_text, concept_in,
-                   invalid_evidence, matching_coding, observation_date, qualitative_word)
+from .base import (NEGATIVE, POSITIVE, Context, Reading, RuleModel, coding_text, concept_in, invalid_evidence,
+                   matching_coding, observation_date, qualitative_word, read_hit)
 
 
 class Cytology(RuleModel):
@@ -100,13 +100,13 @@ def read_cytology(ctx: Context, spec: Cytology) -> CytologyFindings:
 
 
 def _read(ctx: Context, hit: Any, codes: CodeSet, rtype: str) -> Reading | Evidence:
-    read = _read_hit(ctx, hit, codes)
+    read = read_hit(ctx, hit, codes)
     if isinstance(read, Reading) or rtype != "DiagnosticReport" or hit.raw.get("status") not in \
             _MORE_REPORT_STATUSES:
         return read
     try:  # a report appended to, or partial: a result like any other
         report = ctx.record.model(hit.raw)
-    except InvalidResource as exc:  # pragma: no cover - _read_hit has reported it already
+    except InvalidResource as exc:  # pragma: no cover - read_hit has reported it already
         return invalid_evidence(ctx, hit.raw, exc)
     date = observation_date(report)
     read.role, read.note = Role.SUPPORTING, None
