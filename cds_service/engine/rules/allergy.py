@@ -9,7 +9,8 @@ from pydantic import Field
 from ..model import Evidence, Result, Role, Why
 from ..record import InvalidResource
 from .base import (ACTIVE_CLINICAL, EXCLUDED, Context, Outcome, RuleModel, TextMentions, clinical_status,
-                   coding_text, concept_label, invalid_evidence, matching_coding, named_by_text, verification)
+                   coding_text, concept_label, invalid_evidence, matching_coding, named_by_text, recorded_with,
+                   verification)
 from .conditions import decided
 
 
@@ -87,8 +88,8 @@ class AllergyRule(RuleModel):
                            "related to a study drug, a clinician's call", reviewing, everything)
         if named_only:
             ev, why = named_only[0]
-            how = "an unrecognised code" if why is Why.UNRECOGNISED_CODE else "text only"
-            return decided(Result.REVIEW, f"allergy to '{ev.display}' is recorded with {how}: check it is not to "
+            return decided(Result.REVIEW, f"allergy to '{ev.display}' is recorded with {recorded_with(why)}: check "
+                           "it is not to "
                            + self.label, [e for e, _ in named_only], everything, why)
         if uncoded:
             return decided(Result.REVIEW, "an allergy record is not valid FHIR: check it is not to "

@@ -345,24 +345,27 @@ def _raw_excluded(raw: dict[str, Any]) -> bool:
                                              for c in codings)
 
 
-def _raw_texts(concept: Any) -> tuple[list[str], list[tuple[str, str]], bool]:
-    """(texts, coding keys, has a coding with system and code) of a raw CodeableConcept."""
-    texts: list[str] = []
-    keys: list[tuple[str, str]] = []
+def concept_coding_keys(concept: Any) -> list[tuple[str, str]]:
+    """The coding keys (engine/codes.py coding_key) of a raw CodeableConcept, in order."""
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    if not isinstance(codings, list):
+        return []
+    keys = (memo_coding_key(c.get("system"), c.get("code")) for c in codings if isinstance(c, dict))
+    return [key for key in keys if key is not None]
+
+
+def concept_texts(concept: Any) -> tuple[str, ...]:
+    """The texts of a raw CodeableConcept: its text, then each coding's display."""
     if not isinstance(concept, dict):
-        return texts, keys, False
-    if isinstance(concept.get("text"), str):
-        texts.append(concept["text"])
+        return ()
+    text = concept.get("text")
+    texts = [text] if isinstance(text, str) else []
     codings = concept.get("coding")
     for coding in codings if isinstance(codings, list) else ():
-        if not isinstance(coding, dict):
-            continue
-        if isinstance(coding.get("display"), str):
-            texts.append(coding["display"])
-        key = memo_coding_key(coding.get("system"), coding.get("code"))
-        if key is not None:
-            keys.append(key)
-    return texts, keys, bool(keys)
+        display = coding.get("display") if isinstance(coding, dict) else None
+        if isinstance(display, str):
+            texts.append(display)
+    return tuple(texts)
 
 
 # What each TextMentions says of a text, remembered: the same displays ("Glucose", "HGB") come on
@@ -395,25 +398,19 @@ def named_by_text(concept: Any, mentions: TextMentions, read: CodeSet | None,
     """(the text, the coding keys, UNRECOGNISED_CODE or TEXT_ONLY) when a raw
     CodeableConcept has no coding in `read` nor in `known`, and a text or coding
     display that names the concept; None otherwise."""
-    if not isinstance(concept, dict):
-        return None
-    named = None
-    text = concept.get("text")
-    if isinstance(text, str) and _names(mentions, text):
-        named = text
-    else:
-        codings = concept.get("coding")
-        for coding in codings if isinstance(codings, list) else ():
-            display = coding.get("display") if isinstance(coding, dict) else None
-            if isinstance(display, str) and _names(mentions, display):
-                named = display
-                break
+    memo = _names_memo(mentions)
+    named = next((text for text in concept_texts(concept) if _names(mentions, text, memo)), None)
     if named is None:
         return None
-    _, keys, coded = _raw_texts(concept)
+    keys = concept_coding_keys(concept)
     if any((read is not None and read.contains(k)) or (known is not None and known.contains(k)) for k in keys):
         return None
-    return named, keys, Why.UNRECOGNISED_CODE if coded else Why.TEXT_ONLY
+    return named, keys, Why.UNRECOGNISED_CODE if keys else Why.TEXT_ONLY
+
+
+def recorded_with(why: Why) -> str:
+    """How a record the safety net found was recorded, in words."""
+    return "an unrecognised code" if why is Why.UNRECOGNISED_CODE else "text only"
 
 
 def mention_evidence(ctx: "Context", raw: dict[str, Any], named: tuple[str, list[tuple[str, str]], Why]
@@ -471,20 +468,6 @@ def unrecognised_results(ctx: "Context", since: dt.date) -> list[tuple[int, dict
     return pool
 
 
-def concept_texts(concept: Any) -> tuple[str, ...]:
-    """The texts of a raw CodeableConcept: its text, then each coding's display."""
-    if not isinstance(concept, dict):
-        return ()
-    text = concept.get("text")
-    texts = [text] if isinstance(text, str) else []
-    codings = concept.get("coding")
-    for coding in codings if isinstance(codings, list) else ():
-        display = coding.get("display") if isinstance(coding, dict) else None
-        if isinstance(display, str):
-            texts.append(display)
-    return tuple(texts)
-
-
 def names_any(mentions: TextMentions, texts: tuple[str, ...]) -> bool:
     """Whether one of `texts` names what `mentions` names (remembered by the texts
     together, and by each text)."""
@@ -498,8 +481,7 @@ def names_any(mentions: TextMentions, texts: tuple[str, ...]) -> bool:
 
 def mention_reason(mention: tuple[Evidence, Why], what: str) -> str:
     evidence, why = mention
-    how = "an unrecognised code" if why is Why.UNRECOGNISED_CODE else "text only"
-    return f"'{evidence.display}' is recorded with {how}: it may be {what}"
+    return f"'{evidence.display}' is recorded with {recorded_with(why)}: it may be {what}"
 
 
 INVALID_NOTE = "not valid FHIR, skipped"

@@ -9,13 +9,14 @@ from typing import Any, Callable, Literal
 
 from pydantic import Field
 
-from ..codes import CodeSet, memo_coding_key
+from ..codes import CodeSet
 from ..model import Evidence, Result, Role, Why
 from ..record import InvalidResource
-from .cytology import Cytology, CytologyFindings, read_cytology
 from .base import (ACTIVE_CLINICAL, CONFIRMED, EXCLUDED, UNCONFIRMED, Context, Outcome, RuleModel, TextMentions,
-                   clinical_status, coding_text, concept_in, concept_label, condition_date, has_invalid,
-                   invalid_evidence, matching_coding, mention_reason, named_by_text, unread_mentions, verification)
+                   clinical_status, coding_text, concept_coding_keys, concept_in, concept_label, condition_date,
+                   has_invalid, invalid_evidence, matching_coding, mention_reason, named_by_text, recorded_with,
+                   unread_mentions, verification)
+from .cytology import Cytology, CytologyFindings, read_cytology
 
 
 @dataclass(slots=True)
@@ -45,10 +46,7 @@ def find_conditions(ctx: Context, code_names: list[str], *, unless: CodeSet | No
 
 
 def _coded_in(raw: dict[str, Any], codes: CodeSet) -> bool:
-    code = raw.get("code")
-    codings = code.get("coding") if isinstance(code, dict) else None
-    return isinstance(codings, list) and any(
-        isinstance(c, dict) and codes.contains(memo_coding_key(c.get("system"), c.get("code"))) for c in codings)
+    return any(codes.contains(key) for key in concept_coding_keys(raw.get("code")))
 
 
 def find_conditions_until(ctx: Context, code_names: list[str],
@@ -133,13 +131,15 @@ class SiteDependentCodes(RuleModel):
     site_mentions: TextMentions | None = None
 
 
-def _site_named(raw: dict[str, Any], site_rule: SiteDependentCodes) -> tuple[str, Why] | None:
+def _site_named(ctx: Context, raw: dict[str, Any], site_rule: SiteDependentCodes) -> tuple[str, Why] | None:
     """(text, why) of a body site the site sets cannot match whose text names a qualifying site."""
-    if site_rule.site_mentions is None:
+    mentions = site_rule.site_mentions
+    if mentions is None:
         return None
+    known = ctx.codes(mentions.other_codes) if mentions.other_codes else None
     sites = raw.get("bodySite")
     for site in sites if isinstance(sites, list) else ():
-        named = named_by_text(site, site_rule.site_mentions, None, None)
+        named = named_by_text(site, mentions, None, known)
         if named is not None:
             return named[0], named[2]
     return None
@@ -214,9 +214,9 @@ class ConditionPresentRule(RuleModel):
                 if any(concept_in(site, sites) for site in g.model.bodySite or ()):
                     g.evidence.note = "general code; its body site qualifies it"
                     found.append(g)
-                elif g.model.bodySite and (site := _site_named(g.raw, site_rule)) is not None:
-                    g.evidence.note = f"general code; its body site '{site[0]}' is recorded with " + \
-                        ("an unrecognised code" if site[1] is Why.UNRECOGNISED_CODE else "text only")
+                elif g.model.bodySite and (site := _site_named(ctx, g.raw, site_rule)) is not None:
+                    g.evidence.note = f"general code; its body site '{site[0]}' is recorded with " \
+                                      f"{recorded_with(site[1])}"
                     unread_sites.append((g, *site))
                 elif g.model.bodySite:
                     g.evidence.role, g.evidence.note = Role.IGNORED, "general code with another body site"
@@ -258,8 +258,8 @@ class ConditionPresentRule(RuleModel):
                            f"{self.label}", [f.evidence for f in nonspecific], everything, Why.NONSPECIFIC_CODE)
         if unread_sites:
             g, site, why = unread_sites[0]
-            how = "an unrecognised code" if why is Why.UNRECOGNISED_CODE else "text only"
-            return decided(Result.UNKNOWN, f"{_label(g)} with a body site '{site}' recorded with {how}: it may be "
+            return decided(Result.UNKNOWN, f"{_label(g)} with a body site '{site}' recorded with {recorded_with(why)}: "
+                           "it may be "
                            f"{self.label}", [g.evidence for g, _, _ in unread_sites], everything, why)
         if cytology.unsure:
             return decided(Result.UNKNOWN, f"positive cytology, but the specimen is not recorded as "

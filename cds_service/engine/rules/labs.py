@@ -20,7 +20,7 @@ from ..model import Evidence, Measured, Result, Role, UpperLimit, Why, shown_num
 from ..quantities import NotConvertible, UnitTable
 from .base import (Context, Outcome, Reading, RuleModel, TextMentions, concept_label, concept_texts, has_invalid,
                    instant_rank, mention_evidence, named_by_text, names_any, observation_date,
-                   observation_date_of_raw, read_latest_results, unrecognised_results)
+                   observation_date_of_raw, read_latest_results, recorded_with, unrecognised_results)
 
 Comparator = Literal["<", "<=", ">", ">="]
 
@@ -130,8 +130,7 @@ def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> _An
             evidence, why, day = newer
             outcome = _AnalyteOutcome(Result.UNKNOWN, f"{analyte.name}: a {'newer ' if outcome.decided_at else ''}"
                                       f"result ({day}) is recorded as '{evidence.display}' with "
-                                      f"{'an unrecognised code' if why is Why.UNRECOGNISED_CODE else 'text only'}"
-                                      ": it cannot be read" + (", and the older one does not decide"
+                                      f"{recorded_with(why)}: it cannot be read" + (", and the older one does not decide"
                                                                if outcome.decided_at else ""),
                                       [evidence] + _demoted(outcome.evidence), why, outcome.not_read)
     return outcome
@@ -173,9 +172,7 @@ def _newer_mention(ctx: Context, analyte: Analyte, decided_at: FhirDate | None,
             texts = texts_of[id(raw)] = concept_texts(raw.get("code"))  # the pool holds raw: ids stay unique
         if not names_any(analyte.mentions, texts):
             continue
-        named = named_by_text(raw.get("code"), analyte.mentions, None, None)
-        if named is None:
-            continue
+        named = named_by_text(raw.get("code"), analyte.mentions, None, None)  # a text names it: never None here
         date = observation_date_of_raw(raw)
         if date is None or recency(date, ctx.as_of, lookback_days) is not Recency.FRESH:
             continue
