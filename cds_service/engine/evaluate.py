@@ -13,7 +13,6 @@ from .model import CriterionResult, Result, TrialEvaluation, Why
 from .quantities import UnitTable
 from .record import PatientRecord
 from .rules.base import CodeLibrary, Context, Outcome
-from .rules.patient import lifetime_age
 
 
 @dataclass
@@ -163,7 +162,7 @@ def _outside(applies: AppliesTo, ctx: Context) -> str | None:
         return f"applies to {applies.sex} patients only"
     if applies.max_age is None and applies.min_age is None:
         return None
-    age = lifetime_age(ctx)  # a deceased patient's age at death, never shown
+    age = ctx.age  # a deceased patient's age at death, never shown
     if age is not None:
         if applies.max_age is not None and age.youngest > applies.max_age:
             return f"applies up to age {applies.max_age}; " + \

@@ -9,13 +9,13 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import itemgetter
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from ..codes import CodeSet, memo_coding_key, union
-from ..dates import FhirDate, age_range, parse_fhir_date
+from ..dates import FhirDate, age_range, age_range_at_death, parse_fhir_date
 from ..memo import remembered_by_identity
 from ..model import Evidence, Result, Role, Why
 from ..quantities import UnitTable
@@ -167,9 +167,30 @@ class Context:
         return parse_fhir_date(p.birthDate) if p is not None else None
 
     @cached_property
-    def age(self) -> tuple[int, int] | None:
-        """(youngest, oldest) possible age on the evaluation date."""
-        return age_range(self.birth_date, self.as_of) if self.birth_date else None
+    def age(self) -> "Age | None":
+        """The patient's possible age (youngest, oldest) in completed years on the
+        evaluation date, or, for a deceased patient, on the date of death: an age is
+        never counted past death. deceasedBoolean true without a date: death may have
+        come on any day from birth to the evaluation date, so the age is 0 to the age
+        today, and decides only what that whole range decides (see
+        dates.age_range_at_death). None without a (readable) birth date. Read once per
+        evaluation: the age criterion, appliesTo and the pregnancy rule all ask."""
+        birth, p = self.birth_date, self.patient
+        if birth is None or p is None:
+            return None
+        if p.deceasedDateTime is not None:
+            death = parse_fhir_date(p.deceasedDateTime)
+            if death is not None:
+                return Age(*age_range_at_death(birth, death, self.as_of), True)
+        if p.deceasedDateTime is not None or p.deceasedBoolean:
+            return Age(*age_range_at_death(birth, None, self.as_of), True)
+        return Age(*age_range(birth, self.as_of), False)
+
+
+class Age(NamedTuple):
+    youngest: int
+    oldest: int
+    deceased: bool  # counted to the date of death (or unknown for want of one): never shown
 
 
 # -- statuses -------------------------------------------------------------

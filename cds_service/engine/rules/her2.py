@@ -18,11 +18,11 @@ from pydantic import Field
 
 from ..dates import FhirDate
 from ..model import Evidence, Result, Why
-from .base import (CONFIRMED, EXCLUDED, Context, Outcome, RuleModel, concept_label, condition_date,
-                   matching_coding, qualitative_word, read_results)
+from .base import (CONFIRMED, EXCLUDED, NEGATIVE, POSITIVE, Context, Outcome, RuleModel, concept_label,
+                   condition_date, matching_coding, qualitative_word, read_results)
 from .conditions import decided, find_conditions
 
-NEGATIVE, POSITIVE, OPEN = "negative", "positive", "not definitive"
+OPEN = "not definitive"  # beside base's NEGATIVE and POSITIVE, which qualitative_word answers
 
 
 @dataclass(slots=True)

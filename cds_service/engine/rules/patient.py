@@ -3,14 +3,14 @@ judge (review items)."""
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ..dates import age_range_at_death, parse_fhir_date
+from ..dates import parse_fhir_date
 from ..model import Evidence, Result, Role, Why
 from ..record import InvalidResource
-from .base import Context, Outcome, RuleModel
+from .base import Age, Context, Outcome, RuleModel
 
 
 def _patient_evidence(ctx: Context, **fields) -> list[Evidence]:
@@ -29,33 +29,6 @@ def _missing_patient(ctx: Context) -> Outcome | None:
         return Outcome(Result.UNKNOWN, f"Patient resource is not valid FHIR: {exc}", why=Why.INVALID_RESOURCE,
                        evidence=_patient_evidence(ctx, note=f"not valid FHIR: {exc}"))
     return None
-
-
-class Age(NamedTuple):
-    youngest: int
-    oldest: int
-    deceased: bool  # counted to the date of death (or unknown for want of one): never shown
-
-
-def lifetime_age(ctx: Context) -> Age | None:
-    """The patient's possible age (youngest, oldest) in completed years on the
-    evaluation date, or, for a deceased patient, on the date of death: an age is
-    never counted past death. deceasedBoolean true without a date: death may have
-    come on any day from birth to the evaluation date, so the age is 0 to the age
-    today, and decides only what that whole range decides (see
-    dates.age_range_at_death). None without a (readable) birth date."""
-    birth = ctx.birth_date
-    p = ctx.patient
-    if birth is None or p is None:
-        return None
-    if p.deceasedDateTime is not None:
-        death = parse_fhir_date(p.deceasedDateTime)
-        if death is not None:
-            return Age(*age_range_at_death(birth, death, ctx.as_of), True)
-    if p.deceasedDateTime is not None or p.deceasedBoolean:
-        return Age(*age_range_at_death(birth, None, ctx.as_of), True)
-    youngest, oldest = ctx.age
-    return Age(youngest, oldest, False)
 
 
 class AliveRule(RuleModel):
@@ -124,7 +97,7 @@ class AgeRule(RuleModel):
         if missing:
             return missing
         bounds = f"{self.min if self.min is not None else 0}–{self.max if self.max is not None else '∞'}"
-        age = lifetime_age(ctx)
+        age = ctx.age
         if age is None:
             return Outcome(Result.UNKNOWN, "no birth date recorded", why=Why.NO_DATA)
         decided = self._decides(age)

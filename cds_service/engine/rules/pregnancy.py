@@ -11,14 +11,13 @@ from pydantic import Field
 from ..dates import FhirDate, Recency, recency
 from ..model import Evidence, Measured, Result, Role, Why
 from ..quantities import NotConvertible
-from .base import POSITIVE as QUALITATIVE_POSITIVE
-from .base import (CONFIRMED, UNCONFIRMED, Context, Outcome, RuleModel, TextMentions, concept_label,
-                   condition_date, matching_coding, mention_reason, qualitative_word, read_results, unread_mentions)
+from .base import (CONFIRMED, NEGATIVE, POSITIVE, UNCONFIRMED, Context, Outcome, RuleModel, TextMentions,
+                   concept_label, condition_date, matching_coding, mention_reason, qualitative_word, read_results,
+                   unread_mentions)
 from .conditions import decided, find_conditions
 from .labs import classify
-from .patient import lifetime_age
 
-POSITIVE, NEGATIVE, INDETERMINATE, UNREADABLE = "positive", "negative", "indeterminate", "unreadable"
+INDETERMINATE, UNREADABLE = "indeterminate", "unreadable"  # beside base's POSITIVE and NEGATIVE
 
 
 class CodedTest(RuleModel):
@@ -146,7 +145,7 @@ class PregnancyRule(RuleModel):
             why, what = Why.STALE, f"no pregnancy test within {self.lookback_days} days"
         else:
             why, what = Why.NO_DATA, f"no pregnancy test within {self.lookback_days} days"
-        age = lifetime_age(ctx)  # never counted past death
+        age = ctx.age  # never counted past death
         for rule in self.when_no_data:
             if rule.max_age is None or age is None or age.youngest <= rule.max_age:
                 if rule.result == "review":
@@ -203,7 +202,7 @@ class PregnancyRule(RuleModel):
             if word is None:
                 ev.note = "text that is not an exact positive or negative word; cannot be read"
                 return UNREADABLE
-            return POSITIVE if word == QUALITATIVE_POSITIVE else NEGATIVE
+            return word
         value = obs.valueCodeableConcept
         if value is None and obs.valueQuantity is None and obs.dataAbsentReason is None:
             ev.value, ev.note = "no value", "resulted without a value or a reason for its absence"
