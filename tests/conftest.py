@@ -1,4 +1,5 @@
 import logging
+import os
 
 import pytest
 
@@ -93,3 +94,27 @@ def make_app(tmp_path):
 @pytest.fixture
 def client(make_app):
     return make_app().test_client()
+
+
+@pytest.fixture(scope="session")
+def hapi(tmp_path_factory):
+    """The base URL of a real HAPI FHIR R4 server on 127.0.0.1: CDS_TEST_HAPI_URL (CI starts one),
+    else one started here for the whole session (tests/hapi_server.py) and stopped at its end.
+    Locally the tests using it skip without Java and Maven; under CI=true they never skip."""
+    from cds_service.harness import FhirWriter
+    from hapi_server import HapiServer, java_tools_missing
+
+    url = os.environ.get("CDS_TEST_HAPI_URL")
+    if url:
+        FhirWriter(url).wait_ready()
+        yield url
+        return
+    missing = java_tools_missing()
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{missing}: .ci/run must provide Java and Maven")
+        pytest.skip(f"HAPI integration tests need Java and Maven ({missing})")
+    server = HapiServer(log=tmp_path_factory.mktemp("hapi") / "hapi.log").start()
+    print(f"HAPI started in {server.start_seconds:.1f} s")
+    yield server.url
+    server.stop()

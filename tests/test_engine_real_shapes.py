@@ -312,6 +312,8 @@ def test_unknown_unit_spellings_are_remembered_within_a_bound(nct06462092):
         except quantities.NotConvertible:
             pass
     assert len(table._units) <= quantities.UNIT_MEMO_SIZE and len(table._factors) <= quantities.UNIT_MEMO_SIZE
+    last = f"weird-unit-{quantities.UNIT_MEMO_SIZE + 49}"  # remembered, failure included: parsing a unit is slow
+    assert (None, last, None) in table._units and (last, "g/L", None) in table._factors
 
 
 # -- HER2 sent as text; no HER2 at all -----------------------------------------------------

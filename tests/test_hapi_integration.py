@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -20,28 +19,9 @@ import requests
 from cds_service.fhir.client import FhirClient
 from cds_service.fhir.queries import Read, Search
 from cds_service.harness import FhirWriter, load_gold, run
-from hapi_server import HapiServer, java_tools_missing
 
 GOLD = Path(__file__).parent / "gold"
 LOINC = "http://loinc.org"
-
-
-@pytest.fixture(scope="module")
-def hapi(tmp_path_factory):
-    url = os.environ.get("CDS_TEST_HAPI_URL")
-    if url:
-        FhirWriter(url).wait_ready()
-        yield url
-        return
-    missing = java_tools_missing()
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{missing}: .ci/run must provide Java and Maven")
-        pytest.skip(f"HAPI integration tests need Java and Maven ({missing})")
-    server = HapiServer(log=tmp_path_factory.mktemp("hapi") / "hapi.log").start()
-    print(f"HAPI started in {server.start_seconds:.1f} s")
-    yield server.url
-    server.stop()
 
 
 def _observation(patient: str, code: str, day: int, value: float) -> dict:
@@ -179,12 +159,7 @@ def test_long_lab_history_paged_newest_first_on_a_real_server(hapi, make_app):
     pid, locations = writer.load(bundle, shared=True, run_id="history")
     try:
         app = make_app(allowed_fhir_servers=(hapi,), fhir_deadline=60.0, fhir_page_limit=20)
-        body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view", "fhirServer": hapi,
-                "context": {"userId": "Practitioner/x", "patientId": pid}}
-        response = app.test_client().post("/cds-services/trial-eligibility", data=json.dumps(body),
-                                          content_type="application/json")
-        assert response.status_code == 200, response.get_json()
-        evaluation = response.get_json()["cards"][0]["extension"]["trial-eligibility"]
+        evaluation = _evaluation_without_prefetch(app, hapi, pid)
         neutrophils = next(c for c in evaluation["criteria"] if c["id"] == "neutrophils")
         assert neutrophils["result"] == "pass"
         assert [e["value"] for e in neutrophils["evidence"]] == [str(anc["valueQuantity"]["value"])]
@@ -199,6 +174,16 @@ def test_long_lab_history_paged_newest_first_on_a_real_server(hapi, make_app):
         assert her2["result"] == "pass" and evaluation["status"] == "eligible"
     finally:
         writer.delete(locations)
+
+
+def _evaluation_without_prefetch(app, hapi: str, pid: str) -> dict:
+    """The trial evaluation of a patient-view call without prefetch (the service reads HAPI)."""
+    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view", "fhirServer": hapi,
+            "context": {"userId": "Practitioner/x", "patientId": pid}}
+    response = app.test_client().post("/cds-services/trial-eligibility", data=json.dumps(body),
+                                      content_type="application/json")
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["cards"][0]["extension"]["trial-eligibility"]
 
 
 def test_cytology_report_search_includes_its_result_and_a_specimen_without_subject(hapi, make_app):
@@ -228,12 +213,7 @@ def test_cytology_report_search_includes_its_result_and_a_specimen_without_subje
     pid, locations = writer.load(bundle, shared=True, run_id="include")
     try:
         app = make_app(allowed_fhir_servers=(hapi,), fhir_deadline=60.0, fhir_cache_ttl=0)
-        body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view", "fhirServer": hapi,
-                "context": {"userId": "Practitioner/x", "patientId": pid}}
-        response = app.test_client().post("/cds-services/trial-eligibility", data=json.dumps(body),
-                                          content_type="application/json")
-        assert response.status_code == 200, response.get_json()
-        evaluation = response.get_json()["cards"][0]["extension"]["trial-eligibility"]
+        evaluation = _evaluation_without_prefetch(app, hapi, pid)
         lm = next(c for c in evaluation["criteria"] if c["id"] == "leptomeningeal-metastases")
         assert lm["result"] == "pass" and evaluation["status"] == "eligible", lm
         report = [loc for loc in locations if loc.startswith("DiagnosticReport/")][-1]  # ours, added last

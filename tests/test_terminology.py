@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
-import os
 import re
 import time
 import uuid
@@ -32,7 +31,6 @@ from cds_service.hooks.config import ConfigError, Settings
 from cds_service.hooks.service import TrialEligibilityService
 from cds_service.trials.loader import load_units
 from conftest import EHR
-from hapi_server import HapiServer, java_tools_missing
 from hookdata import searchset
 
 TX = "https://tx.example.org/fhir"
@@ -585,22 +583,6 @@ def test_the_hook_without_a_server_makes_no_terminology_entry(make_app):
 
 
 # -- against a real HAPI FHIR server ---------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def hapi(tmp_path_factory):
-    url = os.environ.get("CDS_TEST_HAPI_URL")
-    if url:
-        yield url
-        return
-    missing = java_tools_missing()
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{missing}: .ci/run must provide Java and Maven")
-        pytest.skip(f"HAPI integration tests need Java and Maven ({missing})")
-    server = HapiServer(log=tmp_path_factory.mktemp("hapi") / "hapi.log").start()
-    yield server.url
-    server.stop()
-
 
 @pytest.fixture(scope="module")
 def hapi_terminology(hapi):
