@@ -9,6 +9,8 @@ from typing import Any, Iterable
 
 import orjson
 
+from ..engine.record import type_and_id
+
 
 class InputError(ValueError):
     """Input that is not FHIR JSON the service can read. The message is one line."""
@@ -113,10 +115,7 @@ def reference_key(reference: Any) -> str | None:
     ref = reference.split("/_history/")[0].rstrip("/")
     if ref.startswith("urn:"):
         return ref
-    parts = ref.split("/")
-    if len(parts) >= 2:
-        return f"{parts[-2]}/{parts[-1]}"
-    return ref
+    return type_and_id(ref) or ref  # the engine's reading of a literal reference (engine/record.py)
 
 
 # Where each resource type keeps the patient it is about.
