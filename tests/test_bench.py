@@ -1,5 +1,5 @@
 """The hook benchmark runs end to end (a few calls; its figures are not judged here:
-speed is measured by running it, see README "Benchmarks")."""
+speed is measured by running it, see docs/benchmarks.md)."""
 
 import subprocess
 import sys
