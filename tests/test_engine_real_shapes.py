@@ -258,6 +258,36 @@ def test_a_newer_result_under_a_local_code_alone_makes_the_lab_unknown(nct064620
     assert c.evidence[0].display == "HGB" and c.evidence[0].date == NEWER
 
 
+def test_a_later_instant_written_on_an_earlier_day_is_still_newer(nct06462092):
+    # 2026-06-08T00:30+14:00 is 06-07 10:30 UTC; 2026-06-06T23:00-12:00 is 06-07 11:00 UTC: newer,
+    # although its calendar day is two days before the deciding result's.
+    decided = lab(HB, 13.1, "g/dL", "2026-06-08T00:30:00+14:00")
+    c = run(nct06462092, decided, local_lab("HGB", 7.9, "g/dL", "2026-06-06T23:00:00-12:00"), criterion="hemoglobin")
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.UNRECOGNISED_CODE)
+    earlier = local_lab("HGB", 7.9, "g/dL", "2026-06-06T22:00:00-12:00")  # 06-07 10:00 UTC: older
+    assert run(nct06462092, decided, earlier, criterion="hemoglobin").result is Result.PASS
+
+
+@pytest.mark.parametrize("criterion, decided", [("hemoglobin", lab(HB, 13.1, "g/dL", "0001-01-01")),
+                                                 ("her2-negative", None)])
+def test_results_dated_in_year_one_are_read_without_error(nct06462092, criterion, decided):
+    # Dates at the calendar's first day (fuzzed prefetch, a bad interface default) leave no room
+    # for "two days before": the search for newer unreadable results starts at the first day.
+    if decided is None:
+        decided = text_result(IHC, "1+", "0001-01-01")
+    c = run(nct06462092, decided, local_lab("HER2 IHC" if criterion == "her2-negative" else "HGB", 7.9, "g/dL",
+                                            "0001-01-02"), criterion=criterion)
+    assert c.result is Result.UNKNOWN
+
+
+def test_each_lab_reads_only_its_own_names_among_unrecognised_results(nct06462092):
+    # Several analytes' names share one pre-filter (Trial.result_names); each still reads its own.
+    newer_plt = local_lab("PLT COUNT", 50, "10*3/uL")
+    assert run(nct06462092, lab(HB, 13.1, "g/dL", OLDER), newer_plt, criterion="hemoglobin").result is Result.PASS
+    c = run(nct06462092, lab(PLT, 250, "10*3/uL", OLDER), newer_plt, criterion="platelets")
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.UNRECOGNISED_CODE)
+
+
 @pytest.mark.parametrize("other", [local_lab("HGB", 7.9, "g/dL", OLDER), local_lab("Hemoglobin A1c", 9.1, "%"),
                                    local_lab("MCH (mean corpuscular hemoglobin)", 30, "pg")])
 def test_older_or_other_local_results_do_not_stand_in_the_way(nct06462092, other):
@@ -351,6 +381,40 @@ def test_no_her2_result_suggests_the_her2_immunostain(nct06462092):
     assert c.order is not None and c.order.code == "18474-7"
     two_plus = run(nct06462092, text_result(IHC, "2+"), criterion="her2-negative")
     assert two_plus.order is not None and two_plus.order.code == "96893-3"
+
+
+PATHOLOGY_LOCAL = "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.61"  # a pathology system's local test codes
+
+
+def local_her2(text: str, value: str, date: str) -> dict:
+    obs = text_result("x", value, date)
+    obs["code"] = concept((PATHOLOGY_LOCAL, "HER2-IHC-77", text), text=text)
+    return obs
+
+
+@pytest.mark.parametrize("newer", [local_her2("HER2 (ERBB2) IHC", "3+", "2025-03-02"),
+                                   local_her2("HER-2/NEU BY FISH", "AMPLIFIED", "2025-03-02"),
+                                   local_her2("HER2 IHC", "3+", "2024-01-10")])  # the same day counts too
+def test_a_her2_result_under_a_local_code_as_new_as_the_latest_assessment_makes_her2_unknown(nct06462092, newer):
+    c = run(nct06462092, text_result(IHC, "1+", "2024-01-10"), newer, criterion="her2-negative")
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.UNRECOGNISED_CODE), c.reason
+    assert c.evidence[0].reference == f"Observation/{newer['id']}" and c.evidence[0].role is Role.DECISIVE
+    assert any(e.value == "1+" and e.role is Role.SUPPORTING for e in c.evidence)  # the IHC 1+ is still shown
+    assert c.order is None  # the unread result may already settle it
+
+
+@pytest.mark.parametrize("other", [local_her2("HER2 IHC", "3+", "2023-11-02"),  # older than the IHC 1+
+                                   local_her2("HER2 extracellular domain, serum", "12.1", "2025-03-02"),
+                                   local_her2("Neutrophils", "2.1", "2025-03-02")])
+def test_older_or_other_local_results_leave_her2_decided(nct06462092, other):
+    assert run(nct06462092, text_result(IHC, "1+", "2024-01-10"), other, criterion="her2-negative").result \
+        is Result.PASS
+
+
+def test_her2_recorded_only_under_a_local_code_is_named_not_ordered(nct06462092):
+    c = run(nct06462092, local_her2("HER2 IHC", "0", "2024-01-10"), criterion="her2-negative")
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.UNRECOGNISED_CODE)
+    assert "HER2 IHC" in c.reason and c.order is None
 
 
 # -- pregnancy and lactation: how recent a diagnosis is, hCG sent as text -------------------

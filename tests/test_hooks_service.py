@@ -654,7 +654,7 @@ def test_audit_records_sources_statuses_and_no_phi(make_app, tmp_path, caplog):
     assert row["hook_instance"] == request["hookInstance"] and row["status_code"] == 200
     assert row["data_sources"]["observations"]["source"] == "prefetch"
     assert row["data_sources"]["allergies"]["source"] == "fetched"
-    assert row["trials"] == [{"trial": "NCT06462092", "definitionVersion": "1.1.0", "status": "eligible",
+    assert row["trials"] == [{"trial": "NCT06462092", "definitionVersion": "1.2.0", "status": "eligible",
                               "card": card["uuid"], "suggestions": [s["uuid"] for s in card["suggestions"]]}]
     timings = row["timings"]
     assert set(timings) >= {"read", "parse", "gather", "evaluate", "render", "total"}
@@ -672,7 +672,7 @@ def test_audit_records_sources_statuses_and_no_phi(make_app, tmp_path, caplog):
 def test_health_and_readiness(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz").get_json()
-    assert ready["status"] == "ready" and ready["trials"] == {"NCT06462092": "1.1.0"}
+    assert ready["status"] == "ready" and ready["trials"] == {"NCT06462092": "1.2.0"}
 
 
 def test_cors_preflight_for_allowed_origins_only(make_app):

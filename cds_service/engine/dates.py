@@ -132,3 +132,11 @@ def age_range_at_death(birth: FhirDate, death: FhirDate | None, on: dt.date) -> 
     youngest = age_on(birth.last_day, min(death.first_day, on))
     oldest = age_on(birth.first_day, min(death.last_day, on))
     return max(youngest, 0), max(oldest, 0)  # a death dated before the birth is no negative age
+
+
+def days_before(day: dt.date, days: int) -> dt.date:
+    """`day` minus `days`, or the first representable day (a record dated in year 1 exists)."""
+    try:
+        return day - dt.timedelta(days=days)
+    except OverflowError:
+        return dt.date.min

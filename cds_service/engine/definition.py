@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from .model import Order
 from .rules.allergy import AllergyRule
-from .rules.base import RuleModel
+from .rules.base import RuleModel, TextMentions
 from .rules.conditions import ConditionAbsentRule, ConditionPresentRule
 from .rules.her2 import Her2Rule
 from .rules.labs import LabRule
@@ -73,6 +73,17 @@ class TrialDefinition(RuleModel):
     protocol_source: str  # where the verbatim criteria text was taken from
     orders: dict[str, OrderDefinition] = {}
     criteria: list[Criterion] = Field(min_length=1)
+
+    def result_mentions(self) -> list[TextMentions]:
+        """The names criteria look for among results no code set recognises (a lab's
+        local code): the lab analytes' and HER2's mentions."""
+        found = []
+        for c in self.criteria:
+            if isinstance(c.rule, LabRule):
+                found += [a.mentions for a in c.rule.analytes if a.mentions is not None]
+            elif isinstance(c.rule, Her2Rule) and c.rule.mentions is not None:
+                found.append(c.rule.mentions)
+        return found
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrialDefinition":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Iterable, Mapping
@@ -12,7 +13,7 @@ from .definition import AppliesTo, Criterion, TrialDefinition
 from .model import CriterionResult, Result, TrialEvaluation, Why
 from .quantities import UnitTable
 from .record import PatientRecord
-from .rules.base import CodeLibrary, Context, Outcome
+from .rules.base import CodeLibrary, Context, Outcome, union_pattern
 
 
 @dataclass
@@ -64,6 +65,11 @@ class Trial:
         return extended
 
     @cached_property
+    def result_names(self) -> re.Pattern[str] | None:
+        """What the criteria look for among results coded in none of the trial's sets."""
+        return union_pattern(self.definition.result_mentions())
+
+    @cached_property
     def _names_used(self) -> frozenset[str]:
         return frozenset(n for c in self.definition.criteria for n in c.rule.codeset_names())
 
@@ -95,7 +101,8 @@ def evaluate(trial: Trial, record: PatientRecord | Iterable[dict[str, Any]], as_
     """Pure: the same record and date always give the same evaluation."""
     if not isinstance(record, PatientRecord):
         record = PatientRecord(record)
-    ctx = Context(record=record, as_of=as_of, library=trial.library, units=trial.units)
+    ctx = Context(record=record, as_of=as_of, library=trial.library, units=trial.units,
+                  result_names=trial.result_names)
     results = [_evaluate_criterion(trial, criterion, ctx) for criterion in trial.definition.criteria]
     patient_id = record.patient_raw.get("id") if record.patient_raw else None
     return TrialEvaluation(trial=trial.id, definition_version=trial.definition.definition_version,

@@ -136,6 +136,10 @@ class Context:
     library: CodeLibrary
     units: UnitTable
     memo: dict[str, Any] = field(default_factory=dict)  # what several criteria read of this record, read once
+    # Any name a criterion looks for among results coded in none of the trial's sets (the union of
+    # those criteria's mention patterns): a result whose texts it does not match is never kept
+    # (unrecognised_results). None keeps them all.
+    result_names: re.Pattern[str] | None = None
 
     def codes(self, names: Sequence[str] | str) -> CodeSet:
         return self.library.get(names)
@@ -460,19 +464,22 @@ def unread_mentions(ctx: "Context", resource_type: str, read: CodeSet, mentions:
     return found
 
 
-def unrecognised_results(ctx: "Context", since: dt.date) -> list[tuple[int, dict[str, Any]]]:
+def unrecognised_results(ctx: "Context", since: dt.date) -> list[tuple[tuple[str, ...], list[tuple[int, dict[str, Any]]]]]:
     """Resulted (valid status) Observations coded in no code set the trial knows (a
     local lab code alone, or text only), dated on or after `since` (by the calendar day
-    they were recorded in), newest first with their rank (raw_observation_rank). Found
-    once per evaluation and day, so a criterion asking for those newer than a result
-    reads only the head of the list. Usually empty: the FHIR searches ask for the
-    trial's codes; an EHR that ignores the filter sends years of other tests, most of
-    them dropped by their date's text before anything else is read."""
+    they were recorded in), whose texts (concept_texts) a criterion may be looking for
+    (ctx.result_names); grouped by those texts, each group's results newest first with
+    their rank (raw_observation_rank), the groups by their newest result, newest first.
+    Grouped because a criterion asks whether a *name* is its concept's, and a chart
+    repeats a few test names many times. Found once per evaluation and day. Usually
+    empty: the FHIR searches ask for the trial's codes; an EHR that ignores the filter
+    sends other tests, most of them dropped by their date's text or their name before
+    anything else is read."""
     key = ("unrecognised-results", since)
-    pool = ctx.memo.get(key)
-    if pool is None:
+    groups = ctx.memo.get(key)
+    if groups is None:
         floor = since.isoformat()
-        pool = []
+        by_texts: dict[tuple[str, ...], list[tuple[int, dict[str, Any]]]] = {}
         for raw in ctx.record.not_coded_in("Observation", ctx.library.everything()):
             when = raw.get("effectiveDateTime")
             # ISO dates sort as text: a dateTime on an earlier day is less than the floor's day; so is a
@@ -481,12 +488,56 @@ def unrecognised_results(ctx: "Context", since: dt.date) -> list[tuple[int, dict
                 continue
             if raw.get("status") not in VALID_OBSERVATION_STATUSES:
                 continue
+            texts = concept_texts(raw.get("code"))
+            if ctx.result_names is not None and not _matches_any(ctx.result_names, texts):
+                continue
             rank = raw_observation_rank(raw)
             if rank is not None:
-                pool.append((rank, raw))
-        pool.sort(key=itemgetter(0), reverse=True)
-        ctx.memo[key] = pool
-    return pool
+                by_texts.setdefault(texts, []).append((rank, raw))
+        for results in by_texts.values():
+            results.sort(key=itemgetter(0), reverse=True)
+        groups = sorted(by_texts.items(), key=lambda group: group[1][0][0], reverse=True)
+        ctx.memo[key] = groups
+    return groups
+
+
+def newest_unrecognised_result(ctx: "Context", mentions: TextMentions, since: dt.date, floor: int | None,
+                               keep: Callable[[FhirDate], bool]) -> tuple[Evidence, Why, str] | None:
+    """The newest of unrecognised_results(ctx, since) whose texts `mentions` names,
+    ranked above `floor` (an instant_rank; None: any) and whose date `keep` accepts:
+    its evidence (decisive, dated), the typed reason and its day; None when none is."""
+    newest: tuple[int, dict[str, Any], FhirDate] | None = None
+    for texts, results in unrecognised_results(ctx, since):
+        if (floor is not None and results[0][0] <= floor) or (newest is not None and results[0][0] <= newest[0]):
+            break  # groups come newest first: the rest hold nothing newer
+        if not names_any(mentions, texts):
+            continue
+        for rank, raw in results:
+            if (floor is not None and rank <= floor) or (newest is not None and rank <= newest[0]):
+                break
+            date = observation_date_of_raw(raw)
+            if date is not None and keep(date):
+                newest = (rank, raw, date)
+                break
+    if newest is None:
+        return None
+    _, raw, date = newest
+    named = named_by_text(raw.get("code"), mentions, None, None)  # a text names it: never None here
+    assert named is not None
+    evidence = mention_evidence(ctx, raw, named)
+    evidence.date = date.text
+    return evidence, named[2], date.day_text
+
+
+@functools.lru_cache(maxsize=4096)  # the same test names ("Glucose", "HGB") come on every chart
+def _matches_any(pattern: re.Pattern[str], texts: tuple[str, ...]) -> bool:
+    return any(pattern.search(text) for text in texts)
+
+
+def union_pattern(mentions: Iterable[TextMentions]) -> re.Pattern[str] | None:
+    """One pattern matching any text that one of `mentions` may name (their except
+    patterns are not applied: a pre-filter, each mentions still reads for itself)."""
+    return _compiled(tuple(p for m in mentions for p in m.patterns))
 
 
 def names_any(mentions: TextMentions, texts: tuple[str, ...]) -> bool:

@@ -11,15 +11,17 @@ clinician is told which older results exist. HER2 results do not expire.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field
 
-from ..dates import FhirDate
-from ..model import Evidence, Result, Why
-from .base import (CONFIRMED, EXCLUDED, NEGATIVE, POSITIVE, Context, Outcome, RuleModel, concept_label,
-                   condition_date, matching_coding, qualitative_word, read_results)
+from ..dates import FhirDate, days_before
+from ..model import Evidence, Result, Role, Why
+from .base import (CONFIRMED, EXCLUDED, NEGATIVE, POSITIVE, Context, Outcome, RuleModel, TextMentions, concept_label,
+                   condition_date, matching_coding, newest_unrecognised_result, qualitative_word, read_results,
+                   recorded_with)
 from .conditions import decided, find_conditions
 
 OPEN = "not definitive"  # beside base's NEGATIVE and POSITIVE, which qualitative_word answers
@@ -55,6 +57,9 @@ class Her2Rule(RuleModel):
     equivocal_value_codes: list[str] = Field(min_length=1)
     order: str | None = None  # settles an IHC 2+ (ISH)
     order_when_none: str | None = None  # settles no HER2 result at all (IHC, reflexed to ISH)
+    # HER2 tests' names, for results coded in no set of the trial (a pathology system's local
+    # code): one on or after the latest assessment's day, or the only one, makes the status unknown.
+    mentions: TextMentions | None = None
 
     def reads(self) -> dict[str, list[str]]:
         return {"Observation": self.ihc_codes + self.interpretation_codes + self.ish_codes + self.ish_numeric_codes,
@@ -62,6 +67,29 @@ class Her2Rule(RuleModel):
 
     def evaluate(self, ctx: Context) -> Outcome:
         findings, ignored = self._findings(ctx)
+        outcome = self._decide(findings, ignored)
+        if self.mentions is None:
+            return outcome
+        # A HER2 result the engine cannot read, as new as the latest assessment (or the only one): the
+        # status is not known, and an order would be premature (it may be the ISH an IHC 2+ awaits).
+        # Dated only by month or year, it cannot be shown as new.
+        days = [f.day for f in findings if f.day is not None]
+        latest_day = max(days) if days else None
+        since = days_before(latest_day, 2) if latest_day is not None else dt.date.min
+        unread = newest_unrecognised_result(ctx, self.mentions, since, None,
+                                            lambda date: latest_day is None or date.last_day >= latest_day)
+        if unread is None:
+            return outcome
+        evidence, why, day = unread
+        reason = f"a HER2 result ({day}) is recorded as '{evidence.display}' with {recorded_with(why)}: it cannot be read"
+        if findings:
+            reason += f"; the assessment of {latest_day.isoformat() if latest_day else 'no date'} does not decide"
+            for e in outcome.evidence:
+                if e.role is Role.DECISIVE:
+                    e.role = Role.SUPPORTING
+        return Outcome(Result.UNKNOWN, reason, [evidence] + outcome.evidence, why)
+
+    def _decide(self, findings: list[Finding], ignored: list[Evidence]) -> Outcome:
         everything = [f.evidence for f in findings] + ignored
         if not findings:
             invalid = any((e.note or "").startswith("not valid FHIR") for e in ignored)

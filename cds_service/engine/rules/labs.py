@@ -14,13 +14,12 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..dates import FhirDate, Recency, recency
+from ..dates import FhirDate, Recency, days_before, recency
 from ..memo import remembered_by_identity
 from ..model import Evidence, Measured, Result, Role, UpperLimit, Why, shown_number
 from ..quantities import NotConvertible, UnitTable
-from .base import (Context, Outcome, Reading, RuleModel, TextMentions, concept_label, concept_texts, has_invalid,
-                   instant_rank, mention_evidence, named_by_text, names_any, observation_date,
-                   observation_date_of_raw, read_latest_results, recorded_with, unrecognised_results)
+from .base import (Context, Outcome, Reading, RuleModel, TextMentions, concept_label, has_invalid, instant_rank,
+                   newest_unrecognised_result, observation_date, read_latest_results, recorded_with)
 
 Comparator = Literal["<", "<=", ">", ">="]
 
@@ -152,34 +151,19 @@ def _newer_mention(ctx: Context, analyte: Analyte, decided_at: FhirDate | None,
                    lookback_days: int) -> tuple[Evidence, Why, str] | None:
     """A resulted Observation no code set of the trial recognises, whose text names
     the analyte, within the look-back and dated after the deciding (or stale latest) result."""
-    # Older than this cannot matter: the deciding result's time, or a day before the look-back's
-    # first day (offsets reach 14 hours; the exact window is checked below).
+    # Recorded on an earlier calendar day than this cannot matter: a day before the look-back's
+    # first day, or two before the deciding result's (a later instant may be written on an earlier
+    # day: offsets run from -12 to +14 hours). The exact bounds are checked below. The usual
+    # deciding result is the latest draw, so this keeps only the last days of a chart.
     since = ctx.as_of - dt.timedelta(days=lookback_days + 1)
-    pool = unrecognised_results(ctx, since)
-    if not pool:
-        return None  # the usual case: every result is coded in the trial's sets
+    if decided_at is not None:
+        since = max(since, days_before(decided_at.first_day, 2))
     floor = instant_rank(dt.datetime(since.year, since.month, since.day, tzinfo=dt.timezone.utc))
     if decided_at is not None:
         floor = max(floor, instant_rank(decided_at.sort_key()))
-    if pool[0][0] <= floor:
-        return None  # none newer
-    texts_of = ctx.memo.setdefault("unrecognised-texts", {})  # by id: read once for all analytes
-    for rank, raw in pool:
-        if rank <= floor:
-            break  # newest first: the rest are older
-        texts = texts_of.get(id(raw))
-        if texts is None:
-            texts = texts_of[id(raw)] = concept_texts(raw.get("code"))  # the pool holds raw: ids stay unique
-        if not names_any(analyte.mentions, texts):
-            continue
-        named = named_by_text(raw.get("code"), analyte.mentions, None, None)  # a text names it: never None here
-        date = observation_date_of_raw(raw)
-        if date is None or recency(date, ctx.as_of, lookback_days) is not Recency.FRESH:
-            continue
-        evidence = mention_evidence(ctx, raw, named)
-        evidence.date = date.text
-        return evidence, named[2], date.day_text
-    return None
+    return newest_unrecognised_result(
+        ctx, analyte.mentions, since, floor,
+        lambda date: recency(date, ctx.as_of, lookback_days) is Recency.FRESH)
 
 
 def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[Reading],
