@@ -182,6 +182,8 @@ def test_intension_roots_are_members_of_their_own_sets(sets):
     ("breast-cancer", SNOMED, "431396003"),        # HER2-negative carcinoma of breast (kept)
     ("breast-cancer", SNOMED, "427685000"),        # HER2-positive carcinoma of breast (kept)
     ("breast-cancer", SNOMED, "706970001"),        # Triple negative malignant neoplasm of breast
+    ("breast-cancer", SNOMED, "1306293004"),       # Primary carcinoma of breast (a 2025 concept)
+    ("breast-cancer", SNOMED, "1306565004"),       # Lobular carcinoma of left breast (a 2025 concept)
     ("breast-cancer", ICD10CM, "C50.911"),
     ("breast-cancer", ICD10CM, "C50912"),          # undotted
     ("breast-cancer-history", ICD10CM, "Z85.3"),
@@ -191,6 +193,7 @@ def test_intension_roots_are_members_of_their_own_sets(sets):
     ("cns-metastasis-nonspecific", ICD10CM, "C79.49"),
     ("secondary-malignant-neoplasm", SNOMED, "128462008"),
     ("secondary-malignant-neoplasm", SNOMED, "94225005"),   # Metastatic malignant neoplasm to brain
+    ("secondary-malignant-neoplasm", SNOMED, "1290700004"), # Metastatic lobular carcinoma (a 2025 concept)
     ("secondary-malignant-neoplasm", ICD10CM, "C79.89"),
     ("secondary-malignant-neoplasm", ICD10CM, "C7B.00"),
     ("meninges-body-site", SNOMED, "1231004"),
@@ -237,6 +240,9 @@ def test_sampled_member_is_present(sets, name, system, code):
     ("breast-cancer", SNOMED, "94012007", "primary malignant neoplasm of skin of breast"),
     ("breast-cancer", SNOMED, "278052009", "malignant lymphoma of breast"),
     ("breast-cancer", SNOMED, "269497004", "neoplasm of uncertain behavior of breast"),
+    ("breast-cancer", SNOMED, "1306543004", "metastatic malignant neoplasm to central portion of breast (2025)"),
+    ("breast-cancer", SNOMED, "1306374003", "neoplasm of uncertain behavior of axillary tail of breast (2025)"),
+    ("pregnancy-diagnosis", SNOMED, "34801009", "ectopic pregnancy: an older VSAC version only, left out"),
     ("breast-cancer", SNOMED, "718220008", "hereditary breast and ovarian cancer syndrome"),
     ("breast-cancer", SNOMED, "429087003", "history of (its own set)"),
     ("breast-cancer-history", SNOMED, "429740004", "family history of malignant neoplasm of breast"),

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .codes import CodeEntry, CodeSet, coding_key
 from .definition import AppliesTo, Criterion, TrialDefinition
 from .model import CriterionResult, Result, TrialEvaluation, Why
 from .quantities import UnitTable
 from .record import PatientRecord
-from .rules.base import CodeLibrary, Context, Outcome, union_pattern
+from .rules.base import CodeLibrary, Context, Outcome, any_of_names
 
 
 @dataclass
@@ -65,9 +64,9 @@ class Trial:
         return extended
 
     @cached_property
-    def result_names(self) -> re.Pattern[str] | None:
+    def result_names(self) -> Callable[[str], bool] | None:
         """What the criteria look for among results coded in none of the trial's sets."""
-        return union_pattern(self.definition.result_mentions())
+        return any_of_names(self.definition.result_mentions())
 
     @cached_property
     def _names_used(self) -> frozenset[str]:

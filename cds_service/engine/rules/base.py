@@ -136,10 +136,10 @@ class Context:
     library: CodeLibrary
     units: UnitTable
     memo: dict[str, Any] = field(default_factory=dict)  # what several criteria read of this record, read once
-    # Any name a criterion looks for among results coded in none of the trial's sets (the union of
-    # those criteria's mention patterns): a result whose texts it does not match is never kept
-    # (unrecognised_results). None keeps them all.
-    result_names: re.Pattern[str] | None = None
+    # Whether a text may be a name criteria look for among results coded in none of the trial's
+    # sets (any_of_names of those criteria's mentions): a result none of whose texts it accepts is
+    # never kept (unrecognised_results). None keeps them all.
+    result_names: Callable[[str], bool] | None = None
 
     def codes(self, names: Sequence[str] | str) -> CodeSet:
         return self.library.get(names)
@@ -465,40 +465,76 @@ def unread_mentions(ctx: "Context", resource_type: str, read: CodeSet, mentions:
 
 
 def unrecognised_results(ctx: "Context", since: dt.date) -> list[tuple[tuple[str, ...], list[tuple[int, dict[str, Any]]]]]:
-    """Resulted (valid status) Observations coded in no code set the trial knows (a
-    local lab code alone, or text only), dated on or after `since` (by the calendar day
-    they were recorded in), whose texts (concept_texts) a criterion may be looking for
-    (ctx.result_names); grouped by those texts, each group's results newest first with
-    their rank (raw_observation_rank), the groups by their newest result, newest first.
-    Grouped because a criterion asks whether a *name* is its concept's, and a chart
-    repeats a few test names many times. Found once per evaluation and day. Usually
-    empty: the FHIR searches ask for the trial's codes; an EHR that ignores the filter
-    sends other tests, most of them dropped by their date's text or their name before
-    anything else is read."""
+    """The results of named_unrecognised_results dated on or after `since` (by the
+    calendar day they were recorded in), grouped by their code's texts (concept_texts):
+    each group's results newest first with their rank (raw_observation_rank), the groups
+    by their newest result, newest first. Grouped because a criterion asks whether a
+    *name* is its concept's, and a chart repeats a few test names many times."""
     key = ("unrecognised-results", since)
     groups = ctx.memo.get(key)
     if groups is None:
         floor = since.isoformat()
         by_texts: dict[tuple[str, ...], list[tuple[int, dict[str, Any]]]] = {}
-        for raw in ctx.record.not_coded_in("Observation", ctx.library.everything()):
+        for raw in named_unrecognised_results(ctx):
             when = raw.get("effectiveDateTime")
             # ISO dates sort as text: a dateTime on an earlier day is less than the floor's day; so is a
-            # partial date ("2026-05"), which cannot be shown within a look-back anyway.
+            # partial date ("2026-05"), which cannot be shown as newer than a dated result anyway.
             if type(when) is str and when < floor:  # noqa: E721
-                continue
-            if raw.get("status") not in VALID_OBSERVATION_STATUSES:
-                continue
-            texts = concept_texts(raw.get("code"))
-            if ctx.result_names is not None and not _matches_any(ctx.result_names, texts):
                 continue
             rank = raw_observation_rank(raw)
             if rank is not None:
-                by_texts.setdefault(texts, []).append((rank, raw))
+                by_texts.setdefault(concept_texts(raw.get("code")), []).append((rank, raw))
         for results in by_texts.values():
             results.sort(key=itemgetter(0), reverse=True)
         groups = sorted(by_texts.items(), key=lambda group: group[1][0][0], reverse=True)
         ctx.memo[key] = groups
     return groups
+
+
+def named_unrecognised_results(ctx: "Context") -> list[dict[str, Any]]:
+    """Resulted (valid status) Observations coded in no code set the trial knows (a local
+    lab code alone, a standard code the sets lack, or text only) whose text or a coding
+    display a criterion may be looking for (ctx.result_names; None: all of them). Found
+    once per evaluation, in one pass. Usually empty: the FHIR searches ask for the
+    trial's codes; an EHR that ignores the filter sends other tests, and their names are
+    read here, each distinct text once (a chart repeats a few test names many times)."""
+    found = ctx.memo.get("named-unrecognised-results")
+    if found is not None:
+        return found
+    names = ctx.result_names
+    candidates = ctx.record.not_coded_in("Observation", ctx.library.everything())
+    if names is None:
+        found = candidates
+    else:
+        # Inline, with this chart's texts remembered in a plain dict: it runs on every result no
+        # set recognises, which is every result of an EHR that ignores the search's code filter.
+        seen: dict[Any, bool] = {}
+        found = []
+        for raw in candidates:
+            concept = raw.get("code")
+            if type(concept) is not dict:  # noqa: E721
+                continue
+            text = concept.get("text")
+            if text is not None:
+                hit = seen.get(text)
+                if hit is None:
+                    hit = seen[text] = type(text) is str and names(text)  # noqa: E721
+                if hit:
+                    found.append(raw)
+                    continue
+            codings = concept.get("coding")
+            for coding in codings if type(codings) is list else ():  # noqa: E721
+                display = coding.get("display") if type(coding) is dict else None  # noqa: E721
+                if display is not None:
+                    hit = seen.get(display)
+                    if hit is None:
+                        hit = seen[display] = type(display) is str and names(display)  # noqa: E721
+                    if hit:
+                        found.append(raw)
+                        break
+    found = [raw for raw in found if raw.get("status") in VALID_OBSERVATION_STATUSES]
+    ctx.memo["named-unrecognised-results"] = found
+    return found
 
 
 def newest_unrecognised_result(ctx: "Context", mentions: TextMentions, since: dt.date, floor: int | None,
@@ -529,15 +565,21 @@ def newest_unrecognised_result(ctx: "Context", mentions: TextMentions, since: dt
     return evidence, named[2], date.day_text
 
 
-@functools.lru_cache(maxsize=4096)  # the same test names ("Glucose", "HGB") come on every chart
-def _matches_any(pattern: re.Pattern[str], texts: tuple[str, ...]) -> bool:
-    return any(pattern.search(text) for text in texts)
+def any_of_names(mentions: Iterable[TextMentions]) -> Callable[[str], bool] | None:
+    """A test of one text: may one of `mentions` name it? Their patterns in one
+    expression, except patterns not applied (a pre-filter: each mentions still reads
+    for itself); answers remembered by text (a bounded memo), since the same test
+    names come on every chart. None when there are no mentions."""
+    pattern = _compiled(tuple(p for m in mentions for p in m.patterns))
+    if pattern is None:
+        return None
+    search = pattern.search
 
+    @functools.lru_cache(maxsize=8192)
+    def names(text: str) -> bool:
+        return search(text) is not None
 
-def union_pattern(mentions: Iterable[TextMentions]) -> re.Pattern[str] | None:
-    """One pattern matching any text that one of `mentions` may name (their except
-    patterns are not applied: a pre-filter, each mentions still reads for itself)."""
-    return _compiled(tuple(p for m in mentions for p in m.patterns))
+    return names
 
 
 def names_any(mentions: TextMentions, texts: tuple[str, ...]) -> bool:
