@@ -20,8 +20,8 @@ from pydantic import Field
 from ..dates import FhirDate, days_before
 from ..model import Evidence, Result, Role, Why
 from .base import (CONFIRMED, EXCLUDED, NEGATIVE, POSITIVE, Context, Outcome, RuleModel, TextMentions, concept_label,
-                   condition_date, matching_coding, newest_unrecognised_result, qualitative_word, read_results,
-                   recorded_with)
+                   condition_date, matching_coding, named_unrecognised_results, newest_unrecognised_result,
+                   qualitative_word, read_results, recorded_with)
 from .conditions import decided, find_conditions
 
 OPEN = "not definitive"  # beside base's NEGATIVE and POSITIVE, which qualitative_word answers
@@ -68,7 +68,7 @@ class Her2Rule(RuleModel):
     def evaluate(self, ctx: Context) -> Outcome:
         findings, ignored = self._findings(ctx)
         outcome = self._decide(findings, ignored)
-        if self.mentions is None:
+        if self.mentions is None or not named_unrecognised_results(ctx):
             return outcome
         # A HER2 result the engine cannot read, as new as the latest assessment (or the only one): the
         # status is not known, and an order would be premature (it may be the ISH an IHC 2+ awaits).

@@ -19,7 +19,8 @@ from ..memo import remembered_by_identity
 from ..model import Evidence, Measured, Result, Role, UpperLimit, Why, shown_number
 from ..quantities import NotConvertible, UnitTable
 from .base import (Context, Outcome, Reading, RuleModel, TextMentions, concept_label, has_invalid, instant_rank,
-                   newest_unrecognised_result, observation_date, read_latest_results, recorded_with)
+                   named_unrecognised_results, newest_unrecognised_result, observation_date, read_latest_results,
+                   recorded_with)
 
 Comparator = Literal["<", "<=", ">", ">="]
 
@@ -155,6 +156,8 @@ def _newer_mention(ctx: Context, analyte: Analyte, decided_at: FhirDate | None,
     # first day, or two before the deciding result's (a later instant may be written on an earlier
     # day: offsets run from -12 to +14 hours). The exact bounds are checked below. The usual
     # deciding result is the latest draw, so this keeps only the last days of a chart.
+    if not named_unrecognised_results(ctx):
+        return None  # the usual case: every result is coded in the trial's sets, or names nothing it reads
     since = ctx.as_of - dt.timedelta(days=lookback_days + 1)
     if decided_at is not None:
         since = max(since, days_before(decided_at.first_day, 2))
