@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Flask, current_app, request
 from flask_cors import CORS
-from werkzeug.exceptions import ClientDisconnected, HTTPException
+from werkzeug.exceptions import BadRequest, ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from ..cards import CardRenderer
 from ..demo import hook_request
@@ -26,8 +26,8 @@ from ..trials import load_trials
 from .auth import AuthError, Authenticator, ReplayStoreUnavailable, jti_store_for
 from .config import Settings
 from .discovery import SERVICE_ID
-from .responses import error_response, json_response, problems_response
-from .server_logging import configure_logging
+from .responses import ISSUE_TYPES, SECURITY_HEADERS, error_response, json_response, problems_response
+from .server_logging import configure_logging, event, loggable_path
 from .service import TrialEligibilityService, log_event
 from .store import Store
 from .validation import Invalid, parse_feedback
@@ -61,20 +61,49 @@ def _request_body() -> bytes:
     copy of the bytes and nothing more (werkzeug's get_data reads 64 kB chunks into
     a buffer and copies it again, ~25 µs for a 160 kB prefetch). A stream that
     returns less is read on to the declared length; ending early is a client
-    disconnect (400). Chunked and oversized bodies go through werkzeug (413)."""
+    disconnect (400). A declared length over the limit is 413 before anything is
+    read; a chunked body (the server ends the stream) is read up to one byte past
+    the limit, and that byte is 413 too (werkzeug would stop at the limit and hand
+    on the truncated body). A body the server cannot read (a malformed chunk) is 400."""
     length = request.content_length
     limit = request.max_content_length
-    if length is None or (limit is not None and length > limit) or request.environ.get("wsgi.input_terminated"):
-        return request.get_data(cache=False)
+    if length is not None and limit is not None and length > limit:
+        raise RequestEntityTooLarge()
+    if request.environ.get("wsgi.input_terminated"):
+        return _read_terminated(request.environ["wsgi.input"], limit)
+    if length is None:
+        return request.get_data(cache=False)  # no length, no terminated stream: werkzeug reads nothing
     stream = request.environ["wsgi.input"]
     parts, received = [], 0
     while received < length:
-        chunk = stream.read(length - received)
+        chunk = _read(stream, length - received)
         if not chunk:
             raise ClientDisconnected()
         parts.append(chunk)
         received += len(chunk)
     return b"".join(parts)  # one part (the usual case) is returned as it is, not copied
+
+
+def _read_terminated(stream, limit: int | None) -> bytes:
+    """A body whose end the server marks (chunked): all of it, or 413 past `limit`."""
+    parts, received = [], 0
+    while chunk := _read(stream, 65536 if limit is None else min(65536, limit + 1 - received)):
+        parts.append(chunk)
+        received += len(chunk)
+        if limit is not None and received > limit:
+            raise RequestEntityTooLarge()
+    return b"".join(parts)
+
+
+def _read(stream, size: int) -> bytes:
+    try:
+        return stream.read(size)
+    except HTTPException:
+        raise
+    except Exception as exc:  # the server's own read error (a bad chunk size, a missing terminator)
+        logging.getLogger("cds_service").warning(event(event="request-body", outcome="unreadable",
+                                                       error=type(exc).__name__))
+        raise BadRequest("the request body could not be read (malformed chunked encoding?)") from None
 
 
 def _unknown_service(service_id: str):
@@ -126,7 +155,7 @@ def feedback(service_id: str):
     except Invalid as exc:
         return problems_response(400, "invalid", exc.problems)
     items = [item.model_dump(exclude_none=True) for item in parsed.feedback]
-    new = _service().store.record_feedback(SERVICE_ID, items)
+    new = _service().store.record_feedback(SERVICE_ID, items) if items else 0  # [] is valid: nothing to store
     log_event(event="feedback", service=SERVICE_ID, outcome="stored", status=200, items=len(items), new=new)
     return json_response({"stored": new, "duplicates": len(items) - new})
 
@@ -187,15 +216,23 @@ def create_app(settings: Settings | None = None, *, client: FhirClient | None = 
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        codes = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
         headers = {"Allow": exc.get_response().headers["Allow"]} if exc.code == 405 else None
-        return error_response(exc.code or 500, codes.get(exc.code, "processing"), exc.description or exc.name,
-                              headers=headers)
+        code = exc.code or 500
+        return error_response(code, ISSUE_TYPES.get(code, "processing" if code < 500 else "exception"),
+                              exc.description or exc.name, headers=headers)
 
     @app.errorhandler(Exception)
-    def unexpected(exc: Exception):
-        logging.getLogger("cds_service").error("unexpected %s on %s %s", type(exc).__name__, request.method,
-                                               request.path)
+    def unexpected(exc: Exception):  # the class and where it was raised; its message may carry PHI
+        logging.getLogger("cds_service").error(
+            event(event="error", outcome="exception", status=500, error=type(exc).__name__,
+                  method=request.method, path=loggable_path(request.path)),
+            exc_info=(type(exc), exc, exc.__traceback__))
         return error_response(500, "exception", "internal error; see the service log")
+
+    @app.after_request
+    def no_store(response):
+        # Cards and errors may carry PHI: no cache may keep them, no browser may sniff a type.
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     return app

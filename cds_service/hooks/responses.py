@@ -9,13 +9,23 @@ from flask import Response
 
 FHIR_JSON = "application/fhir+json"
 
+#: On every response, errors and gunicorn's own included: cards and errors may carry PHI.
+SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+#: The OperationOutcome issue type (http://hl7.org/fhir/issue-type) for an HTTP error status.
+ISSUE_TYPES = {
+    400: "structure", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported", 408: "timeout",
+    411: "structure", 413: "too-costly", 414: "too-costly", 415: "not-supported", 417: "not-supported",
+    429: "throttled", 431: "too-costly", 500: "exception", 501: "not-supported", 503: "transient",
+}
+
 
 def json_response(body: Any, status: int = 200, mimetype: str = "application/json") -> Response:
     return Response(orjson.dumps(body), status=status, mimetype=mimetype)
 
 
 def operation_outcome(issues: Iterable[tuple[str, str, str | None]]) -> dict[str, Any]:
-    """issues: (code, diagnostics, expression or None). severity is always error."""
+    """issues: (code, diagnostics, FHIRPath expression or None). severity is always error."""
     out = []
     for code, diagnostics, expression in issues:
         issue: dict[str, Any] = {"severity": "error", "code": code, "diagnostics": diagnostics}

@@ -2,7 +2,15 @@
 
 Unknown fields and `extension` objects are tolerated (the spec reserves
 `extension` and clients add their own). Error messages name the field and
-never repeat the value: a request may carry an access token.
+never repeat the value: a request may carry an access token. A problem's
+location is a FHIRPath expression (`feedback[0].outcome`), as
+OperationOutcome.issue.expression wants it.
+
+Feedback follows the CDS Hooks 2.0 logical model (CDSHooksFeedback in the FHIR
+tools IG): `feedback` must be present and may be an empty array (json-empty-
+behavior "present": nothing to store, 200); `card` and `acceptedSuggestions[].id`
+are UUIDs (type uuid); an `overrideReason` holds a `reason`, a `userComment`
+or both (invariant cds-fb-3), so `{}` is refused.
 """
 
 from __future__ import annotations
@@ -15,14 +23,16 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
+UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 USER_ID = re.compile(r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$")
 
 
 class Invalid(ValueError):
-    """A request that breaks the spec: a list of (field path, problem)."""
+    """A request that breaks the spec: a list of (FHIRPath of the field or None, problem)."""
 
-    def __init__(self, problems: list[tuple[str, str]]):
-        super().__init__("; ".join(f"{p}: {m}" for p, m in problems))
+    def __init__(self, problems: list[tuple[str | None, str]]):
+        super().__init__("; ".join(f"{p}: {m}" if p else m for p, m in problems))
         self.problems = problems
 
 
@@ -90,13 +100,19 @@ class OverrideReason(_Wire):
     reason: Coding | None = None
     userComment: str | None = None
 
+    @model_validator(mode="after")
+    def _not_empty(self) -> "OverrideReason":
+        if self.reason is None and not self.userComment:  # cds-fb-3
+            raise ValueError("must hold a reason, a userComment, or both")
+        return self
+
 
 class AcceptedSuggestion(_Wire):
-    id: str = Field(min_length=1)
+    id: str = Field(pattern=UUID)  # the suggestion's uuid
 
 
 class FeedbackItem(_Wire):
-    card: str = Field(min_length=1, max_length=200)
+    card: str = Field(pattern=UUID)  # the card's uuid
     outcome: Literal["accepted", "overridden"]
     acceptedSuggestions: list[AcceptedSuggestion] | None = None
     overrideReason: OverrideReason | None = None
@@ -121,24 +137,44 @@ class FeedbackItem(_Wire):
 
 
 class FeedbackRequest(_Wire):
-    feedback: list[FeedbackItem] = Field(min_length=1, max_length=100)
+    feedback: list[FeedbackItem] = Field(max_length=100)  # required; [] is allowed (nothing to store)
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+def fhirpath(loc: tuple[Any, ...] | list[Any]) -> str | None:
+    """A pydantic error location as a FHIRPath expression: ('feedback', 0, 'outcome') ->
+    feedback[0].outcome; a name that is not a plain identifier is quoted in backticks
+    (prefetch.`lab-results`). None for the body itself."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = str(part)
+            if not _IDENTIFIER.fullmatch(name):
+                name = "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+            out += f".{name}" if out else name
+    return out or None
+
+
+def _problems(exc: ValidationError) -> list[tuple[str | None, str]]:
     out = []
     for err in exc.errors(include_input=False, include_url=False):
-        path = ".".join(str(p) for p in err.get("loc", ())) or "(body)"
+        path = fhirpath(err.get("loc", ()))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if path is None:
+            msg = f"the body: {msg}"
+        elif err.get("type") == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") == UUID:
+            msg = "must be a UUID"  # not the regular expression
         out.append((path, msg))
     return out
 
 
 def _parse(model: type[_Model], body: Any) -> _Model:
     if not isinstance(body, dict):
-        raise Invalid([("(body)", "must be a JSON object")])
+        raise Invalid([(None, "the body must be a JSON object")])
     try:
         return model.model_validate(body)
     except ValidationError as exc:
