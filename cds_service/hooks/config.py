@@ -15,6 +15,7 @@ from typing import Mapping
 
 from ..fhir.terminology import normalise_server
 from .auth import DEFAULT_MAX_LIFETIME
+from .store import DEFAULT_POOL_SIZE, DatabaseUrl, is_postgres_url
 
 
 class ConfigError(ValueError):
@@ -57,7 +58,9 @@ class Settings:
     allowed_fhir_servers: tuple[str, ...] = ()  # FHIR base URLs the service may call; empty = prefetch only
     show_ineligible: bool = False  # also return a card for ineligible patients
     data_dir: Path = Path(".cds-data")  # feedback and audit database
-    database: Path | None = None  # defaults to data_dir / "cds-service.sqlite3"
+    # A SQLite file (default data_dir / "cds-service.sqlite3") or a postgresql:// URL (as a DatabaseUrl).
+    database: Path | DatabaseUrl | None = None
+    database_pool_size: int = DEFAULT_POOL_SIZE  # PostgreSQL connections per worker process, at most
     fhir_deadline: float = 3.0  # seconds for all FHIR requests of one hook call together
     fhir_page_limit: int = 20
     fhir_page_size: int = 100  # _count of the searches
@@ -71,7 +74,9 @@ class Settings:
     public_base_url: str | None = None  # the service's external base URL, for the JWT `aud` check
     jwt_leeway: float = 60.0  # seconds of clock skew allowed on exp / nbf / iat
     jwt_max_lifetime: float = DEFAULT_MAX_LIFETIME  # longest exp − iat accepted, seconds
-    jti_store: str = "sqlite"  # where seen JWT ids are kept: "sqlite" (the database) or a redis:// URL
+    # Where seen JWT ids are kept: "database" (resolved: "sqlite", a file beside a SQLite database, or the
+    # PostgreSQL database's URL), "sqlite", a postgresql:// URL or a redis:// URL.
+    jti_store: str = "database"
     # An optional FHIR terminology server for codes the shipped code sets lack (None = off).
     terminology_server: str | None = None
     terminology_timeout: float = 1.0  # seconds for its lookups in one call, within the FHIR deadline
@@ -79,8 +84,21 @@ class Settings:
     terminology_cache_size: int = 10000  # answers kept
     terminology_max_lookups: int = 32  # server lookups one call may make (cached answers are free)
 
+    def __post_init__(self):
+        # A PostgreSQL URL becomes a DatabaseUrl (password-free repr, this host's data dir and pool size).
+        for name in ("database", "jti_store"):
+            value = getattr(self, name)
+            if is_postgres_url(value):
+                object.__setattr__(self, name, DatabaseUrl(value, local_dir=self.data_dir,
+                                                           pool_size=self.database_pool_size))
+        if self.jti_store == "database":
+            object.__setattr__(self, "jti_store", self.database if isinstance(self.database, DatabaseUrl)
+                               else "sqlite")
+
     @property
-    def database_path(self) -> Path:
+    def database_path(self) -> Path | DatabaseUrl:
+        """Where Store keeps its records: a SQLite file, or the PostgreSQL URL (whose
+        with_name() names a per-host file in data_dir)."""
         return self.database or self.data_dir / "cds-service.sqlite3"
 
     @classmethod
@@ -100,9 +118,14 @@ class Settings:
         if trusted and not public_base_url:
             raise ConfigError("CDS_TRUSTED_CLIENTS needs CDS_PUBLIC_BASE_URL: a client JWT's aud must equal the "
                               "public URL of the endpoint it calls")
-        jti_store = (env.get("CDS_JTI_STORE") or "sqlite").strip()
-        if jti_store != "sqlite" and not jti_store.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"CDS_JTI_STORE must be 'sqlite' or a redis:// URL (got {jti_store!r})")
+        database = (env.get("CDS_DATABASE") or "").strip()
+        if "://" in database and not is_postgres_url(database):  # not echoed: a URL may hold a password
+            raise ConfigError("CDS_DATABASE must be a SQLite file path or a postgresql:// URL")
+        jti_store = (env.get("CDS_JTI_STORE") or "database").strip()
+        if (jti_store not in ("database", "sqlite") and not is_postgres_url(jti_store)
+                and not jti_store.startswith(("redis://", "rediss://", "unix://"))):
+            raise ConfigError("CDS_JTI_STORE must be 'database' (the default), 'sqlite', a postgresql:// URL "
+                              "or a redis:// URL")
         terminology = (env.get("CDS_TERMINOLOGY_SERVER") or "").strip() or None
         if terminology is not None and (terminology := normalise_server(terminology)) is None:
             # The value is not echoed: a URL with credentials in it must not reach a log.
@@ -117,7 +140,8 @@ class Settings:
             allowed_fhir_servers=servers,
             show_ineligible=_flag(env, "CDS_SHOW_INELIGIBLE", False),
             data_dir=Path(env.get("CDS_DATA_DIR") or ".cds-data"),
-            database=Path(env["CDS_DATABASE"]) if env.get("CDS_DATABASE") else None,
+            database=database if is_postgres_url(database) else Path(database) if database else None,
+            database_pool_size=_number(env, "CDS_DATABASE_POOL_SIZE", DEFAULT_POOL_SIZE, 1, int),
             fhir_deadline=_number(env, "CDS_FHIR_DEADLINE", 3.0, 0.1),
             fhir_page_limit=_number(env, "CDS_FHIR_PAGE_LIMIT", 20, 1, int),
             fhir_page_size=_number(env, "CDS_FHIR_PAGE_SIZE", 100, 1, int),

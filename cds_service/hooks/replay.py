@@ -1,18 +1,24 @@
 """The replay (jti) stores: where the authenticator remembers each token's jti
 until the token expires, so that a token cannot be replayed (CDS Hooks 2.0
-§Trusting CDS Clients; moved here from auth.py, which still re-exports them)."""
+§Trusting CDS Clients; auth.py re-exports these names).
+
+CDS_JTI_STORE chooses one (config.py resolves "database"):
+
+- "sqlite": a SQLite file beside the service database, shared by the workers of one host;
+- a postgresql:// URL (by default the service's own PostgreSQL database): shared by every host;
+- a redis:// URL: shared by every host.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import math
-import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
-from .store import Connections, open_database
+from .store import Database, SqliteDatabase, is_postgres_url, postgres_database
 
 
 class ReplayStoreUnavailable(Exception):
@@ -25,63 +31,90 @@ class JtiStore(Protocol):
         True if it is new, False if it was seen before (a replay)."""
 
 
-# --------------------------------------------------------------------------- replay store
+# --------------------------------------------------------------------------- in a SQL database
 
-_JTI_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jti (
-    iss TEXT NOT NULL,
-    jti TEXT NOT NULL,
-    exp INTEGER NOT NULL,
-    PRIMARY KEY (iss, jti)
-);
-CREATE INDEX IF NOT EXISTS jti_exp ON jti (exp);
-"""
+JTI_MIGRATIONS: Sequence[tuple[int, Sequence[str]]] = (
+    (1, (
+        """CREATE TABLE IF NOT EXISTS jti (
+            iss TEXT NOT NULL,
+            jti TEXT NOT NULL,
+            exp BIGINT NOT NULL,
+            PRIMARY KEY (iss, jti)
+        )""",
+        "CREATE INDEX IF NOT EXISTS jti_exp ON jti (exp)",
+    )),
+)
+
+# New, or the row of a token that expired (more than the leeway ago) and no longer
+# protects anything: taken over, so that a later legitimate reuse of the value is
+# not a false replay. A live row is left alone and nothing is written: rowcount 0.
+# One statement, atomic on both databases: of two workers or hosts that present the
+# same jti at once, exactly one gets rowcount 1.
+_REMEMBER = ("INSERT INTO jti (iss, jti, exp) VALUES (?, ?, ?) "
+             "ON CONFLICT (iss, jti) DO UPDATE SET exp = excluded.exp WHERE jti.exp < ?")
 
 
-class SqliteJtiStore:
-    """The jti replay cache, shared by every worker on a host through one SQLite
-    file (WAL, a connection per thread and process, like store.Store).
+class DatabaseJtiStore:
+    """The jti replay cache in a SQL database (store.py's SQLite or PostgreSQL).
 
     A row lives until its token's `exp` plus the leeway (the longest the token
     is accepted); expired rows are purged every `purge_every` new entries."""
 
-    def __init__(self, path: str | Path, *, leeway: float = 60.0, clock: Callable[[], float] = time.time,
+    def __init__(self, db: Database, *, leeway: float = 60.0, clock: Callable[[], float] = time.time,
                  purge_every: int = 100):
-        self.path = Path(path)
+        self.db = db
         self.leeway = float(leeway)
         self._clock = clock
         self._purge_every = max(1, int(purge_every))
         self._inserts = 0
         self._lock = threading.Lock()
-        open_database(self.path, _JTI_SCHEMA)
-        self._db = Connections(self.path)
+        db.migrate("jti", JTI_MIGRATIONS)
+
+    def _cutoff(self) -> int:
+        # exp is a whole second: exp < now − leeway exactly when exp < ceil(now − leeway).
+        return int(math.ceil(self._clock() - self.leeway))
 
     def remember(self, iss: str, jti: str, exp: int) -> bool:
         try:
-            return self._remember(iss, jti, exp)
-        except sqlite3.Error as exc:
+            new = self.db.execute(_REMEMBER, (iss, jti, int(math.ceil(exp)), self._cutoff()), durable=True) == 1
+        except self.db.errors as exc:
             raise ReplayStoreUnavailable(type(exc).__name__) from None
-
-    def _remember(self, iss: str, jti: str, exp: int) -> bool:
-        cutoff = self._clock() - self.leeway
-        with self._db.transaction("BEGIN IMMEDIATE") as db:
-            # A row whose token has expired no longer protects anything: do not let it
-            # turn a later, legitimate reuse of the value into a false replay.
-            db.execute("DELETE FROM jti WHERE iss = ? AND jti = ? AND exp < ?", (iss, jti, cutoff))
-            new = db.execute("INSERT OR IGNORE INTO jti (iss, jti, exp) VALUES (?,?,?)",
-                             (iss, jti, int(math.ceil(exp)))).rowcount == 1
         if new:
             with self._lock:
                 self._inserts += 1
                 due = self._inserts % self._purge_every == 0
             if due:
-                self.purge()
+                try:
+                    self.purge()
+                except self.db.errors:
+                    pass  # the jti is recorded; the next purge removes what this one could not
         return new
 
     def purge(self) -> int:
         """Delete the rows of tokens that expired more than the leeway ago; returns how many."""
-        return self._db.get().execute("DELETE FROM jti WHERE exp < ?", (self._clock() - self.leeway,)).rowcount
+        return self.db.execute("DELETE FROM jti WHERE exp < ?", (self._cutoff(),))
 
+
+class SqliteJtiStore(DatabaseJtiStore):
+    """The replay cache shared by every worker on a host through one SQLite file
+    (WAL, a connection per thread and process, like store.Store)."""
+
+    def __init__(self, path: str | Path, *, leeway: float = 60.0, clock: Callable[[], float] = time.time,
+                 purge_every: int = 100):
+        self.path = Path(path)
+        super().__init__(SqliteDatabase(self.path), leeway=leeway, clock=clock, purge_every=purge_every)
+
+
+class PostgresJtiStore(DatabaseJtiStore):
+    """The replay cache in PostgreSQL, shared by every worker and host: a jti
+    inserted once (INSERT ... ON CONFLICT), refused while its token lives."""
+
+    def __init__(self, url: str, *, leeway: float = 60.0, clock: Callable[[], float] = time.time,
+                 purge_every: int = 100):
+        super().__init__(postgres_database(url), leeway=leeway, clock=clock, purge_every=purge_every)
+
+
+# --------------------------------------------------------------------------- in Redis
 
 class RedisJtiStore:
     """The jti replay cache in Redis, for a service running on several hosts:
@@ -109,8 +142,11 @@ class RedisJtiStore:
 
 
 def jti_store_for(setting: str, sqlite_path: Path, *, leeway: float) -> JtiStore:
-    """The replay store named by CDS_JTI_STORE: "sqlite" (a file beside the
-    service database, shared by the workers of one host) or a redis:// URL."""
+    """The replay store named by CDS_JTI_STORE: "sqlite" (a file at `sqlite_path`,
+    beside the service database, shared by the workers of one host), a postgresql://
+    URL or a redis:// URL (shared by every host)."""
     if setting == "sqlite":
         return SqliteJtiStore(sqlite_path, leeway=leeway)
+    if is_postgres_url(setting):
+        return PostgresJtiStore(setting, leeway=leeway)
     return RedisJtiStore(setting, leeway=leeway)
