@@ -2,10 +2,20 @@
 with `fhirAuthorization`): allowlisted servers only, one overall deadline,
 paging, retries of transient failures, and a short-lived cache.
 
+Every wait and every byte is bounded: each request, headers and body together,
+ends by the hook's deadline (transport.py: the body read in pieces against the
+deadline, a watchdog for a socket still busy at it), so no fetch thread outlives
+its hook call; each call's queries run on threads of their own, so a stuck server
+never delays another call; an answer over `max_response_bytes` is refused
+(`too-large`) as soon as that is known; the cache is bounded in bytes.
+
 The access token is transient (CDS Hooks best practice: never store, share or
 log it): it goes into the Authorization header and nowhere else; the cache is
-keyed by its SHA-256. Logs name the query key and status, never a URL, since
-search URLs carry the patient id."""
+keyed by its SHA-256. Logs name the query key, status and error class, never a
+URL, since search URLs carry the patient id. Nothing a FHIR server writes (an
+OperationOutcome's diagnostics, which may repeat the patient's name, birth date
+or the request path; a resource type; an error page) reaches an error, a log or
+the audit: a failure is told by its HTTP status and an error class (FhirError)."""
 
 from __future__ import annotations
 
@@ -14,28 +24,35 @@ import logging
 import re
 import threading
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from functools import partial
-from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import unquote, urljoin, urlsplit
 
 import orjson
 import requests
 from cachetools import TTLCache
-from requests.adapters import HTTPAdapter
 
 from cds_service.fhir.queries import Query, Read
+from cds_service.fhir.transport import OutOfTime, TooLarge, bounded_get, bounded_session, read_body
 
 log = logging.getLogger(__name__)
+# urllib3 logs each request line, search URLs and so patient ids included, at DEBUG: kept
+# out of a log that someone turns to DEBUG, unless its level was set on purpose.
+if logging.getLogger("urllib3.connectionpool").level == logging.NOTSET:
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.INFO)
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _BACKOFF_SECONDS = 0.1
-_DIAGNOSTICS_LIMIT = 200
+MAX_RESPONSE_BYTES = 20 * 1024 * 1024  # CDS_FHIR_MAX_RESPONSE_BYTES
+CACHE_BYTES = 64 * 1024 * 1024  # CDS_FHIR_CACHE_BYTES
+# What an entry costs besides its body: the key (base, token hash, URL) and the cache's bookkeeping.
+CACHE_ENTRY_OVERHEAD = 1024
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 # Characters that parsers disagree about (urlsplit vs urllib3), so a URL holding
 # them could be checked as one host and requested from another.
@@ -43,12 +60,22 @@ _UNSAFE_URL_CHARS = re.compile(r"[\\\s\x00-\x1f\x7f]")
 
 
 class FhirError(Exception):
-    """A query that gave no data. `reason` is one line, never holds the access
-    token or a URL; `key` is the query key, `status` the HTTP status if any."""
+    """A query that gave no data. `error_class` says what went wrong in a word the
+    service defines (docs/operations.md): `fhir-<status>` for an HTTP status the
+    service cannot use (fhir-400, fhir-404, fhir-500, fhir-503 ...), `access-denied`
+    (401/403), `timeout`, `too-large`, `not-json`, `operation-outcome` (a 200 holding
+    one), `wrong-type`, `connection`, `request-failed`, `not-allowed`. `reason` is
+    the service's own words ending with the class in brackets: never a server's
+    text, the access token or a URL. `key` is the query key, `status` the HTTP
+    status if any."""
 
-    def __init__(self, reason: str, *, key: str | None = None, status: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    error_class = "fhir-error"
+
+    def __init__(self, words: str, *, error_class: str | None = None, key: str | None = None,
+                 status: int | None = None) -> None:
+        self.error_class = error_class or type(self).error_class
+        self.reason = f"{words} ({self.error_class})"
+        super().__init__(self.reason)
         self.key = key
         self.status = status
 
@@ -56,27 +83,36 @@ class FhirError(Exception):
         return f"{self.key}: {self.reason}" if self.key else self.reason
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(key={self.key!r}, reason={self.reason!r}, status={self.status!r})"
+        return (f"{type(self).__name__}(key={self.key!r}, error_class={self.error_class!r}, "
+                f"status={self.status!r})")
 
 
 class FhirNotAllowed(FhirError):
     """The server (or a next-page link) is not on the allowlist; no request was made."""
 
+    error_class = "not-allowed"
+
 
 class FhirAccessDenied(FhirError):
     """401 or 403."""
+
+    error_class = "access-denied"
 
 
 class FhirUnavailable(FhirError):
     """Timeout, connection failure, 5xx or 429 after retries, or the deadline passed."""
 
+    error_class = "connection"
+
 
 class FhirOutOfTime(FhirUnavailable):
     """The deadline passed, or waiting for a retry would pass it."""
 
+    error_class = "timeout"
+
 
 class FhirBadResponse(FhirError):
-    """An answer the service cannot use: not JSON, wrong resource type,
+    """An answer the service cannot use: too large, not JSON, wrong resource type,
     OperationOutcome, or a 4xx other than 401/403 (and 404/410 on a read)."""
 
 
@@ -119,7 +155,6 @@ class _Call:
     key: str
     base: str
     headers: dict[str, str] = field(repr=False)
-    token: str | None = field(repr=False)  # only to blank it out of server-supplied text
     token_hash: str
     deadline: float
     read_cache: bool
@@ -168,31 +203,100 @@ def _is_under(url: str, base: str) -> bool:
 
 
 def new_session(max_workers: int) -> requests.Session:
-    """A requests session for a pool of `max_workers` threads that keeps no cookie: it is
+    """A requests session for `max_workers` threads at a time: keeps no cookie (it is
     shared across patients and users, and a server's cookie must not ride along on
-    someone else's requests."""
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_maxsize=max_workers * 2)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-    return session
+    someone else's requests), and its requests are bounded in total (transport.py)."""
+    return bounded_session(max_workers * 2)
+
+
+class ResponseCache:
+    """FHIR answers (their bytes) by (base, token hash, URL), each kept `ttl` seconds,
+    bounded in bytes: an entry counts its body plus CACHE_ENTRY_OVERHEAD, and an answer
+    larger than the whole bound is not kept. Expired entries are dropped on every write
+    and by a sweep every `ttl` seconds (a daemon thread holding the cache weakly), not
+    only when next read: patient data is not held long after its time. `timer` is the
+    TTL's clock (time.monotonic; tests pass a fake one); `sweep_every` overrides the
+    sweep's interval."""
+
+    def __init__(self, max_bytes: int, ttl: float, *, timer: Callable[[], float] = time.monotonic,
+                 sweep_every: float | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.ttl = ttl
+        self._cache: TTLCache[tuple[str, str, str], bytes] = TTLCache(
+            maxsize=max_bytes, ttl=ttl, timer=timer, getsizeof=lambda body: len(body) + CACHE_ENTRY_OVERHEAD)
+        self._lock = threading.Lock()
+        self._sweep_every = sweep_every if sweep_every is not None else max(ttl, 1.0)
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+
+    def get(self, key: tuple[str, str, str]) -> bytes | None:
+        with self._lock:
+            return self._cache.get(key)
+
+    def put(self, key: tuple[str, str, str], body: bytes) -> None:
+        if self.ttl <= 0 or len(body) + CACHE_ENTRY_OVERHEAD > self.max_bytes:
+            return
+        with self._lock:
+            self._cache.expire()
+            self._cache[key] = body
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=_sweep, args=(weakref.ref(self), self._sweep_every,
+                                                                       self._stop),
+                                                 name="fhir-cache-sweep", daemon=True)
+                self._sweeper.start()
+
+    def expire(self) -> None:
+        with self._lock:
+            self._cache.expire()
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._cache.clear()
+
+    @property
+    def bytes(self) -> int:
+        """What the entries count for, overhead included (never above max_bytes)."""
+        with self._lock:
+            return int(self._cache.currsize)
+
+    def keys(self) -> list[tuple[str, str, str]]:
+        with self._lock:
+            return list(self._cache.keys())
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._cache)
+
+
+def _sweep(cache_ref: "weakref.ref[ResponseCache]", every: float, stop: threading.Event) -> None:
+    while not stop.wait(every):
+        cache = cache_ref()
+        if cache is None:  # the client is gone
+            return
+        cache.expire()
+        del cache
 
 
 class FhirClient:
-    """Shared by all requests of the process: the session, worker pool and cache
-    are thread-safe, and per-fetch state lives in `_Call` objects."""
+    """Shared by all requests of the process: the session and cache are thread-safe,
+    and per-fetch state lives in `_Call` objects. Each fetch runs its queries on
+    threads of its own, which end by its deadline: no call waits for a thread another
+    call holds. `max_workers` sizes the connection pool (connections kept per host)."""
 
     def __init__(self, allowed_servers: Iterable[str], *, page_limit: int = 20, retries: int = 2,
-                 cache_ttl: float = 60.0, cache_size: int = 512, max_workers: int = 8,
+                 cache_ttl: float = 60.0, cache_bytes: int = CACHE_BYTES,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES, max_workers: int = 8,
                  session: requests.Session | None = None, user_agent: str = "cds-service") -> None:
         self._allowed = tuple(self._allowed_entry(server) for server in allowed_servers if server.strip())
         self._page_limit = page_limit
         self._retries = retries
         self._user_agent = user_agent
-        self._cache: TTLCache[tuple[str, str, str], bytes] = TTLCache(maxsize=cache_size, ttl=cache_ttl)
-        self._cache_lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fhir-fetch")
+        self._max_response_bytes = max_response_bytes
+        self._cache = ResponseCache(cache_bytes, cache_ttl)
         self._owns_session = session is None
         self._session = session if session is not None else new_session(max_workers)
 
@@ -219,13 +323,19 @@ class FhirClient:
         call_base = self._call_base(base)
         if call_base is None:
             return {key: _refused(key) for key in queries}
+        if not queries:
+            return {}
         calls = {key: self._new_call(key, call_base, token, deadline, no_cache) for key in queries}
         enough = enough or {}
-        futures = {key: self._executor.submit(self._run, calls[key], partial(self._query, query=query,
-                                                                             patient_id=patient_id,
-                                                                             enough=enough.get(key)))
-                   for key, query in queries.items()}
-        return self._results_by_deadline(calls, futures, deadline)
+        pool = ThreadPoolExecutor(max_workers=len(queries), thread_name_prefix="fhir-fetch")
+        try:
+            futures = {key: pool.submit(self._run, calls[key], partial(self._query, query=query,
+                                                                       patient_id=patient_id,
+                                                                       enough=enough.get(key)))
+                       for key, query in queries.items()}
+            return self._results_by_deadline(calls, futures, deadline)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def follow_next(self, base: str, token: str | None, bundle: dict, key: str, deadline: float,
                     *, no_cache: bool = False, enough: Enough | None = None) -> FetchResult:
@@ -239,13 +349,16 @@ class FhirClient:
         if call_base is None:
             return _refused(key)
         call = self._new_call(key, call_base, token, deadline, no_cache)
-        future = self._executor.submit(self._run, call, partial(self._next_pages, next_href=next_href,
-                                                                   self_href=_link_url(bundle, "self"),
-                                                                   enough=enough))
-        return self._results_by_deadline({key: call}, {key: future}, deadline)[key]
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fhir-fetch")
+        try:
+            future = pool.submit(self._run, call, partial(self._next_pages, next_href=next_href,
+                                                          self_href=_link_url(bundle, "self"), enough=enough))
+            return self._results_by_deadline({key: call}, {key: future}, deadline)[key]
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._cache.close()
         if self._owns_session:
             self._session.close()
 
@@ -265,12 +378,12 @@ class FhirClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         token_hash = hashlib.sha256(token.encode()).hexdigest() if token else ""
-        return _Call(key, base, headers, token or None, token_hash, deadline, read_cache=not no_cache)
+        return _Call(key, base, headers, token_hash, deadline, read_cache=not no_cache)
 
     def _results_by_deadline(self, calls: Mapping[str, _Call], futures: Mapping[str, Future[FetchResult]],
                              deadline: float) -> dict[str, FetchResult]:
-        # Never wait past the deadline: a server that trickles bytes can outlast
-        # the per-request timeouts. Late workers finish on their own; their results are dropped.
+        # Never wait past the deadline. Late workers end at it too (their requests are bounded
+        # in total); their results are dropped.
         done, _ = wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()))
         results = {}
         for key, future in futures.items():
@@ -298,7 +411,8 @@ class FhirClient:
         except FhirError as error:
             error.key = call.key
             result.resources, result.not_found, result.cut, result.error = [], False, None, error
-            log.warning("FHIR %s: %s (status %s)", call.key, type(error).__name__, error.status)
+            log.warning("FHIR %s: %s, %s (status %s)", call.key, type(error).__name__, error.error_class,
+                        error.status)
         result.pages, result.requests = call.pages, call.requests
         result.elapsed_ms = (time.monotonic() - call.started) * 1000
         return result
@@ -362,7 +476,8 @@ class FhirClient:
             except _NextPageGone:
                 if restarted or restart_url is None:
                     again = " again after re-running it" if restarted else ""
-                    raise FhirUnavailable(f"paged search expired (410 Gone){again}", status=410) from None
+                    raise FhirUnavailable(f"paged search expired (410 Gone){again}", error_class="fhir-410",
+                                          status=410) from None
                 log.info("FHIR %s: paged search expired; re-running it", call.key)
                 restarted = True
                 call.read_cache = False  # a cached first page would hand back the same expired link
@@ -406,36 +521,35 @@ class FhirClient:
         read that found nothing."""
         cache_key = (call.base, call.token_hash, url)
         if call.read_cache:
-            with self._cache_lock:
-                cached = self._cache.get(cache_key)
+            cached = self._cache.get(cache_key)
             if cached is not None:
                 call.pages += 1
                 return orjson.loads(cached)
-        response = self._request(call, url)
-        status = response.status_code
+        status, content = self._request(call, url)
         if status == 200:
-            body = _parse(response.content, expect, call.token)
+            body = _parse(content, expect)
             # Bytes, not the parsed body: each hit gets its own objects, so no
             # caller can alter what another request reads.
-            with self._cache_lock:
-                self._cache[cache_key] = response.content
+            self._cache.put(cache_key, content)
             call.pages += 1
             return body
         if status in (401, 403):
-            raise FhirAccessDenied(f"FHIR server refused access ({status})", status=status)
+            raise FhirAccessDenied(f"the FHIR server refused access ({status})", status=status)
         if is_read and status in (404, 410):
             return None
         if is_next_page and status == 410:
             raise _NextPageGone
+        words = f"the FHIR server answered {status}"
         if status >= 500:  # not 502/503/504 (retried in _request): 500 and the like rarely heal on retry
-            raise FhirUnavailable(f"FHIR server answered {status}", status=status)
-        reason = f"FHIR server answered {status}"
-        diagnostics = _diagnostics(response.content, call.token)
-        raise FhirBadResponse(f"{reason}: {diagnostics}" if diagnostics else reason, status=status)
+            raise FhirUnavailable(words, error_class=f"fhir-{status}", status=status)
+        raise FhirBadResponse(words, error_class=f"fhir-{status}", status=status)
 
-    def _request(self, call: _Call, url: str) -> requests.Response:
-        """One GET, retried on 429/502/503/504 and connection failures within the deadline."""
+    def _request(self, call: _Call, url: str) -> tuple[int, bytes]:
+        """One GET, retried on 429/502/503/504 and connection failures within the
+        deadline: (status, body), the body read (bounded in time and size) for a 200
+        only; no other answer's body is read, since the service never uses a server's text."""
         status: int | None = None
+        error_class = "connection"
         for attempt in range(self._retries + 1):
             remaining = call.deadline - time.monotonic()
             if remaining <= 0:
@@ -444,79 +558,59 @@ class FhirClient:
             retry_after = None
             try:
                 # Redirects are not followed: the target would escape the allowlist check.
-                response = self._session.get(url, headers=call.headers, timeout=(remaining, remaining),
-                                             allow_redirects=False)
-            except requests.Timeout:
-                # The timeout is the time left, so there is no time to retry in.
-                raise FhirOutOfTime("FHIR server timed out") from None
+                with bounded_get(self._session, url, deadline=call.deadline, headers=call.headers) as response:
+                    log.debug("FHIR %s: GET -> %s", call.key, response.status_code)
+                    if response.status_code == 200:
+                        return 200, read_body(response, call.deadline, self._max_response_bytes)
+                    if response.status_code not in _RETRY_STATUSES:
+                        return response.status_code, b""
+                    status = response.status_code
+                    retry_after = _retry_after_seconds(response)
+            except TooLarge:
+                raise FhirBadResponse(f"the FHIR server's answer is larger than the service accepts "
+                                      f"({self._max_response_bytes} bytes)", error_class="too-large",
+                                      status=200) from None
+            except OutOfTime:
+                # The request had all the time left, so there is none to retry in.
+                raise FhirOutOfTime("the FHIR server did not answer in time") from None
             except requests.ConnectionError:
-                problem = "connection to the FHIR server failed"
-            except requests.RequestException as error:
+                problem, error_class = "connection to the FHIR server failed", "connection"
+            except requests.RequestException:
                 # The exception's own text holds the URL (and so the patient id).
-                raise FhirUnavailable(f"request failed ({type(error).__name__})") from None
+                raise FhirUnavailable("request failed", error_class="request-failed") from None
             else:
-                log.debug("FHIR %s: GET -> %s", call.key, response.status_code)
-                if response.status_code not in _RETRY_STATUSES:
-                    return response
-                status = response.status_code
-                problem = f"FHIR server answered {status}"
-                retry_after = _retry_after_seconds(response)
+                problem, error_class = f"the FHIR server answered {status}", f"fhir-{status}"
             if attempt == self._retries:
                 break
             pause = retry_after if retry_after is not None else _BACKOFF_SECONDS * 2 ** attempt
             if time.monotonic() + pause >= call.deadline:
-                raise FhirOutOfTime(f"{problem}; retrying would pass the deadline", status=status)
-            log.info("FHIR %s: %s; retrying in %.2f s", call.key, problem, pause)
+                raise FhirOutOfTime(f"{problem}; retrying would pass the deadline", error_class=error_class,
+                                    status=status)
+            log.info("FHIR %s: %s; retrying in %.2f s", call.key, error_class, pause)
             time.sleep(pause)
-        raise FhirUnavailable(f"{problem} after {self._retries + 1} attempts", status=status)
+        raise FhirUnavailable(f"{problem} after {self._retries + 1} attempts", error_class=error_class,
+                              status=status)
 
 
 def _refused(key: str) -> FetchResult:
     return FetchResult(key, [], error=FhirNotAllowed("FHIR server is not on the allowlist", key=key))
 
 
-def _parse(content: bytes, expect: str, token: str | None) -> dict[str, Any]:
+def _parse(content: bytes, expect: str) -> dict[str, Any]:
     try:
         body = orjson.loads(content)
     except orjson.JSONDecodeError:
-        raise FhirBadResponse("FHIR server answered with something that is not JSON", status=200) from None
+        raise FhirBadResponse("the FHIR server answered with something that is not JSON", error_class="not-json",
+                              status=200) from None
     resource_type = body.get("resourceType") if isinstance(body, dict) else None
     if resource_type == "OperationOutcome":
-        diagnostics = _diagnostics(content, token)
-        raise FhirBadResponse("FHIR server answered with an OperationOutcome"
-                              + (f": {diagnostics}" if diagnostics else ""), status=200)
+        raise FhirBadResponse("the FHIR server answered with an OperationOutcome", error_class="operation-outcome",
+                              status=200)
     if resource_type != expect:
-        found = _one_line(resource_type, token)[:40] if isinstance(resource_type, str) else "no resource"
-        raise FhirBadResponse(f"expected a {expect}, got {found}", status=200)
+        raise FhirBadResponse(f"the FHIR server's answer is not a {expect}", error_class="wrong-type", status=200)
     if expect == "Bundle" and not isinstance(body.get("entry", []), list):
-        raise FhirBadResponse("Bundle.entry is not a list", status=200)
+        raise FhirBadResponse("the FHIR server's Bundle.entry is not a list", error_class="wrong-type", status=200)
     return body
-
-
-def _diagnostics(content: bytes, token: str | None) -> str:
-    """The issues' text of an OperationOutcome body, one line, at most 200 characters."""
-    try:
-        body = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return ""
-    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
-        return ""
-    texts = []
-    for issue in body.get("issue") or []:
-        if not isinstance(issue, dict):
-            continue
-        details = issue.get("details")
-        text = issue.get("diagnostics") or (details.get("text") if isinstance(details, dict) else None)
-        if isinstance(text, str):
-            texts.append(text)
-    return _one_line("; ".join(texts), token)[:_DIAGNOSTICS_LIMIT]
-
-
-def _one_line(text: str, token: str | None) -> str:
-    # Servers sometimes echo the credentials they rejected.
-    if token:
-        text = text.replace(token, "***")
-    return " ".join(text.split())
 
 
 def _link_url(bundle: dict[str, Any], relation: str) -> str | None:

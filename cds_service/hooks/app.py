@@ -182,7 +182,8 @@ def create_app(settings: Settings | None = None, *, client: FhirClient | None = 
     configure_logging()
     trials = list(load_trials(only=settings.trials or None).values())
     client = client or FhirClient(settings.allowed_fhir_servers, page_limit=settings.fhir_page_limit,
-                                  cache_ttl=settings.fhir_cache_ttl, cache_size=settings.fhir_cache_size)
+                                  cache_ttl=settings.fhir_cache_ttl, cache_bytes=settings.fhir_cache_bytes,
+                                  max_response_bytes=settings.fhir_max_response_bytes)
     renderer = CardRenderer(settings.card_templates, show_ineligible=settings.show_ineligible)
     store = Store(settings.database_path)
 

@@ -65,7 +65,8 @@ class Settings:
     fhir_page_limit: int = 20
     fhir_page_size: int = 100  # _count of the searches
     fhir_cache_ttl: float = 60.0
-    fhir_cache_size: int = 512
+    fhir_cache_bytes: int = 64 * 1024 * 1024  # the FHIR answer cache's bound in bytes (replaces CDS_FHIR_CACHE_SIZE)
+    fhir_max_response_bytes: int = 20 * 1024 * 1024  # a larger FHIR answer is refused (too-large)
     cors_origins: tuple[str, ...] = ()  # browser EHR origins allowed to call the service
     card_templates: Path | None = None  # directory with edited card templates
     evaluation_date: dt.date | None = None  # fixed evaluation date (demos, re-runs); default today
@@ -146,7 +147,8 @@ class Settings:
             fhir_page_limit=_number(env, "CDS_FHIR_PAGE_LIMIT", 20, 1, int),
             fhir_page_size=_number(env, "CDS_FHIR_PAGE_SIZE", 100, 1, int),
             fhir_cache_ttl=_number(env, "CDS_FHIR_CACHE_TTL", 60.0, 0.0),
-            fhir_cache_size=_number(env, "CDS_FHIR_CACHE_SIZE", 512, 1, int),
+            fhir_cache_bytes=_number(env, "CDS_FHIR_CACHE_BYTES", 64 * 1024 * 1024, 0, int),
+            fhir_max_response_bytes=_number(env, "CDS_FHIR_MAX_RESPONSE_BYTES", 20 * 1024 * 1024, 1024, int),
             cors_origins=_split(env.get("CDS_CORS_ORIGINS")),
             card_templates=Path(env["CDS_CARD_TEMPLATES"]) if env.get("CDS_CARD_TEMPLATES") else None,
             evaluation_date=evaluation_date,
