@@ -84,6 +84,8 @@ class Settings:
     terminology_cache_ttl: float = 3600.0  # seconds an answer (yes or no) is kept
     terminology_cache_size: int = 10000  # answers kept
     terminology_max_lookups: int = 32  # server lookups one call may make (cached answers are free)
+    # Plain gunicorn only: serve beyond loopback without CDS_TRUSTED_CLIENTS (never in production).
+    insecure_no_auth: bool = False
 
     def __post_init__(self):
         # A PostgreSQL URL becomes a DatabaseUrl (password-free repr, this host's data dir and pool size).
@@ -163,6 +165,7 @@ class Settings:
             terminology_cache_ttl=_number(env, "CDS_TERMINOLOGY_CACHE_TTL", 3600.0, 0.0),
             terminology_cache_size=_number(env, "CDS_TERMINOLOGY_CACHE_SIZE", 10000, 1, int),
             terminology_max_lookups=_number(env, "CDS_TERMINOLOGY_MAX_LOOKUPS", 32, 0, int),
+            insecure_no_auth=_flag(env, "CDS_INSECURE_NO_AUTH", False),
         )
 
     def today(self) -> dt.date:
