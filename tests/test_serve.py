@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -134,10 +135,13 @@ def test_serve_logs_json_lines_without_phi(server):
 
 
 def test_shipped_demo_requests_match_the_generator():
+    instances = set()
     for name in DEMO_PATIENTS:
         shipped = json.loads((DEMO_DIR / f"{name}.json").read_text())
         built = hook_request(name, RECORDED_AS_OF, hook_instance=shipped["hookInstance"])
         assert shipped == json.loads(json.dumps(built)), name
+        instances.add(str(uuid.UUID(shipped["hookInstance"])))
+    assert len(instances) == len(DEMO_PATIENTS)  # each request its own hookInstance
 
 
 def test_demo_prefetch_holds_what_each_query_returns():
@@ -267,11 +271,12 @@ def _resources(request: dict) -> list[dict]:
             for entry in bundle["entry"]]
 
 
-def test_plain_gunicorn_serves_the_worker_app(tmp_path):
+@pytest.mark.parametrize("config", [[], ["-c", "python:cds_service.hooks.gunicorn_config"]])
+def test_plain_gunicorn_serves_the_worker_app(tmp_path, config):
     port = free_port()
     env = dict(os.environ, CDS_DATA_DIR=str(tmp_path))
-    proc = subprocess.Popen([str(EXE.with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "1",
-                             "cds_service.hooks.server:worker_app()"], env=env, cwd=tmp_path,
+    proc = subprocess.Popen([str(EXE.with_name("gunicorn")), *config, "--bind", f"127.0.0.1:{port}",
+                             "--workers", "1", "cds_service.hooks.server:worker_app()"], env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=(tmp_path / "gunicorn.log").open("w"))
     try:
         deadline = time.monotonic() + 60
@@ -287,3 +292,19 @@ def test_plain_gunicorn_serves_the_worker_app(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("preload", [True, False])
+def test_plain_gunicorn_refuses_a_public_address_without_authentication(tmp_path, preload):
+    # As `cds-service serve` does: with --preload the app is loaded (and refuses) before anything is
+    # bound; without it the worker refuses and gunicorn stops instead of starting new workers.
+    env = {k: v for k, v in os.environ.items() if k not in ("CDS_TRUSTED_CLIENTS", "CDS_INSECURE_NO_AUTH")}
+    env["CDS_DATA_DIR"] = str(tmp_path)
+    proc = subprocess.run([str(EXE.with_name("gunicorn")), *(["--preload"] if preload else []),
+                           "--bind", f"0.0.0.0:{free_port()}", "cds_service.hooks.server:worker_app()"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-2000:]  # gunicorn's "worker failed to boot"
+    refusal = next(json.loads(line) for line in proc.stderr.splitlines()
+                   if line.startswith("{") and '"refused"' in line)
+    assert refusal["event"] == "startup" and refusal["error"] == "no-client-authentication"
+    assert "CDS_TRUSTED_CLIENTS" in refusal["message"] and "Traceback" not in proc.stderr

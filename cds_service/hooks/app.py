@@ -219,8 +219,12 @@ def create_app(settings: Settings | None = None, *, client: FhirClient | None = 
     def http_error(exc: HTTPException):
         headers = {"Allow": exc.get_response().headers["Allow"]} if exc.code == 405 else None
         code = exc.code or 500
+        diagnostics = exc.description or exc.name
+        if code == 413:
+            diagnostics = f"the request body is over the limit of {settings.max_request_bytes} bytes " \
+                          "(CDS_MAX_REQUEST_BYTES)"
         return error_response(code, ISSUE_TYPES.get(code, "processing" if code < 500 else "exception"),
-                              exc.description or exc.name, headers=headers)
+                              diagnostics, headers=headers)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):  # the class and where it was raised; its message may carry PHI
