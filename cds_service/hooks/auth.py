@@ -30,6 +30,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -38,6 +39,7 @@ import requests
 import yaml
 
 # The replay (jti) stores live in replay.py; imported here so that they stay importable from auth.
+from ..fhir.transport import bounded_get, bounded_session, read_body
 from .replay import JtiStore, RedisJtiStore, ReplayStoreUnavailable, SqliteJtiStore, jti_store_for  # noqa: F401
 
 log = logging.getLogger("cds_service.auth")
@@ -52,7 +54,7 @@ DEFAULT_ALGORITHMS = ("ES384", "RS384")
 
 JWKS_TTL = 600.0  # seconds a fetched JWK Set is used before it is fetched again
 JWKS_MIN_REFRESH_INTERVAL = 30.0  # at most one request per jku URL in this many seconds
-JWKS_TIMEOUT = 2.0  # connect, read, and the whole download
+JWKS_TIMEOUT = 2.0  # seconds for the whole fetch: connecting, the headers and every byte of the body
 JWKS_MAX_STALE = 3600.0  # a JWK Set whose refresh failed is still used this long after its last good fetch
 JWKS_MAX_BYTES = 256 * 1024
 MAX_TOKEN_CHARS = 16 * 1024
@@ -309,20 +311,16 @@ class _RemoteJwks:
         return entry
 
     def _download(self, url: str) -> dict[str, Mapping[str, Any]]:
+        # JWKS_TIMEOUT bounds the whole fetch, not each read: a jku that trickles bytes is cut off
+        # at it (transport.py), so tokens waiting on this URL's lock wait no longer than that.
         deadline = time.monotonic() + JWKS_TIMEOUT
-        # No redirects: the allowlist names exact URLs, a redirect could lead anywhere.
-        with self._http.get(url, timeout=(JWKS_TIMEOUT, JWKS_TIMEOUT), allow_redirects=False, stream=True,
-                            headers={"Accept": "application/jwk-set+json, application/json"}) as response:
+        # No redirects (bounded_get follows none): the allowlist names exact URLs, a redirect could lead anywhere.
+        with bounded_get(self._http, url, deadline=deadline,
+                         headers={"Accept": "application/jwk-set+json, application/json"}) as response:
             if response.status_code != 200:
                 raise ValueError(f"HTTP {response.status_code}")
-            body = bytearray()
-            for chunk in response.iter_content(16384):
-                body += chunk
-                if len(body) > JWKS_MAX_BYTES:
-                    raise ValueError("JWK Set too large")
-                if time.monotonic() > deadline:
-                    raise requests.Timeout("JWK Set download too slow")
-        data = json.loads(bytes(body))
+            body = read_body(response, deadline, JWKS_MAX_BYTES)  # OutOfTime, TooLarge: RequestExceptions
+        data = json.loads(body)
         if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
             raise ValueError("not a JWK Set")
         keys: dict[str, Mapping[str, Any]] = {}
@@ -334,6 +332,23 @@ class _RemoteJwks:
 
 
 # --------------------------------------------------------------------------- the authenticator
+
+@cache
+def _decoy_jwk(alg: str) -> Mapping[str, Any]:
+    """A public key for `alg` that signs nothing we accept (its private half is dropped):
+    what a refused token is checked against when there is no real key for it."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    if alg in _EC_CURVES:
+        curve = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}[alg]()
+        public, algorithm = ec.generate_private_key(curve).public_key(), jwt.algorithms.ECAlgorithm
+    elif alg == "EdDSA":
+        public, algorithm = ed25519.Ed25519PrivateKey.generate().public_key(), jwt.algorithms.OKPAlgorithm
+    else:  # RS*, PS*
+        public = rsa.generate_private_key(public_exponent=65537, key_size=MIN_RSA_BITS).public_key()
+        algorithm = jwt.algorithms.RSAAlgorithm
+    return {**algorithm.to_jwk(public, as_dict=True), "kid": "decoy"}
+
 
 def _text(value: Any, limit: int = 256) -> str | None:
     """A claim fit for the log: strings only, bounded."""
@@ -388,7 +403,9 @@ class Authenticator:
         self.max_lifetime = float(max_lifetime)
         self._jti_store = jti_store
         self._clock = clock
-        self._remote = _RemoteJwks(http or requests.Session(), clock)
+        self._remote = _RemoteJwks(http or bounded_session(4), clock)
+        for alg in config.algorithms:
+            _decoy_jwk(alg)  # made now, not on the first refusal
 
     @classmethod
     def from_file(cls, path: str | Path, *, public_base_url: str, jti_store: JtiStore, leeway: float = 60.0,
@@ -450,24 +467,25 @@ class Authenticator:
             raise AuthError("missing-claim:iss")
         known["iss"] = _text(iss)
         client = self.config.clients.get(iss) if isinstance(iss, str) else None
-        if client is None:
-            raise AuthError("untrusted-iss")
+        audience = self.expected_audience(path)
 
-        # 4. The key.
-        jwk = self._find_key(client, head, kid)
-        key = self._verification_key(jwk, alg)
+        # 4. The key. An untrusted issuer, an unknown kid or a key of the wrong type still costs
+        # what a real check does (a key built, a signature verified, against a decoy key), so
+        # that the time a refusal takes does not tell a trusted issuer from any other.
+        try:
+            if client is None:
+                raise AuthError("untrusted-iss")
+            jwk = self._find_key(client, head, kid)
+            key = self._verification_key(jwk, alg)
+        except AuthError:
+            try:
+                self._verify(token, self._verification_key(_decoy_jwk(alg), alg), alg, audience, None)
+            except AuthError:
+                pass
+            raise
 
         # 5. Signature, aud, iss and required claims (PyJWT); times against our clock.
-        audience = self.expected_audience(path)
-        try:
-            claims = jwt.decode(token, key.key, algorithms=[alg], audience=audience, issuer=client.iss, options={
-                "verify_signature": True, "verify_aud": True, "verify_iss": True, "verify_jti": True,
-                "verify_sub": True, "strict_aud": False, "require": list(REQUIRED_CLAIMS),
-                "enforce_minimum_key_length": True,
-                # exp, nbf and iat are checked below against the injected clock, not PyJWT's.
-                "verify_exp": False, "verify_nbf": False, "verify_iat": False})
-        except jwt.PyJWTError as exc:
-            raise AuthError(_pyjwt_reason(exc)) from None
+        claims = self._verify(token, key, alg, audience, client.iss)
         self._check_times(claims)
 
         # 6. Tenant.
@@ -517,6 +535,19 @@ class Authenticator:
             if jwk is not None:
                 return jwk
         raise AuthError("jwks-unavailable" if unavailable else "unknown-kid")
+
+    @staticmethod
+    def _verify(token: str, key: jwt.PyJWK, alg: str, audience: str, issuer: str | None) -> dict[str, Any]:
+        """The claims, once PyJWT has checked the signature, aud, iss and the required claims."""
+        try:
+            return jwt.decode(token, key.key, algorithms=[alg], audience=audience, issuer=issuer, options={
+                "verify_signature": True, "verify_aud": True, "verify_iss": True, "verify_jti": True,
+                "verify_sub": True, "strict_aud": False, "require": list(REQUIRED_CLAIMS),
+                "enforce_minimum_key_length": True,
+                # exp, nbf and iat are checked by the caller against the injected clock, not PyJWT's.
+                "verify_exp": False, "verify_nbf": False, "verify_iat": False})
+        except jwt.PyJWTError as exc:
+            raise AuthError(_pyjwt_reason(exc)) from None
 
     @staticmethod
     def _verification_key(jwk: Mapping[str, Any], alg: str) -> jwt.PyJWK:
