@@ -27,7 +27,7 @@ from .auth import AuthError, Authenticator, ReplayStoreUnavailable, jti_store_fo
 from .config import Settings
 from .discovery import SERVICE_ID
 from .responses import ISSUE_TYPES, SECURITY_HEADERS, error_response, json_response, problems_response
-from .server_logging import configure_logging, event, loggable_path
+from .server_logging import configure_logging, event, exception_summary, loggable_path
 from .service import TrialEligibilityService, log_event
 from .store import Store
 from .validation import Invalid, parse_feedback
@@ -228,10 +228,9 @@ def create_app(settings: Settings | None = None, *, client: FhirClient | None = 
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):  # the class and where it was raised; its message may carry PHI
-        logging.getLogger("cds_service").error(
-            event(event="error", outcome="exception", status=500, error=type(exc).__name__,
-                  method=request.method, path=loggable_path(request.path)),
-            exc_info=(type(exc), exc, exc.__traceback__))
+        logging.getLogger("cds_service").error(event(
+            event="error", outcome="exception", status=500, error=type(exc).__name__, method=request.method,
+            path=loggable_path(request.path), exception=exception_summary(exc)))
         return error_response(500, "exception", "internal error; see the service log")
 
     @app.after_request

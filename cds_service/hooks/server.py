@@ -32,7 +32,7 @@ from gunicorn.workers.gthread import ThreadWorker as _GthreadWorker
 from ..engine.record import validations_done
 from .config import Settings
 from .responses import ISSUE_TYPES, SECURITY_HEADERS, operation_outcome
-from .server_logging import event
+from .server_logging import event, exception_summary
 
 log = logging.getLogger("cds_service.server")
 
@@ -124,7 +124,7 @@ class ThreadWorker(_GthreadWorker):
         fields = dict(event="http-error", outcome="refused" if status < 500 else "exception", status=status,
                       error=type(exc).__name__)
         if status >= 500:
-            self.log.error(event(**fields), exc_info=(type(exc), exc, exc.__traceback__))
+            self.log.error(event(**fields, exception=exception_summary(exc)))
         else:
             self.log.warning(event(**fields))
         try:

@@ -47,11 +47,7 @@ class JsonLineFormatter(OrjsonFormatter):
         return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     def formatException(self, ei) -> list[str]:  # noqa: N802
-        """The exception's classes and frames, without its message (it may carry PHI)."""
-        _, exc, tb = ei
-        out = [f"{type(e).__module__}.{type(e).__qualname__}" for e in _chain(exc)]
-        out += [f"{frame.filename}:{frame.lineno} in {frame.name}" for frame in traceback.extract_tb(tb)]
-        return out
+        return exception_summary(ei[1])
 
     def formatStack(self, stack_info: str) -> str:  # noqa: N802
         return stack_info
@@ -68,6 +64,16 @@ class JsonLineFormatter(OrjsonFormatter):
                 for key, value in event.items():  # time, level and logger are ours
                     log_data.setdefault(key, value)
         return log_data
+
+
+def exception_summary(exc: BaseException | None) -> list[str]:
+    """An exception as its classes (the chain of causes) and frames (file:line in function),
+    without its message, which may repeat what a client or a FHIR server sent (PHI)."""
+    out = [f"{type(e).__module__}.{type(e).__qualname__}" for e in _chain(exc)]
+    if exc is not None:
+        out += [f"{frame.filename}:{frame.lineno} in {frame.name}"
+                for frame in traceback.extract_tb(exc.__traceback__)]
+    return out
 
 
 def _chain(exc: BaseException | None) -> list[BaseException]:
