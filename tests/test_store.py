@@ -15,7 +15,7 @@ from cds_service.hooks.replay import (JTI_MIGRATIONS, DatabaseJtiStore, Postgres
                                       SqliteJtiStore, jti_store_for)
 from cds_service.hooks.store import (STORE_MIGRATIONS, Connections, PostgresDatabase, SqliteDatabase, Store,
                                      database_for)
-from postgres_server import database, postgres_url  # noqa: F401  (fixtures)
+from postgres_server import database, postgres_url  # noqa: F401,F811  (fixtures)
 
 NOW = 1_780_000_000
 
