@@ -16,7 +16,9 @@ makes no call. Anything else (an error, a timeout, a 4xx, an answer that is not
 the Parameters it should be) adds nothing: the shipped sets decide, as they do
 when no server is configured. Only the configured server is called, never with
 the patient's access token or any Authorization header, and redirects are not
-followed. Logs and the audit carry counts only, never a code or a URL.
+followed. Each request, headers and body together, ends by the lookup's deadline
+(transport.py), and an answer over 1 MiB is refused (`too-large`). Logs and the
+audit carry counts only, never a code or a URL.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ..engine.evaluate import Trial
 from ..engine.record import PatientRecord
 from ..engine.rules.base import codeset_fields
 from .client import _normalise_base, new_session
+from .transport import OutOfTime, TooLarge, bounded_get, read_body
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ _SUBSUMES_OUTCOMES = frozenset({"equivalent", "subsumes", "subsumed-by", "not-su
 # not supported, credentials required): remembered like a "no", so a chart reopened asks nothing.
 _SETTLED_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 422})
 _NO_ANSWER = None  # cached for a settled 4xx: not a member, nothing learnt
+_MAX_ANSWER_BYTES = 1024 * 1024  # a Parameters answer is a few hundred bytes
 _UNCACHED = object()
 
 # Where a resource's codes are, for the types criteria read (raw JSON, no validation), by role:
@@ -371,20 +375,25 @@ class TerminologyClient:
             url = f"{self.base}/ValueSet/$validate-code"
             params = {"url": q.anchor[1], "system": q.system, "code": q.code}
         try:
-            response = self._session.get(url, params=params, headers=self._headers, timeout=(remaining, remaining),
-                                         allow_redirects=False, auth=_no_auth)
-        except requests.Timeout:
+            # The deadline is on this client's clock (a fake one in tests); the request's is on time.monotonic.
+            ends = time.monotonic() + remaining
+            with bounded_get(self._session, url, deadline=ends, params=params, headers=self._headers,
+                             auth=_no_auth) as response:
+                status = response.status_code
+                content = read_body(response, ends, _MAX_ANSWER_BYTES) if status == 200 else b""
+        except TooLarge:
+            return "too-large", None, 1
+        except (OutOfTime, requests.Timeout):
             return "timeout", None, 1
         except requests.ConnectionError:
             return "connection failed", None, 1
         except requests.RequestException as error:  # its text holds the URL, and so the code: not logged
             return f"request failed ({type(error).__name__})", None, 1
-        status = response.status_code
         if status != 200:
             if status in _SETTLED_STATUSES:
                 self._remember(q, _NO_ANSWER)
             return f"status {status}", None, 1
-        answer = _parse_subsumes(response.content) if q.anchor[0] == SUBSUMES else _parse_validate(response.content)
+        answer = _parse_subsumes(content) if q.anchor[0] == SUBSUMES else _parse_validate(content)
         if answer is None:
             return "malformed answer", None, 1
         self._remember(q, answer)
