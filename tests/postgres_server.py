@@ -10,7 +10,7 @@ missing; under CI=true they fail instead.
 Each test gets a schema of its own (search_path set in the URL's options),
 dropped after it.
 
-    python tests/postgres_server.py PORT   # a cluster in the foreground, as .ci/run runs it
+    python tests/postgres_server.py PORT [--dir EMPTY_DIR]   # a cluster in the foreground (.ci/run)
 """
 
 from __future__ import annotations
@@ -73,10 +73,10 @@ class PostgresServer:
     """initdb into a fresh temp dir, postgres on 127.0.0.1:port (trust auth, loopback
     only, its socket in the temp dir); stop() ends it by pid and removes the dir."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, folder: Path | None = None):
         self.port = port or free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self.dir = Path(tempfile.mkdtemp(prefix="cds-pg-"))
+        self.dir = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="cds-pg-"))
         self.data = self.dir / "data"
         self.log = self.dir / "postgres.log"
         self.proc: subprocess.Popen | None = None
@@ -184,14 +184,16 @@ def database(request, tmp_path):
 
 
 def main() -> None:
-    """`python tests/postgres_server.py PORT`: a fresh cluster in the foreground (for .ci/run, which
-    stops it by this process's pid: after exec it is postgres itself). Its folder is left to /tmp."""
+    """`python tests/postgres_server.py PORT [--dir EMPTY_DIR]`: a fresh cluster in the foreground, its
+    data in EMPTY_DIR (default a new temp dir), for .ci/run, which stops it by this process's pid
+    (after exec it is postgres itself) and removes the folder."""
     parser = argparse.ArgumentParser()
     parser.add_argument("port", type=int)
+    parser.add_argument("--dir", type=Path, help="an empty folder for the cluster (default: a new temp dir)")
     args = parser.parse_args()
     if missing_reason():
         raise SystemExit(missing_reason())
-    server = PostgresServer(args.port)
+    server = PostgresServer(args.port, args.dir)
     server.init()
     user = _user()
     if user is not None:
