@@ -139,3 +139,17 @@ def test_a_replayed_token_is_refused_by_another_host(make_app, postgres_url, tmp
     assert post(hosts[1].test_client(), SERVICE, demo("eligible"), token(SERVICE)).status_code == 200
     assert json.loads(all_rows(postgres_url))["jti"].__len__() == 2
     assert not list(tmp_path.rglob("*.sqlite3"))
+
+
+def test_without_postgres_binaries_the_tests_skip_locally_and_fail_under_ci(monkeypatch):
+    import postgres_server
+
+    monkeypatch.setattr(postgres_server, "binaries", lambda: None)
+    monkeypatch.setattr(postgres_server, "_server", [])
+    monkeypatch.delenv("CDS_TEST_POSTGRES_URL", raising=False)
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="apt-get install postgresql"):
+        postgres_server.base_url(None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CDS_TEST_POSTGRES_URL"):
+        postgres_server.base_url(None)
