@@ -314,3 +314,21 @@ def test_the_app_answers_every_error_it_can_produce_as_an_outcome(client):
         assert response.get_json()["resourceType"] == "OperationOutcome"
         assert response.headers["Cache-Control"] == "no-store"
         assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_lines_logged_while_a_hook_call_is_served_name_its_hook_instance():
+    import logging
+
+    from cds_service.hooks.server_logging import JsonLineFormatter, hook_instance_logged
+
+    def line(message):
+        record = logging.LogRecord("cds_service.fhir.client", logging.WARNING, __file__, 1, message, (), None)
+        return json.loads(JsonLineFormatter().format(record))
+
+    instance = "5c7b1a3e-0d5e-4b8f-9a41-2f1f7e0c6d11"
+    with hook_instance_logged(instance):
+        assert line("FHIR labResults: deadline exceeded")["hookInstance"] == instance
+        assert line('{"event": "hook", "hookInstance": null}')["hookInstance"] is None  # the event's own wins
+    assert "hookInstance" not in line("FHIR labResults: deadline exceeded")
+    with hook_instance_logged("Ada Testpatient"):  # not a UUID: not logged
+        assert "hookInstance" not in line("FHIR labResults: deadline exceeded")

@@ -27,7 +27,7 @@ from .auth import AuthError, Authenticator, ReplayStoreUnavailable, jti_store_fo
 from .config import Settings
 from .discovery import SERVICE_ID
 from .responses import ISSUE_TYPES, SECURITY_HEADERS, error_response, json_response, problems_response
-from .server_logging import configure_logging, event, exception_summary, loggable_path
+from .server_logging import configure_logging, event, exception_summary, hook_instance_logged, loggable_path
 from .service import TrialEligibilityService, log_event
 from .store import Store
 from .validation import Invalid, parse_feedback
@@ -140,7 +140,8 @@ def call_service(service_id: str):
     body, error, parse_ms = _json_body()
     if error is not None:
         return error
-    return _service().call(body, started, parse_ms)
+    with hook_instance_logged(body.get("hookInstance") if isinstance(body, dict) else None):
+        return _service().call(body, started, parse_ms)
 
 
 @api.post("/cds-services/<service_id>/feedback")

@@ -18,6 +18,8 @@ plain gunicorn).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
 import logging
 import re
@@ -32,6 +34,9 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 #: The paths the access log names as they are; any other path is logged as "(other)":
 #: a client may put anything in a path, and the log must not repeat it.
 _KNOWN_PATH = re.compile(r"/(cds-services(/[A-Za-z0-9._-]{1,64}(/feedback)?)?|healthz|readyz|openapi\.json)")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+#: The hook call being served on this thread (or in this context), for every line logged meanwhile.
+_HOOK_INSTANCE: contextvars.ContextVar[str | None] = contextvars.ContextVar("hook_instance", default=None)
 
 
 class JsonLineFormatter(OrjsonFormatter):
@@ -58,11 +63,14 @@ class JsonLineFormatter(OrjsonFormatter):
             try:
                 event = orjson.loads(message)
             except orjson.JSONDecodeError:
-                return log_data
+                event = None
             if isinstance(event, dict):
                 del log_data["message"]
                 for key, value in event.items():  # time, level and logger are ours
                     log_data.setdefault(key, value)
+        hook_instance = _HOOK_INSTANCE.get()
+        if hook_instance is not None:
+            log_data.setdefault("hookInstance", hook_instance)
         return log_data
 
 
@@ -106,6 +114,18 @@ def configure_logging() -> None:
         for handler in logging.getLogger(name).handlers:
             if not isinstance(handler.formatter, JsonLineFormatter):
                 handler.setFormatter(JsonLineFormatter())
+
+
+@contextlib.contextmanager
+def hook_instance_logged(value: Any):
+    """While serving a hook call: every line logged in this context names its hookInstance
+    (only if it is the UUID it should be: no client text in logs). Threads started
+    meanwhile inherit it only if they run in a copy of the context."""
+    token = _HOOK_INSTANCE.set(value if isinstance(value, str) and _UUID.fullmatch(value) else None)
+    try:
+        yield
+    finally:
+        _HOOK_INSTANCE.reset(token)
 
 
 def event(**fields: Any) -> str:
