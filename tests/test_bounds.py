@@ -362,6 +362,27 @@ def test_a_wait_that_ends_in_time_leaves_the_connection_alone(servers):
         client.close()
 
 
+def test_a_trickling_terminology_server_is_cut_off_and_a_huge_answer_refused(servers):
+    from cds_service.fhir.terminology import SUBSUMES, Question, TerminologyClient
+
+    body = _trickled_body()
+    trickle = TrickleServer(_json_head(len(body)), body)
+    huge = FhirStub(lambda path: (200, b'{"resourceType":"Parameters","parameter":[' + b" " * 2_000_000 + b"]}",
+                                  True))
+    servers.extend([trickle, huge])
+    question = Question((SUBSUMES, "http://snomed.info/sct", "254837009"), "http://snomed.info/sct", "1234567")
+    for server, expected in ((trickle.url, "timeout"), (huge.url, "too-large")):
+        tx = TerminologyClient(server, timeout=1.0)
+        try:
+            started = time.monotonic()
+            outcome, answer, asked = tx._ask(question, time.monotonic() + 1.0)
+            assert (outcome, answer, asked) == (expected, None, 1)
+            assert time.monotonic() - started < BOUND
+        finally:
+            tx.close()
+    assert _eventually(lambda: trickle.cut_off == trickle.connections == 1)
+
+
 # --- the JWK Set fetch (JWKS_TIMEOUT bounds the whole download of an allowlisted jku)
 
 def _tls_for_loopback(tmp_path):
