@@ -401,3 +401,18 @@ def test_the_template_renderer_fills_every_placeholder_and_refuses_bad_values():
         nginx_conf.render({k: v for k, v in values.items() if k != "CDS_PROXY_UPSTREAM"})
     with pytest.raises(ValueError, match="CDS_PROXY_SERVER_NAME"):
         nginx_conf.render(dict(values, CDS_PROXY_SERVER_NAME="a; include /etc/passwd"))
+
+
+def test_the_load_bench_runs_end_to_end_without_server_errors():
+    """bench/load_bench.py for a second per run (its figures are not judged here:
+    speed is measured by running it, see docs/deployment.md, "Load")."""
+    _nginx()
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk not installed (apt-get install wrk): only bench/load_bench.py needs it")
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "load_bench.py"), "--seconds", "1", "--warmup", "0",
+                           "--connections", "4", "--writers", "4"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = {line.split(":")[0].strip(): line for line in done.stdout.splitlines() if " 5xx " in line}
+    assert set(rows) == {"hooks", "hooks + 4 writers", "feedback (writers)"}, done.stdout
+    for line in rows.values():
+        assert " 5xx 0 " in line and "4xx 0," in line and "socket errors/timeouts 0)" in line, line
