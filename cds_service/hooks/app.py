@@ -69,9 +69,9 @@ def _request_body() -> bytes:
     limit = request.max_content_length
     if length is not None and limit is not None and length > limit:
         raise RequestEntityTooLarge()
-    if request.environ.get("wsgi.input_terminated"):
-        return _read_terminated(request.environ["wsgi.input"], limit)
     if length is None:
+        if request.environ.get("wsgi.input_terminated"):  # chunked (gunicorn ends the stream)
+            return _read_terminated(request.environ["wsgi.input"], limit)
         return request.get_data(cache=False)  # no length, no terminated stream: werkzeug reads nothing
     stream = request.environ["wsgi.input"]
     parts, received = [], 0
