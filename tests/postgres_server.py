@@ -27,6 +27,7 @@ import tempfile
 import time
 import urllib.parse
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,25 @@ def database(request, tmp_path):
     if request.param == "sqlite":
         return tmp_path / "cds.sqlite3"
     return DatabaseUrl(request.getfixturevalue("postgres_url"), local_dir=tmp_path)
+
+
+def terminate_sessions(url: str) -> None:
+    """The database drops every other session (a restart, a failover, an idle timeout)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                      "AND datname = current_database() AND backend_type = 'client backend'")
+
+
+@contextmanager
+def table_locked(url: str, table: str):
+    """Another session holds the table: statements on it wait (a database that does not answer)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as admin, admin.transaction():
+        admin.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        yield
 
 
 def main() -> None:

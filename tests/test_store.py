@@ -15,7 +15,7 @@ from cds_service.hooks.replay import (JTI_MIGRATIONS, DatabaseJtiStore, Postgres
                                       SqliteJtiStore, jti_store_for)
 from cds_service.hooks.store import (STORE_MIGRATIONS, Connections, PostgresDatabase, SqliteDatabase, Store,
                                      database_for)
-from postgres_server import database, postgres_url  # noqa: F401,F811  (fixtures)
+from postgres_server import database, postgres_url, table_locked, terminate_sessions  # noqa: F401,F811
 
 NOW = 1_780_000_000
 
@@ -328,21 +328,23 @@ def test_the_pool_is_bounded_and_a_wait_for_it_is_bounded(postgres_url, monkeypa
         db.close()
 
 
-def test_a_lost_postgres_connection_fails_closed_then_recovers(postgres_url, separate):
-    import psycopg
-
+def test_connections_the_server_dropped_are_replaced_before_use(postgres_url, separate):
     clock = Clock(time.time())
     jtis = DatabaseJtiStore(separate(postgres_url), clock=clock)
     assert jtis.remember("iss", "before", int(clock.now) + 300)
-    # The database drops the pool's sessions (a restart, a failover, an idle timeout).
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-                      "AND datname = current_database() AND backend_type = 'client backend'")
-    outcomes: list[object] = []
-    while len(outcomes) <= jtis.db.pool_size and not outcomes[-1:] == [True]:
-        try:
-            outcomes.append(jtis.remember("iss", "after", int(clock.now) + 300))
-        except ReplayStoreUnavailable:  # a call on a dead connection fails closed (the hook answers 503)
-            outcomes.append("unavailable")
-    assert outcomes[0] == "unavailable" and outcomes[-1] is True  # then the pool reconnects
+    with jtis.db.pool().connection(), jtis.db.pool().connection():
+        pass  # two pooled connections
+    terminate_sessions(postgres_url)
+    assert jtis.remember("iss", "after", int(clock.now) + 300) is True  # no request pays for the dead ones
     assert jtis.remember("iss", "after", int(clock.now) + 300) is False
+
+
+def test_a_database_that_does_not_answer_fails_closed_within_the_statement_timeout(postgres_url, separate,
+                                                                                  monkeypatch):
+    monkeypatch.setattr(store_module, "STATEMENT_TIMEOUT_MS", 300)
+    clock = Clock(time.time())
+    jtis = DatabaseJtiStore(separate(postgres_url), clock=clock)
+    with table_locked(postgres_url, "jti"):
+        with pytest.raises(ReplayStoreUnavailable, match="QueryCanceled"):
+            jtis.remember("iss", "while-locked", int(clock.now) + 300)
+    assert jtis.remember("iss", "while-locked", int(clock.now) + 300) is True  # nothing was recorded

@@ -16,10 +16,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cds_service.hooks.config import ConfigError, Settings
 from cds_service.hooks.replay import PostgresJtiStore, SqliteJtiStore, jti_store_for
+from cds_service.hooks import store as store_module
 from cds_service.hooks.store import DatabaseUrl, PostgresDatabase
 from conftest import SECRETS
 from hookdata import demo
-from postgres_server import free_port, postgres_url  # noqa: F401,F811  (fixture)
+from postgres_server import free_port, postgres_url, table_locked  # noqa: F401,F811  (postgres_url: a fixture)
 
 URL = "postgresql://cds:s3cret-pw@db.example.org:5432/cds"
 SERVICE = "/cds-services/trial-eligibility"
@@ -153,3 +154,34 @@ def test_without_postgres_binaries_the_tests_skip_locally_and_fail_under_ci(monk
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CDS_TEST_POSTGRES_URL"):
         postgres_server.base_url(None)
+
+
+def test_feedback_the_database_could_not_take_is_a_503_and_is_taken_when_sent_again(
+        make_app, postgres_url, monkeypatch, no_secrets_in_logs):
+    monkeypatch.setattr(store_module, "STATEMENT_TIMEOUT_MS", 300)
+    app = make_app(database=postgres_url)
+    client = app.test_client()
+    item = {"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": "2026-06-15T14:03:00Z"}
+    with table_locked(postgres_url, "feedback"):  # a database that does not answer in time
+        refused = post(client, SERVICE + "/feedback", {"feedback": [item]})
+    assert refused.status_code == 503
+    assert refused.get_json()["issue"][0]["code"] == "transient"
+    assert "send it again" in refused.get_json()["issue"][0]["diagnostics"]
+    again = post(client, SERVICE + "/feedback", {"feedback": [item]})
+    assert again.status_code == 200 and again.get_json() == {"stored": 1, "duplicates": 0}
+    events = [json.loads(line) for line in no_secrets_in_logs.lines if '"store"' in line]
+    assert [(e["operation"], e["outcome"], e["error"]) for e in events] == [
+        ("feedback", "unavailable", "QueryCanceled")]
+
+
+def test_an_audit_row_the_database_could_not_take_is_logged_not_raised(make_app, postgres_url, monkeypatch,
+                                                                        no_secrets_in_logs):
+    monkeypatch.setattr(store_module, "STATEMENT_TIMEOUT_MS", 300)
+    app = make_app(database=postgres_url)
+    client = app.test_client()
+    with table_locked(postgres_url, "hook_call"):
+        assert post(client, SERVICE, demo("eligible")).status_code == 200  # the audit is written after the answer
+    assert post(client, SERVICE, demo("eligible")).status_code == 200
+    assert len(app.extensions["trial_eligibility"].store.hook_calls()) == 1
+    events = [json.loads(line) for line in no_secrets_in_logs.lines if '"store"' in line]
+    assert [(e["operation"], e["outcome"]) for e in events] == [("audit", "unavailable")]
