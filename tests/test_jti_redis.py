@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from cds_service.hooks.auth import RedisJtiStore, SqliteJtiStore, jti_store_for
+from cds_service.hooks.replay import RedisJtiStore, SqliteJtiStore, jti_store_for
 
 
 def _free_port() -> int:
