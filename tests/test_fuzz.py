@@ -345,7 +345,7 @@ EDGE_BODIES = {
     "over the size limit": (SERVICE, lambda: _raw(b" " * (20 * 1024 * 1024 + 1)), {413}),
     "feedback: huge card": (FEEDBACK, _feedback(card=BIG), {400}),
     "feedback: huge comment": (FEEDBACK, _feedback(overrideReason={"userComment": BIG * 10}), {200}),
-    "feedback: NUL card": (FEEDBACK, _feedback(card="c\u0000"), {200}),
+    "feedback: NUL card": (FEEDBACK, _feedback(card="c\u0000"), {400}),  # a card id is a UUID
     "feedback: 101 items": (FEEDBACK, {"feedback": _feedback()["feedback"] * 101}, {400}),
     "feedback: 100 items": (FEEDBACK, {"feedback": _feedback()["feedback"] * 100}, {200}),
     "feedback: deep reason": (FEEDBACK, _feedback(overrideReason={"reason": {"code": "x", "extension": _nested(200)}}),
@@ -354,7 +354,9 @@ EDGE_BODIES = {
     "feedback: year 9999 +14": (FEEDBACK, _feedback(outcomeTimestamp="9999-12-31T23:59:59+14:00"), {200}),
     "feedback: leap second": (FEEDBACK, _feedback(outcomeTimestamp="2026-06-30T23:59:60Z"), {400}),
     "feedback: huge suggestions": (FEEDBACK, _feedback(outcome="accepted", acceptedSuggestions=[{"id": BIG}] * 50),
-                                   {200}),
+                                   {400}),  # a suggestion id is a UUID
+    "feedback: many suggestions": (FEEDBACK, _feedback(outcome="accepted", acceptedSuggestions=[
+        {"id": "0b6f1e0a-3c5e-4a57-9d1b-6a8f0c2e4d11"}] * 50), {200}),
     "feedback: not JSON": (FEEDBACK, _raw(b"{feedback}"), {400}),
     "feedback: over the size limit": (FEEDBACK, lambda: _raw(b"[" + b"1," * (10 * 1024 * 1024) + b"1]"), {413}),
 }
