@@ -280,6 +280,22 @@ def test_results_dated_in_year_one_are_read_without_error(nct06462092, criterion
     assert c.result is Result.UNKNOWN
 
 
+def test_a_display_alone_may_name_the_analyte_and_odd_shapes_are_passed_over(nct06462092):
+    named_by_display = local_lab("Lab result", 7.9, "g/dL")
+    named_by_display["code"]["coding"][0]["display"] = "HGB"  # the text says nothing; the display names it
+    odd = [local_lab("HGB", 7.9, "g/dL") for _ in range(3)]
+    odd[0]["code"] = "HGB"  # not a CodeableConcept
+    odd[1]["code"]["coding"] = ["HGB"]  # a coding that is not an object
+    odd[1]["code"]["text"] = 42
+    odd[2]["code"]["coding"] = {"display": "HGB"}  # not a list
+    odd[2]["code"]["text"] = None
+    older = lab(HB, 13.1, "g/dL", OLDER)
+    c = run(nct06462092, older, named_by_display, *odd, criterion="hemoglobin")
+    assert (c.result, c.why) == (Result.UNKNOWN, Why.UNRECOGNISED_CODE)
+    assert c.evidence[0].reference == f"Observation/{named_by_display['id']}"
+    assert run(nct06462092, older, *odd, criterion="hemoglobin").result is Result.PASS
+
+
 def test_each_lab_reads_only_its_own_names_among_unrecognised_results(nct06462092):
     # Several analytes' names share one pre-filter (Trial.result_names); each still reads its own.
     newer_plt = local_lab("PLT COUNT", 50, "10*3/uL")

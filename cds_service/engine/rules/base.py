@@ -506,35 +506,29 @@ def named_unrecognised_results(ctx: "Context") -> list[dict[str, Any]]:
     if names is None:
         found = candidates
     else:
-        # Inline, with this chart's texts remembered in a plain dict: it runs on every result no
-        # set recognises, which is every result of an EHR that ignores the search's code filter.
-        seen: dict[Any, bool] = {}
-        found = []
-        for raw in candidates:
-            concept = raw.get("code")
-            if type(concept) is not dict:  # noqa: E721
-                continue
-            text = concept.get("text")
-            if text is not None:
-                hit = seen.get(text)
-                if hit is None:
-                    hit = seen[text] = type(text) is str and names(text)  # noqa: E721
-                if hit:
-                    found.append(raw)
-                    continue
-            codings = concept.get("coding")
-            for coding in codings if type(codings) is list else ():  # noqa: E721
-                display = coding.get("display") if type(coding) is dict else None  # noqa: E721
-                if display is not None:
-                    hit = seen.get(display)
-                    if hit is None:
-                        hit = seen[display] = type(display) is str and names(display)  # noqa: E721
-                    if hit:
-                        found.append(raw)
-                        break
+        # This runs on every result no set recognises: every result of an EHR that ignores the
+        # search's code filter. So the chart's distinct texts are gathered first, in comprehensions,
+        # and read once each; only when one of them is named are the results that carry it found.
+        concepts = [c for c in (raw.get("code") for raw in candidates) if type(c) is dict]  # noqa: E721
+        texts = {c.get("text") for c in concepts}
+        texts.update(coding.get("display") for c in concepts if type(codings := c.get("coding")) is list  # noqa: E721
+                     for coding in codings if type(coding) is dict)  # noqa: E721
+        named = {text for text in texts if type(text) is str and names(text)}  # noqa: E721
+        found = [raw for raw in candidates if named and _carries(raw.get("code"), named)]
     found = [raw for raw in found if raw.get("status") in VALID_OBSERVATION_STATUSES]
     ctx.memo["named-unrecognised-results"] = found
     return found
+
+
+def _carries(concept: Any, texts: set[str]) -> bool:
+    """Whether a raw CodeableConcept's text or a coding display is one of `texts`."""
+    if type(concept) is not dict:  # noqa: E721
+        return False
+    if concept.get("text") in texts:
+        return True
+    codings = concept.get("coding")
+    return type(codings) is list and any(  # noqa: E721
+        type(coding) is dict and coding.get("display") in texts for coding in codings)  # noqa: E721
 
 
 def newest_unrecognised_result(ctx: "Context", mentions: TextMentions, since: dt.date, floor: int | None,
