@@ -352,6 +352,32 @@ def test_a_4xx_is_told_by_its_status_and_class_never_the_servers_text(client, mo
     assert "foo" not in repr(result.error) and "foo" not in str(result.error)
 
 
+def test_what_the_fetch_threads_log_names_the_hook_call(client, mock):
+    # The queries run on threads of their own, each in a copy of the caller's context; a line is
+    # formatted when it is logged, on the thread that logs it.
+    from cds_service.hooks.server_logging import JsonLineFormatter, hook_instance_logged
+
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.setFormatter(JsonLineFormatter())
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(json.loads(self.format(record)))
+
+    handler, logger = Lines(), logging.getLogger("cds_service.fhir.client")
+    instance = "5c7b1a3e-0d5e-4b8f-9a41-2f1f7e0c6d11"
+    mock.get(COND_URL, status=400, json=outcome("x"))
+    logger.addHandler(handler)
+    try:
+        with hook_instance_logged(instance):
+            client.fetch(BASE, TOKEN, {"cond": COND}, PATIENT, soon())
+    finally:
+        logger.removeHandler(handler)
+    assert handler.lines and all(line.get("hookInstance") == instance for line in handler.lines)
+
+
 @pytest.mark.parametrize("status", [404, 409, 422])
 def test_other_4xx_statuses_have_their_own_class(client, mock, status):
     mock.get(COND_URL, status=status, json=outcome("x" * 1000))

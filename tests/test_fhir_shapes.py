@@ -336,3 +336,13 @@ def test_a_file_does_not_guess_between_two_patients_linking_one_specimen():
     grouping = read_patient_file(two_patient_file("both"))
     assert all("spec" not in [r["id"] for r in g.resources] for g in grouping.groups)
     assert sum(grouping.skipped.values()) == 1
+
+
+@pytest.mark.parametrize("value, said", [
+    ({"resourceType": "Observation", "id": "x"}, "prefetch holds an Observation, not a search Bundle"),
+    ({"resourceType": "Ada Testpatient 1978-03-22"}, "prefetch holds a resource of another type, not a search Bundle"),
+])
+def test_a_prefetch_of_the_wrong_type_is_named_in_the_services_words_only(value, said):
+    # The audit keeps why a prefetch key was not used; text the EHR put in resourceType is not repeated.
+    resources, foreign, why = gather_module._usable_resources(value, Search("Condition", {}), "p1")
+    assert resources is None and why == said

@@ -19,6 +19,7 @@ the audit: a failure is told by its HTTP status and an error class (FhirError)."
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import re
@@ -329,9 +330,10 @@ class FhirClient:
         enough = enough or {}
         pool = ThreadPoolExecutor(max_workers=len(queries), thread_name_prefix="fhir-fetch")
         try:
-            futures = {key: pool.submit(self._run, calls[key], partial(self._query, query=query,
-                                                                       patient_id=patient_id,
-                                                                       enough=enough.get(key)))
+            # Each thread runs in a copy of the caller's context, so what it logs names the hook call.
+            futures = {key: pool.submit(contextvars.copy_context().run, self._run, calls[key],
+                                        partial(self._query, query=query, patient_id=patient_id,
+                                                enough=enough.get(key)))
                        for key, query in queries.items()}
             return self._results_by_deadline(calls, futures, deadline)
         finally:
@@ -351,8 +353,9 @@ class FhirClient:
         call = self._new_call(key, call_base, token, deadline, no_cache)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fhir-fetch")
         try:
-            future = pool.submit(self._run, call, partial(self._next_pages, next_href=next_href,
-                                                          self_href=_link_url(bundle, "self"), enough=enough))
+            future = pool.submit(contextvars.copy_context().run, self._run, call,
+                                 partial(self._next_pages, next_href=next_href, self_href=_link_url(bundle, "self"),
+                                         enough=enough))
             return self._results_by_deadline({key: call}, {key: future}, deadline)[key]
         finally:
             pool.shutdown(wait=False, cancel_futures=True)

@@ -22,6 +22,8 @@ exclusion. Contained resources go with their container, whatever they say.
 
 from __future__ import annotations
 
+import contextvars
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -196,6 +198,17 @@ def _drop_included_repeats(keys: dict[str, KeyData], needs: Mapping[str, Any]) -
 _SUBJECT_TYPES = frozenset({"Observation", "Condition", "DiagnosticReport", "Specimen"})
 
 
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+
+
+def _type_named(rtype: str) -> str:
+    """'a Patient' for a resourceType shaped like one; anything else an EHR put there is not
+    repeated (the audit keeps the service's words only)."""
+    if not _RESOURCE_TYPE.fullmatch(rtype):
+        return "a resource of another type"
+    return f"{'an' if rtype[0] in 'AEIOU' else 'a'} {rtype}"
+
+
 def _usable_resources(value: Any, query: Any, patient_id: str, data: KeyData | None = None
                       ) -> tuple[list[dict[str, Any]] | None, int, str | None]:
     """(this patient's resources of a prefetch value, how many were another
@@ -209,12 +222,12 @@ def _usable_resources(value: Any, query: Any, patient_id: str, data: KeyData | N
         return None, 0, "prefetch reported an error (OperationOutcome)"
     if isinstance(query, Read):
         if rtype != query.resource_type:
-            return None, 0, f"prefetch holds a {rtype}, not a {query.resource_type}"
+            return None, 0, f"prefetch holds {_type_named(rtype)}, not a {query.resource_type}"
         if value.get("id") != patient_id:
             return None, 0, "prefetch holds another patient's record"
         return [value], 0, None
     if rtype != "Bundle":
-        return None, 0, f"prefetch holds a {rtype}, not a search Bundle"
+        return None, 0, f"prefetch holds {_type_named(rtype)}, not a search Bundle"
     entries = value.get("entry", [])
     if not isinstance(entries, list):
         return None, 0, "prefetch Bundle.entry is not a list"
@@ -403,10 +416,12 @@ def _fetch(keys: dict[str, KeyData], to_fetch: dict[str, Any], to_page: dict[str
     if access.base in _REFUSES_INCLUDES:
         to_fetch = {key: _without_includes(query) for key, query in to_fetch.items()}
     with ThreadPoolExecutor(max_workers=1 + len(to_page)) as pool:
-        searches = pool.submit(access.client.fetch, access.base, access.token, to_fetch, patient_id, deadline,
-                               enough=enough) if to_fetch else None
-        pages = {key: pool.submit(access.client.follow_next, access.base, access.token, bundle, key, deadline,
-                                  enough=enough.get(key)) for key, bundle in to_page.items()}
+        # In copies of the caller's context: what the threads log names the hook call.
+        searches = pool.submit(contextvars.copy_context().run, access.client.fetch, access.base, access.token,
+                               to_fetch, patient_id, deadline, enough=enough) if to_fetch else None
+        pages = {key: pool.submit(contextvars.copy_context().run, access.client.follow_next, access.base,
+                                  access.token, bundle, key, deadline, enough=enough.get(key))
+                 for key, bundle in to_page.items()}
         fetched: dict[str, FetchResult] = searches.result() if searches else {}
         fetched = _again_without_includes(fetched, to_fetch, patient_id, access, deadline, enough)
         paged = {key: future.result() for key, future in pages.items()}
