@@ -23,6 +23,7 @@ audit carry counts only, never a code or a URL.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -333,7 +334,8 @@ class TerminologyClient:
             to_ask = to_ask[:self.max_lookups]
         if not to_ask:
             return answers
-        futures = {self._executor.submit(self._ask, q, deadline): q for q in to_ask}
+        futures = {self._executor.submit(contextvars.copy_context().run, self._ask, q, deadline): q  # logs name the call
+                   for q in to_ask}
         done, _ = wait(futures, timeout=max(0.0, deadline - self._clock()))
         for future, q in futures.items():
             if future not in done:
