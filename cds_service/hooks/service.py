@@ -7,7 +7,6 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -33,12 +32,6 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 def log_event(**fields: Any) -> None:
     """One JSON line per event: hookInstance, service, outcome, status, latency — never PHI or tokens."""
     audit_log.info(json.dumps({k: v for k, v in fields.items() if v is not None}, separators=(",", ":")))
-
-
-@dataclass
-class HookOutcome:
-    response: Response
-    outcome: str  # "cards", "no-cards", "invalid", "precondition-failed"
 
 
 class TrialEligibilityService:
