@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test bench clean
+.PHONY: run demo test fuzz bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+fuzz: $(STAMP)  # the full fuzz budget (10,000+ requests); `make test` runs a fixed 1,500+
+	CDS_FUZZ_BUDGET=full $(BIN)/pytest tests/test_fuzz.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine_bench.py
