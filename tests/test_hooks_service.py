@@ -388,22 +388,30 @@ def test_hapi_operation_outcome_error_becomes_412(client):
     assert "conditions" in diagnostics and "fhir-400" in diagnostics and "HAPI-0524" not in diagnostics
 
 
-@responses.activate
 def test_slow_fhir_server_gives_412_within_the_deadline(make_app):
+    import threading
     import time
 
     client = make_app(fhir_deadline=0.3).test_client()
+    released, answered = threading.Event(), threading.Event()
 
-    def slow(request):
-        time.sleep(1.5)
+    def slow(request):  # holds the answer until the test ends (at most 30 s), far past the deadline
+        released.wait(30)
+        answered.set()
         return 200, {}, json.dumps(searchset())
 
-    responses.add_callback(responses.GET, re.compile(re.escape(EHR) + r"/Observation\?.*"), callback=slow)
-    started = time.monotonic()
-    response = post(client, authorized(without(demo("eligible"), "observations")))
-    elapsed = time.monotonic() - started
+    # A mock of its own, left only once the held call has ended: the call must not land in another test's.
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_callback(responses.GET, re.compile(re.escape(EHR) + r"/Observation\?.*"), callback=slow)
+        started = time.monotonic()
+        try:
+            response = post(client, authorized(without(demo("eligible"), "observations")))
+            elapsed = time.monotonic() - started
+        finally:
+            released.set()
+            answered.wait(5)
     assert response.status_code == 412
-    assert elapsed < 1.0
+    assert elapsed < 10  # answered at its deadline, not when the server would have answered
 
 
 @responses.activate

@@ -291,7 +291,9 @@ class FhirClient:
     def __init__(self, allowed_servers: Iterable[str], *, page_limit: int = 20, retries: int = 2,
                  cache_ttl: float = 60.0, cache_bytes: int = CACHE_BYTES,
                  max_response_bytes: int = MAX_RESPONSE_BYTES, max_workers: int = 8,
-                 session: requests.Session | None = None, user_agent: str = "cds-service") -> None:
+                 session: requests.Session | None = None, user_agent: str = "cds-service",
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._sleep = sleep  # the wait before a retry (tests pass a recording one, not wall time)
         self._allowed = tuple(self._allowed_entry(server) for server in allowed_servers if server.strip())
         self._page_limit = page_limit
         self._retries = retries
@@ -590,7 +592,7 @@ class FhirClient:
                 raise FhirOutOfTime(f"{problem}; retrying would pass the deadline", error_class=error_class,
                                     status=status)
             log.info("FHIR %s: %s; retrying in %.2f s", call.key, error_class, pause)
-            time.sleep(pause)
+            self._sleep(pause)
         raise FhirUnavailable(f"{problem} after {self._retries + 1} attempts", error_class=error_class,
                               status=status)
 
