@@ -139,31 +139,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     from .hooks.config import Settings
-    from .hooks.server import serve
+    from .hooks.server import is_loopback, serve
 
     settings = Settings.from_env()
     load_trials(only=settings.trials or None)  # fail here, once, not in every worker
     if settings.trusted_clients is not None:
         load_trust_config(settings.trusted_clients)
     else:
-        if not _is_loopback(args.host) and not args.insecure_no_auth:
+        if not is_loopback(args.host) and not args.insecure_no_auth:
             raise UsageError(f"refusing to serve on {args.host} without client authentication: set "
                              "CDS_TRUSTED_CLIENTS (and CDS_PUBLIC_BASE_URL), or pass --insecure-no-auth")
         print(f"cds-service: WARNING: no CDS_TRUSTED_CLIENTS: serving WITHOUT client authentication on "
-              f"{args.host} ({'loopback only' if _is_loopback(args.host) else '--insecure-no-auth'})",
+              f"{args.host} ({'loopback only' if is_loopback(args.host) else '--insecure-no-auth'})",
               file=sys.stderr)
     return serve(settings, host=args.host, port=args.port, workers=args.workers, threads=args.threads)
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def run_demo_request(args: argparse.Namespace) -> int:

@@ -222,14 +222,15 @@ def unauthenticated_exposure(settings: Settings, cfg: Config | None) -> str | No
         return None
     for address in cfg.address:
         if isinstance(address, tuple):
-            if not _is_loopback(address[0]):
+            if not is_loopback(address[0]):
                 return f"{address[0]}:{address[1]}"
         elif not isinstance(address, str):  # str: a unix socket, local by nature
             return f"fd://{address}"
     return None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is this host only (localhost, 127.0.0.0/8, ::1)."""
     if host == "localhost":
         return True
     try:
