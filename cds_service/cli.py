@@ -32,7 +32,7 @@ import orjson
 
 from .demo import DEMO_PATIENTS, hook_request
 from .engine import PatientRecord, TrialEvaluation, evaluate
-from .engine.evaluate import Trial
+from .engine import Trial
 from .fhir.bundles import InputError, read_patient_file
 from .harness import HarnessError
 from .hooks.auth import TrustConfigError, load_trust_config

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from .engine import Result, TrialEvaluation
-from .engine.evaluate import Trial
-from .engine.model import Evidence, Role, shown_number, shown_recorded, shown_text
+from .engine import Trial
+from .engine import Evidence, Role, shown_number, shown_recorded, shown_text
 
 MARKS = {Result.PASS: "✔", Result.FAIL: "✘", Result.UNKNOWN: "?", Result.REVIEW: "👁",
          Result.NOT_APPLICABLE: "–"}

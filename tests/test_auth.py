@@ -26,8 +26,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from cds_service.hooks.auth import (AuthError, Authenticator, Client, SqliteJtiStore, TrustConfigError,
-                                    load_trust_config)
+from cds_service.hooks.auth import AuthError, Authenticator, Client, TrustConfigError, load_trust_config
+from cds_service.hooks.replay import SqliteJtiStore
 
 NOW = 1_750_000_000.0
 BASE = "https://cds.example.org"

@@ -37,7 +37,8 @@ from cds_service.fhir.client import CACHE_ENTRY_OVERHEAD, FhirBadResponse, FhirC
 from cds_service.fhir.queries import Read, Search
 from cds_service.fhir.transport import WATCHDOG
 from cds_service.hooks import auth as auth_module
-from cds_service.hooks.auth import AuthError, Authenticator, SqliteJtiStore
+from cds_service.hooks.auth import AuthError, Authenticator
+from cds_service.hooks.replay import SqliteJtiStore
 from hookdata import demo, without
 
 SERVICE = "/cds-services/trial-eligibility"

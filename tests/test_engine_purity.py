@@ -62,3 +62,37 @@ def test_engine_never_reads_the_clock():
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 assert node.func.attr not in CLOCK_CALLS, f"{path.name}:{node.lineno} calls .{node.func.attr}()"
+
+
+def engine_modules_imported(path: Path, tree: ast.AST) -> list[str]:
+    """The engine modules (not the package itself) that `tree` imports from or imports."""
+    package = list(path.relative_to(ROOT).with_suffix("").parts)[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("cds_service.engine.")]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                module = ".".join(package[:len(package) - (node.level - 1)] + ([module] if module else []))
+            if module.startswith("cds_service.engine."):
+                found.append(module)
+    return found
+
+
+def test_outer_layers_use_the_engines_public_api_only():
+    # cds_service.engine's __init__ names what the other layers may use; its modules are its own.
+    package = ENGINE.parent
+    for path in sorted(package.rglob("*.py")):
+        if ENGINE in path.parents:
+            continue
+        inside = engine_modules_imported(path, ast.parse(path.read_text(), filename=str(path)))
+        assert not inside, f"{path.relative_to(package)} imports the engine's internals: {inside}"
+
+
+def test_an_import_of_an_engine_module_is_caught():
+    where = ENGINE.parent / "hooks" / "service.py"
+    for source in ("from ..engine.evaluate import Trial", "import cds_service.engine.record",
+                   "from cds_service.engine.rules.base import newest_first"):
+        assert engine_modules_imported(where, ast.parse(source)), source
+    assert not engine_modules_imported(where, ast.parse("from ..engine import Trial, evaluate"))

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cds_service.hooks.auth import ReplayStoreUnavailable
+from cds_service.hooks.replay import ReplayStoreUnavailable
 from hookdata import demo
 
 BASE = "https://cds.example.org"

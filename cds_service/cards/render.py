@@ -30,9 +30,9 @@ import jinja2
 import jinja2.meta
 import yaml
 
-from ..engine.codes import CodeSet, memo_coding_key
-from ..engine.evaluate import Trial
-from ..engine.model import (CriterionResult, Evidence, Measured, Order, Result, Role, Status, TrialEvaluation,
+from ..engine import CodeSet, memo_coding_key
+from ..engine import Trial
+from ..engine import (CriterionResult, Evidence, Measured, Order, Result, Role, Status, TrialEvaluation,
                             UpperLimit, Why, shown_number, shown_recorded, shown_text)
 
 SUMMARY_TEMPLATE = "summary.txt.j2"

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from ..engine.rules.base import sorted_newest_first
+from ..engine import sorted_newest_first
 from ..fhir.bundles import entries_of, group_by_patient
 from ..fhir.needs import DataNeed, data_needs
 from ..trials import load_trials

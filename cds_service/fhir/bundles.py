@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from ..engine.record import type_and_id
+from ..engine import type_and_id
 
 
 class InputError(ValueError):

@@ -36,10 +36,10 @@ import orjson
 import requests
 from cachetools import TTLCache
 
-from ..engine.codes import CodeSet, memo_coding_key
-from ..engine.evaluate import Trial
-from ..engine.record import PatientRecord
-from ..engine.rules.base import codeset_fields
+from ..engine import CodeSet, memo_coding_key
+from ..engine import Trial
+from ..engine import PatientRecord
+from ..engine import codeset_fields
 from .client import _normalise_base, new_session
 from .transport import OutOfTime, TooLarge, bounded_get, read_body
 

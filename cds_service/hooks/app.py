@@ -23,7 +23,8 @@ from ..demo import hook_request
 from ..fhir.client import FhirClient
 from ..fhir.terminology import TerminologyClient
 from ..trials import load_trials
-from .auth import AuthError, Authenticator, ReplayStoreUnavailable, jti_store_for
+from .auth import AuthError, Authenticator
+from .replay import ReplayStoreUnavailable, jti_store_for
 from .config import Settings
 from .discovery import SERVICE_ID
 from .responses import ISSUE_TYPES, SECURITY_HEADERS, error_response, json_response, problems_response

@@ -38,9 +38,8 @@ import jwt
 import requests
 import yaml
 
-# The replay (jti) stores live in replay.py; imported here so that they stay importable from auth.
 from ..fhir.transport import bounded_get, bounded_session, read_body
-from .replay import JtiStore, RedisJtiStore, ReplayStoreUnavailable, SqliteJtiStore, jti_store_for  # noqa: F401
+from .replay import JtiStore
 
 log = logging.getLogger("cds_service.auth")
 

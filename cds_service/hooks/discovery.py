@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine.evaluate import Trial
+from ..engine import Trial
 from ..fhir.needs import DataNeed, data_needs
 
 SERVICE_ID = "trial-eligibility"

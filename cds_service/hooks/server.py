@@ -29,7 +29,7 @@ from gunicorn.http import errors as http_errors
 from gunicorn.workers.base import Worker
 from gunicorn.workers.gthread import ThreadWorker as _GthreadWorker
 
-from ..engine.record import validations_done
+from ..engine import validations_done
 from .config import Settings
 from .responses import ISSUE_TYPES, SECURITY_HEADERS, operation_outcome
 from .server_logging import event, exception_summary

@@ -14,8 +14,8 @@ from flask import Response
 
 from ..cards import CardContext, CardRenderer
 from ..engine import Cut, PatientRecord, evaluate
-from ..engine.evaluate import Trial
-from ..engine.rules.base import newest_first
+from ..engine import Trial
+from ..engine import newest_first
 from ..fhir.client import FhirClient
 from ..fhir.gather import FhirAccess, gather
 from ..fhir.terminology import TerminologyClient

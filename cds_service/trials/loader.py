@@ -11,11 +11,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from ..engine.codes import CodeEntry, CodeSet, Provenance, canonical_system
-from ..engine.definition import RULE_KINDS, TrialDefinition
-from ..engine.evaluate import Trial
-from ..engine.quantities import UnitBridge, UnitTable, is_ucum
-from ..engine.rules.base import CodeLibrary
+from ..engine import CodeEntry, CodeSet, Provenance, canonical_system
+from ..engine import RULE_KINDS, TrialDefinition
+from ..engine import Trial
+from ..engine import UnitBridge, UnitTable, is_ucum
+from ..engine import CodeLibrary
 
 DATA_DIR = Path(__file__).parent
 DEFINITIONS_DIR = DATA_DIR / "definitions"
