@@ -31,8 +31,7 @@ from typing import Sequence
 import orjson
 
 from .demo import DEMO_PATIENTS, hook_request
-from .engine import PatientRecord, TrialEvaluation, evaluate
-from .engine import Trial
+from .engine import PatientRecord, Trial, TrialEvaluation, evaluate
 from .fhir.bundles import InputError, read_patient_file
 from .harness import HarnessError
 from .hooks.auth import TrustConfigError, load_trust_config

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from .engine import Result, TrialEvaluation
-from .engine import Trial
-from .engine import Evidence, Role, shown_number, shown_recorded, shown_text
+from .engine import Evidence, Result, Role, Trial, TrialEvaluation, shown_number, shown_recorded, shown_text
 
 MARKS = {Result.PASS: "✔", Result.FAIL: "✘", Result.UNKNOWN: "?", Result.REVIEW: "👁",
          Result.NOT_APPLICABLE: "–"}

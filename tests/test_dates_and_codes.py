@@ -244,3 +244,11 @@ def test_record_index_finds_what_scanning_finds_in_odd_shapes(seed):
             got = [(h.position, h.component) for h in record.find(rtype, codes)]
             assert got == _found_by_scanning(resources, rtype, codes)
             assert all(resources[h.position] is h.raw for h in record.find(rtype, codes))
+
+
+@pytest.mark.parametrize("value, ok", [("g001", True), ("a.b-C9", True), ("x" * 64, True), ("x" * 65, False),
+                                       ("g001\n", False), ("", False), ("a/b", False), ("a b", False), (7, False)])
+def test_a_fhir_id_is_read_one_way_everywhere(value, ok):
+    # The hook request's ids, the card's links and the FHIR client's searches all use this one reading.
+    from cds_service.engine import is_fhir_id
+    assert is_fhir_id(value) is ok

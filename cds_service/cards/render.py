@@ -30,10 +30,9 @@ import jinja2
 import jinja2.meta
 import yaml
 
-from ..engine import CodeSet, memo_coding_key
-from ..engine import Trial
-from ..engine import (CriterionResult, Evidence, Measured, Order, Result, Role, Status, TrialEvaluation,
-                            UpperLimit, Why, shown_number, shown_recorded, shown_text)
+from ..engine import (FHIR_ID, CodeSet, CriterionResult, Evidence, Measured, Order, Result, Role, Status, Trial,
+                      TrialEvaluation, UpperLimit, Why, is_fhir_id, memo_coding_key, shown_number, shown_recorded,
+                      shown_text)
 
 SUMMARY_TEMPLATE = "summary.txt.j2"
 DETAIL_TEMPLATE = "detail.md.j2"
@@ -56,8 +55,7 @@ ORDER_INELIGIBLE = (Result.FAIL, Result.UNKNOWN, Result.REVIEW, Result.PASS, Res
 _RANK_DEFAULT = {r.value: i for i, r in enumerate(ORDER_DEFAULT)}
 _RANK_INELIGIBLE = {r.value: i for i, r in enumerate(ORDER_INELIGIBLE)}
 
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_REQUESTER = re.compile(r"^(Practitioner|PractitionerRole)/[A-Za-z0-9\-.]{1,64}$")
+_REQUESTER = re.compile(rf"(Practitioner|PractitionerRole)/{FHIR_ID}")
 _RAW_HTML = re.compile(r"<[A-Za-z/!?]")
 
 # text.yaml: the template strings, and the variables each may use.
@@ -162,18 +160,18 @@ class CardContext:
     encounter_id: str | None = None  # context.encounterId -> ServiceRequest.encounter
 
     def __post_init__(self) -> None:
-        if not isinstance(self.patient_id, str) or not _FHIR_ID.match(self.patient_id):
+        if not is_fhir_id(self.patient_id):
             raise ValueError(f"patient_id {self.patient_id!r} is not a FHIR id")
         if self.encounter_id:
             enc = self.encounter_id.removeprefix("Encounter/")
-            if not _FHIR_ID.match(enc):
+            if not is_fhir_id(enc):
                 raise ValueError(f"encounter_id {self.encounter_id!r} is not a FHIR id")
 
     @property
     def requester(self) -> dict[str, str] | None:
         """Only a Practitioner or PractitionerRole can request a ServiceRequest
         here; a Patient or RelatedPerson user (patient portals) cannot."""
-        if self.user_id and _REQUESTER.match(self.user_id):
+        if self.user_id and _REQUESTER.fullmatch(self.user_id):
             return {"reference": self.user_id}
         return None
 

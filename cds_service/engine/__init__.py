@@ -10,7 +10,7 @@ from .evaluate import Trial, evaluate
 from .model import (CriterionResult, Evidence, Measured, Order, Result, Role, Status, TrialEvaluation, UpperLimit, Why,
                     shown_number, shown_recorded, shown_text)
 from .quantities import UnitBridge, UnitTable, is_ucum
-from .record import Cut, PatientRecord, type_and_id, validations_done
+from .record import FHIR_ID, Cut, PatientRecord, error_message, is_fhir_id, type_and_id, validations_done
 from .rules.base import (CodeLibrary, codeset_fields, instant_rank, newest_first, raw_observation_rank,
                          sorted_newest_first)
 
@@ -24,5 +24,5 @@ __all__ = [
     "TrialDefinition", "RULE_KINDS", "CodeLibrary", "CodeSet", "CodeEntry", "Provenance", "canonical_system",
     "coding_key", "memo_coding_key", "codeset_fields", "UnitTable", "UnitBridge", "is_ucum",
     # reading FHIR dates and references as the engine does (data access uses the same rules)
-    "type_and_id", "instant_rank", "newest_first", "raw_observation_rank", "sorted_newest_first",
+    "FHIR_ID", "is_fhir_id", "error_message", "type_and_id", "instant_rank", "newest_first", "raw_observation_rank", "sorted_newest_first",
 ]

@@ -10,10 +10,11 @@ validation is reported by the criterion that wanted it, never fatal.
 from __future__ import annotations
 
 import functools
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -162,13 +163,28 @@ def validations_done() -> int:
     return _validations
 
 
+#: A FHIR resource id (FHIR R4 `id` datatype): 1-64 of A-Z, a-z, 0-9, "-" and ".".
+FHIR_ID = r"[A-Za-z0-9\-.]{1,64}"
+_FHIR_ID = re.compile(FHIR_ID)
+
+
+def is_fhir_id(value: object) -> bool:
+    """Whether `value` is a FHIR resource id, whole (no trailing newline, as "$" would allow)."""
+    return isinstance(value, str) and _FHIR_ID.fullmatch(value) is not None
+
+
+def error_message(error: Mapping[str, Any]) -> str:
+    """One pydantic error's message, without pydantic's "Value error, " prefix."""
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     errors = exc.errors()
     if not errors:
         return "not valid FHIR"
     first = errors[0]
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__") or "resource"
-    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    msg = error_message(first)
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{where}: {msg}{more}"
 

@@ -38,6 +38,7 @@ import orjson
 import requests
 from cachetools import TTLCache
 
+from cds_service.engine import is_fhir_id
 from cds_service.fhir.queries import Query, Read
 from cds_service.fhir.transport import OutOfTime, TooLarge, bounded_get, bounded_session, read_body
 
@@ -54,7 +55,6 @@ MAX_RESPONSE_BYTES = 20 * 1024 * 1024  # CDS_FHIR_MAX_RESPONSE_BYTES
 CACHE_BYTES = 64 * 1024 * 1024  # CDS_FHIR_CACHE_BYTES
 # What an entry costs besides its body: the key (base, token hash, URL) and the cache's bookkeeping.
 CACHE_ENTRY_OVERHEAD = 1024
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 # Characters that parsers disagree about (urlsplit vs urllib3), so a URL holding
 # them could be checked as one host and requested from another.
 _UNSAFE_URL_CHARS = re.compile(r"[\\\s\x00-\x1f\x7f]")
@@ -320,7 +320,7 @@ class FhirClient:
         """Run the queries in parallel; returns by `deadline` (a time.monotonic()
         value) with one result per key, in the order of `queries`. `enough[key]`,
         asked after each page that has a next one, may stop a search's paging."""
-        if not isinstance(patient_id, str) or not _FHIR_ID.match(patient_id):
+        if not is_fhir_id(patient_id):
             # An empty patient parameter would make some servers search all patients.
             raise ValueError("patient_id is not a FHIR id")
         call_base = self._call_base(base)

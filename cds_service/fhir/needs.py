@@ -17,9 +17,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ..engine import coding_key
-from ..engine import Trial
-from ..engine import instant_rank, newest_first, raw_observation_rank
+from ..engine import Trial, coding_key, instant_rank, newest_first, raw_observation_rank
 from .queries import Query, Read, Search
 
 

@@ -36,10 +36,7 @@ import orjson
 import requests
 from cachetools import TTLCache
 
-from ..engine import CodeSet, memo_coding_key
-from ..engine import Trial
-from ..engine import PatientRecord
-from ..engine import codeset_fields
+from ..engine import CodeSet, PatientRecord, Trial, codeset_fields, memo_coding_key
 from .client import _normalise_base, new_session
 from .transport import OutOfTime, TooLarge, bounded_get, read_body
 

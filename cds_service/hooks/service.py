@@ -13,9 +13,7 @@ from typing import Any
 from flask import Response
 
 from ..cards import CardContext, CardRenderer
-from ..engine import Cut, PatientRecord, evaluate
-from ..engine import Trial
-from ..engine import newest_first
+from ..engine import Cut, PatientRecord, Trial, evaluate, newest_first
 from ..fhir.client import FhirClient
 from ..fhir.gather import FhirAccess, gather
 from ..fhir.terminology import TerminologyClient

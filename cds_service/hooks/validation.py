@@ -22,10 +22,12 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
+from ..engine import FHIR_ID as ENGINE_FHIR_ID, error_message
+
+FHIR_ID = rf"^{ENGINE_FHIR_ID}$"
 UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-USER_ID = re.compile(r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$")
+USER_ID = re.compile(rf"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/{ENGINE_FHIR_ID}$")
 
 
 class Invalid(ValueError):
@@ -163,7 +165,7 @@ def _problems(exc: ValidationError) -> list[tuple[str | None, str]]:
     out = []
     for err in exc.errors(include_input=False, include_url=False):
         path = fhirpath(err.get("loc", ()))
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        msg = error_message(err)
         if path is None:
             msg = f"the body: {msg}"
         elif err.get("type") == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") == UUID:

@@ -11,11 +11,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from ..engine import CodeEntry, CodeSet, Provenance, canonical_system
-from ..engine import RULE_KINDS, TrialDefinition
-from ..engine import Trial
-from ..engine import UnitBridge, UnitTable, is_ucum
-from ..engine import CodeLibrary
+from ..engine import (RULE_KINDS, CodeEntry, CodeLibrary, CodeSet, Provenance, Trial, TrialDefinition, UnitBridge,
+                      UnitTable, canonical_system, error_message, is_ucum)
 
 DATA_DIR = Path(__file__).parent
 DEFINITIONS_DIR = DATA_DIR / "definitions"
@@ -129,7 +126,7 @@ def _validation_message(path: Path, exc: ValidationError, data: Any) -> str:
     for err in exc.errors():
         criterion, field = _field_path(err.get("loc", ()), data)
         where = f"criterion '{criterion}': " if criterion else ""
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        msg = error_message(err)
         lines.append(f"{path.name}: {where}{field}: {msg}")
     return "\n".join(lines)
 
