@@ -7,7 +7,7 @@ file, not code.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 from pydantic import Field, model_validator
 
@@ -26,8 +26,9 @@ Rule = Annotated[
     Field(discriminator="type"),
 ]
 
-RULE_KINDS = ("alive", "age", "review", "condition-present", "condition-absent", "her2-status", "lab", "allergy",
-              "pregnancy")
+_RULE_MODELS = get_args(get_args(Rule)[0])
+# Each kind's name, as the models' `type` literals say it (the one place a kind is named).
+RULE_KINDS = tuple(get_args(model.model_fields["type"].annotation)[0] for model in _RULE_MODELS)
 
 
 class AppliesTo(RuleModel):
