@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from cds_service.demo import hook_request  # noqa: E402
 from cds_service.engine.record import _validate_serialized  # noqa: E402
-from cds_service.engine.rules.base import sorted_newest_first  # noqa: E402
+from cds_service.engine.rules.readers import sorted_newest_first
 from cds_service.fhir.needs import DataNeed  # noqa: E402
 from cds_service.hooks.app import create_app  # noqa: E402
 from cds_service.hooks.config import Settings  # noqa: E402

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-import cds_service.engine.rules.base as base
+import cds_service.engine.rules.readers as readers
 import cds_service.engine.rules.labs as labs
-from cds_service.engine import Result, Why, evaluate
+from cds_service.engine import PatientRecord, Result, Why, evaluate
 from cds_service.engine.model import Role
 from fhirbuild import lab, patient
 
@@ -23,7 +23,7 @@ def run(trial, resources, criterion="neutrophils"):
 
 def read_everything(ctx, codes, usable):
     """The reference: every result read, as before results were read newest first."""
-    return base.LatestResults(*base.read_results(ctx, codes))
+    return readers.LatestResults(*readers.read_results(ctx, codes))
 
 
 def run_reading_everything(trial, resources, criterion="neutrophils"):
@@ -54,13 +54,13 @@ def test_years_of_daily_counts_read_only_the_latest(nct06462092):
 
 def test_only_a_handful_of_results_are_validated(nct06462092, monkeypatch):
     validated = []
-    real = base.PatientRecord.model
+    real = PatientRecord.model
 
     def counting(self, raw):
         validated.append(raw["id"])
         return real(self, raw)
 
-    monkeypatch.setattr(base.PatientRecord, "model", counting)
+    monkeypatch.setattr(PatientRecord, "model", counting)
     run(nct06462092, daily_history(300))
     assert len([v for v in validated if v.startswith("obs-")]) == 1
 
@@ -119,10 +119,10 @@ def test_a_date_the_ranking_misreads_falls_back_to_reading_everything(nct0646209
     expected = run_reading_everything(nct06462092, history)
     # A ranking that puts the oldest result first: its validated date disagrees, so all is read.
     # Both ways a rank is read are misled: the memo of dateTime ranks, and the function.
-    real = base.raw_observation_rank
-    future = base.instant_rank(dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
-    monkeypatch.setattr(base, "raw_observation_rank", lambda raw: future if raw is history[-1] else real(raw))
-    monkeypatch.setitem(base._DATETIME_RANKS, history[-1]["effectiveDateTime"], future)
+    real = readers.raw_observation_rank
+    future = readers.instant_rank(dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
+    monkeypatch.setattr(readers, "raw_observation_rank", lambda raw: future if raw is history[-1] else real(raw))
+    monkeypatch.setitem(readers._DATETIME_RANKS, history[-1]["effectiveDateTime"], future)
     c = run(nct06462092, history)
     assert decision(c) == decision(expected)
     assert c.not_read == 0 and len(c.evidence) == 40
@@ -179,7 +179,8 @@ TIMES = ["2026-06-08T08:00:00Z", "2026-06-08T08:00:00.5-05:00", "2026-06-08T08:0
 @pytest.mark.parametrize("element", ["effectiveDateTime", "effectiveInstant"])
 def test_ranking_time_is_the_validated_models_time(element, value):
     from cds_service.engine.dates import parse_fhir_date
-    from cds_service.engine.rules.base import _date_type, instant_rank, observation_date, raw_observation_rank
+    from cds_service.engine.rules.base import observation_date
+    from cds_service.engine.rules.readers import _date_type, instant_rank, raw_observation_rank
 
     try:
         date = parse_fhir_date(_date_type(element).validate_python(value))
@@ -195,7 +196,7 @@ def test_ranking_time_is_the_validated_models_time(element, value):
 
 
 def test_rank_orders_and_equates_instants_as_the_instants_do():
-    from cds_service.engine.rules.base import instant_rank
+    from cds_service.engine.rules.readers import instant_rank
 
     rng = random.Random(7)
     offsets = [dt.timezone(dt.timedelta(minutes=m)) for m in (-720, -300, 0, 60, 330, 840)]

@@ -78,7 +78,7 @@ def test_a_cut_search_out_of_date_order_leaves_no_lab_result_certain(nct06462092
 
 
 def test_sorted_newest_first_orders_as_sort_date_returns():
-    from cds_service.engine.rules.base import newest_first, sorted_newest_first
+    from cds_service.engine.rules.readers import newest_first, sorted_newest_first
 
     results = [lab("751-8", 1, "10*3/uL", "2026-05-01"), lab("751-8", 2, "10*3/uL", None),
                lab("751-8", 3, "10*3/uL", "2026-06-10T09:00:00+02:00"), lab("751-8", 4, "10*3/uL", None),
@@ -90,7 +90,7 @@ def test_sorted_newest_first_orders_as_sort_date_returns():
 
 
 def test_newest_first_order_of_a_servers_answer():
-    from cds_service.engine.rules.base import newest_first
+    from cds_service.engine.rules.readers import newest_first
 
     assert newest_first([lab("751-8", 1, "10*3/uL", "2026-06-10T08:00:00Z"), lab("751-8", 1, "10*3/uL", None),
                          lab("751-8", 1, "10*3/uL", "2026-06-10T09:00:00+02:00"),

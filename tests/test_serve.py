@@ -147,7 +147,7 @@ def test_shipped_demo_requests_match_the_generator():
 def test_demo_prefetch_holds_what_each_query_returns():
     # As an EHR fills the templates: each key what its query selects (type and code), each
     # resource once, date-sorted searches newest first; what no query asks for is not sent.
-    from cds_service.engine.rules.base import newest_first
+    from cds_service.engine.rules.readers import newest_first
     from cds_service.fhir.needs import data_needs
     from cds_service.trials import load_trials
 

@@ -11,8 +11,8 @@ from .model import (CriterionResult, Evidence, Measured, Order, Result, Role, St
                     shown_number, shown_recorded, shown_text)
 from .quantities import UnitBridge, UnitTable, is_ucum
 from .record import FHIR_ID, Cut, PatientRecord, error_message, is_fhir_id, type_and_id, validations_done
-from .rules.base import (CodeLibrary, codeset_fields, instant_rank, newest_first, raw_observation_rank,
-                         sorted_newest_first)
+from .rules.base import CodeLibrary, codeset_fields
+from .rules.readers import instant_rank, newest_first, raw_observation_rank, sorted_newest_first
 
 __all__ = [
     # evaluating

@@ -13,7 +13,8 @@ from pydantic import Field, model_validator
 
 from .model import Order
 from .rules.allergy import AllergyRule
-from .rules.base import RuleModel, TextMentions
+from .rules.base import RuleModel
+from .rules.mentions import TextMentions
 from .rules.conditions import ConditionAbsentRule, ConditionPresentRule
 from .rules.her2 import Her2Rule
 from .rules.labs import LabRule

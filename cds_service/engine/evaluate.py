@@ -12,7 +12,8 @@ from .definition import AppliesTo, Criterion, TrialDefinition
 from .model import CriterionResult, Result, TrialEvaluation, Why
 from .quantities import UnitTable
 from .record import PatientRecord
-from .rules.base import CodeLibrary, Context, Outcome, any_of_names
+from .rules.base import CodeLibrary, Context, Outcome
+from .rules.mentions import any_of_names
 
 
 @dataclass

@@ -8,9 +8,10 @@ from pydantic import Field
 
 from ..model import Evidence, Result, Role, Why
 from ..record import InvalidResource
-from .base import (ACTIVE_CLINICAL, EXCLUDED, Context, Outcome, RuleModel, TextMentions, clinical_status,
-                   coding_text, concept_label, invalid_evidence, matching_coding, named_by_text, recorded_with,
-                   verification)
+from .base import (ACTIVE_CLINICAL, EXCLUDED, Context, Outcome, RuleModel, clinical_status, coding_text, concept_label,
+                   matching_coding, verification)
+from .mentions import TextMentions, named_by_text, recorded_with
+from .readers import invalid_evidence
 from .conditions import decided
 
 

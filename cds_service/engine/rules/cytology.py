@@ -30,8 +30,9 @@ from pydantic import Field
 from ..codes import CodeSet
 from ..model import Evidence, Role
 from ..record import InvalidResource
-from .base import (NEGATIVE, POSITIVE, Context, Reading, RuleModel, coding_text, concept_in, invalid_evidence,
-                   matching_coding, observation_date, qualitative_word, read_hit)
+from .base import (NEGATIVE, POSITIVE, Context, RuleModel, coding_text, concept_in, matching_coding, observation_date,
+                   qualitative_word)
+from .readers import Reading, invalid_evidence, read_hit
 
 
 class Cytology(RuleModel):

@@ -19,9 +19,10 @@ from pydantic import Field
 
 from ..dates import FhirDate, days_before
 from ..model import Evidence, Result, Role, Why
-from .base import (CONFIRMED, EXCLUDED, NEGATIVE, POSITIVE, Context, Outcome, RuleModel, TextMentions, concept_label,
-                   condition_date, matching_coding, named_unrecognised_results, newest_unrecognised_result,
-                   qualitative_word, read_results, recorded_with)
+from .base import (CONFIRMED, EXCLUDED, NEGATIVE, POSITIVE, Context, Outcome, RuleModel, concept_label, condition_date,
+                   matching_coding, qualitative_word)
+from .mentions import TextMentions, named_unrecognised_results, newest_unrecognised_result, recorded_with
+from .readers import read_results
 from .conditions import decided, find_conditions
 
 OPEN = "not definitive"  # beside base's NEGATIVE and POSITIVE, which qualitative_word answers

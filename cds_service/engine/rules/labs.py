@@ -18,9 +18,9 @@ from ..dates import FhirDate, Recency, days_before, recency
 from ..memo import remembered_by_identity
 from ..model import Evidence, Measured, Result, Role, UpperLimit, Why, shown_number
 from ..quantities import NotConvertible, UnitTable
-from .base import (Context, Outcome, Reading, RuleModel, TextMentions, concept_label, has_invalid, instant_rank,
-                   named_unrecognised_results, newest_unrecognised_result, observation_date, read_latest_results,
-                   recorded_with)
+from .base import Context, Outcome, RuleModel, concept_label, observation_date
+from .mentions import TextMentions, named_unrecognised_results, newest_unrecognised_result, recorded_with
+from .readers import Reading, has_invalid, instant_rank, read_latest_results
 
 Comparator = Literal["<", "<=", ">", ">="]
 

@@ -11,9 +11,10 @@ from pydantic import Field
 from ..dates import FhirDate, Recency, recency
 from ..model import Evidence, Measured, Result, Role, Why
 from ..quantities import NotConvertible
-from .base import (CONFIRMED, NEGATIVE, POSITIVE, UNCONFIRMED, Context, Outcome, RuleModel, TextMentions,
-                   concept_label, condition_date, matching_coding, mention_reason, qualitative_word, read_results,
-                   unread_mentions)
+from .base import (CONFIRMED, NEGATIVE, POSITIVE, UNCONFIRMED, Context, Outcome, RuleModel, concept_label,
+                   condition_date, matching_coding, qualitative_word)
+from .mentions import TextMentions, mention_reason, unread_mentions
+from .readers import read_results
 from .conditions import decided, find_conditions
 from .labs import classify
 

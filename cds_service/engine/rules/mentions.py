@@ -1,0 +1,282 @@
+"""The safety net: records whose codes no set of a criterion holds, but whose text names
+the concept (a local code, a standard code missing from the shipped set, text only).
+They never decide: an inclusion becomes unknown, an exclusion review."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import re
+from operator import itemgetter
+from typing import Any, Callable, Iterable
+
+from pydantic import Field, model_validator
+
+from ..codes import CodeSet, memo_coding_key
+from ..dates import FhirDate
+from ..model import Evidence, Role, Why
+from .base import VALID_OBSERVATION_STATUSES, Context, RuleModel
+from .readers import observation_date_of_raw, raw_observation_rank
+
+
+class TextMentions(RuleModel):
+    """Words that name a criterion's concept, for records whose codes the engine
+    cannot match: a local code beside no standard one, a standard code missing from
+    the shipped set, or text alone. Such a record may be the concept, so it must not
+    be passed over silently; it never decides either (an inclusion becomes unknown,
+    an exclusion review). Text is read only here, never to pass or fail."""
+
+    patterns: list[str] = Field(min_length=1)  # regular expressions, case-insensitive: any match names it
+    except_patterns: list[str] = []  # a text matching one of these names something else ("family history")
+    # Code sets of codes the criterion knows and deliberately does not count (secondary neoplasm
+    # of the breast, family history of breast cancer): recognised, so their text is not read.
+    other_codes: list[str] = []
+
+    @model_validator(mode="after")
+    def _compiles(self) -> "TextMentions":
+        for p in self.patterns + self.except_patterns:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"pattern {p!r}: {exc}") from None
+        return self
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE) if patterns else None
+
+
+_EXCLUDED_STATUSES = {"entered-in-error", "refuted", "cancelled"}
+
+
+def _raw_excluded(raw: dict[str, Any]) -> bool:
+    """Entered in error, refuted or cancelled, read from the JSON (the record may not be valid FHIR)."""
+    if raw.get("status") in _EXCLUDED_STATUSES:
+        return True
+    ver = raw.get("verificationStatus")
+    codings = ver.get("coding") if isinstance(ver, dict) else None
+    return isinstance(codings, list) and any(isinstance(c, dict) and c.get("code") in _EXCLUDED_STATUSES
+                                             for c in codings)
+
+
+def concept_coding_keys(concept: Any) -> list[tuple[str, str]]:
+    """The coding keys (engine/codes.py coding_key) of a raw CodeableConcept, in order."""
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    if not isinstance(codings, list):
+        return []
+    keys = (memo_coding_key(c.get("system"), c.get("code")) for c in codings if isinstance(c, dict))
+    return [key for key in keys if key is not None]
+
+
+def concept_texts(concept: Any) -> tuple[str, ...]:
+    """The texts of a raw CodeableConcept: its text, then each coding's display."""
+    if not isinstance(concept, dict):
+        return ()
+    text = concept.get("text")
+    texts = [text] if isinstance(text, str) else []
+    codings = concept.get("coding")
+    for coding in codings if isinstance(codings, list) else ():
+        display = coding.get("display") if isinstance(coding, dict) else None
+        if isinstance(display, str):
+            texts.append(display)
+    return tuple(texts)
+
+
+# What each TextMentions says of a text, remembered: the same displays ("Glucose", "HGB") come on
+# every chart. By the mentions' identity (they live as long as their trial), bounded per mentions.
+_NAMES: dict[int, tuple[TextMentions, dict[str, bool]]] = {}
+NAMES_MEMO_SIZE = 4096
+
+
+def _names_memo(mentions: TextMentions) -> dict[str, bool]:
+    entry = _NAMES.get(id(mentions))
+    if entry is None or entry[0] is not mentions:
+        entry = _NAMES[id(mentions)] = (mentions, {})  # holding it keeps its id from being reused
+    return entry[1]
+
+
+def _names(mentions: TextMentions, text: str, memo: dict[str, bool] | None = None) -> bool:
+    memo = _names_memo(mentions) if memo is None else memo
+    answer = memo.get(text)
+    if answer is None:
+        pattern, unless = _compiled(tuple(mentions.patterns)), _compiled(tuple(mentions.except_patterns))
+        answer = bool(pattern.search(text)) and not (unless is not None and unless.search(text))
+        if len(memo) >= NAMES_MEMO_SIZE:
+            memo.clear()
+        memo[text] = answer
+    return answer
+
+
+def named_by_text(concept: Any, mentions: TextMentions, read: CodeSet | None,
+                  known: CodeSet | None) -> tuple[str, list[tuple[str, str]], Why] | None:
+    """(the text, the coding keys, UNRECOGNISED_CODE or TEXT_ONLY) when a raw
+    CodeableConcept has no coding in `read` nor in `known`, and a text or coding
+    display that names the concept; None otherwise."""
+    memo = _names_memo(mentions)
+    named = next((text for text in concept_texts(concept) if _names(mentions, text, memo)), None)
+    if named is None:
+        return None
+    keys = concept_coding_keys(concept)
+    if any((read is not None and read.contains(k)) or (known is not None and known.contains(k)) for k in keys):
+        return None
+    return named, keys, Why.UNRECOGNISED_CODE if keys else Why.TEXT_ONLY
+
+
+def recorded_with(why: Why) -> str:
+    """How a record the safety net found was recorded, in words."""
+    return "an unrecognised code" if why is Why.UNRECOGNISED_CODE else "text only"
+
+
+def mention_evidence(ctx: "Context", raw: dict[str, Any], named: tuple[str, list[tuple[str, str]], Why]
+                     ) -> Evidence:
+    text, keys, why = named
+    shown = ", ".join(f"{system}|{code}" for system, code in keys[:2])
+    note = (f"code not in the criterion's code sets ({shown}); its text names the concept"
+            if why is Why.UNRECOGNISED_CODE else "recorded as text only, without a code")
+    return Evidence(reference=ctx.record.reference(raw), role=Role.DECISIVE,
+                    code=f"{keys[0][0]}|{keys[0][1]}" if keys else None, display=text, note=note)
+
+
+def unread_mentions(ctx: "Context", resource_type: str, read: CodeSet, mentions: TextMentions,
+                    element: str = "code", keep: Callable[[dict[str, Any]], bool] | None = None
+                    ) -> list[tuple[Evidence, Why]]:
+    """Records of `resource_type` whose `element` has no coding in `read` (the sets
+    the criterion reads) nor in `mentions.other_codes`, but whose text or coding
+    display names the concept. Entered-in-error, refuted and cancelled ones are
+    left out. Each comes back as decisive evidence with its typed reason."""
+    known = ctx.codes(mentions.other_codes) if mentions.other_codes else None
+    found: list[tuple[Evidence, Why]] = []
+    for raw in ctx.record.all_of(resource_type):
+        named = named_by_text(raw.get(element), mentions, read, known)
+        if named is not None and not _raw_excluded(raw) and (keep is None or keep(raw)):
+            found.append((mention_evidence(ctx, raw, named), named[2]))
+    return found
+
+
+def unrecognised_results(ctx: "Context", since: dt.date) -> list[tuple[tuple[str, ...], list[tuple[int, dict[str, Any]]]]]:
+    """The results of named_unrecognised_results dated on or after `since` (by the
+    calendar day they were recorded in), grouped by their code's texts (concept_texts):
+    each group's results newest first with their rank (raw_observation_rank), the groups
+    by their newest result, newest first. Grouped because a criterion asks whether a
+    *name* is its concept's, and a chart repeats a few test names many times."""
+    key = ("unrecognised-results", since)
+    groups = ctx.memo.get(key)
+    if groups is None:
+        floor = since.isoformat()
+        by_texts: dict[tuple[str, ...], list[tuple[int, dict[str, Any]]]] = {}
+        for raw in named_unrecognised_results(ctx):
+            when = raw.get("effectiveDateTime")
+            # ISO dates sort as text: a dateTime on an earlier day is less than the floor's day; so is a
+            # partial date ("2026-05"), which cannot be shown as newer than a dated result anyway.
+            if type(when) is str and when < floor:  # noqa: E721
+                continue
+            rank = raw_observation_rank(raw)
+            if rank is not None:
+                by_texts.setdefault(concept_texts(raw.get("code")), []).append((rank, raw))
+        for results in by_texts.values():
+            results.sort(key=itemgetter(0), reverse=True)
+        groups = sorted(by_texts.items(), key=lambda group: group[1][0][0], reverse=True)
+        ctx.memo[key] = groups
+    return groups
+
+
+def named_unrecognised_results(ctx: "Context") -> list[dict[str, Any]]:
+    """Resulted (valid status) Observations coded in no code set the trial knows (a local
+    lab code alone, a standard code the sets lack, or text only) whose text or a coding
+    display a criterion may be looking for (ctx.result_names; None: all of them). Found
+    once per evaluation, in one pass. Usually empty: the FHIR searches ask for the
+    trial's codes; an EHR that ignores the filter sends other tests, and their names are
+    read here, each distinct text once (a chart repeats a few test names many times)."""
+    found = ctx.memo.get("named-unrecognised-results")
+    if found is not None:
+        return found
+    names = ctx.result_names
+    candidates = ctx.record.not_coded_in("Observation", ctx.library.everything())
+    if names is None:
+        found = candidates
+    else:
+        # This runs on every result no set recognises: every result of an EHR that ignores the
+        # search's code filter. So the chart's distinct texts are gathered first, in comprehensions,
+        # and read once each; only when one of them is named are the results that carry it found.
+        concepts = [c for c in (raw.get("code") for raw in candidates) if type(c) is dict]  # noqa: E721
+        texts = {c.get("text") for c in concepts}
+        texts.update(coding.get("display") for c in concepts if type(codings := c.get("coding")) is list  # noqa: E721
+                     for coding in codings if type(coding) is dict)  # noqa: E721
+        named = {text for text in texts if type(text) is str and names(text)}  # noqa: E721
+        found = [raw for raw in candidates if named and _carries(raw.get("code"), named)]
+    found = [raw for raw in found if raw.get("status") in VALID_OBSERVATION_STATUSES]
+    ctx.memo["named-unrecognised-results"] = found
+    return found
+
+
+def _carries(concept: Any, texts: set[str]) -> bool:
+    """Whether a raw CodeableConcept's text or a coding display is one of `texts`."""
+    if type(concept) is not dict:  # noqa: E721
+        return False
+    if concept.get("text") in texts:
+        return True
+    codings = concept.get("coding")
+    return type(codings) is list and any(  # noqa: E721
+        type(coding) is dict and coding.get("display") in texts for coding in codings)  # noqa: E721
+
+
+def newest_unrecognised_result(ctx: "Context", mentions: TextMentions, since: dt.date, floor: int | None,
+                               keep: Callable[[FhirDate], bool]) -> tuple[Evidence, Why, str] | None:
+    """The newest of unrecognised_results(ctx, since) whose texts `mentions` names,
+    ranked above `floor` (an instant_rank; None: any) and whose date `keep` accepts:
+    its evidence (decisive, dated), the typed reason and its day; None when none is."""
+    newest: tuple[int, dict[str, Any], FhirDate] | None = None
+    for texts, results in unrecognised_results(ctx, since):
+        if (floor is not None and results[0][0] <= floor) or (newest is not None and results[0][0] <= newest[0]):
+            break  # groups come newest first: the rest hold nothing newer
+        if not names_any(mentions, texts):
+            continue
+        for rank, raw in results:
+            if (floor is not None and rank <= floor) or (newest is not None and rank <= newest[0]):
+                break
+            date = observation_date_of_raw(raw)
+            if date is not None and keep(date):
+                newest = (rank, raw, date)
+                break
+    if newest is None:
+        return None
+    _, raw, date = newest
+    named = named_by_text(raw.get("code"), mentions, None, None)  # a text names it: never None here
+    assert named is not None
+    evidence = mention_evidence(ctx, raw, named)
+    evidence.date = date.text
+    return evidence, named[2], date.day_text
+
+
+def any_of_names(mentions: Iterable[TextMentions]) -> Callable[[str], bool] | None:
+    """A test of one text: may one of `mentions` name it? Their patterns in one
+    expression, except patterns not applied (a pre-filter: each mentions still reads
+    for itself); answers remembered by text (a bounded memo), since the same test
+    names come on every chart. None when there are no mentions."""
+    pattern = _compiled(tuple(p for m in mentions for p in m.patterns))
+    if pattern is None:
+        return None
+    search = pattern.search
+
+    @functools.lru_cache(maxsize=8192)
+    def names(text: str) -> bool:
+        return search(text) is not None
+
+    return names
+
+
+def names_any(mentions: TextMentions, texts: tuple[str, ...]) -> bool:
+    """Whether one of `texts` names what `mentions` names (remembered by the texts
+    together, and by each text)."""
+    memo = _names_memo(mentions)
+    answer = memo.get(texts)  # type: ignore[call-overload] - the memo holds tuples of texts too
+    if answer is None:
+        answer = any(_names(mentions, text, memo) for text in texts)
+        memo[texts] = answer  # type: ignore[index]
+    return answer
+
+
+def mention_reason(mention: tuple[Evidence, Why], what: str) -> str:
+    evidence, why = mention
+    return f"'{evidence.display}' is recorded with {recorded_with(why)}: it may be {what}"
