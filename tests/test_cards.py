@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from cds_service.cards import CardContext, CardRenderer, find_empty_values, fit_summary, md_escape
-from cds_service.cards.render import unit_display
+from cds_service.cards.text import unit_display
 from cds_service.engine import PatientRecord, evaluate
 from cds_service.engine.model import shown_number, shown_recorded, shown_text
 from cds_service.fhir.bundles import patient_groups_from_bytes

@@ -17,8 +17,6 @@ a chart opens.
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import importlib.resources
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -33,123 +31,60 @@ import yaml
 from ..engine import (FHIR_ID, CodeSet, CriterionResult, Evidence, Measured, Order, Result, Role, Status, Trial,
                       TrialEvaluation, UpperLimit, Why, is_fhir_id, memo_coding_key, shown_number, shown_recorded,
                       shown_text)
+from .templates import (DETAIL_TEMPLATE, ORDER_VARS, SUMMARY_TEMPLATE, TEMPLATE_VARS, TEXT_FILE, TRIAL_VARS,
+                        CardEnvironment, jinja_error, lookup, name_map, nonempty_str, read_files, refuse_unknown)
+from .text import RAW_HTML, find_empty_values, fit_summary, md_escape, unit_display
 
-SUMMARY_TEMPLATE = "summary.txt.j2"
-DETAIL_TEMPLATE = "detail.md.j2"
-TEXT_FILE = "text.yaml"
-TEMPLATE_FILES = (SUMMARY_TEMPLATE, DETAIL_TEMPLATE, TEXT_FILE)
-
-SUMMARY_LIMIT = 140  # CDS Hooks: "<140-character summary"
 INDICATOR = "info"
+
+
 TOPIC_SYSTEM = "https://clinicaltrials.gov"
+
+
 SNOMED = "http://snomed.info/sct"
+
+
 LAB_CATEGORY = {"system": SNOMED, "code": "108252007", "display": "Laboratory procedure"}
+
+
 REFERRAL_CODE = {"system": SNOMED, "code": "3457005", "display": "Patient referral"}
+
+
 MAX_DECISIVE_EVIDENCE = 2
+
+
 TEXT_MEMO_SIZE = 4096  # rendered fixed texts kept (a few per trial and order)
-MD_MEMO_SIZE = 8192  # escaped texts kept
+
 
 # Checklist order: what needs doing first. An ineligible card leads with what rules the patient out.
 ORDER_DEFAULT = (Result.UNKNOWN, Result.FAIL, Result.REVIEW, Result.PASS, Result.NOT_APPLICABLE)
+
+
 ORDER_INELIGIBLE = (Result.FAIL, Result.UNKNOWN, Result.REVIEW, Result.PASS, Result.NOT_APPLICABLE)
+
+
 _RANK_DEFAULT = {r.value: i for i, r in enumerate(ORDER_DEFAULT)}
+
+
 _RANK_INELIGIBLE = {r.value: i for i, r in enumerate(ORDER_INELIGIBLE)}
 
+
 _REQUESTER = re.compile(rf"(Practitioner|PractitionerRole)/{FHIR_ID}")
-_RAW_HTML = re.compile(r"<[A-Za-z/!?]")
 
-# text.yaml: the template strings, and the variables each may use.
-_TRIAL_VARS = frozenset({"nct_id", "short_title", "title", "study_url"})
-_ORDER_VARS = _TRIAL_VARS | {"order", "criteria", "criteria_titles"}
+
 TEXT_TEMPLATES: dict[str, frozenset[str]] = {
-    "source.label": _TRIAL_VARS,
-    "link.label": _TRIAL_VARS,
-    "suggestions.order.label": _ORDER_VARS,
-    "suggestions.order.description": _ORDER_VARS,
-    "suggestions.referral.label": _TRIAL_VARS,
-    "suggestions.referral.description": _TRIAL_VARS,
-    "service_request.order_reason": _ORDER_VARS,
-    "service_request.referral_text": _TRIAL_VARS,
-    "service_request.referral_reason": _TRIAL_VARS,
-    "service_request.referral_note": _TRIAL_VARS,
+    "source.label": TRIAL_VARS,
+    "link.label": TRIAL_VARS,
+    "suggestions.order.label": ORDER_VARS,
+    "suggestions.order.description": ORDER_VARS,
+    "suggestions.referral.label": TRIAL_VARS,
+    "suggestions.referral.description": TRIAL_VARS,
+    "service_request.order_reason": ORDER_VARS,
+    "service_request.referral_text": TRIAL_VARS,
+    "service_request.referral_reason": TRIAL_VARS,
+    "service_request.referral_note": TRIAL_VARS,
 }
-# The variables the two file templates are given (see cards/README.md).
-TEMPLATE_VARS = frozenset({"trial", "status", "as_of", "patient_id", "items", "missing", "notes", "needs",
-                           "fails", "symbols"})
 
-
-# -- helpers usable on their own -------------------------------------------------------------------
-
-def fit_summary(text: str) -> str:
-    """One line under 140 characters: whitespace collapsed; longer text is cut
-    to 138 characters plus "…" (139 in all)."""
-    text = " ".join(text.split())
-    if len(text) >= SUMMARY_LIMIT:
-        text = text[:SUMMARY_LIMIT - 2] + "…"
-    return text
-
-
-def _has_empty(obj: Any) -> bool:
-    # Runs over every card: a loop with an explicit stack, not a recursion of generators.
-    stack = [obj]
-    pop, push_all = stack.pop, stack.extend
-    while stack:
-        item = pop()
-        if isinstance(item, str):
-            if not item:
-                return True
-        elif isinstance(item, dict):
-            if not item:
-                return True
-            push_all(item.values())
-        elif isinstance(item, (list, tuple)):
-            if not item:
-                return True
-            push_all(item)
-        elif item is None:
-            return True
-    return False
-
-
-def find_empty_values(obj: Any, path: str = "$") -> list[str]:
-    """JSON paths of every null, "", [] or {} in `obj` (CDS Hooks 2.0 forbids them)."""
-    if not _has_empty(obj):  # the common case, without building paths
-        return []
-    if obj is None or (isinstance(obj, (str, list, tuple, dict)) and len(obj) == 0):
-        return [path]
-    found: list[str] = []
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            found.extend(find_empty_values(value, f"{path}.{key}"))
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            found.extend(find_empty_values(value, f"{path}[{i}]"))
-    return found
-
-
-_MD_ESCAPES = {"\\": "\\\\", "`": "\\`", "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]", "#": "\\#",
-               "|": "\\|", "~": "\\~", "&": "&amp;", "<": "&lt;", ">": "&gt;"}
-_MD_SPECIAL = re.compile("[" + re.escape("".join(_MD_ESCAPES)) + "]")
-
-
-def md_escape(value: Any) -> str:
-    """A data value as inert Markdown text on one line: Markdown punctuation is
-    backslash-escaped, and & < > become entities, so no raw HTML can appear."""
-    if value is None:
-        return ""
-    return _md_escape_text(value if type(value) is str else str(value))  # noqa: E721 - exact str only
-
-
-@functools.lru_cache(maxsize=MD_MEMO_SIZE)  # titles, reasons and evidence lines recur on every card
-def _md_escape_text(text: str) -> str:
-    return _MD_SPECIAL.sub(_md_replacement, " ".join(text.split()))
-
-
-def _md_replacement(match: re.Match[str]) -> str:
-    return _MD_ESCAPES[match.group()]
-
-
-# -- the request context ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class CardContext:
@@ -181,8 +116,6 @@ class CardContext:
             return {"reference": f"Encounter/{self.encounter_id.removeprefix('Encounter/')}"}
         return None
 
-
-# -- what the renderer needs to know about a trial -----------------------------------------------
 
 @dataclass(frozen=True)
 class _CriterionInfo:
@@ -231,77 +164,6 @@ class _TrialInfo:
                 "study_url": self.study_url}
 
 
-# -- loading and checking the templates -------------------------------------------------------------
-
-def _read_files(template_dir: str | Path | None) -> dict[str, str]:
-    if template_dir is None:
-        root: Any = importlib.resources.files("cds_service.card_templates")
-        where = "packaged card templates"
-    else:
-        root = Path(template_dir)
-        where = str(root)
-        if not root.is_dir():
-            raise ValueError(f"card template directory {where} does not exist")
-    files = {}
-    for name in TEMPLATE_FILES:
-        entry = root / name
-        if not entry.is_file():
-            raise ValueError(f"{name}: missing from {where}")
-        try:
-            files[name] = entry.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{name}: cannot read from {where}: {exc}") from None
-    return files
-
-
-def _lookup(data: Any, dotted: str) -> Any:
-    node = data
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise ValueError(f"{TEXT_FILE}: missing key '{dotted}'")
-        node = node[part]
-    return node
-
-
-def _nonempty_str(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{TEXT_FILE}: '{key}' must be a non-empty string")
-    return value
-
-
-def _name_map(data: dict, key: str) -> dict[str, str]:
-    value = data.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip()
-                                              for k, v in value.items()):
-        raise ValueError(f"{TEXT_FILE}: '{key}' must map criterion ids to non-empty names")
-    return dict(value)
-
-
-# -- the renderer -----------------------------------------------------------------------------------
-
-class _CardEnvironment(jinja2.Environment):
-    """Jinja with `item.title` read as a key first. The template variables are
-    plain dicts, and Jinja's default (attribute first) raises and catches an
-    AttributeError for every `item.field` on a dict: a third of the detail's
-    rendering time."""
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if type(obj) is dict:  # noqa: E721 - the renderer's own view dicts; anything else as Jinja does it
-            try:
-                return obj[attribute]
-            except KeyError:
-                pass
-        return super().getattr(obj, attribute)
-
-    def make_globals(self, d: Mapping[str, Any] | None) -> dict[str, Any]:  # type: ignore[override]
-        # A plain dict rather than Jinja's ChainMap: every render copies the globals
-        # into its context, and copying a ChainMap was a tenth of the card's render
-        # time. The renderer never changes the globals after building its templates.
-        return {**self.globals, **(d or {})}
-
-
 class CardRenderer:
     """Renders CDS Hooks 2.0 cards for trial evaluations. Build it once (it reads
     and checks the templates) and reuse it; it holds no per-request state."""
@@ -311,8 +173,8 @@ class CardRenderer:
         self.show_ineligible = show_ineligible
         self._new_uuid = new_uuid
         self._trial_info: dict[tuple[str, str], _TrialInfo] = {}  # built once per trial definition
-        files = _read_files(template_dir)
-        self._env = _CardEnvironment(
+        files = read_files(template_dir)
+        self._env = CardEnvironment(
             loader=jinja2.DictLoader({SUMMARY_TEMPLATE: files[SUMMARY_TEMPLATE],
                                       DETAIL_TEMPLATE: files[DETAIL_TEMPLATE]}),
             undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True,
@@ -330,8 +192,8 @@ class CardRenderer:
             undeclared = jinja2.meta.find_undeclared_variables(self._env.parse(source, name=name))
             template = self._env.get_template(name)
         except jinja2.TemplateError as exc:
-            raise ValueError(f"{name}: {_jinja_error(exc)}") from None
-        _refuse_unknown(name, undeclared, TEMPLATE_VARS)
+            raise ValueError(f"{name}: {jinja_error(exc)}") from None
+        refuse_unknown(name, undeclared, TEMPLATE_VARS)
         return template
 
     def _load_text(self, source: str) -> None:
@@ -344,17 +206,17 @@ class CardRenderer:
         self._texts: dict[str, jinja2.Template] = {}
         self._text_memo: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
         for key, allowed in TEXT_TEMPLATES.items():
-            value = _nonempty_str(_lookup(data, key), key)
+            value = nonempty_str(lookup(data, key), key)
             try:
                 undeclared = jinja2.meta.find_undeclared_variables(self._env.parse(value))
                 self._texts[key] = self._env.from_string(value)
             except jinja2.TemplateError as exc:
-                raise ValueError(f"{TEXT_FILE}: '{key}': {_jinja_error(exc)}") from None
-            _refuse_unknown(f"{TEXT_FILE}: '{key}'", undeclared, allowed)
-        self._symbols = {r.value: _nonempty_str(_lookup(data, f"symbols.{r.value}"), f"symbols.{r.value}")
+                raise ValueError(f"{TEXT_FILE}: '{key}': {jinja_error(exc)}") from None
+            refuse_unknown(f"{TEXT_FILE}: '{key}'", undeclared, allowed)
+        self._symbols = {r.value: nonempty_str(lookup(data, f"symbols.{r.value}"), f"symbols.{r.value}")
                          for r in Result}
-        system = _nonempty_str(_lookup(data, "override_reasons.system"), "override_reasons.system")
-        reasons = _lookup(data, "override_reasons.reasons")
+        system = nonempty_str(lookup(data, "override_reasons.system"), "override_reasons.system")
+        reasons = lookup(data, "override_reasons.reasons")
         if not isinstance(reasons, list) or not reasons:
             raise ValueError(f"{TEXT_FILE}: 'override_reasons.reasons' must be a non-empty list")
         self._override_reasons = []
@@ -364,13 +226,13 @@ class CardRenderer:
                 raise ValueError(f"{TEXT_FILE}: '{key}' must be a mapping with code and display")
             self._override_reasons.append({
                 "system": system,
-                "code": _nonempty_str(reason.get("code"), f"{key}.code"),
-                "display": _nonempty_str(reason.get("display"), f"{key}.display")})
+                "code": nonempty_str(reason.get("code"), f"{key}.code"),
+                "display": nonempty_str(reason.get("display"), f"{key}.display")})
         codes = [r["code"] for r in self._override_reasons]
         if len(set(codes)) != len(codes):
             raise ValueError(f"{TEXT_FILE}: 'override_reasons.reasons' repeats a code")
-        self._short_names = _name_map(data, "short_names")
-        self._failed_names = _name_map(data, "failed_names")
+        self._short_names = name_map(data, "short_names")
+        self._failed_names = name_map(data, "failed_names")
 
     def _self_check(self) -> None:
         """Render sample cards of every status, so a template that breaks on some
@@ -415,7 +277,7 @@ class CardRenderer:
         if not summary:
             raise ValueError(f"{SUMMARY_TEMPLATE}: rendered an empty summary for status {status.value}")
         detail = self._file(DETAIL_TEMPLATE, view).strip()
-        if _RAW_HTML.search(detail):
+        if RAW_HTML.search(detail):
             raise ValueError(f"{DETAIL_TEMPLATE}: the detail contains raw HTML")
         tv = info.text_vars()
         card: dict[str, Any] = {"uuid": new_uuid(), "summary": summary, "indicator": INDICATOR}
@@ -441,7 +303,7 @@ class CardRenderer:
         try:
             return self._templates[name].render(view)
         except jinja2.TemplateError as exc:
-            raise ValueError(f"{name}: {_jinja_error(exc)}") from None
+            raise ValueError(f"{name}: {jinja_error(exc)}") from None
 
     def _text(self, key: str, variables: dict[str, str]) -> str:
         # A pure function of the key and the (trial and order) texts: rendered once each.
@@ -452,7 +314,7 @@ class CardRenderer:
         try:
             text = " ".join(self._texts[key].render(variables).split())
         except jinja2.TemplateError as exc:
-            raise ValueError(f"{TEXT_FILE}: '{key}': {_jinja_error(exc)}") from None
+            raise ValueError(f"{TEXT_FILE}: '{key}': {jinja_error(exc)}") from None
         if not text:
             raise ValueError(f"{TEXT_FILE}: '{key}' rendered empty")
         if len(self._text_memo) < TEXT_MEMO_SIZE:
@@ -566,8 +428,6 @@ class CardRenderer:
         return sr
 
 
-# -- evidence as the templates see it -------------------------------------------------------------
-
 def _title(info: _TrialInfo, c: CriterionResult) -> str:
     ci = info.criteria.get(c.id)
     return c.title or (ci.title if ci is not None else None) or c.id
@@ -578,7 +438,8 @@ def _distinct(values: Iterable[str]) -> list[str]:
 
 
 # Converted values, ULNs and ratios are parts of lab judgements shared between calls (rules/labs.py):
-# their text (computed values: engine/model.py shown_number) is kept by the Decimal's identity (an entry holds it, so the id is not reused meanwhile).
+# their text (computed values: engine/model.py shown_number) is kept by the Decimal's identity (an entry
+# holds it, so the id is not reused meanwhile).
 _SHOWN: dict[int, tuple[Decimal, str]] = {}
 
 
@@ -643,25 +504,6 @@ def _evidence_view(e: Evidence, ci: _CriterionInfo | None, several: bool, result
     }
 
 
-_NO_BRACKETS = str.maketrans("", "", "[]")
-_SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
-_POWER_OF_TEN = re.compile(r"(?:(?<=^)|(?<=[/.]))10[*^](-?\d+)")
-_MICRO = re.compile(r"(?:(?<=^)|(?<=[/.]))u(?=(?:L|mol|g|mL|IU|\[IU\])\b)")
-_CUBED = re.compile(r"(?<=[cdm]m)3\b")
-
-
-@functools.lru_cache(maxsize=1024)  # a handful of units, shown on every card
-def unit_display(unit: str) -> str:
-    """A unit as a clinician reads it: `10*3/uL` → `×10³/µL`, `[IU]/L` → `IU/L`,
-    `umol/L` → `µmol/L`, `/mm3` → `/mm³`. For the card's prose only: the
-    evaluation (extension) keeps the units exactly as recorded and as converted.
-    A unit written some other way (`x10E3/uL`, `K/uL`) is shown as written."""
-    text = _POWER_OF_TEN.sub(lambda m: "×10" + m.group(1).translate(_SUPERSCRIPT), unit)
-    text = _MICRO.sub("µ", text)
-    text = _CUBED.sub("³", text)
-    return text.translate(_NO_BRACKETS)
-
-
 def _differs(value: str | None, unit: str | None, converted: Measured) -> bool:
     # Compared as shown: "IU/L" and "[IU]/L", "10^9/L" and "10*9/L" read the same on the card.
     if unit_display(unit or "") != unit_display(converted.unit):
@@ -671,19 +513,6 @@ def _differs(value: str | None, unit: str | None, converted: Measured) -> bool:
     except (InvalidOperation, ValueError):
         return True
 
-
-def _refuse_unknown(where: str, used: set[str], allowed: frozenset[str]) -> None:
-    unknown = sorted(used - allowed)
-    if unknown:
-        raise ValueError(f"{where}: unknown variable(s) {', '.join(unknown)}; available: {', '.join(sorted(allowed))}")
-
-
-def _jinja_error(exc: jinja2.TemplateError) -> str:
-    line = getattr(exc, "lineno", None)
-    return f"line {line}: {exc.message}" if line else str(exc.message or exc)
-
-
-# -- sample data for the start-up check -------------------------------------------------------------
 
 def _samples() -> tuple[_TrialInfo, list[TrialEvaluation]]:
     """A made-up trial and one evaluation per status, using every result, every
