@@ -19,59 +19,32 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable
 
 import jinja2
 import jinja2.meta
 import yaml
 
 from ..engine import (FHIR_ID, CodeSet, CriterionResult, Evidence, Measured, Order, Result, Role, Status, Trial,
-                      TrialEvaluation, UpperLimit, Why, is_fhir_id, memo_coding_key, shown_number, shown_recorded,
-                      shown_text)
+                      TrialEvaluation, UpperLimit, Why, is_fhir_id, shown_text)
 from .templates import (DETAIL_TEMPLATE, ORDER_VARS, SUMMARY_TEMPLATE, TEMPLATE_VARS, TEXT_FILE, TRIAL_VARS,
                         CardEnvironment, jinja_error, lookup, name_map, nonempty_str, read_files, refuse_unknown)
-from .text import RAW_HTML, find_empty_values, fit_summary, md_escape, unit_display
+from .text import RAW_HTML, find_empty_values, fit_summary, md_escape
+from .view import (RANK_DEFAULT, RANK_INELIGIBLE, TEXT_MEMO_SIZE, CriterionInfo, TrialInfo, criterion_title, distinct,
+                   evidence_view)
 
 INDICATOR = "info"
-
-
 TOPIC_SYSTEM = "https://clinicaltrials.gov"
-
-
 SNOMED = "http://snomed.info/sct"
-
-
 LAB_CATEGORY = {"system": SNOMED, "code": "108252007", "display": "Laboratory procedure"}
-
-
 REFERRAL_CODE = {"system": SNOMED, "code": "3457005", "display": "Patient referral"}
-
-
 MAX_DECISIVE_EVIDENCE = 2
 
 
-TEXT_MEMO_SIZE = 4096  # rendered fixed texts kept (a few per trial and order)
-
-
-# Checklist order: what needs doing first. An ineligible card leads with what rules the patient out.
-ORDER_DEFAULT = (Result.UNKNOWN, Result.FAIL, Result.REVIEW, Result.PASS, Result.NOT_APPLICABLE)
-
-
-ORDER_INELIGIBLE = (Result.FAIL, Result.UNKNOWN, Result.REVIEW, Result.PASS, Result.NOT_APPLICABLE)
-
-
-_RANK_DEFAULT = {r.value: i for i, r in enumerate(ORDER_DEFAULT)}
-
-
-_RANK_INELIGIBLE = {r.value: i for i, r in enumerate(ORDER_INELIGIBLE)}
-
-
 _REQUESTER = re.compile(rf"(Practitioner|PractitionerRole)/{FHIR_ID}")
-
-
 TEXT_TEMPLATES: dict[str, frozenset[str]] = {
     "source.label": TRIAL_VARS,
     "link.label": TRIAL_VARS,
@@ -117,53 +90,6 @@ class CardContext:
         return None
 
 
-@dataclass(frozen=True)
-class _CriterionInfo:
-    title: str
-    card_note: str | None
-    analytes: tuple[tuple[str, CodeSet], ...]  # lab analyte names and their codes, to label evidence
-    _labels: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
-
-    def analyte_label(self, code: str | None) -> str | None:
-        """The name of the analyte a "system|code" belongs to (None if none): asked for
-        every decisive result of every card, so answers are kept (a few codes per criterion)."""
-        if not self.analytes or not code or "|" not in code:
-            return None
-        try:
-            return self._labels[code]
-        except KeyError:
-            pass
-        key = memo_coding_key(*code.split("|", 1))
-        label = next((name for name, codes in self.analytes if codes.contains(key)), None)
-        if len(self._labels) < TEXT_MEMO_SIZE:
-            self._labels[code] = label
-        return label
-
-
-@dataclass(frozen=True)
-class _TrialInfo:
-    nct_id: str
-    short_title: str
-    title: str
-    study_url: str
-    definition_version: str
-    criteria: Mapping[str, _CriterionInfo]
-
-    @classmethod
-    def of(cls, trial: Trial) -> "_TrialInfo":
-        d = trial.definition
-        criteria = {}
-        for c in d.criteria:
-            analytes = tuple((a.name, trial.library.get(a.codes)) for a in getattr(c.rule, "analytes", ()))
-            criteria[c.id] = _CriterionInfo(title=c.title, card_note=c.card_note, analytes=analytes)
-        return cls(nct_id=d.nct_id, short_title=d.short_title, title=d.title, study_url=d.study_url,
-                   definition_version=d.definition_version, criteria=criteria)
-
-    def text_vars(self) -> dict[str, str]:
-        return {"nct_id": self.nct_id, "short_title": self.short_title, "title": self.title,
-                "study_url": self.study_url}
-
-
 class CardRenderer:
     """Renders CDS Hooks 2.0 cards for trial evaluations. Build it once (it reads
     and checks the templates) and reuse it; it holds no per-request state."""
@@ -172,7 +98,7 @@ class CardRenderer:
                  new_uuid: Callable[[], str] = lambda: str(uuid.uuid4())):
         self.show_ineligible = show_ineligible
         self._new_uuid = new_uuid
-        self._trial_info: dict[tuple[str, str], _TrialInfo] = {}  # built once per trial definition
+        self._trial_info: dict[tuple[str, str], TrialInfo] = {}  # built once per trial definition
         files = read_files(template_dir)
         self._env = CardEnvironment(
             loader=jinja2.DictLoader({SUMMARY_TEMPLATE: files[SUMMARY_TEMPLATE],
@@ -254,7 +180,7 @@ class CardRenderer:
         key = (trial.id, trial.definition.definition_version)
         info = self._trial_info.get(key)
         if info is None:
-            info = self._trial_info[key] = _TrialInfo.of(trial)
+            info = self._trial_info[key] = TrialInfo.of(trial)
         return self._render(info, evaluation, ctx, show_ineligible=self.show_ineligible,
                             new_uuid=self._new_uuid)
 
@@ -267,7 +193,7 @@ class CardRenderer:
                 cards.append(card)
         return cards
 
-    def _render(self, info: _TrialInfo, evaluation: TrialEvaluation, ctx: CardContext, *,
+    def _render(self, info: TrialInfo, evaluation: TrialEvaluation, ctx: CardContext, *,
                 show_ineligible: bool, new_uuid: Callable[[], str]) -> dict | None:
         status = evaluation.status
         if status is Status.INELIGIBLE and not show_ineligible:
@@ -323,18 +249,18 @@ class CardRenderer:
 
     # the template variables ------------------------------------------------------
 
-    def _short_name(self, info: _TrialInfo, c: CriterionResult) -> str:
+    def _short_name(self, info: TrialInfo, c: CriterionResult) -> str:
         if c.id in self._short_names:
             return self._short_names[c.id]
         ci = info.criteria.get(c.id)
         if ci is not None and ci.analytes:
             return "/".join(name for name, _ in ci.analytes)
-        return _title(info, c)
+        return criterion_title(info, c)
 
-    def _view(self, info: _TrialInfo, evaluation: TrialEvaluation, ctx: CardContext) -> dict[str, Any]:
+    def _view(self, info: TrialInfo, evaluation: TrialEvaluation, ctx: CardContext) -> dict[str, Any]:
         status = evaluation.status
         items = [self._item(info, c) for c in evaluation.criteria]
-        rank = _RANK_INELIGIBLE if status is Status.INELIGIBLE else _RANK_DEFAULT
+        rank = RANK_INELIGIBLE if status is Status.INELIGIBLE else RANK_DEFAULT
         ordered = sorted(items, key=lambda item: rank[item["result"]])  # stable: definition order within
         unknown = [i for i in items if i["result"] == "unknown"]
         failed = [i for i in items if i["result"] == "fail"]
@@ -347,23 +273,23 @@ class CardRenderer:
             "items": ordered,
             "missing": unknown,
             "notes": [i for i in items if i["card_note"]],
-            "needs": _distinct(i["short_name"] for i in unknown),
-            "fails": _distinct(self._failed_names.get(i["id"], i["short_name"]) for i in failed),
+            "needs": distinct(i["short_name"] for i in unknown),
+            "fails": distinct(self._failed_names.get(i["id"], i["short_name"]) for i in failed),
             "symbols": dict(self._symbols),
         }
 
-    def _item(self, info: _TrialInfo, c: CriterionResult) -> dict[str, Any]:
+    def _item(self, info: TrialInfo, c: CriterionResult) -> dict[str, Any]:
         ci = info.criteria.get(c.id)
         decisive = [e for e in c.evidence if e.role is Role.DECISIVE][:MAX_DECISIVE_EVIDENCE]
         several = len(decisive) > 1
-        evidence = [_evidence_view(e, ci, several, c.result) for e in decisive]
+        evidence = [evidence_view(e, ci, several, c.result) for e in decisive]
         result = c.result._value_
         return {
             "id": c.id,
             "kind": c.kind,
             "result": result,
             "symbol": self._symbols[result],
-            "title": _title(info, c),
+            "title": criterion_title(info, c),
             "short_name": self._short_name(info, c),
             "reason": shown_text(c.reason),  # no 28-digit numbers (engine/model.py)
             "reason_code": c.why._value_ if c.why is not None else None,
@@ -377,7 +303,7 @@ class CardRenderer:
 
     # suggestions ------------------------------------------------------------------
 
-    def _suggestions(self, info: _TrialInfo, evaluation: TrialEvaluation, ctx: CardContext,
+    def _suggestions(self, info: TrialInfo, evaluation: TrialEvaluation, ctx: CardContext,
                      new_uuid: Callable[[], str]) -> list[dict[str, Any]]:
         status = evaluation.status
         if status is Status.INELIGIBLE:
@@ -390,8 +316,8 @@ class CardRenderer:
                 orders.setdefault((c.order.system, c.order.code), (c.order, []))[1].append(c)
         for order, criteria in orders.values():
             ov = dict(tv, order=order.display,
-                      criteria=", ".join(_distinct(self._short_name(info, c) for c in criteria)),
-                      criteria_titles="; ".join(_title(info, c) for c in criteria))
+                      criteria=", ".join(distinct(self._short_name(info, c) for c in criteria)),
+                      criteria_titles="; ".join(criterion_title(info, c) for c in criteria))
             resource = self._service_request(
                 ctx, code={"coding": [{"system": order.system, "code": order.code, "display": order.display}],
                            "text": order.display},
@@ -428,101 +354,15 @@ class CardRenderer:
         return sr
 
 
-def _title(info: _TrialInfo, c: CriterionResult) -> str:
-    ci = info.criteria.get(c.id)
-    return c.title or (ci.title if ci is not None else None) or c.id
-
-
-def _distinct(values: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(v for v in values if v))
-
-
-# Converted values, ULNs and ratios are parts of lab judgements shared between calls (rules/labs.py):
-# their text (computed values: engine/model.py shown_number) is kept by the Decimal's identity (an entry
-# holds it, so the id is not reused meanwhile).
-_SHOWN: dict[int, tuple[Decimal, str]] = {}
-
-
-def _shown(value: Decimal) -> str:
-    kept = _SHOWN.get(id(value))
-    if kept is not None and kept[0] is value:
-        return kept[1]
-    text = shown_number(value)
-    if len(_SHOWN) >= TEXT_MEMO_SIZE:
-        _SHOWN.clear()
-    _SHOWN[id(value)] = (value, text)
-    return text
-
-
-def _evidence_view(e: Evidence, ci: _CriterionInfo | None, several: bool, result: Result) -> dict[str, Any]:
-    """One decisive piece of evidence: as recorded, plus the converted value only
-    when it differs from what was recorded (number or unit), and `line`: the
-    evidence as one Markdown-safe line (what was found, value as recorded,
-    converted value, ULN · day · source). The line names the analyte when the
-    criterion shows `several` pieces; else the display when that is short, or when
-    there is no value and the criterion is not met. Built here, not in the
-    template, because it runs for every evidence of every card (speed)."""
-    label = ci.analyte_label(e.code) if ci is not None else None
-    display, unit = e.display, e.unit
-    value = shown_recorded(e.value)  # numbers at the precision recorded (engine/model.py)
-    if label is None and value in (None, ""):
-        label = display  # a diagnosis or allergy: what was found is the evidence
-    converted = None
-    if e.converted is not None and _differs(e.value, unit, e.converted):
-        converted = {"value": _shown(e.converted.value), "unit": e.converted.unit}
-    uln = None
-    if e.uln is not None:
-        uln = {"value": _shown(e.uln.value), "unit": e.uln.unit, "assumed": e.uln.assumed}
-    date = e.date[:10] if e.date else None
-
-    if several and label:
-        name = label
-    elif display and (len(display) <= 32 or (not value and result is not Result.PASS)):
-        name = display
-    else:
-        name = ""
-    comparator = e.comparator or ""  # "<0.2 mg/dL": the comparator stays with the value, converted too
-    measured = f"{comparator}{value}{' ' + unit_display(unit) if unit else ''}" if value else ""
-    shown = f"(= {comparator}{converted['value']} {unit_display(converted['unit'])})" if converted else ""
-    what = " ".join(filter(None, (name, measured, shown)))  # the parts that say something
-    if uln:
-        limit = f"ULN {uln['value']} {unit_display(uln['unit'])}" + (" (assumed)" if uln["assumed"] else "")
-        what = ", ".join(filter(None, (what, limit)))
-    return {
-        "reference": e.reference,
-        "label": label,
-        "display": display,
-        "comparator": e.comparator,
-        "value": value,
-        "unit": unit,
-        "converted": converted,
-        "uln": uln,
-        "ratio_to_uln": _shown(e.ratio_to_uln) if e.ratio_to_uln is not None else None,
-        "date": date,
-        "note": e.note,
-        "line": " · ".join(map(md_escape, filter(None, (what, date, e.reference)))),
-    }
-
-
-def _differs(value: str | None, unit: str | None, converted: Measured) -> bool:
-    # Compared as shown: "IU/L" and "[IU]/L", "10^9/L" and "10*9/L" read the same on the card.
-    if unit_display(unit or "") != unit_display(converted.unit):
-        return True
-    try:
-        return value is None or Decimal(value) != converted.value
-    except (InvalidOperation, ValueError):
-        return True
-
-
-def _samples() -> tuple[_TrialInfo, list[TrialEvaluation]]:
+def _samples() -> tuple[TrialInfo, list[TrialEvaluation]]:
     """A made-up trial and one evaluation per status, using every result, every
     evidence field and an order, so that the self-check walks every template branch."""
     lab_codes = CodeSet(name="sample", title="sample", entries=[])
-    info = _TrialInfo(
+    info = TrialInfo(
         nct_id="NCT00000000", short_title="Sample trial", title="Sample trial for the template check",
         study_url="https://clinicaltrials.gov/study/NCT00000000", definition_version="0",
-        criteria={"lab": _CriterionInfo("Sample lab", "Sample note", (("A", lab_codes), ("B", lab_codes))),
-                  "dx": _CriterionInfo("Sample diagnosis", None, ())})
+        criteria={"lab": CriterionInfo("Sample lab", "Sample note", (("A", lab_codes), ("B", lab_codes))),
+                  "dx": CriterionInfo("Sample diagnosis", None, ())})
     order = Order(key="o", system="http://loinc.org", code="0-0", display="Sample order")
 
     def lab_evidence() -> list[Evidence]:

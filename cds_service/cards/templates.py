@@ -13,21 +13,13 @@ import jinja2.meta
 
 
 SUMMARY_TEMPLATE = "summary.txt.j2"
-
-
 DETAIL_TEMPLATE = "detail.md.j2"
-
-
 TEXT_FILE = "text.yaml"
-
-
 TEMPLATE_FILES = (SUMMARY_TEMPLATE, DETAIL_TEMPLATE, TEXT_FILE)
 
 
 # text.yaml: the template strings, and the variables each may use.
 TRIAL_VARS = frozenset({"nct_id", "short_title", "title", "study_url"})
-
-
 ORDER_VARS = TRIAL_VARS | {"order", "criteria", "criteria_titles"}
 
 

@@ -11,11 +11,7 @@ from typing import Any
 
 
 SUMMARY_LIMIT = 140  # CDS Hooks: "<140-character summary"
-
-
 MD_MEMO_SIZE = 8192  # escaped texts kept
-
-
 RAW_HTML = re.compile(r"<[A-Za-z/!?]")
 
 
@@ -68,8 +64,6 @@ def find_empty_values(obj: Any, path: str = "$") -> list[str]:
 
 _MD_ESCAPES = {"\\": "\\\\", "`": "\\`", "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]", "#": "\\#",
                "|": "\\|", "~": "\\~", "&": "&amp;", "<": "&lt;", ">": "&gt;"}
-
-
 _MD_SPECIAL = re.compile("[" + re.escape("".join(_MD_ESCAPES)) + "]")
 
 
@@ -91,17 +85,9 @@ def _md_replacement(match: re.Match[str]) -> str:
 
 
 _NO_BRACKETS = str.maketrans("", "", "[]")
-
-
 _SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
-
-
 _POWER_OF_TEN = re.compile(r"(?:(?<=^)|(?<=[/.]))10[*^](-?\d+)")
-
-
 _MICRO = re.compile(r"(?:(?<=^)|(?<=[/.]))u(?=(?:L|mol|g|mL|IU|\[IU\])\b)")
-
-
 _CUBED = re.compile(r"(?<=[cdm]m)3\b")
 
 

@@ -1,0 +1,160 @@
+"""The view model of a card: what each criterion shows (its title, reason, evidence lines
+with value, unit, date and source) and the order the checklist takes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Iterable, Mapping
+
+
+from ..engine import (CodeSet, CriterionResult, Evidence, Measured, Result, Trial, memo_coding_key, shown_number,
+                      shown_recorded)
+from .text import md_escape, unit_display
+
+TEXT_MEMO_SIZE = 4096  # rendered fixed texts kept (a few per trial and order)
+
+# Checklist order: what needs doing first. An ineligible card leads with what rules the patient out.
+ORDER_DEFAULT = (Result.UNKNOWN, Result.FAIL, Result.REVIEW, Result.PASS, Result.NOT_APPLICABLE)
+
+
+ORDER_INELIGIBLE = (Result.FAIL, Result.UNKNOWN, Result.REVIEW, Result.PASS, Result.NOT_APPLICABLE)
+
+
+RANK_DEFAULT = {r.value: i for i, r in enumerate(ORDER_DEFAULT)}
+
+
+RANK_INELIGIBLE = {r.value: i for i, r in enumerate(ORDER_INELIGIBLE)}
+
+
+@dataclass(frozen=True)
+class CriterionInfo:
+    title: str
+    card_note: str | None
+    analytes: tuple[tuple[str, CodeSet], ...]  # lab analyte names and their codes, to label evidence
+    _labels: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
+
+    def analyte_label(self, code: str | None) -> str | None:
+        """The name of the analyte a "system|code" belongs to (None if none): asked for
+        every decisive result of every card, so answers are kept (a few codes per criterion)."""
+        if not self.analytes or not code or "|" not in code:
+            return None
+        try:
+            return self._labels[code]
+        except KeyError:
+            pass
+        key = memo_coding_key(*code.split("|", 1))
+        label = next((name for name, codes in self.analytes if codes.contains(key)), None)
+        if len(self._labels) < TEXT_MEMO_SIZE:
+            self._labels[code] = label
+        return label
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    nct_id: str
+    short_title: str
+    title: str
+    study_url: str
+    definition_version: str
+    criteria: Mapping[str, CriterionInfo]
+
+    @classmethod
+    def of(cls, trial: Trial) -> "TrialInfo":
+        d = trial.definition
+        criteria = {}
+        for c in d.criteria:
+            analytes = tuple((a.name, trial.library.get(a.codes)) for a in getattr(c.rule, "analytes", ()))
+            criteria[c.id] = CriterionInfo(title=c.title, card_note=c.card_note, analytes=analytes)
+        return cls(nct_id=d.nct_id, short_title=d.short_title, title=d.title, study_url=d.study_url,
+                   definition_version=d.definition_version, criteria=criteria)
+
+    def text_vars(self) -> dict[str, str]:
+        return {"nct_id": self.nct_id, "short_title": self.short_title, "title": self.title,
+                "study_url": self.study_url}
+
+
+def criterion_title(info: TrialInfo, c: CriterionResult) -> str:
+    ci = info.criteria.get(c.id)
+    return c.title or (ci.title if ci is not None else None) or c.id
+
+
+def distinct(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(v for v in values if v))
+
+
+# Converted values, ULNs and ratios are parts of lab judgements shared between calls (rules/labs.py):
+# their text (computed values: engine/model.py shown_number) is kept by the Decimal's identity (an entry
+# holds it, so the id is not reused meanwhile).
+_SHOWN: dict[int, tuple[Decimal, str]] = {}
+
+
+def shown_value(value: Decimal) -> str:
+    kept = _SHOWN.get(id(value))
+    if kept is not None and kept[0] is value:
+        return kept[1]
+    text = shown_number(value)
+    if len(_SHOWN) >= TEXT_MEMO_SIZE:
+        _SHOWN.clear()
+    _SHOWN[id(value)] = (value, text)
+    return text
+
+
+def evidence_view(e: Evidence, ci: CriterionInfo | None, several: bool, result: Result) -> dict[str, Any]:
+    """One decisive piece of evidence: as recorded, plus the converted value only
+    when it differs from what was recorded (number or unit), and `line`: the
+    evidence as one Markdown-safe line (what was found, value as recorded,
+    converted value, ULN · day · source). The line names the analyte when the
+    criterion shows `several` pieces; else the display when that is short, or when
+    there is no value and the criterion is not met. Built here, not in the
+    template, because it runs for every evidence of every card (speed)."""
+    label = ci.analyte_label(e.code) if ci is not None else None
+    display, unit = e.display, e.unit
+    value = shown_recorded(e.value)  # numbers at the precision recorded (engine/model.py)
+    if label is None and value in (None, ""):
+        label = display  # a diagnosis or allergy: what was found is the evidence
+    converted = None
+    if e.converted is not None and differs(e.value, unit, e.converted):
+        converted = {"value": shown_value(e.converted.value), "unit": e.converted.unit}
+    uln = None
+    if e.uln is not None:
+        uln = {"value": shown_value(e.uln.value), "unit": e.uln.unit, "assumed": e.uln.assumed}
+    date = e.date[:10] if e.date else None
+
+    if several and label:
+        name = label
+    elif display and (len(display) <= 32 or (not value and result is not Result.PASS)):
+        name = display
+    else:
+        name = ""
+    comparator = e.comparator or ""  # "<0.2 mg/dL": the comparator stays with the value, converted too
+    measured = f"{comparator}{value}{' ' + unit_display(unit) if unit else ''}" if value else ""
+    shown = f"(= {comparator}{converted['value']} {unit_display(converted['unit'])})" if converted else ""
+    what = " ".join(filter(None, (name, measured, shown)))  # the parts that say something
+    if uln:
+        limit = f"ULN {uln['value']} {unit_display(uln['unit'])}" + (" (assumed)" if uln["assumed"] else "")
+        what = ", ".join(filter(None, (what, limit)))
+    return {
+        "reference": e.reference,
+        "label": label,
+        "display": display,
+        "comparator": e.comparator,
+        "value": value,
+        "unit": unit,
+        "converted": converted,
+        "uln": uln,
+        "ratio_to_uln": shown_value(e.ratio_to_uln) if e.ratio_to_uln is not None else None,
+        "date": date,
+        "note": e.note,
+        "line": " · ".join(map(md_escape, filter(None, (what, date, e.reference)))),
+    }
+
+
+def differs(value: str | None, unit: str | None, converted: Measured) -> bool:
+    # Compared as shown: "IU/L" and "[IU]/L", "10^9/L" and "10*9/L" read the same on the card.
+    if unit_display(unit or "") != unit_display(converted.unit):
+        return True
+    try:
+        return value is None or Decimal(value) != converted.value
+    except (InvalidOperation, ValueError):
+        return True
