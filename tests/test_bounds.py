@@ -33,7 +33,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from jwt.algorithms import ECAlgorithm
 
-from cds_service.fhir.client import CACHE_ENTRY_OVERHEAD, FhirBadResponse, FhirClient, FhirOutOfTime, ResponseCache
+from cds_service.fhir.cache import CACHE_ENTRY_OVERHEAD, ResponseCache
+from cds_service.fhir.client import FhirClient
+from cds_service.fhir.errors import FhirBadResponse, FhirOutOfTime
 from cds_service.fhir.queries import Read, Search
 from cds_service.fhir.transport import WATCHDOG
 from cds_service.hooks import auth as auth_module

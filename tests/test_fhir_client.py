@@ -11,8 +11,8 @@ import pytest
 import requests
 import responses
 
-from cds_service.fhir.client import (DEADLINE, LOOK_BACK, PAGE_LIMIT, FetchResult, FhirAccessDenied, FhirBadResponse,
-                                     FhirClient, FhirNotAllowed, FhirOutOfTime, FhirUnavailable)
+from cds_service.fhir.client import DEADLINE, LOOK_BACK, PAGE_LIMIT, FetchResult, FhirClient
+from cds_service.fhir.errors import FhirAccessDenied, FhirBadResponse, FhirNotAllowed, FhirOutOfTime, FhirUnavailable
 from cds_service.fhir.queries import PATIENT_TOKEN, Read, Search
 
 BASE = "https://ehr.example.org/fhir"

@@ -22,23 +22,23 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import logging
-import re
-import threading
 import time
-import weakref
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import Any, Callable, Iterable, Mapping
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import orjson
 import requests
-from cachetools import TTLCache
 
 from cds_service.engine import is_fhir_id
+from cds_service.fhir.allowlist import is_under, normalise_base, normalise_url
+from cds_service.fhir.cache import CACHE_BYTES, ResponseCache
+from cds_service.fhir.errors import (FhirAccessDenied, FhirBadResponse, FhirError, FhirNotAllowed, FhirOutOfTime,
+                                    FhirUnavailable)
 from cds_service.fhir.queries import Query, Read
 from cds_service.fhir.transport import OutOfTime, TooLarge, bounded_get, bounded_session, read_body
 
@@ -48,73 +48,9 @@ log = logging.getLogger(__name__)
 if logging.getLogger("urllib3.connectionpool").level == logging.NOTSET:
     logging.getLogger("urllib3.connectionpool").setLevel(logging.INFO)
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _BACKOFF_SECONDS = 0.1
 MAX_RESPONSE_BYTES = 20 * 1024 * 1024  # CDS_FHIR_MAX_RESPONSE_BYTES
-CACHE_BYTES = 64 * 1024 * 1024  # CDS_FHIR_CACHE_BYTES
-# What an entry costs besides its body: the key (base, token hash, URL) and the cache's bookkeeping.
-CACHE_ENTRY_OVERHEAD = 1024
-# Characters that parsers disagree about (urlsplit vs urllib3), so a URL holding
-# them could be checked as one host and requested from another.
-_UNSAFE_URL_CHARS = re.compile(r"[\\\s\x00-\x1f\x7f]")
-
-
-class FhirError(Exception):
-    """A query that gave no data. `error_class` says what went wrong in a word the
-    service defines (docs/operations.md): `fhir-<status>` for an HTTP status the
-    service cannot use (fhir-400, fhir-404, fhir-500, fhir-503 ...), `access-denied`
-    (401/403), `timeout`, `too-large`, `not-json`, `operation-outcome` (a 200 holding
-    one), `wrong-type`, `connection`, `request-failed`, `not-allowed`. `reason` is
-    the service's own words ending with the class in brackets: never a server's
-    text, the access token or a URL. `key` is the query key, `status` the HTTP
-    status if any."""
-
-    error_class = "fhir-error"
-
-    def __init__(self, words: str, *, error_class: str | None = None, key: str | None = None,
-                 status: int | None = None) -> None:
-        self.error_class = error_class or type(self).error_class
-        self.reason = f"{words} ({self.error_class})"
-        super().__init__(self.reason)
-        self.key = key
-        self.status = status
-
-    def __str__(self) -> str:
-        return f"{self.key}: {self.reason}" if self.key else self.reason
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(key={self.key!r}, error_class={self.error_class!r}, "
-                f"status={self.status!r})")
-
-
-class FhirNotAllowed(FhirError):
-    """The server (or a next-page link) is not on the allowlist; no request was made."""
-
-    error_class = "not-allowed"
-
-
-class FhirAccessDenied(FhirError):
-    """401 or 403."""
-
-    error_class = "access-denied"
-
-
-class FhirUnavailable(FhirError):
-    """Timeout, connection failure, 5xx or 429 after retries, or the deadline passed."""
-
-    error_class = "connection"
-
-
-class FhirOutOfTime(FhirUnavailable):
-    """The deadline passed, or waiting for a retry would pass it."""
-
-    error_class = "timeout"
-
-
-class FhirBadResponse(FhirError):
-    """An answer the service cannot use: too large, not JSON, wrong resource type,
-    OperationOutcome, or a 4xx other than 401/403 (and 404/410 on a read)."""
 
 
 # Why paging stopped before the last page (FetchResult.cut).
@@ -167,119 +103,11 @@ class _Call:
     read_so_far: list[dict[str, Any]] | None = field(default=None, repr=False)
 
 
-def _normalise_url(url: str) -> str | None:
-    """`scheme://host[:port]/path[?query]` with scheme and host lower-cased, the
-    default port and any fragment dropped; None for anything but a plain
-    http(s) URL (userinfo, dot segments and ambiguous characters refused)."""
-    if not isinstance(url, str) or _UNSAFE_URL_CHARS.search(url):
-        return None
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    host = parts.hostname
-    if scheme not in _DEFAULT_PORTS or not host or parts.username is not None or parts.password is not None:
-        return None
-    # A server resolves "..": /fhir/../admin would pass a prefix check on /fhir.
-    if any(segment in (".", "..") for segment in unquote(parts.path).split("/")):
-        return None
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
-    query = f"?{parts.query}" if parts.query else ""
-    return f"{scheme}://{netloc}{parts.path}{query}"
-
-
-def _normalise_base(url: str) -> str | None:
-    normal = _normalise_url(url)
-    if normal is None or "?" in normal:
-        return None
-    return normal.rstrip("/")
-
-
-def _is_under(url: str, base: str) -> bool:
-    return url == base or url.startswith(base + "/") or url.startswith(base + "?")
-
-
 def new_session(max_workers: int) -> requests.Session:
     """A requests session for `max_workers` threads at a time: keeps no cookie (it is
     shared across patients and users, and a server's cookie must not ride along on
     someone else's requests), and its requests are bounded in total (transport.py)."""
     return bounded_session(max_workers * 2)
-
-
-class ResponseCache:
-    """FHIR answers (their bytes) by (base, token hash, URL), each kept `ttl` seconds,
-    bounded in bytes: an entry counts its body plus CACHE_ENTRY_OVERHEAD, and an answer
-    larger than the whole bound is not kept. Expired entries are dropped on every write
-    and by a sweep every `ttl` seconds (a daemon thread holding the cache weakly), not
-    only when next read: patient data is not held long after its time. `timer` is the
-    TTL's clock (time.monotonic; tests pass a fake one); `sweep_every` overrides the
-    sweep's interval."""
-
-    def __init__(self, max_bytes: int, ttl: float, *, timer: Callable[[], float] = time.monotonic,
-                 sweep_every: float | None = None) -> None:
-        self.max_bytes = max_bytes
-        self.ttl = ttl
-        self._cache: TTLCache[tuple[str, str, str], bytes] = TTLCache(
-            maxsize=max_bytes, ttl=ttl, timer=timer, getsizeof=lambda body: len(body) + CACHE_ENTRY_OVERHEAD)
-        self._lock = threading.Lock()
-        self._sweep_every = sweep_every if sweep_every is not None else max(ttl, 1.0)
-        self._stop = threading.Event()
-        self._sweeper: threading.Thread | None = None
-
-    def get(self, key: tuple[str, str, str]) -> bytes | None:
-        with self._lock:
-            return self._cache.get(key)
-
-    def put(self, key: tuple[str, str, str], body: bytes) -> None:
-        if self.ttl <= 0 or len(body) + CACHE_ENTRY_OVERHEAD > self.max_bytes:
-            return
-        with self._lock:
-            self._cache.expire()
-            self._cache[key] = body
-            if self._sweeper is None:
-                self._sweeper = threading.Thread(target=_sweep, args=(weakref.ref(self), self._sweep_every,
-                                                                       self._stop),
-                                                 name="fhir-cache-sweep", daemon=True)
-                self._sweeper.start()
-
-    def expire(self) -> None:
-        with self._lock:
-            self._cache.expire()
-
-    def close(self) -> None:
-        self._stop.set()
-        with self._lock:
-            self._cache.clear()
-
-    @property
-    def bytes(self) -> int:
-        """What the entries count for, overhead included (never above max_bytes)."""
-        with self._lock:
-            return int(self._cache.currsize)
-
-    def keys(self) -> list[tuple[str, str, str]]:
-        with self._lock:
-            return list(self._cache.keys())
-
-    def __iter__(self):
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._cache)
-
-
-def _sweep(cache_ref: "weakref.ref[ResponseCache]", every: float, stop: threading.Event) -> None:
-    while not stop.wait(every):
-        cache = cache_ref()
-        if cache is None:  # the client is gone
-            return
-        cache.expire()
-        del cache
 
 
 class FhirClient:
@@ -305,14 +133,14 @@ class FhirClient:
 
     @staticmethod
     def _allowed_entry(server: str) -> str:
-        base = _normalise_base(server.strip())
+        base = normalise_base(server.strip())
         if base is None:
             raise ValueError("an allowed FHIR server is not a plain http(s) base URL")
         return base
 
     def is_allowed(self, url: str) -> bool:
-        normal = _normalise_url(url)
-        return normal is not None and any(_is_under(normal, base) for base in self._allowed)
+        normal = normalise_url(url)
+        return normal is not None and any(is_under(normal, base) for base in self._allowed)
 
     def fetch(self, base: str, token: str | None, queries: Mapping[str, Query], patient_id: str,
               deadline: float, *, no_cache: bool = False, enough: Mapping[str, Enough] | None = None
@@ -368,8 +196,8 @@ class FhirClient:
             self._session.close()
 
     def _call_base(self, base: str) -> str | None:
-        normal = _normalise_base(base) if isinstance(base, str) else None
-        if normal is None or not any(_is_under(normal, allowed) for allowed in self._allowed):
+        normal = normalise_base(base) if isinstance(base, str) else None
+        if normal is None or not any(is_under(normal, allowed) for allowed in self._allowed):
             host = urlsplit(normal).hostname if normal else "invalid URL"
             log.warning("FHIR server not on the allowlist: %r", host)
             return None
@@ -437,8 +265,8 @@ class FhirClient:
                     enough: Enough | None) -> None:
         next_url = self._resolve_link(call, next_href)
         # The self link re-runs the search if HAPI has expired the paged results.
-        restart_url = _normalise_url(urljoin(call.base + "/", self_href)) if self_href else None
-        if restart_url is not None and not _is_under(restart_url, call.base):
+        restart_url = normalise_url(urljoin(call.base + "/", self_href)) if self_href else None
+        if restart_url is not None and not is_under(restart_url, call.base):
             restart_url = None
         result.resources, result.cut = self._pages(call, next_url, restart_url=restart_url, first_page_held=True,
                                                    enough=enough)
@@ -515,8 +343,8 @@ class FhirClient:
     def _resolve_link(self, call: _Call, href: str) -> str:
         # A next link must stay on the server the token was issued for, not just
         # on the allowlist: the token goes with it.
-        url = _normalise_url(urljoin(call.base + "/", href))
-        if url is None or not _is_under(url, call.base):
+        url = normalise_url(urljoin(call.base + "/", href))
+        if url is None or not is_under(url, call.base):
             raise FhirNotAllowed("next-page link leaves the allowed FHIR server")
         return url
 

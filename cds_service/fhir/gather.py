@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .bundles import reference_key
-from .client import LOOK_BACK, Enough, FetchResult, FhirBadResponse, FhirClient, FhirError, FhirNotAllowed
+from .client import LOOK_BACK, Enough, FetchResult, FhirClient
+from .errors import FhirBadResponse, FhirError, FhirNotAllowed
 from .queries import Read, Search
 from .scopes import can_read
 

@@ -37,7 +37,8 @@ import requests
 from cachetools import TTLCache
 
 from ..engine import CodeSet, PatientRecord, Trial, codeset_fields, memo_coding_key
-from .client import _normalise_base, new_session
+from .allowlist import normalise_base
+from .client import new_session
 from .transport import OutOfTime, TooLarge, bounded_get, read_body
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ _SITE_FIELDS = frozenset({"bodySiteCodes"})
 def normalise_server(url: str) -> str | None:
     """The server's base URL as it will be called (`scheme://host[:port]/path`, no
     trailing slash), or None for anything but a plain http(s) base URL."""
-    return _normalise_base(url.strip()) if isinstance(url, str) else None
+    return normalise_base(url.strip()) if isinstance(url, str) else None
 
 
 @dataclass(frozen=True)
