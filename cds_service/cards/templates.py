@@ -11,7 +11,6 @@ import jinja2
 import jinja2.meta
 
 
-
 SUMMARY_TEMPLATE = "summary.txt.j2"
 DETAIL_TEMPLATE = "detail.md.j2"
 TEXT_FILE = "text.yaml"

@@ -8,8 +8,6 @@ import re
 from typing import Any
 
 
-
-
 SUMMARY_LIMIT = 140  # CDS Hooks: "<140-character summary"
 MD_MEMO_SIZE = 8192  # escaped texts kept
 RAW_HTML = re.compile(r"<[A-Za-z/!?]")

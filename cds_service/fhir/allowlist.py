@@ -7,9 +7,6 @@ import re
 from urllib.parse import unquote, urlsplit
 
 
-
-
-
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 

@@ -10,8 +10,6 @@ from typing import Callable
 from cachetools import TTLCache
 
 
-
-
 CACHE_BYTES = 64 * 1024 * 1024  # CDS_FHIR_CACHE_BYTES
 
 

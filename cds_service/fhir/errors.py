@@ -4,10 +4,6 @@ error class (fhir-400, timeout, too-large ...), never the server's text, the tok
 from __future__ import annotations
 
 
-
-
-
-
 class FhirError(Exception):
     """A query that gave no data. `error_class` says what went wrong in a word the
     service defines (docs/operations.md): `fhir-<status>` for an HTTP status the
