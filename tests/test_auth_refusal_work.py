@@ -10,7 +10,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cds_service.hooks import auth
+from cds_service.hooks.auth import keys, verify
 from cds_service.hooks.auth import AuthError, Authenticator, TrustConfig, TrustedClient
 from cds_service.hooks.replay import SqliteJtiStore
 
@@ -58,7 +58,7 @@ def counted(monkeypatch):
         return decode(*args, **kwargs)
 
     monkeypatch.setattr(Authenticator, "_verification_key", staticmethod(counting_key))
-    monkeypatch.setattr(auth.jwt, "decode", counting_decode)
+    monkeypatch.setattr(verify.jwt, "decode", counting_decode)
     return calls
 
 
@@ -82,9 +82,9 @@ def test_a_good_token_does_the_same_work_once(authenticator, counted):
 
 
 def test_the_decoy_key_verifies_nothing_and_is_made_once_per_algorithm(authenticator):
-    decoy = auth._decoy_jwk("ES384")
-    assert decoy is auth._decoy_jwk("ES384") and decoy["crv"] == "P-384" and "d" not in decoy
-    assert auth._decoy_jwk("RS384")["kty"] == "RSA"  # made when the authenticator was (its algorithms)
+    decoy = keys.decoy_jwk("ES384")
+    assert decoy is keys.decoy_jwk("ES384") and decoy["crv"] == "P-384" and "d" not in decoy
+    assert keys.decoy_jwk("RS384")["kty"] == "RSA"  # made when the authenticator was (its algorithms)
     key = Authenticator._verification_key(decoy, "ES384")
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(token(), key.key, algorithms=["ES384"], audience=BASE + PATH)

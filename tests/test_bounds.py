@@ -38,7 +38,7 @@ from cds_service.fhir.client import FhirClient
 from cds_service.fhir.errors import FhirBadResponse, FhirOutOfTime
 from cds_service.fhir.queries import Read, Search
 from cds_service.fhir.transport import WATCHDOG
-from cds_service.hooks import auth as auth_module
+from cds_service.hooks.auth import keys as jwks_module
 from cds_service.hooks.auth import AuthError, Authenticator
 from cds_service.hooks.replay import SqliteJtiStore
 from hookdata import demo, without
@@ -411,7 +411,7 @@ def _tls_for_loopback(tmp_path):
 
 
 def test_a_trickling_jku_is_cut_off_at_jwks_timeout(tmp_path, servers, monkeypatch):
-    monkeypatch.setattr(auth_module, "JWKS_TIMEOUT", 1.0)
+    monkeypatch.setattr(jwks_module, "JWKS_TIMEOUT", 1.0)
     context, cert_file = _tls_for_loopback(tmp_path)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert_file))  # the test's own CA, for this test only
     signing = ec.generate_private_key(ec.SECP384R1())
