@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cds_service.demo import hook_request  # noqa: E402
-from cds_service.engine.record import _validate_serialized  # noqa: E402
+from cds_service.engine.validation import validate_serialized  # noqa: E402
 from cds_service.engine.rules.readers import sorted_newest_first
 from cds_service.fhir.needs import DataNeed  # noqa: E402
 from cds_service.hooks.app import create_app  # noqa: E402
@@ -176,7 +176,7 @@ def bench_prefetch(calls: int, tmp: Path) -> None:
             after.append(timed_parse(body))
         first = len(store.hook_calls())
         for _ in range(calls):  # first sight of this chart: nothing validated yet
-            _validate_serialized.cache_clear()
+            validate_serialized.cache_clear()
             client.post(SERVICE, data=body, content_type="application/json", buffered=True)
         cold = [row["latency_ms"] for row in store.hook_calls()[first:]]
         p50, p50_in, p50_after, p50_warm = (statistics.median(v) for v in (served, in_request, after, warm))

@@ -116,13 +116,13 @@ def test_a_key_missing_an_object_would_be_caught(nct06462092, monkeypatch, drop)
 
 def test_validations_are_counted_across_a_cleared_memo():
     # The worker's freezer (hooks/server.py) acts on this count; cache_info() would restart at a clear.
-    from cds_service.engine.record import _validate_serialized, validations_done
+    from cds_service.engine.validation import validate_serialized, validations_done
     from fhirbuild import lab
 
     raw = lab("751-8", 2.4, "10*3/uL", "2026-06-10T08:00:00Z", id="counted-once")
     before = validations_done()
     PatientRecord([raw]).model(raw)
-    _validate_serialized.cache_clear()
+    validate_serialized.cache_clear()
     PatientRecord([raw]).model(raw)
     PatientRecord([raw]).model(raw)  # a hit: not counted
     assert validations_done() == before + 2

@@ -232,7 +232,7 @@ def test_each_worker_freezes_start_up_and_the_models_it_validates(tmp_path):
     import gc
 
     from cds_service.engine import PatientRecord
-    from cds_service.engine.record import validations_done
+    from cds_service.engine.validation import validations_done
     from cds_service.hooks.config import Settings
     from cds_service.hooks.server import _Gunicorn
 

@@ -10,7 +10,8 @@ from .evaluate import Trial, evaluate
 from .model import (CriterionResult, Evidence, Measured, Order, Result, Role, Status, TrialEvaluation, UpperLimit, Why,
                     shown_number, shown_recorded, shown_text)
 from .quantities import UnitBridge, UnitTable, is_ucum
-from .record import FHIR_ID, Cut, PatientRecord, error_message, is_fhir_id, type_and_id, validations_done
+from .record import Cut, PatientRecord, type_and_id
+from .validation import FHIR_ID, error_message, is_fhir_id, validations_done
 from .rules.base import CodeLibrary, codeset_fields
 from .rules.readers import instant_rank, newest_first, raw_observation_rank, sorted_newest_first
 

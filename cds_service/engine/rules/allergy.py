@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..model import Evidence, Result, Role, Why
-from ..record import InvalidResource
+from ..validation import InvalidResource
 from .base import (ACTIVE_CLINICAL, EXCLUDED, Context, Outcome, RuleModel, clinical_status, coding_text, concept_label,
                    matching_coding, verification)
 from .mentions import TextMentions, named_by_text, recorded_with

@@ -17,7 +17,8 @@ from ..dates import FhirDate, age_range, age_range_at_death, parse_fhir_date
 from ..memo import remembered_by_identity
 from ..model import Evidence, Result, Why
 from ..quantities import UnitTable
-from ..record import InvalidResource, PatientRecord
+from ..record import PatientRecord
+from ..validation import InvalidResource
 
 
 class RuleModel(BaseModel):

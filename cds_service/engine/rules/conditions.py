@@ -11,7 +11,7 @@ from pydantic import Field
 
 from ..codes import CodeSet
 from ..model import Evidence, Result, Role, Why
-from ..record import InvalidResource
+from ..validation import InvalidResource
 from .base import (ACTIVE_CLINICAL, CONFIRMED, EXCLUDED, UNCONFIRMED, Context, Outcome, RuleModel, clinical_status,
                    coding_text, concept_in, concept_label, condition_date, matching_coding, verification)
 from .mentions import TextMentions, concept_coding_keys, mention_reason, named_by_text, recorded_with, unread_mentions

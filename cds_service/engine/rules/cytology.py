@@ -29,7 +29,7 @@ from pydantic import Field
 
 from ..codes import CodeSet
 from ..model import Evidence, Role
-from ..record import InvalidResource
+from ..validation import InvalidResource
 from .base import (NEGATIVE, POSITIVE, Context, RuleModel, coding_text, concept_in, matching_coding, observation_date,
                    qualitative_word)
 from .readers import Reading, invalid_evidence, read_hit

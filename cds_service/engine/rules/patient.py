@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from ..dates import parse_fhir_date
 from ..model import Evidence, Result, Role, Why
-from ..record import InvalidResource
+from ..validation import InvalidResource
 from .base import Age, Context, Outcome, RuleModel
 
 

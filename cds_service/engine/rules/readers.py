@@ -13,7 +13,7 @@ from ..codes import CodeSet
 from ..dates import FhirDate, parse_fhir_date
 from ..memo import remembered_by_identity
 from ..model import Evidence, Role
-from ..record import InvalidResource
+from ..validation import InvalidResource
 from .base import VALID_OBSERVATION_STATUSES, Context, coding_text, concept_label, matching_coding, observation_date
 
 
@@ -105,7 +105,7 @@ def _date_type(element: str) -> Any:
     if adapter is None:
         from pydantic import TypeAdapter
 
-        from ..record import model_class
+        from ..validation import model_class
 
         if element in ("start", "end"):
             from fhir.resources.R4B.period import Period as owner
