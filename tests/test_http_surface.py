@@ -19,17 +19,12 @@ from pathlib import Path
 import pytest
 
 from hookdata import demo
+from netutil import free_port, dechunk
 
 EXE = Path(sys.executable).parent / "cds-service"
 SERVICE = "/cds-services/trial-eligibility"
 LIMIT = 65536  # CDS_MAX_REQUEST_BYTES of the server below; the demo request is ~31 kB
 PHI = "Ada%20Testpatient"  # what a careless client could put in a query string or a request line
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +79,7 @@ def exchange(server, data: bytes) -> tuple[int, dict[str, str], bytes]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     if headers.get("transfer-encoding") == "chunked":
-        out, rest = b"", body
-        while rest:
-            size_line, _, rest = rest.partition(b"\r\n")
-            size = int(size_line, 16)
-            if size == 0:
-                break
-            out, rest = out + rest[:size], rest[size + 2:]
-        body = out
+        body = dechunk(body)
     return int(lines[0].split()[1]), headers, body
 
 

@@ -11,12 +11,7 @@ import time
 import pytest
 
 from cds_service.hooks.replay import RedisJtiStore, SqliteJtiStore, jti_store_for
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from netutil import free_port
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +21,7 @@ def redis_url(tmp_path_factory):
         if os.environ.get("CI") == "true":
             pytest.fail("redis-server is missing; .ci/run installs it")
         pytest.skip("redis-server not installed (apt-get install redis-server)")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -34,6 +34,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cds_service.hooks.config import Settings
+from netutil import free_port, dechunk
 
 ROOT = Path(__file__).parents[1]
 EXE = Path(sys.executable).parent / "cds-service"
@@ -67,12 +68,6 @@ def test_without_nginx_these_tests_skip_locally_and_fail_under_ci(monkeypatch):
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match=r"\.ci/run installs it"):
         _nginx()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def token(aud: str) -> str:
@@ -127,14 +122,7 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, list[str]], bytes
         name, _, value = line.partition(":")
         headers.setdefault(name.strip().lower(), []).append(value.strip())
     if "chunked" in ",".join(headers.get("transfer-encoding", [])):
-        out = b""
-        while body:
-            size_line, _, body = body.partition(b"\r\n")
-            size = int(size_line, 16)
-            if size == 0:
-                break
-            out, body = out + body[:size], body[size + 2:]
-        body = out
+        body = dechunk(body)
     return int(lines[0].split()[1]), headers, body
 
 

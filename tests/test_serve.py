@@ -17,15 +17,10 @@ from pathlib import Path
 import pytest
 
 from cds_service.demo import DEMO_PATIENTS, RECORDED_AS_OF, hook_request
+from netutil import free_port, dechunk
 
 DEMO_DIR = Path(__file__).parents[1] / "cds_service" / "demo" / "hook-requests"
 EXE = Path(sys.executable).parent / "cds-service"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(method, url, body=None):
@@ -91,14 +86,7 @@ def _raw_post(base: str, head: str, pieces: list[bytes], pause: float = 0.0) -> 
             response += chunk
     header, _, body = response.partition(b"\r\n\r\n")
     if b"transfer-encoding: chunked" in header.lower():  # de-chunk the answer
-        out, rest = b"", body
-        while rest:
-            size_line, _, rest = rest.partition(b"\r\n")
-            size = int(size_line, 16)
-            if size == 0:
-                break
-            out, rest = out + rest[:size], rest[size + 2:]
-        body = out
+        body = dechunk(body)
     return int(header.split()[1]), json.loads(body)
 
 
