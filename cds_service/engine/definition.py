@@ -14,10 +14,10 @@ from pydantic import Field, model_validator
 from .model import Order
 from .rules.allergy import AllergyRule
 from .rules.base import RuleModel
-from .rules.mentions import TextMentions
 from .rules.conditions import ConditionAbsentRule, ConditionPresentRule
 from .rules.her2 import Her2Rule
 from .rules.labs import LabRule
+from .rules.mentions import TextMentions
 from .rules.patient import AgeRule, AliveRule, ReviewRule
 from .rules.pregnancy import PregnancyRule
 
@@ -78,14 +78,8 @@ class TrialDefinition(RuleModel):
 
     def result_mentions(self) -> list[TextMentions]:
         """The names criteria look for among results no code set recognises (a lab's
-        local code): the lab analytes' and HER2's mentions."""
-        found = []
-        for c in self.criteria:
-            if isinstance(c.rule, LabRule):
-                found += [a.mentions for a in c.rule.analytes if a.mentions is not None]
-            elif isinstance(c.rule, Her2Rule) and c.rule.mentions is not None:
-                found.append(c.rule.mentions)
-        return found
+        local code), as each rule kind declares them (RuleModel.result_mentions)."""
+        return [m for c in self.criteria for m in c.rule.result_mentions()]
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrialDefinition":

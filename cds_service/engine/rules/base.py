@@ -42,6 +42,11 @@ class RuleModel(BaseModel):
         the code sets that select its resources (an empty list: all of that type)."""
         return {}
 
+    def result_mentions(self) -> list[Any]:
+        """The names (TextMentions) the rule looks for among Observations coded in no set
+        of the trial (mentions.unrecognised_results): none unless a kind reads them."""
+        return []
+
     def codeset_names(self) -> Iterable[str]:
         """Every code-set name the rule refers to. By convention these are the
         fields named `codes` or ending in `Codes` (lists of names), at any depth."""

@@ -62,6 +62,9 @@ class Her2Rule(RuleModel):
     # code): one on or after the latest assessment's day, or the only one, makes the status unknown.
     mentions: TextMentions | None = None
 
+    def result_mentions(self) -> list[TextMentions]:
+        return [self.mentions] if self.mentions is not None else []
+
     def reads(self) -> dict[str, list[str]]:
         return {"Observation": self.ihc_codes + self.interpretation_codes + self.ish_codes + self.ish_numeric_codes,
                 "Condition": self.negative_condition_codes + self.positive_condition_codes}

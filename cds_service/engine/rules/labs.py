@@ -71,6 +71,9 @@ class LabRule(RuleModel):
     def reads(self) -> dict[str, list[str]]:
         return {"Observation": [n for a in self.analytes for n in a.codes]}
 
+    def result_mentions(self) -> list[TextMentions]:
+        return [a.mentions for a in self.analytes if a.mentions is not None]
+
     def units_used(self) -> list[str]:
         out = []
         for a in self.analytes:
