@@ -41,6 +41,19 @@ class TextMentions(RuleModel):
                 raise ValueError(f"pattern {p!r}: {exc}") from None
         return self
 
+    @functools.cached_property
+    def names(self) -> Callable[[str], bool]:
+        """Whether a text names the concept: a pattern matches and no except pattern does.
+        Answers remembered (bounded): the same displays ("Glucose", "HGB") come on every chart."""
+        pattern, unless = _compiled(tuple(self.patterns)), _compiled(tuple(self.except_patterns))
+        assert pattern is not None  # patterns has at least one
+
+        @functools.lru_cache(maxsize=4096)
+        def names(text: str) -> bool:
+            return pattern.search(text) is not None and not (unless is not None and unless.search(text))
+
+        return names
+
 
 @functools.lru_cache(maxsize=256)
 def _compiled(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
@@ -83,38 +96,13 @@ def concept_texts(concept: Any) -> tuple[str, ...]:
     return tuple(texts)
 
 
-# What each TextMentions says of a text, remembered: the same displays ("Glucose", "HGB") come on
-# every chart. By the mentions' identity (they live as long as their trial), bounded per mentions.
-_NAMES: dict[int, tuple[TextMentions, dict[str, bool]]] = {}
-NAMES_MEMO_SIZE = 4096
-
-
-def _names_memo(mentions: TextMentions) -> dict[str, bool]:
-    entry = _NAMES.get(id(mentions))
-    if entry is None or entry[0] is not mentions:
-        entry = _NAMES[id(mentions)] = (mentions, {})  # holding it keeps its id from being reused
-    return entry[1]
-
-
-def _names(mentions: TextMentions, text: str, memo: dict[str, bool] | None = None) -> bool:
-    memo = _names_memo(mentions) if memo is None else memo
-    answer = memo.get(text)
-    if answer is None:
-        pattern, unless = _compiled(tuple(mentions.patterns)), _compiled(tuple(mentions.except_patterns))
-        answer = bool(pattern.search(text)) and not (unless is not None and unless.search(text))
-        if len(memo) >= NAMES_MEMO_SIZE:
-            memo.clear()
-        memo[text] = answer
-    return answer
-
-
 def named_by_text(concept: Any, mentions: TextMentions, read: CodeSet | None,
                   known: CodeSet | None) -> tuple[str, list[tuple[str, str]], Why] | None:
     """(the text, the coding keys, UNRECOGNISED_CODE or TEXT_ONLY) when a raw
     CodeableConcept has no coding in `read` nor in `known`, and a text or coding
     display that names the concept; None otherwise."""
-    memo = _names_memo(mentions)
-    named = next((text for text in concept_texts(concept) if _names(mentions, text, memo)), None)
+    names = mentions.names
+    named = next((text for text in concept_texts(concept) if names(text)), None)
     if named is None:
         return None
     keys = concept_coding_keys(concept)
@@ -199,15 +187,34 @@ def named_unrecognised_results(ctx: "Context") -> list[dict[str, Any]]:
         # This runs on every result no set recognises: every result of an EHR that ignores the
         # search's code filter. So the chart's distinct texts are gathered first, in comprehensions,
         # and read once each; only when one of them is named are the results that carry it found.
-        concepts = [c for c in (raw.get("code") for raw in candidates) if type(c) is dict]  # noqa: E721
-        texts = {c.get("text") for c in concepts}
-        texts.update(coding.get("display") for c in concepts if type(codings := c.get("coding")) is list  # noqa: E721
-                     for coding in codings if type(coding) is dict)  # noqa: E721
-        named = {text for text in texts if type(text) is str and names(text)}  # noqa: E721
+        named = {text for text in _distinct_texts(candidates) if type(text) is str and names(text)}  # noqa: E721
         found = [raw for raw in candidates if named and _carries(raw.get("code"), named)]
     found = [raw for raw in found if raw.get("status") in VALID_OBSERVATION_STATUSES]
     ctx.memo["named-unrecognised-results"] = found
     return found
+
+
+def _distinct_texts(resources: list[dict[str, Any]]) -> set[Any]:
+    """The texts and coding displays of the resources' codes (not all of them strings).
+    Read by subscript in try blocks: free when nothing is raised, which is the usual shape."""
+    texts: set[Any] = set()
+    add = texts.add
+    for raw in resources:
+        try:
+            concept = raw["code"]
+            add(concept["text"])
+        except (KeyError, TypeError, IndexError):  # no code, no text, or not a CodeableConcept
+            concept = raw.get("code")
+            if type(concept) is not dict:  # noqa: E721
+                continue
+        codings = concept.get("coding")
+        if type(codings) is list:  # noqa: E721
+            for coding in codings:
+                try:
+                    add(coding["display"])
+                except (KeyError, TypeError, IndexError):  # no display, or not a Coding
+                    pass
+    return texts
 
 
 def _carries(concept: Any, texts: set[str]) -> bool:
@@ -267,14 +274,8 @@ def any_of_names(mentions: Iterable[TextMentions]) -> Callable[[str], bool] | No
 
 
 def names_any(mentions: TextMentions, texts: tuple[str, ...]) -> bool:
-    """Whether one of `texts` names what `mentions` names (remembered by the texts
-    together, and by each text)."""
-    memo = _names_memo(mentions)
-    answer = memo.get(texts)  # type: ignore[call-overload] - the memo holds tuples of texts too
-    if answer is None:
-        answer = any(_names(mentions, text, memo) for text in texts)
-        memo[texts] = answer  # type: ignore[index]
-    return answer
+    """Whether one of `texts` names what `mentions` names."""
+    return any(map(mentions.names, texts))
 
 
 def mention_reason(mention: tuple[Evidence, Why], what: str) -> str:
