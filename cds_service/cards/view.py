@@ -64,7 +64,7 @@ class TrialInfo:
         d = trial.definition
         criteria = {}
         for c in d.criteria:
-            analytes = tuple((a.name, trial.library.get(a.codes)) for a in getattr(c.rule, "analytes", ()))
+            analytes = tuple((name, trial.library.get(codes)) for name, codes in c.rule.evidence_labels())
             criteria[c.id] = CriterionInfo(title=c.title, card_note=c.card_note, analytes=analytes)
         return cls(nct_id=d.nct_id, short_title=d.short_title, title=d.title, study_url=d.study_url,
                    definition_version=d.definition_version, criteria=criteria)

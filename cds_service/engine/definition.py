@@ -1,38 +1,28 @@
 """A trial definition: what a trial file holds, validated.
 
-The file format is documented in the README ("Trial definition files"). Rule
-kinds live in `rules/`; adding a trial that uses existing kinds is writing a
-file, not code.
+The file format is documented in docs/trial-format.md. Rule kinds live in
+`rules/`, one module each, registered by being defined (rules/base.py
+RULE_KIND_MODELS); adding a trial that uses existing kinds is writing a file,
+not code, and adding a kind is adding its module.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union, get_args
+from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
 from .model import Order
-from .rules.allergy import AllergyRule
-from .rules.base import RuleModel
-from .rules.conditions import ConditionAbsentRule, ConditionPresentRule
-from .rules.her2 import Her2Rule
-from .rules.labs import LabRule
+from .rules import RULE_KIND_MODELS  # importing the package registers every kind
+from .rules.base import DefinitionModel
 from .rules.mentions import TextMentions
-from .rules.patient import AgeRule, AliveRule, ReviewRule
-from .rules.pregnancy import PregnancyRule
 
-Rule = Annotated[
-    Union[AliveRule, AgeRule, ReviewRule, ConditionPresentRule, ConditionAbsentRule, Her2Rule, LabRule,
-          AllergyRule, PregnancyRule],
-    Field(discriminator="type"),
-]
-
-_RULE_MODELS = get_args(get_args(Rule)[0])
-# Each kind's name, as the models' `type` literals say it (the one place a kind is named).
-RULE_KINDS = tuple(get_args(model.model_fields["type"].annotation)[0] for model in _RULE_MODELS)
+# A criterion's rule: one of the registered kinds, told apart by its `type`.
+Rule = Annotated[Union[tuple(RULE_KIND_MODELS.values())], Field(discriminator="type")]  # type: ignore[valid-type]
+RULE_KINDS = tuple(RULE_KIND_MODELS)
 
 
-class AppliesTo(RuleModel):
+class AppliesTo(DefinitionModel):
     """Who a criterion concerns. Outside it the result is `not-applicable`; when
     sex or age is unknown the criterion applies (never skipped for lack of data)."""
 
@@ -41,7 +31,7 @@ class AppliesTo(RuleModel):
     max_age: int | None = Field(default=None, ge=0)
 
 
-class OrderDefinition(RuleModel):
+class OrderDefinition(DefinitionModel):
     system: str = Field(min_length=1)
     code: str = Field(min_length=1)
     display: str = Field(min_length=1)
@@ -51,7 +41,7 @@ class OrderDefinition(RuleModel):
         return Order(key=key, system=self.system, code=self.code, display=self.display)
 
 
-class Criterion(RuleModel):
+class Criterion(DefinitionModel):
     id: str = Field(pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")
     kind: Literal["inclusion", "exclusion"]
     title: str = Field(min_length=1)
@@ -62,7 +52,7 @@ class Criterion(RuleModel):
     rule: Rule
 
 
-class TrialDefinition(RuleModel):
+class TrialDefinition(DefinitionModel):
     schema_version: Literal[1]
     nct_id: str = Field(pattern=r"^[A-Z0-9-]+$")
     definition_version: str = Field(min_length=1)
@@ -88,7 +78,7 @@ class TrialDefinition(RuleModel):
             if c.id in seen:
                 raise ValueError(f"criterion id '{c.id}' appears twice")
             seen.add(c.id)
-            order = getattr(c.rule, "order", None)
-            if order is not None and order not in self.orders:
-                raise ValueError(f"criterion '{c.id}': order '{order}' is not defined under orders")
+            for order in c.rule.orders():
+                if order not in self.orders:
+                    raise ValueError(f"criterion '{c.id}': order '{order}' is not defined under orders")
         return self

@@ -123,7 +123,7 @@ def _evaluate_criterion(trial: Trial, criterion: Criterion, ctx: Context) -> Cri
     why = outcome.why if outcome.result is Result.UNKNOWN or outcome.result is Result.REVIEW else None
     if outcome.result is Result.UNKNOWN:
         if outcome.orderable:
-            order_key = outcome.order or getattr(criterion.rule, "order", None)  # only some rule kinds have one
+            order_key = outcome.order or criterion.rule.default_order()
             if order_key:
                 order = trial.definition.orders[order_key].as_order(order_key)
     # Positional (id, kind, result, reason, evidence, why, order, title, not_read): made for every

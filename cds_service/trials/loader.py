@@ -191,13 +191,12 @@ def load_trial(path: Path, codesets: dict[str, CodeSet] | None = None, units: Un
         for name in c.rule.codeset_names():
             if name not in codesets:
                 problems.append(f"{path.name}: criterion '{c.id}': code set '{name}' is not defined")
-        for unit in getattr(c.rule, "units_used", lambda: [])():
+        for unit in c.rule.units_used():
             if not is_ucum(unit):
                 problems.append(f"{path.name}: criterion '{c.id}': '{unit}' is not a UCUM unit")
-        for analyte in getattr(c.rule, "analytes", ()):
-            if analyte.conversions and analyte.conversions not in units.bridges:
-                problems.append(f"{path.name}: criterion '{c.id}': conversions '{analyte.conversions}' is not in "
-                                "the unit table")
+        for bridge in c.rule.unit_bridges():
+            if bridge not in units.bridges:
+                problems.append(f"{path.name}: criterion '{c.id}': conversions '{bridge}' is not in the unit table")
     if problems:
         raise DefinitionError("\n".join(problems))
     return Trial(definition=definition, library=CodeLibrary(codesets), units=units)

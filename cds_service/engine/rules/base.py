@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence, get_args
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -21,11 +21,35 @@ from ..record import PatientRecord
 from ..validation import InvalidResource
 
 
-class RuleModel(BaseModel):
-    """Base of every rule definition read from a trial file (camelCase keys)."""
+# The registry of rule kinds: each kind's name (its model's `type` literal) -> its model. A kind
+# is one module in this package holding a RuleModel with a `type` field; defining the class
+# registers it (rules/__init__.py imports every module), and definition.py's Rule union is
+# built from here. Nothing else names a kind.
+RULE_KIND_MODELS: dict[str, type["RuleModel"]] = {}
+
+
+class DefinitionModel(BaseModel):
+    """Base of everything read from a trial file: camelCase keys, nothing unknown, frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel,
                               populate_by_name=True)
+
+
+class RuleModel(DefinitionModel):
+    """Base of every rule definition and its parts. A model with a `type` field (a one-value
+    Literal) is a rule kind; the methods below are what the layers around the engine ask of
+    every kind (data to fetch, orders, units, labels), so none of them needs to know the kinds."""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        field = cls.model_fields.get("type")
+        if field is None:
+            return  # a part of a rule (an analyte, a scale, text mentions), not a kind
+        (kind,) = get_args(field.annotation)
+        if RULE_KIND_MODELS.get(kind, cls) is not cls:
+            raise TypeError(f"rule kind '{kind}' is defined twice: {RULE_KIND_MODELS[kind].__name__}, {cls.__name__}")
+        RULE_KIND_MODELS[kind] = cls
 
     def latest_within_days(self) -> int | None:
         """For a rule decided by the latest result of each of its tests, within a
@@ -45,6 +69,27 @@ class RuleModel(BaseModel):
     def result_mentions(self) -> list[Any]:
         """The names (TextMentions) the rule looks for among Observations coded in no set
         of the trial (mentions.unrecognised_results): none unless a kind reads them."""
+        return []
+
+    def orders(self) -> list[str]:
+        """Keys of the trial's `orders` this rule may suggest (checked when the trial loads)."""
+        return []
+
+    def default_order(self) -> str | None:
+        """The order an orderable unknown suggests unless the outcome names another (Outcome.order)."""
+        return None
+
+    def units_used(self) -> list[str]:
+        """UCUM units the rule's definition writes (checked when the trial loads)."""
+        return []
+
+    def unit_bridges(self) -> list[str]:
+        """Names of the unit table's conversions the rule uses (checked when the trial loads)."""
+        return []
+
+    def evidence_labels(self) -> list[tuple[str, list[str]]]:
+        """(a short name, code-set names): cards label a piece of evidence coded in one
+        of the sets by that name ("ANC"), where a rule reads several tests."""
         return []
 
     def codeset_names(self) -> Iterable[str]:

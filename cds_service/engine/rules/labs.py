@@ -83,6 +83,18 @@ class LabRule(RuleModel):
                 out.append(a.fallback_uln.unit)
         return out
 
+    def unit_bridges(self) -> list[str]:
+        return [a.conversions for a in self.analytes if a.conversions]
+
+    def orders(self) -> list[str]:
+        return [self.order] if self.order else []
+
+    def default_order(self) -> str | None:
+        return self.order
+
+    def evidence_labels(self) -> list[tuple[str, list[str]]]:
+        return [(a.name, a.codes) for a in self.analytes]
+
     def evaluate(self, ctx: Context) -> Outcome:
         outcomes = [_evaluate_analyte(ctx, a, self.lookback_days) for a in self.analytes]
         evidence = [e for o in outcomes for e in o.evidence]

@@ -77,6 +77,12 @@ class PregnancyRule(RuleModel):
     def units_used(self) -> list[str]:
         return [t.unit for t in self.quantitative_tests]
 
+    def orders(self) -> list[str]:
+        return [self.order] if self.order else []
+
+    def default_order(self) -> str | None:
+        return self.order
+
     def evaluate(self, ctx: Context) -> Outcome:
         pregnant, ignored = find_conditions(ctx, self.pregnancy_condition_codes)
         feeding, more_ignored = find_conditions(ctx, self.breastfeeding_condition_codes,
