@@ -7,20 +7,19 @@ the criterion; all passing passes it; anything else is unknown.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..dates import FhirDate, Recency, days_before, recency
+from ..dates import FhirDate, Recency, recency
 from ..memo import remembered_by_identity
 from ..model import Evidence, Measured, Result, Role, UpperLimit, Why, shown_number
 from ..quantities import NotConvertible, UnitTable
 from .base import Context, Outcome, RuleModel, concept_label, observation_date
-from .mentions import TextMentions, named_unrecognised_results, newest_unrecognised_result, recorded_with
-from .readers import Reading, has_invalid, instant_rank, read_latest_results
+from .mentions import TextMentions, newer_mention, recorded_with
+from .readers import Reading, has_invalid, read_latest_results, unreadable_value
 
 Comparator = Literal["<", "<=", ">", ">="]
 
@@ -55,7 +54,7 @@ class Analyte(RuleModel):
     fail_when: Threshold
     fallback_uln: FallbackUln | None = None
     # The analyte's names, for results whose codes no set of the trial holds (a local lab code
-    # alone): one newer than the deciding result makes the analyte unknown (see _newer_mention).
+    # alone): one newer than the deciding result makes the analyte unknown (see mentions.newer_mention).
     mentions: TextMentions | None = None
 
 
@@ -140,7 +139,7 @@ def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> _An
     outcome = _decide(ctx, analyte, lookback_days, found.readings, found.ignored)
     outcome.not_read = found.not_read
     if analyte.mentions is not None and (outcome.result is not Result.UNKNOWN or outcome.why in _SILENT):
-        newer = _newer_mention(ctx, analyte, outcome.decided_at, lookback_days)
+        newer = newer_mention(ctx, analyte.mentions, outcome.decided_at, lookback_days)
         if newer is not None:
             evidence, why, day = newer
             outcome = _AnalyteOutcome(Result.UNKNOWN, f"{analyte.name}: a {'newer ' if outcome.decided_at else ''}"
@@ -163,41 +162,20 @@ def _demoted(evidence: list[Evidence]) -> list[Evidence]:
 _SILENT = (Why.NO_DATA, Why.STALE)
 
 
-def _newer_mention(ctx: Context, analyte: Analyte, decided_at: FhirDate | None,
-                   lookback_days: int) -> tuple[Evidence, Why, str] | None:
-    """A resulted Observation no code set of the trial recognises, whose text names
-    the analyte, within the look-back and dated after the deciding (or stale latest) result."""
-    # Recorded on an earlier calendar day than this cannot matter: a day before the look-back's
-    # first day, or two before the deciding result's (a later instant may be written on an earlier
-    # day: offsets run from -12 to +14 hours). The exact bounds are checked below. The usual
-    # deciding result is the latest draw, so this keeps only the last days of a chart.
-    if not named_unrecognised_results(ctx):
-        return None  # the usual case: every result is coded in the trial's sets, or names nothing it reads
-    since = ctx.as_of - dt.timedelta(days=lookback_days + 1)
-    if decided_at is not None:
-        since = max(since, days_before(decided_at.first_day, 2))
-    floor = instant_rank(dt.datetime(since.year, since.month, since.day, tzinfo=dt.timezone.utc))
-    if decided_at is not None:
-        floor = max(floor, instant_rank(decided_at.sort_key()))
-    return newest_unrecognised_result(
-        ctx, analyte.mentions, since, floor,
-        lambda date: recency(date, ctx.as_of, lookback_days) is Recency.FRESH)
-
-
 def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[Reading],
             ignored: list[Evidence]) -> _AnalyteOutcome:
     name = analyte.name
     dated: list[_Candidate] = []
     undated: list[_Candidate] = []
     no_value = 0
-    unreadable: list[Reading] = []  # resulted, but what was sent is not a number (see _unreadable_value)
+    unreadable: list[Reading] = []  # resulted, but what was sent is not a number (see readers.unreadable_value)
     for r in readings:
         q, ev = r.source.valueQuantity, r.evidence
         ev.role = Role.IGNORED
         if q is None or q.value is None:
             no_value += 1
             absent = concept_label(r.source.dataAbsentReason)
-            sent = _unreadable_value(r.source)
+            sent = unreadable_value(r.source)
             if sent is not None:
                 ev.value = sent
                 ev.note = "not a numeric value; cannot be read"
@@ -278,24 +256,6 @@ def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[R
         return _AnalyteOutcome(Result.UNKNOWN, f"{name}: results found are not valid FHIR", ignored,
                                Why.INVALID_RESOURCE)
     return _AnalyteOutcome(Result.UNKNOWN, f"{name}: no valid result", ignored, Why.NO_DATA)
-
-
-def _unreadable_value(source: Any) -> str | None:
-    """What a resulted lab sent instead of a number, as text, or None when it sent
-    nothing (no value, or a dataAbsentReason: a known absence, which does not stand in
-    the way of an older result). A numeric-looking string ("8.5") is not read either: a
-    lab interface that sends strings may send "<8.5", "8.5 (H)" or "8,5" as well."""
-    if source.dataAbsentReason is not None:
-        return None
-    for value in (source.valueString, source.valueCodeableConcept, getattr(source, "valueBoolean", None)):
-        if value is None:
-            continue
-        if isinstance(value, str):
-            return value
-        if isinstance(value, bool):
-            return str(value).lower()
-        return concept_label(value) or "a coded value"
-    return "no value"
 
 
 def _note_older(older: list[_Candidate]) -> None:

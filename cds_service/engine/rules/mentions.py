@@ -13,10 +13,10 @@ from typing import Any, Callable, Iterable
 from pydantic import Field, model_validator
 
 from ..codes import CodeSet, memo_coding_key
-from ..dates import FhirDate
+from ..dates import FhirDate, Recency, days_before, recency
 from ..model import Evidence, Role, Why
 from .base import VALID_OBSERVATION_STATUSES, Context, RuleModel
-from .readers import observation_date_of_raw, raw_observation_rank
+from .readers import instant_rank, observation_date_of_raw, raw_observation_rank
 
 
 class TextMentions(RuleModel):
@@ -254,6 +254,27 @@ def newest_unrecognised_result(ctx: "Context", mentions: TextMentions, since: dt
     evidence = mention_evidence(ctx, raw, named)
     evidence.date = date.text
     return evidence, named[2], date.day_text
+
+
+def newer_mention(ctx: "Context", mentions: TextMentions | None, decided_at: FhirDate | None,
+                  lookback_days: int) -> tuple[Evidence, Why, str] | None:
+    """A resulted Observation no code set of the trial recognises, whose text `mentions`
+    names, within the look-back and dated after the deciding (or stale latest) result:
+    its evidence, typed reason and day; None when there is none (or no mentions)."""
+    # Recorded on an earlier calendar day than this cannot matter: a day before the look-back's
+    # first day, or two before the deciding result's (a later instant may be written on an earlier
+    # day: offsets run from -12 to +14 hours). The exact bounds are checked below. The usual
+    # deciding result is the latest draw, so this keeps only the last days of a chart.
+    if mentions is None or not named_unrecognised_results(ctx):
+        return None  # the usual case: every result is coded in the trial's sets, or names nothing it reads
+    since = ctx.as_of - dt.timedelta(days=lookback_days + 1)
+    if decided_at is not None:
+        since = max(since, days_before(decided_at.first_day, 2))
+    floor = instant_rank(dt.datetime(since.year, since.month, since.day, tzinfo=dt.timezone.utc))
+    if decided_at is not None:
+        floor = max(floor, instant_rank(decided_at.sort_key()))
+    return newest_unrecognised_result(
+        ctx, mentions, since, floor, lambda date: recency(date, ctx.as_of, lookback_days) is Recency.FRESH)
 
 
 def any_of_names(mentions: Iterable[TextMentions]) -> Callable[[str], bool] | None:

@@ -87,6 +87,24 @@ def read_hit(ctx: Context, hit: Any, codes: CodeSet, ranked_at: int | None = Non
     return Reading(resource, source, date, ev)
 
 
+def unreadable_value(source: Any) -> str | None:
+    """What a resulted Observation sent instead of the value a rule reads, as text, or None
+    when it sent nothing (no value, or a dataAbsentReason: a known absence, which does not
+    stand in the way of an older result). A numeric-looking string ("8.5") is not read either:
+    an interface that sends strings may send "<8.5", "8.5 (H)" or "8,5" as well."""
+    if source.dataAbsentReason is not None:
+        return None
+    for value in (source.valueString, source.valueCodeableConcept, getattr(source, "valueBoolean", None)):
+        if value is None:
+            continue
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool):
+            return str(value).lower()
+        return concept_label(value) or "a coded value"
+    return "no value"
+
+
 # -- long result histories ----------------------------------------------------
 
 # effective[x] of an Observation as observation_date() reads it, each element with the
