@@ -54,38 +54,39 @@ GUNICORN_SETTINGS: dict[str, Any] = {
 
 # -- gunicorn's own errors as OperationOutcome ----------------------------------------------------
 
+_INTERNAL = "internal error; see the service log"
+_BAD_CHUNK = "malformed chunked body"
+
+#: gunicorn's errors: (status, reason phrase) -> {exception class name: diagnostics}, tested in
+#: this order: a subclass before its base (InvalidResponseHeader before InvalidHeader), and
+#: ParseException, the base of all, last. Diagnostics are fixed texts: gunicorn's own messages
+#: repeat what the client sent (a request line may hold a query string with PHI).
+_GUNICORN_ERRORS: dict[tuple[int, str], dict[str, str]] = {
+    (500, "Internal Server Error"): {"InvalidResponseHeader": _INTERNAL, "InvalidResponseHeaderName": _INTERNAL,
+                                     "ConfigurationProblem": "server configuration problem"},
+    (414, "URI Too Long"): {"LimitRequestLine": "the request line is too long"},
+    (431, "Request Header Fields Too Large"): {
+        "LimitRequestHeaders": "too many request headers, or a request header too large"},
+    (501, "Not Implemented"): {"UnsupportedTransferCoding": "unsupported Transfer-Encoding"},
+    (417, "Expectation Failed"): {"ExpectationFailed": "unsupported Expect header"},
+    (403, "Forbidden"): {"ForbiddenProxyRequest": "request forbidden"},
+    (400, "Bad Request"): {
+        "InvalidRequestLine": "malformed HTTP request line", "InvalidRequestMethod": "invalid HTTP method",
+        "InvalidHTTPVersion": "unsupported HTTP version", "ObsoleteFolding": "obsolete header line folding",
+        "InvalidHeaderName": "malformed HTTP header name",
+        "InvalidHeader": "malformed or conflicting HTTP headers (e.g. Content-Length with Transfer-Encoding)",
+        "InvalidChunkSize": _BAD_CHUNK, "ChunkMissingTerminator": _BAD_CHUNK, "InvalidChunkExtension": _BAD_CHUNK,
+        "InvalidProxyLine": "malformed PROXY protocol line", "InvalidProxyHeader": "malformed PROXY protocol header",
+        "InvalidSchemeHeaders": "contradictory scheme headers", "InvalidH2CPreface": "invalid HTTP/2 preface",
+        "ParseException": "malformed HTTP request"},
+}
+
+
 def _error_table() -> list[tuple[type, int, str, str]]:
-    """(gunicorn exception class, status, reason phrase, diagnostics) in the order they are
-    tested. Diagnostics are fixed texts: gunicorn's own messages repeat what the client
-    sent (a request line may hold a query string with PHI)."""
-    rows = [
-        ("InvalidResponseHeader", 500, "Internal Server Error", "internal error; see the service log"),
-        ("InvalidResponseHeaderName", 500, "Internal Server Error", "internal error; see the service log"),
-        ("LimitRequestLine", 414, "URI Too Long", "the request line is too long"),
-        ("LimitRequestHeaders", 431, "Request Header Fields Too Large",
-         "too many request headers, or a request header too large"),
-        ("UnsupportedTransferCoding", 501, "Not Implemented", "unsupported Transfer-Encoding"),
-        ("ExpectationFailed", 417, "Expectation Failed", "unsupported Expect header"),
-        ("ForbiddenProxyRequest", 403, "Forbidden", "request forbidden"),
-        ("ConfigurationProblem", 500, "Internal Server Error", "server configuration problem"),
-        ("InvalidRequestLine", 400, "Bad Request", "malformed HTTP request line"),
-        ("InvalidRequestMethod", 400, "Bad Request", "invalid HTTP method"),
-        ("InvalidHTTPVersion", 400, "Bad Request", "unsupported HTTP version"),
-        ("ObsoleteFolding", 400, "Bad Request", "obsolete header line folding"),
-        ("InvalidHeaderName", 400, "Bad Request", "malformed HTTP header name"),
-        ("InvalidHeader", 400, "Bad Request",
-         "malformed or conflicting HTTP headers (e.g. Content-Length with Transfer-Encoding)"),
-        ("InvalidChunkSize", 400, "Bad Request", "malformed chunked body"),
-        ("ChunkMissingTerminator", 400, "Bad Request", "malformed chunked body"),
-        ("InvalidChunkExtension", 400, "Bad Request", "malformed chunked body"),
-        ("InvalidProxyLine", 400, "Bad Request", "malformed PROXY protocol line"),
-        ("InvalidProxyHeader", 400, "Bad Request", "malformed PROXY protocol header"),
-        ("InvalidSchemeHeaders", 400, "Bad Request", "contradictory scheme headers"),
-        ("InvalidH2CPreface", 400, "Bad Request", "invalid HTTP/2 preface"),
-        ("ParseException", 400, "Bad Request", "malformed HTTP request"),
-    ]
-    # Classes this gunicorn version lacks are left out (gunicorn >= 22 is all the project asks).
-    return [(getattr(http_errors, name), status, reason, text) for name, status, reason, text in rows
+    """(gunicorn exception class, status, reason phrase, diagnostics) in the order they are tested.
+    Classes this gunicorn version lacks are left out (gunicorn >= 22 is all the project asks)."""
+    return [(getattr(http_errors, name), status, reason, text)
+            for (status, reason), texts in _GUNICORN_ERRORS.items() for name, text in texts.items()
             if isinstance(getattr(http_errors, name, None), type)]
 
 
