@@ -6,16 +6,13 @@ from __future__ import annotations
 import functools
 import re
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import orjson
 from pydantic import BaseModel, ValidationError
 
 
-# Types the engine reads, and where each keeps the code that classifies it.
-
-
-# Types the engine reads, and where each keeps the code that classifies it.
+# Types the engine reads: the fhir.resources model of each.
 _MODEL_MODULES = {
     "Patient": ("fhir.resources.R4B.patient", "Patient"),
     "Observation": ("fhir.resources.R4B.observation", "Observation"),
@@ -26,11 +23,13 @@ _MODEL_MODULES = {
 }
 
 
-# The elements criteria read, per type. Only these are validated: a malformed
-# narrative or performer must not discard a valid lab value, and validating the
-# rest would cost time for nothing (fhir.resources takes ~100-300 µs a resource). Contained
-# resources are not among them: the record indexes each on its own (PatientRecord), so one
-# that is not valid FHIR does not discard its container, nor a container's its results.
+# The elements criteria read, per type: what every kind reads, and what rule kinds declare
+# besides (RuleModel.elements_read, added by read_also when the kind is defined). Only these
+# are validated: a malformed narrative or performer must not discard a valid lab value, and
+# validating the rest would cost time for nothing (fhir.resources takes ~100-300 µs a
+# resource). Contained resources are not among them: the record indexes each on its own
+# (PatientRecord), so one that is not valid FHIR does not discard its container, nor a
+# container's its results.
 _READ_ELEMENTS = {
     "Patient": {"resourceType", "id", "gender", "birthDate", "deceasedBoolean", "deceasedDateTime", "extension"},
     "Observation": {"resourceType", "id", "status", "code", "subject", "effectiveDateTime", "effectiveInstant",
@@ -48,6 +47,18 @@ _READ_ELEMENTS = {
 
 _BIRTHSEX_URL = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex"
 _model_classes: dict[str, type] = {}
+
+
+def read_also(resource_type: str, elements: Iterable[str]) -> None:
+    """Validate these elements of `resource_type` too (a rule kind reads them). Kinds are
+    defined when the engine is imported, before anything is validated; should one come
+    later, models validated without its elements are forgotten."""
+    if resource_type not in _READ_ELEMENTS:
+        raise ValueError(f"the engine does not read {resource_type} resources")
+    new = set(elements) - _READ_ELEMENTS[resource_type]
+    if new:
+        _READ_ELEMENTS[resource_type] |= new
+        validate_serialized.cache_clear()
 
 
 def read_elements(raw: dict[str, Any]) -> dict[str, Any]:

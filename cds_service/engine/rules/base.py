@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence, get_args
+from typing import Any, Callable, ClassVar, Iterable, Mapping, NamedTuple, Sequence, get_args
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -18,7 +18,7 @@ from ..memo import remembered_by_identity
 from ..model import Evidence, Result, Why
 from ..quantities import UnitTable
 from ..record import PatientRecord
-from ..validation import InvalidResource
+from ..validation import InvalidResource, read_also
 
 
 # The registry of rule kinds: each kind's name (its model's `type` literal) -> its model. A kind
@@ -40,6 +40,10 @@ class RuleModel(DefinitionModel):
     Literal) is a rule kind; the methods below are what the layers around the engine ask of
     every kind (data to fetch, orders, units, labels), so none of them needs to know the kinds."""
 
+    # Elements of a resource type the kind reads beyond those every kind reads (engine/validation.py
+    # _READ_ELEMENTS: ids, statuses, codes, dates, the usual value[x]): validated for it.
+    elements_read: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
@@ -50,6 +54,8 @@ class RuleModel(DefinitionModel):
         if RULE_KIND_MODELS.get(kind, cls) is not cls:
             raise TypeError(f"rule kind '{kind}' is defined twice: {RULE_KIND_MODELS[kind].__name__}, {cls.__name__}")
         RULE_KIND_MODELS[kind] = cls
+        for resource_type, elements in cls.elements_read.items():
+            read_also(resource_type, elements)
 
     def latest_within_days(self) -> int | None:
         """For a rule decided by the latest result of each of its tests, within a
