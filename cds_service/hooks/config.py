@@ -1,18 +1,24 @@
-"""Service configuration, read once from the environment.
+"""Service configuration, read once from the environment (pydantic-settings).
 
 Every setting has a default that works on a developer's machine with no
-configuration at all (`cds-service serve`).
+configuration at all (`cds-service serve`). Each is declared once below: its
+CDS_* variable, its default and what it accepts. `Settings(...)` takes the same
+settings by name (tests, the harness) and checks them the same way; only
+`Settings.from_env()` reads an environment. A value that cannot be used is a
+ConfigError naming its variable, in one line.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Annotated, Any, Mapping
 
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from ..engine import error_message
 from ..fhir.terminology import normalise_server
 from .auth import DEFAULT_MAX_LIFETIME
 from .store import DEFAULT_POOL_SIZE, DatabaseUrl, is_postgres_url
@@ -22,81 +28,170 @@ class ConfigError(ValueError):
     """A setting that cannot be used; the message names the variable."""
 
 
-def _split(value: str | None) -> tuple[str, ...]:
-    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+def _listed(value: Any) -> Any:
+    """A comma-separated variable ("a, b") as a tuple of its non-blank items."""
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
 
 
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    value = env.get(name)
-    if value is None or value.strip() == "":
-        return default
-    if value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.strip().lower() in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be 1/0, true/false, yes/no or on/off (got {value!r})")
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
-def _number(env: Mapping[str, str], name: str, default: float, minimum: float, kind=float):
-    value = env.get(name)
-    if value is None or value.strip() == "":
-        return default
-    try:
-        number = kind(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number (got {value!r})") from None
-    if not math.isfinite(number):  # nan compares false with everything: it would disable the check it sets
-        raise ConfigError(f"{name} must be a finite number (got {value!r})")
-    if number < minimum:
-        raise ConfigError(f"{name} must be at least {minimum} (got {value!r})")
-    return number
+def _flag(value: Any) -> Any:
+    if isinstance(value, str):
+        if value.strip().lower() not in _FLAGS:
+            raise ValueError(f"must be 1/0, true/false, yes/no or on/off (got {value!r})")
+        return _FLAGS[value.strip().lower()]
+    return value
 
 
-@dataclass(frozen=True)
-class Settings:
-    trials: tuple[str, ...] = ()  # NCT ids to evaluate; empty = every bundled trial
-    allowed_fhir_servers: tuple[str, ...] = ()  # FHIR base URLs the service may call; empty = prefetch only
-    show_ineligible: bool = False  # also return a card for ineligible patients
-    data_dir: Path = Path(".cds-data")  # feedback and audit database
-    # A SQLite file (default data_dir / "cds-service.sqlite3") or a postgresql:// URL (as a DatabaseUrl).
-    database: Path | DatabaseUrl | None = None
-    database_pool_size: int = DEFAULT_POOL_SIZE  # PostgreSQL connections per worker process, at most
-    fhir_deadline: float = 3.0  # seconds for all FHIR requests of one hook call together
-    fhir_page_limit: int = 20
-    fhir_page_size: int = 100  # _count of the searches
-    fhir_cache_ttl: float = 60.0
-    fhir_cache_bytes: int = 64 * 1024 * 1024  # the FHIR answer cache's bound in bytes (replaces CDS_FHIR_CACHE_SIZE)
-    fhir_max_response_bytes: int = 20 * 1024 * 1024  # a larger FHIR answer is refused (too-large)
-    cors_origins: tuple[str, ...] = ()  # browser EHR origins allowed to call the service
-    card_templates: Path | None = None  # directory with edited card templates
-    evaluation_date: dt.date | None = None  # fixed evaluation date (demos, re-runs); default today
-    max_request_bytes: int = 20 * 1024 * 1024
-    trusted_clients: Path | None = None  # CDS clients whose JWTs are accepted; None = no authentication
-    public_base_url: str | None = None  # the service's external base URL, for the JWT `aud` check
-    jwt_leeway: float = 60.0  # seconds of clock skew allowed on exp / nbf / iat
-    jwt_max_lifetime: float = DEFAULT_MAX_LIFETIME  # longest exp − iat accepted, seconds
+def _http_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
+    for url in urls:
+        if not url.startswith(("https://", "http://")):
+            raise ValueError(f"{url!r} is not an http(s) URL")
+    return urls
+
+
+def _iso_date(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"must be YYYY-MM-DD (got {value!r})") from None
+    return value
+
+
+def _stripped(value: Any) -> Any:
+    return (value.strip() or None) if isinstance(value, str) else value
+
+
+Listed = Annotated[tuple[str, ...], BeforeValidator(_listed)]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+
+
+def _setting(default: Any, variable: str, **checks: Any) -> Any:
+    return Field(default, validation_alias=variable, **checks)
+
+
+def _number(default: Any, variable: str, minimum: float) -> Any:
+    """A number of at least `minimum` (nan compares false with everything: it would disable the check it sets)."""
+    return Field(default, validation_alias=variable, ge=minimum, allow_inf_nan=False)
+
+
+# Values not echoed in an error: a URL there may hold a password or a token.
+_UNECHOED = frozenset({"CDS_DATABASE", "CDS_JTI_STORE", "CDS_TERMINOLOGY_SERVER"})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", populate_by_name=True, case_sensitive=True,
+                                      enable_decoding=False)  # lists are comma-separated, not JSON
+
+    trials: Listed = _setting((), "CDS_TRIALS")  # NCT ids to evaluate; empty = every bundled trial
+    # FHIR base URLs the service may call; empty = prefetch only
+    allowed_fhir_servers: Annotated[Listed, AfterValidator(_http_urls)] = _setting((), "CDS_ALLOWED_FHIR_SERVERS")
+    show_ineligible: Flag = _setting(False, "CDS_SHOW_INELIGIBLE")  # also return a card for ineligible patients
+    data_dir: Path = _setting(Path(".cds-data"), "CDS_DATA_DIR")  # feedback and audit database
+    # PostgreSQL connections per worker process, at most
+    database_pool_size: int = _number(DEFAULT_POOL_SIZE, "CDS_DATABASE_POOL_SIZE", 1)
+    # A SQLite file (default data_dir / "cds-service.sqlite3") or a postgresql:// URL (as a DatabaseUrl,
+    # with this host's data dir and pool size: declared after them).
+    database: Path | str | None = _setting(None, "CDS_DATABASE")
+    fhir_deadline: float = _number(3.0, "CDS_FHIR_DEADLINE", 0.1)  # seconds for all FHIR requests of one hook call
+    fhir_page_limit: int = _number(20, "CDS_FHIR_PAGE_LIMIT", 1)
+    fhir_page_size: int = _number(100, "CDS_FHIR_PAGE_SIZE", 1)  # _count of the searches
+    fhir_cache_ttl: float = _number(60.0, "CDS_FHIR_CACHE_TTL", 0.0)
+    # the FHIR answer cache's bound in bytes (replaces CDS_FHIR_CACHE_SIZE)
+    fhir_cache_bytes: int = _number(64 * 1024 * 1024, "CDS_FHIR_CACHE_BYTES", 0)
+    # a larger FHIR answer is refused (too-large)
+    fhir_max_response_bytes: int = _number(20 * 1024 * 1024, "CDS_FHIR_MAX_RESPONSE_BYTES", 1024)
+    cors_origins: Listed = _setting((), "CDS_CORS_ORIGINS")  # browser EHR origins allowed to call the service
+    card_templates: Path | None = _setting(None, "CDS_CARD_TEMPLATES")  # directory with edited card templates
+    # fixed evaluation date (demos, re-runs); default today
+    evaluation_date: Annotated[dt.date | None, BeforeValidator(_iso_date)] = _setting(None, "CDS_EVALUATION_DATE")
+    max_request_bytes: int = _number(20 * 1024 * 1024, "CDS_MAX_REQUEST_BYTES", 1024)
+    # the service's external base URL, for the JWT `aud` check
+    public_base_url: Annotated[str | None, BeforeValidator(_stripped)] = _setting(None, "CDS_PUBLIC_BASE_URL")
+    # CDS clients whose JWTs are accepted; None = no authentication (needs public_base_url: declared after it)
+    trusted_clients: Path | None = _setting(None, "CDS_TRUSTED_CLIENTS")
+    jwt_leeway: float = _number(60.0, "CDS_JWT_LEEWAY", 0.0)  # seconds of clock skew allowed on exp / nbf / iat
+    jwt_max_lifetime: float = _number(DEFAULT_MAX_LIFETIME, "CDS_JWT_MAX_LIFETIME", 60.0)  # longest exp − iat, s
     # Where seen JWT ids are kept: "database" (resolved: "sqlite", a file beside a SQLite database, or the
     # PostgreSQL database's URL), "sqlite", a postgresql:// URL or a redis:// URL.
-    jti_store: str = "database"
+    jti_store: str = _setting("database", "CDS_JTI_STORE")
     # An optional FHIR terminology server for codes the shipped code sets lack (None = off).
-    terminology_server: str | None = None
-    terminology_timeout: float = 1.0  # seconds for its lookups in one call, within the FHIR deadline
-    terminology_cache_ttl: float = 3600.0  # seconds an answer (yes or no) is kept
-    terminology_cache_size: int = 10000  # answers kept
-    terminology_max_lookups: int = 32  # server lookups one call may make (cached answers are free)
+    terminology_server: Annotated[str | None, BeforeValidator(_stripped)] = _setting(None, "CDS_TERMINOLOGY_SERVER")
+    # seconds for its lookups in one call, within the FHIR deadline
+    terminology_timeout: float = _number(1.0, "CDS_TERMINOLOGY_TIMEOUT", 0.01)
+    terminology_cache_ttl: float = _number(3600.0, "CDS_TERMINOLOGY_CACHE_TTL", 0.0)  # s an answer (yes or no) is kept
+    terminology_cache_size: int = _number(10000, "CDS_TERMINOLOGY_CACHE_SIZE", 1)  # answers kept
+    # server lookups one call may make (cached answers are free)
+    terminology_max_lookups: int = _number(32, "CDS_TERMINOLOGY_MAX_LOOKUPS", 0)
     # Plain gunicorn only: serve beyond loopback without CDS_TRUSTED_CLIENTS (never in production).
-    insecure_no_auth: bool = False
+    insecure_no_auth: Flag = _setting(False, "CDS_INSECURE_NO_AUTH")
 
-    def __post_init__(self):
-        # A PostgreSQL URL becomes a DatabaseUrl (password-free repr, this host's data dir and pool size).
-        for name in ("database", "jti_store"):
-            value = getattr(self, name)
+    def __init__(self, **settings: Any) -> None:
+        try:
+            super().__init__(**settings)
+        except ValidationError as exc:
+            raise ConfigError(_one_line(type(self), exc)) from None
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **_sources):
+        # Settings(...) is what the caller says, nothing else; from_env reads an environment.
+        return (init_settings,)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """The settings the CDS_* variables of `env` (default os.environ) give. Raises ConfigError."""
+        return cls(**_Environment(cls, os.environ if env is None else env)())
+
+    @field_validator("database", mode="plain")
+    @classmethod
+    def _database(cls, value: Any, info: ValidationInfo) -> Path | DatabaseUrl | None:
+        if isinstance(value, str):
+            value = value.strip()
             if is_postgres_url(value):
-                object.__setattr__(self, name, DatabaseUrl(value, local_dir=self.data_dir,
-                                                           pool_size=self.database_pool_size))
-        if self.jti_store == "database":
-            object.__setattr__(self, "jti_store", self.database if isinstance(self.database, DatabaseUrl)
-                               else "sqlite")
+                return _database_url(value, info)
+            if "://" not in value:
+                return Path(value) if value else None
+        elif value is None or isinstance(value, Path):
+            return value
+        raise ValueError("must be a SQLite file path or a postgresql:// URL")
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_base_url(cls, value: str | None) -> str | None:
+        value = (value.rstrip("/") or None) if value else None
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError(f"must be the service's http(s) base URL (got {value!r})")
+        return value
+
+    @field_validator("trusted_clients")
+    @classmethod
+    def _trusted_clients(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and not info.data.get("public_base_url") and "public_base_url" in info.data:
+            raise ValueError("needs CDS_PUBLIC_BASE_URL: a client JWT's aud must equal the public URL of the "
+                             "endpoint it calls")
+        return value
+
+    @field_validator("jti_store", mode="plain")
+    @classmethod
+    def _jti_store(cls, value: Any, info: ValidationInfo) -> str:
+        value = value.strip() if isinstance(value, str) else None
+        if value == "database":
+            database = info.data.get("database")
+            return database if isinstance(database, DatabaseUrl) else "sqlite"
+        if value == "sqlite" or (value or "").startswith(("redis://", "rediss://", "unix://")):
+            return value
+        if is_postgres_url(value):
+            return _database_url(value, info)
+        raise ValueError("must be 'database' (the default), 'sqlite', a postgresql:// URL or a redis:// URL")
+
+    @field_validator("terminology_server")
+    @classmethod
+    def _terminology_server(cls, value: str | None) -> str | None:
+        if value is not None and (value := normalise_server(value)) is None:
+            raise ValueError("must be a FHIR server's plain http(s) base URL (no credentials, query or fragment)")
+        return value
 
     @property
     def database_path(self) -> Path | DatabaseUrl:
@@ -104,70 +199,39 @@ class Settings:
         with_name() names a per-host file in data_dir)."""
         return self.database or self.data_dir / "cds-service.sqlite3"
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
-        env = os.environ if env is None else env
-        evaluation_date = None
-        if env.get("CDS_EVALUATION_DATE"):
-            try:
-                evaluation_date = dt.date.fromisoformat(env["CDS_EVALUATION_DATE"])
-            except ValueError:
-                raise ConfigError(f"CDS_EVALUATION_DATE must be YYYY-MM-DD "
-                                  f"(got {env['CDS_EVALUATION_DATE']!r})") from None
-        public_base_url = (env.get("CDS_PUBLIC_BASE_URL") or "").strip().rstrip("/") or None
-        if public_base_url and not public_base_url.startswith(("https://", "http://")):
-            raise ConfigError(f"CDS_PUBLIC_BASE_URL must be the service's http(s) base URL (got {public_base_url!r})")
-        trusted = Path(env["CDS_TRUSTED_CLIENTS"]) if env.get("CDS_TRUSTED_CLIENTS") else None
-        if trusted and not public_base_url:
-            raise ConfigError("CDS_TRUSTED_CLIENTS needs CDS_PUBLIC_BASE_URL: a client JWT's aud must equal the "
-                              "public URL of the endpoint it calls")
-        database = (env.get("CDS_DATABASE") or "").strip()
-        if "://" in database and not is_postgres_url(database):  # not echoed: a URL may hold a password
-            raise ConfigError("CDS_DATABASE must be a SQLite file path or a postgresql:// URL")
-        jti_store = (env.get("CDS_JTI_STORE") or "database").strip()
-        if (jti_store not in ("database", "sqlite") and not is_postgres_url(jti_store)
-                and not jti_store.startswith(("redis://", "rediss://", "unix://"))):
-            raise ConfigError("CDS_JTI_STORE must be 'database' (the default), 'sqlite', a postgresql:// URL "
-                              "or a redis:// URL")
-        terminology = (env.get("CDS_TERMINOLOGY_SERVER") or "").strip() or None
-        if terminology is not None and (terminology := normalise_server(terminology)) is None:
-            # The value is not echoed: a URL with credentials in it must not reach a log.
-            raise ConfigError("CDS_TERMINOLOGY_SERVER must be a FHIR server's plain http(s) base URL (no "
-                              "credentials, query or fragment)")
-        servers = _split(env.get("CDS_ALLOWED_FHIR_SERVERS"))
-        for s in servers:
-            if not s.startswith(("https://", "http://")):
-                raise ConfigError(f"CDS_ALLOWED_FHIR_SERVERS: {s!r} is not an http(s) URL")
-        return cls(
-            trials=_split(env.get("CDS_TRIALS")),
-            allowed_fhir_servers=servers,
-            show_ineligible=_flag(env, "CDS_SHOW_INELIGIBLE", False),
-            data_dir=Path(env.get("CDS_DATA_DIR") or ".cds-data"),
-            database=database if is_postgres_url(database) else Path(database) if database else None,
-            database_pool_size=_number(env, "CDS_DATABASE_POOL_SIZE", DEFAULT_POOL_SIZE, 1, int),
-            fhir_deadline=_number(env, "CDS_FHIR_DEADLINE", 3.0, 0.1),
-            fhir_page_limit=_number(env, "CDS_FHIR_PAGE_LIMIT", 20, 1, int),
-            fhir_page_size=_number(env, "CDS_FHIR_PAGE_SIZE", 100, 1, int),
-            fhir_cache_ttl=_number(env, "CDS_FHIR_CACHE_TTL", 60.0, 0.0),
-            fhir_cache_bytes=_number(env, "CDS_FHIR_CACHE_BYTES", 64 * 1024 * 1024, 0, int),
-            fhir_max_response_bytes=_number(env, "CDS_FHIR_MAX_RESPONSE_BYTES", 20 * 1024 * 1024, 1024, int),
-            cors_origins=_split(env.get("CDS_CORS_ORIGINS")),
-            card_templates=Path(env["CDS_CARD_TEMPLATES"]) if env.get("CDS_CARD_TEMPLATES") else None,
-            evaluation_date=evaluation_date,
-            max_request_bytes=_number(env, "CDS_MAX_REQUEST_BYTES", 20 * 1024 * 1024, 1024, int),
-            trusted_clients=trusted,
-            public_base_url=public_base_url,
-            jwt_leeway=_number(env, "CDS_JWT_LEEWAY", 60.0, 0.0),
-            jwt_max_lifetime=_number(env, "CDS_JWT_MAX_LIFETIME", DEFAULT_MAX_LIFETIME, 60.0),
-            jti_store=jti_store,
-            terminology_server=terminology,
-            terminology_timeout=_number(env, "CDS_TERMINOLOGY_TIMEOUT", 1.0, 0.01),
-            terminology_cache_ttl=_number(env, "CDS_TERMINOLOGY_CACHE_TTL", 3600.0, 0.0),
-            terminology_cache_size=_number(env, "CDS_TERMINOLOGY_CACHE_SIZE", 10000, 1, int),
-            terminology_max_lookups=_number(env, "CDS_TERMINOLOGY_MAX_LOOKUPS", 32, 0, int),
-            insecure_no_auth=_flag(env, "CDS_INSECURE_NO_AUTH", False),
-        )
-
     def today(self) -> dt.date:
         """The evaluation date: the configured one, else today in the server's time zone."""
         return self.evaluation_date or dt.date.today()
+
+
+def _database_url(url: str, info: ValidationInfo) -> DatabaseUrl | str:
+    """A PostgreSQL URL with what this host keeps for itself (password-free repr, data dir, pool size)."""
+    if "data_dir" not in info.data or "database_pool_size" not in info.data:
+        return url  # one of them is refused: that is the error reported
+    return DatabaseUrl(url, local_dir=info.data["data_dir"], pool_size=info.data["database_pool_size"])
+
+
+class _Environment(EnvSettingsSource):
+    """The CDS_* variables of one environment (a mapping); a blank one counts as unset."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]):
+        self._environ = environ
+        super().__init__(settings_cls, case_sensitive=True)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name: value for name, value in self._environ.items() if value.strip()}
+
+
+def _one_line(settings: type[Settings], exc: ValidationError) -> str:
+    """The first error, naming its variable (`CDS_FHIR_DEADLINE: ...`) whether the setting
+    came from the environment or by name; the value is echoed unless it may hold a secret."""
+    error = exc.errors(include_url=False)[0]
+    loc = error.get("loc") or ()
+    if not loc:  # a rule about several settings names them itself
+        return error_message(error)
+    field = settings.model_fields.get(str(loc[0]))
+    variable = field.validation_alias if field is not None else str(loc[0])
+    message = f"{variable}: {error_message(error)}"
+    if error["type"] != "value_error" and variable not in _UNECHOED and "input" in error:
+        message += f" (got {error['input']!r})"
+    return message
