@@ -188,6 +188,14 @@ def error_message(error: Mapping[str, Any]) -> str:
     return str(error.get("msg", "invalid")).removeprefix("Value error, ")
 
 
+def error_path(loc: Iterable[str | int]) -> str:
+    """A pydantic error's location as a path into the document: ("clients", 0, "jwks") -> clients[0].jwks."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     errors = exc.errors()
     if not errors:
