@@ -67,6 +67,20 @@ class Role(str, Enum):
     IGNORED = "ignored"  # seen but not usable; `note` says why
 
 
+@dataclass(slots=True)
+class Order:
+    """An orderable test that would settle an unknown criterion."""
+
+    key: str
+    system: str
+    code: str
+    display: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: value for name, value in (("key", self.key), ("system", self.system), ("code", self.code),
+                                                ("display", self.display)) if value}
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Decimal):
         return _decimal_text(value)
@@ -244,21 +258,10 @@ class Evidence:
 
 
 @dataclass(slots=True)
-class Order:
-    """An orderable test that would settle an unknown criterion."""
-
-    key: str
-    system: str
-    code: str
-    display: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {name: value for name, value in (("key", self.key), ("system", self.system), ("code", self.code),
-                                                ("display", self.display)) if value}
-
-
-@dataclass(slots=True)
 class CriterionResult:
+    """One criterion's result for one patient: what decided it (reason, evidence) and, for an
+    unknown, why (the typed reason) and what would settle it (an order)."""
+
     id: str
     kind: str  # "inclusion" | "exclusion"
     result: Result

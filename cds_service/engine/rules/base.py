@@ -138,6 +138,7 @@ class Outcome:
     # found nothing ("no HIV diagnosis recorded"), and types whose newest result decided it.
     absence_of: tuple[str, ...] = ()
     newest_of: tuple[str, ...] = ()
+    decided_at: FhirDate | None = None  # the date of the deciding result, when one decided
 
 
 class CodeLibrary:

@@ -145,7 +145,31 @@ def _site_named(ctx: Context, raw: dict[str, Any], site_rule: SiteDependentCodes
     return None
 
 
-class ConditionPresentRule(RuleModel):
+class _ConditionsDecide(RuleModel):
+    """What both condition kinds do: find the Conditions coded in the kind's main codes,
+    reading only as far as one that counts (confirmed; active, or inactive where the kind
+    counts an inactive one), then decide on what was found."""
+
+    def _main_codes(self) -> list[str]:  # pragma: no cover - each kind names its own
+        raise NotImplementedError
+
+    def _inactive_counts(self) -> bool:  # pragma: no cover - each kind says
+        raise NotImplementedError
+
+    def _counts(self, f: FoundCondition) -> bool:
+        return f.verification == CONFIRMED and (f.active or self._inactive_counts())
+
+    def evaluate(self, ctx: Context) -> Outcome:
+        found, ignored, not_read = find_conditions_until(ctx, self._main_codes(), self._counts)
+        outcome = self._decide(ctx, found, ignored)
+        outcome.not_read = not_read
+        return outcome
+
+    def _decide(self, ctx: Context, found: list[FoundCondition], ignored: list[Evidence]) -> Outcome:
+        raise NotImplementedError  # pragma: no cover
+
+
+class ConditionPresentRule(_ConditionsDecide):
     type: Literal["condition-present"]
     label: str  # what is looked for, in words: "primary breast cancer"
     codes: list[str] = Field(min_length=1)
@@ -178,14 +202,11 @@ class ConditionPresentRule(RuleModel):
                     "Specimen": self.cytology.specimen_type_codes}
         return out
 
-    def _counts(self, f: FoundCondition) -> bool:
-        return f.verification == CONFIRMED and (f.active or self.inactive_result == "pass")
+    def _main_codes(self) -> list[str]:
+        return self.codes
 
-    def evaluate(self, ctx: Context) -> Outcome:
-        found, ignored, not_read = find_conditions_until(ctx, self.codes, self._counts)
-        outcome = self._decide(ctx, found, ignored)
-        outcome.not_read = not_read
-        return outcome
+    def _inactive_counts(self) -> bool:
+        return self.inactive_result == "pass"
 
     def _decide(self, ctx: Context, found: list[FoundCondition], ignored: list[Evidence]) -> Outcome:
         counting = [f for f in found if self._counts(f)]
@@ -280,7 +301,7 @@ class ConditionPresentRule(RuleModel):
                        absence_of=("Condition",) + (("Observation", "DiagnosticReport") if self.cytology else ()))
 
 
-class ConditionAbsentRule(RuleModel):
+class ConditionAbsentRule(_ConditionsDecide):
     type: Literal["condition-absent"]
     label: str  # "HIV infection or primary immunodeficiency"
     fail_codes: list[str] = Field(min_length=1)
@@ -295,14 +316,11 @@ class ConditionAbsentRule(RuleModel):
     def reads(self) -> dict[str, list[str]]:
         return {"Condition": self._conditions_read}
 
-    def _counts(self, f: FoundCondition) -> bool:
-        return f.verification == CONFIRMED and (f.active or self.inactive_result == "fail")
+    def _main_codes(self) -> list[str]:
+        return self.fail_codes
 
-    def evaluate(self, ctx: Context) -> Outcome:
-        failing, ignored, not_read = find_conditions_until(ctx, self.fail_codes, self._counts)
-        outcome = self._decide(ctx, failing, ignored)
-        outcome.not_read = not_read
-        return outcome
+    def _inactive_counts(self) -> bool:
+        return self.inactive_result == "fail"
 
     def _decide(self, ctx: Context, failing: list[FoundCondition], ignored: list[Evidence]) -> Outcome:
         reviewing, more_ignored = find_conditions(ctx, self.review_codes)

@@ -7,7 +7,7 @@ the criterion; all passing passes it; anything else is unknown.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
@@ -119,22 +119,12 @@ class _Candidate:
     evidence: Evidence
 
 
-@dataclass(slots=True)
-class _AnalyteOutcome:
-    result: Result
-    reason: str
-    evidence: list[Evidence] = field(default_factory=list)
-    why: Why | None = None
-    not_read: int = 0  # older results left unread (they cannot change which result is latest)
-    decided_at: FhirDate | None = None  # the date of the deciding result, when one decided
-
-
 def _has_number(reading: Reading) -> bool:
     q = reading.source.valueQuantity
     return q is not None and q.value is not None
 
 
-def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> _AnalyteOutcome:
+def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> Outcome:
     found = read_latest_results(ctx, ctx.codes(analyte.codes), _has_number)
     outcome = _decide(ctx, analyte, lookback_days, found.readings, found.ignored)
     outcome.not_read = found.not_read
@@ -142,11 +132,11 @@ def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> _An
         newer = newer_mention(ctx, analyte.mentions, outcome.decided_at, lookback_days)
         if newer is not None:
             evidence, why, day = newer
-            outcome = _AnalyteOutcome(Result.UNKNOWN, f"{analyte.name}: a {'newer ' if outcome.decided_at else ''}"
+            outcome = Outcome(Result.UNKNOWN, f"{analyte.name}: a {'newer ' if outcome.decided_at else ''}"
                                       f"result ({day}) is recorded as '{evidence.display}' with "
                                       f"{recorded_with(why)}: it cannot be read" + (", and the older one does not decide"
                                                                if outcome.decided_at else ""),
-                                      [evidence] + _demoted(outcome.evidence), why, outcome.not_read)
+                                      [evidence] + _demoted(outcome.evidence), why, not_read=outcome.not_read)
     return outcome
 
 
@@ -163,7 +153,7 @@ _SILENT = (Why.NO_DATA, Why.STALE)
 
 
 def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[Reading],
-            ignored: list[Evidence]) -> _AnalyteOutcome:
+            ignored: list[Evidence]) -> Outcome:
     name = analyte.name
     dated: list[_Candidate] = []
     undated: list[_Candidate] = []
@@ -200,14 +190,14 @@ def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[R
             latest.evidence.role = Role.DECISIVE
             latest.evidence.note = f"older than {lookback_days} days"
             _note_older(older)
-            return _AnalyteOutcome(Result.UNKNOWN, f"{name}: latest result ({latest.date.day_text}) is older than "
+            return Outcome(Result.UNKNOWN, f"{name}: latest result ({latest.date.day_text}) is older than "
                                    f"{lookback_days} days", _collect(latest, older, undated, ignored),
                                    Why.STALE, decided_at=latest.date)
         if stand is Recency.IMPRECISE:
             latest.evidence.role = Role.DECISIVE
             latest.evidence.note = f"date too imprecise to place within {lookback_days} days"
             _note_older(older)
-            return _AnalyteOutcome(Result.UNKNOWN, f"{name}: date of latest result ({latest.date.text}) is too "
+            return Outcome(Result.UNKNOWN, f"{name}: date of latest result ({latest.date.text}) is too "
                                    f"imprecise to show it is within {lookback_days} days",
                                    _collect(latest, older, undated, ignored), Why.IMPRECISE_DATE)
         latest_key = latest.date.sort_key()
@@ -216,7 +206,7 @@ def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[R
             newest = max(newer, key=lambda r: r.date.sort_key())
             newest.evidence.role = Role.DECISIVE
             _note_older(dated)
-            return _AnalyteOutcome(Result.UNKNOWN, f"{name}: the latest result ({newest.date.day_text}) was sent as "
+            return Outcome(Result.UNKNOWN, f"{name}: the latest result ({newest.date.day_text}) was sent as "
                                    f"'{newest.evidence.value}', not a number: it cannot be read, and older results "
                                    "do not decide", [newest.evidence] + [c.evidence for c in dated] +
                                    [c.evidence for c in undated] + [e for e in ignored if e is not newest.evidence],
@@ -232,30 +222,30 @@ def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[R
         evidence = [c.evidence for c in same_time] + [c.evidence for c in rest] + \
                    [c.evidence for c in undated] + ignored
         if len(outcomes) > 1:
-            return _AnalyteOutcome(Result.UNKNOWN, f"{name}: results at the same time disagree",
+            return Outcome(Result.UNKNOWN, f"{name}: results at the same time disagree",
                                    evidence, Why.CONFLICTING_RESULTS)
         judgement = judged[0][1]
-        return _AnalyteOutcome(judgement.result, judgement.reason, evidence, judgement.why, decided_at=latest.date)
+        return Outcome(judgement.result, judgement.reason, evidence, judgement.why, decided_at=latest.date)
 
     if undated:
         for c in undated:
             c.evidence.note = "no effective date; cannot show recency"
-        return _AnalyteOutcome(Result.UNKNOWN, f"{name}: result has no date, so recency cannot be shown",
+        return Outcome(Result.UNKNOWN, f"{name}: result has no date, so recency cannot be shown",
                                [c.evidence for c in undated] + ignored, Why.NO_DATE)
     fresh_unreadable = [r for r in unreadable if r.date is not None and
                         recency(r.date, ctx.as_of, lookback_days) is Recency.FRESH]
     if fresh_unreadable:
         r = fresh_unreadable[0]
         r.evidence.role = Role.DECISIVE
-        return _AnalyteOutcome(Result.UNKNOWN, f"{name}: the result of {r.date.day_text} was sent as "
+        return Outcome(Result.UNKNOWN, f"{name}: the result of {r.date.day_text} was sent as "
                                f"'{r.evidence.value}', not a number: it cannot be read", ignored, Why.UNINTERPRETABLE)
     if no_value:
-        return _AnalyteOutcome(Result.UNKNOWN, f"{name}: no usable value in the results found", ignored,
+        return Outcome(Result.UNKNOWN, f"{name}: no usable value in the results found", ignored,
                                Why.NO_VALUE)
     if has_invalid(ignored):
-        return _AnalyteOutcome(Result.UNKNOWN, f"{name}: results found are not valid FHIR", ignored,
+        return Outcome(Result.UNKNOWN, f"{name}: results found are not valid FHIR", ignored,
                                Why.INVALID_RESOURCE)
-    return _AnalyteOutcome(Result.UNKNOWN, f"{name}: no valid result", ignored, Why.NO_DATA)
+    return Outcome(Result.UNKNOWN, f"{name}: no valid result", ignored, Why.NO_DATA)
 
 
 def _note_older(older: list[_Candidate]) -> None:
