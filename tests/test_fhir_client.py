@@ -11,9 +11,10 @@ import pytest
 import requests
 import responses
 
-from cds_service.fhir.client import DEADLINE, LOOK_BACK, PAGE_LIMIT, FetchResult, FhirClient
+from cds_service.fhir.client import FhirClient
 from cds_service.fhir.errors import FhirAccessDenied, FhirBadResponse, FhirNotAllowed, FhirOutOfTime, FhirUnavailable
 from cds_service.fhir.queries import PATIENT_TOKEN, Read, Search
+from cds_service.fhir.results import DEADLINE, LOOK_BACK, PAGE_LIMIT, FetchResult
 
 BASE = "https://ehr.example.org/fhir"
 TOKEN = "tok-SECRET-9f8e7d"
@@ -481,14 +482,45 @@ def test_a_hanging_request_does_not_hold_up_fetch_past_the_deadline(client, mock
 # page limit cuts): a newest-first search loses only older results, and the caller treats
 # what it rests on as incomplete. Out of time on the first page is still a failure.
 
-def test_a_page_that_would_not_arrive_in_time_is_not_asked_for(client, mock):
-    mock.add_callback("GET", OBS_URL, callback=_delayed(0.3, bundle(observation(1), next_url=f"{BASE}?page=2")))
+class FakeClock:
+    """The client's clock, moved on by the test (a mock answer "takes" the seconds it adds)."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def taking(self, seconds: float, body: dict):
+        """A mock callback whose answer arrives `seconds` later on this clock."""
+        def callback(request):
+            self.now += seconds
+            return 200, {}, json.dumps(body)
+        return callback
+
+
+@pytest.mark.parametrize("first_page_seconds, second_asked", [(30, False), (10, True)])
+def test_a_page_that_would_not_arrive_in_time_is_not_asked_for(mock, first_page_seconds, second_asked):
+    # The next page is judged by the slowest so far: after a page of 30 s, 20 s left is too little (cut
+    # short, page 2 never asked); after one of 10 s, 40 s left is enough. Time here is the fake clock's.
+    clock = FakeClock()
+    client = FhirClient([BASE], clock=clock)
+    mock.add_callback("GET", OBS_URL, callback=clock.taking(first_page_seconds,
+                                                            bundle(observation(1), next_url=f"{BASE}?page=2")))
     page2 = mock.get(f"{BASE}?page=2", json=bundle(observation(2)))
     started = time.monotonic()
-    result = client.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, soon(0.5))["obs"]
-    assert time.monotonic() - started < 0.45  # answered as soon as it stopped, not at the deadline
-    assert result.error is None and result.truncated and result.cut == DEADLINE
-    assert ids(result) == ["o1"] and page2.call_count == 0 and result.requests == 1
+    try:
+        result = client.fetch(BASE, TOKEN, {"obs": OBS}, PATIENT, clock() + 50)["obs"]
+    finally:
+        client.close()
+    # Answered when paging stopped, not held to the deadline (20 s or more of real waiting).
+    assert time.monotonic() - started < 15
+    assert result.error is None and result.elapsed_ms == first_page_seconds * 1000
+    if second_asked:
+        assert not result.truncated and ids(result) == ["o1", "o2"] and page2.call_count == 1
+    else:
+        assert result.truncated and result.cut == DEADLINE
+        assert ids(result) == ["o1"] and page2.call_count == 0 and result.requests == 1
 
 
 def test_a_page_still_loading_at_the_deadline_leaves_the_pages_read(client, mock):

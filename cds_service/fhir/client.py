@@ -15,7 +15,11 @@ keyed by its SHA-256. Logs name the query key, status and error class, never a
 URL, since search URLs carry the patient id. Nothing a FHIR server writes (an
 OperationOutcome's diagnostics, which may repeat the patient's name, birth date
 or the request path; a resource type; an error page) reaches an error, a log or
-the audit: a failure is told by its HTTP status and an error class (FhirError)."""
+the audit: a failure is told by its HTTP status and an error class (FhirError).
+
+Here: the client, its parallel queries and their deadline, one GET (cache,
+retries, status). Beside it: results.py (what a fetch gives back), paging.py
+(a search page by page), answers.py (reading a server's answer)."""
 
 from __future__ import annotations
 
@@ -24,9 +28,6 @@ import hashlib
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urljoin, urlsplit
@@ -36,10 +37,13 @@ import requests
 
 from cds_service.engine import is_fhir_id
 from cds_service.fhir.allowlist import is_under, normalise_base, normalise_url
+from cds_service.fhir.answers import link_url, parse_answer, retry_after_seconds
 from cds_service.fhir.cache import CACHE_BYTES, ResponseCache
 from cds_service.fhir.errors import (FhirAccessDenied, FhirBadResponse, FhirError, FhirNotAllowed, FhirOutOfTime,
                                     FhirUnavailable)
+from cds_service.fhir.paging import NextPageGone, read_pages, resolve_link
 from cds_service.fhir.queries import Query, Read
+from cds_service.fhir.results import DEADLINE, Call, Enough, FetchResult
 from cds_service.fhir.transport import OutOfTime, TooLarge, bounded_get, bounded_session, read_body
 
 log = logging.getLogger(__name__)
@@ -53,56 +57,6 @@ _BACKOFF_SECONDS = 0.1
 MAX_RESPONSE_BYTES = 20 * 1024 * 1024  # CDS_FHIR_MAX_RESPONSE_BYTES
 
 
-# Why paging stopped before the last page (FetchResult.cut).
-PAGE_LIMIT = "page-limit"
-DEADLINE = "deadline"
-LOOK_BACK = "look-back"  # the caller's `enough` said the rest cannot matter (older than any look-back)
-
-
-# Asked with a search's resources so far: True when the caller needs no further page.
-Enough = Callable[[list[dict[str, Any]]], bool]
-
-
-class _NextPageGone(Exception):
-    """410 on a next-page link: HAPI has expired the paged search."""
-
-
-@dataclass
-class FetchResult:
-    key: str
-    resources: list[dict] = field(repr=False)  # patient data: kept out of logs that print a result
-    not_found: bool = False
-    pages: int = 0
-    requests: int = 0
-    cut: str | None = None  # why paging stopped before the last page: PAGE_LIMIT, DEADLINE or LOOK_BACK
-    elapsed_ms: float = 0.0
-    error: FhirError | None = None
-
-    @property
-    def truncated(self) -> bool:
-        """Paging stopped before the last page: more may exist."""
-        return self.cut is not None
-
-
-@dataclass
-class _Call:
-    """One key's work against one server: what every request needs, and counters
-    the waiting thread can read if the deadline passes first."""
-
-    key: str
-    base: str
-    headers: dict[str, str] = field(repr=False)
-    token_hash: str
-    deadline: float
-    read_cache: bool
-    started: float = field(default_factory=time.monotonic)
-    pages: int = 0
-    requests: int = 0
-    # A search's resources from the pages read so far, once one is (None before): what the
-    # waiting thread returns, marked cut short, if the deadline passes while a later page loads.
-    read_so_far: list[dict[str, Any]] | None = field(default=None, repr=False)
-
-
 def new_session(max_workers: int) -> requests.Session:
     """A requests session for `max_workers` threads at a time: keeps no cookie (it is
     shared across patients and users, and a server's cookie must not ride along on
@@ -112,16 +66,19 @@ def new_session(max_workers: int) -> requests.Session:
 
 class FhirClient:
     """Shared by all requests of the process: the session and cache are thread-safe,
-    and per-fetch state lives in `_Call` objects. Each fetch runs its queries on
+    and per-fetch state lives in `Call` objects. Each fetch runs its queries on
     threads of its own, which end by its deadline: no call waits for a thread another
-    call holds. `max_workers` sizes the connection pool (connections kept per host)."""
+    call holds. `max_workers` sizes the connection pool (connections kept per host).
+    `clock` is the deadlines' clock (time.monotonic, the hook's), `sleep` the wait
+    before a retry: tests pass fake ones instead of spending wall time."""
 
     def __init__(self, allowed_servers: Iterable[str], *, page_limit: int = 20, retries: int = 2,
                  cache_ttl: float = 60.0, cache_bytes: int = CACHE_BYTES,
                  max_response_bytes: int = MAX_RESPONSE_BYTES, max_workers: int = 8,
                  session: requests.Session | None = None, user_agent: str = "cds-service",
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self._sleep = sleep  # the wait before a retry (tests pass a recording one, not wall time)
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+        self._sleep = sleep
+        self._clock = clock
         self._allowed = tuple(self._allowed_entry(server) for server in allowed_servers if server.strip())
         self._page_limit = page_limit
         self._retries = retries
@@ -145,9 +102,10 @@ class FhirClient:
     def fetch(self, base: str, token: str | None, queries: Mapping[str, Query], patient_id: str,
               deadline: float, *, no_cache: bool = False, enough: Mapping[str, Enough] | None = None
               ) -> dict[str, FetchResult]:
-        """Run the queries in parallel; returns by `deadline` (a time.monotonic()
-        value) with one result per key, in the order of `queries`. `enough[key]`,
-        asked after each page that has a next one, may stop a search's paging."""
+        """Run the queries in parallel; returns by `deadline` (a value of the client's
+        clock, time.monotonic by default) with one result per key, in the order of
+        `queries`. `enough[key]`, asked after each page that has a next one, may stop
+        a search's paging."""
         if not is_fhir_id(patient_id):
             # An empty patient parameter would make some servers search all patients.
             raise ValueError("patient_id is not a FHIR id")
@@ -174,7 +132,7 @@ class FhirClient:
         """The resources of the pages after a prefetched search Bundle (the caller
         has its first page); an empty result when it has no next link. `enough` is
         asked with the resources of the pages fetched, as in fetch()."""
-        next_href = _link_url(bundle, "next")
+        next_href = link_url(bundle, "next")
         if next_href is None:
             return FetchResult(key, [])
         call_base = self._call_base(base)
@@ -184,7 +142,7 @@ class FhirClient:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fhir-fetch")
         try:
             future = pool.submit(contextvars.copy_context().run, self._run, call,
-                                 partial(self._next_pages, next_href=next_href, self_href=_link_url(bundle, "self"),
+                                 partial(self._next_pages, next_href=next_href, self_href=link_url(bundle, "self"),
                                          enough=enough))
             return self._results_by_deadline({key: call}, {key: future}, deadline)[key]
         finally:
@@ -203,7 +161,7 @@ class FhirClient:
             return None
         return normal
 
-    def _new_call(self, key: str, base: str, token: str | None, deadline: float, no_cache: bool) -> _Call:
+    def _new_call(self, key: str, base: str, token: str | None, deadline: float, no_cache: bool) -> Call:
         # Always fresh from the server (HAPI reuses identical searches for a minute by
         # default): a lab resulted a moment ago must count. Our own short cache, keyed
         # by token, is what absorbs repeated calls for one chart; no_cache skips it too.
@@ -211,13 +169,13 @@ class FhirClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         token_hash = hashlib.sha256(token.encode()).hexdigest() if token else ""
-        return _Call(key, base, headers, token_hash, deadline, read_cache=not no_cache)
+        return Call(key, base, headers, token_hash, deadline, read_cache=not no_cache, started=self._clock())
 
-    def _results_by_deadline(self, calls: Mapping[str, _Call], futures: Mapping[str, Future[FetchResult]],
+    def _results_by_deadline(self, calls: Mapping[str, Call], futures: Mapping[str, Future[FetchResult]],
                              deadline: float) -> dict[str, FetchResult]:
         # Never wait past the deadline. Late workers end at it too (their requests are bounded
         # in total); their results are dropped.
-        done, _ = wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()))
+        done, _ = wait(futures.values(), timeout=max(0.0, deadline - self._clock()))
         results = {}
         for key, future in futures.items():
             if future in done:
@@ -225,7 +183,7 @@ class FhirClient:
                 continue
             future.cancel()
             call = calls[key]
-            elapsed_ms = (time.monotonic() - call.started) * 1000
+            elapsed_ms = (self._clock() - call.started) * 1000
             held = call.read_so_far
             if held is not None:  # a later page was still loading: the pages read are the newest
                 log.warning("FHIR %s: deadline reached while paging; %d pages used", key, call.pages)
@@ -237,7 +195,7 @@ class FhirClient:
                                        error=FhirOutOfTime("deadline exceeded", key=key))
         return results
 
-    def _run(self, call: _Call, work: Callable[[_Call, FetchResult], None]) -> FetchResult:
+    def _run(self, call: Call, work: Callable[[Call, FetchResult], None]) -> FetchResult:
         result = FetchResult(call.key, [])
         try:
             work(call, result)
@@ -247,10 +205,10 @@ class FhirClient:
             log.warning("FHIR %s: %s, %s (status %s)", call.key, type(error).__name__, error.error_class,
                         error.status)
         result.pages, result.requests = call.pages, call.requests
-        result.elapsed_ms = (time.monotonic() - call.started) * 1000
+        result.elapsed_ms = (self._clock() - call.started) * 1000
         return result
 
-    def _query(self, call: _Call, result: FetchResult, *, query: Query, patient_id: str,
+    def _query(self, call: Call, result: FetchResult, *, query: Query, patient_id: str,
                enough: Enough | None) -> None:
         url = f"{call.base}/{query.relative_url(patient_id)}"
         if isinstance(query, Read):
@@ -261,9 +219,9 @@ class FhirClient:
             result.resources, result.cut = self._pages(call, url, restart_url=url, first_page_held=False,
                                                        enough=enough)
 
-    def _next_pages(self, call: _Call, result: FetchResult, *, next_href: str, self_href: str | None,
+    def _next_pages(self, call: Call, result: FetchResult, *, next_href: str, self_href: str | None,
                     enough: Enough | None) -> None:
-        next_url = self._resolve_link(call, next_href)
+        next_url = resolve_link(call, next_href)
         # The self link re-runs the search if HAPI has expired the paged results.
         restart_url = normalise_url(urljoin(call.base + "/", self_href)) if self_href else None
         if restart_url is not None and not is_under(restart_url, call.base):
@@ -271,84 +229,12 @@ class FhirClient:
         result.resources, result.cut = self._pages(call, next_url, restart_url=restart_url, first_page_held=True,
                                                    enough=enough)
 
-    def _pages(self, call: _Call, url: str, *, restart_url: str | None, first_page_held: bool,
-               enough: Enough | None = None) -> tuple[list[dict[str, Any]], str | None]:
-        """Resources of the pages from `url` on, and why paging stopped before the
-        last page (LOOK_BACK, PAGE_LIMIT, DEADLINE) or None. `first_page_held`: the
-        caller has the search's first page, so it counts towards page_limit and,
-        after a restart, is not returned again. `enough(resources)`, asked when
-        there is a next page, stops paging when the caller needs no more.
+    def _pages(self, call: Call, url: str, *, restart_url: str | None, first_page_held: bool,
+               enough: Enough | None) -> tuple[list[dict[str, Any]], str | None]:
+        return read_pages(call, url, self._get, page_limit=self._page_limit, clock=self._clock,
+                          restart_url=restart_url, first_page_held=first_page_held, enough=enough)
 
-        Once a page is in, running out of time cuts the search short instead of
-        failing it: a page that would not arrive in the time left (judged by the
-        slowest page so far) is not asked for, and one still loading at the
-        deadline is left to the waiting thread, which takes the pages read. The
-        caller treats a cut as it treats the page limit; searches sorted newest
-        first lose only older results."""
-        resources: list[dict[str, Any]] = []
-        call.read_so_far = resources if first_page_held else None
-        fetched = {restart_url} if first_page_held and restart_url else set()
-        page_number = 1 if first_page_held else 0  # pages of the search read so far, held one included
-        slowest = 0.0  # seconds the slowest page took to arrive
-        restarted = False
-        next_url: str | None = url
-        while next_url is not None:
-            if next_url in fetched:
-                log.warning("FHIR %s: next link repeats a page already read; paging stopped", call.key)
-                break
-            if page_number >= self._page_limit:  # the caller's page alone reaches the limit
-                return resources, PAGE_LIMIT
-            if page_number > 0 and time.monotonic() + slowest >= call.deadline:
-                log.warning("FHIR %s: paging stopped after %d pages: the next would not arrive before the "
-                            "deadline", call.key, page_number)
-                return resources, DEADLINE
-            fetched.add(next_url)
-            started = time.monotonic()
-            try:
-                bundle = self._get(call, next_url, expect="Bundle", is_next_page=page_number > 0)
-            except _NextPageGone:
-                if restarted or restart_url is None:
-                    again = " again after re-running it" if restarted else ""
-                    raise FhirUnavailable(f"paged search expired (410 Gone){again}", error_class="fhir-410",
-                                          status=410) from None
-                log.info("FHIR %s: paged search expired; re-running it", call.key)
-                restarted = True
-                call.read_cache = False  # a cached first page would hand back the same expired link
-                resources = []
-                call.read_so_far = None
-                fetched.clear()
-                page_number = 0
-                next_url = restart_url
-                continue
-            except FhirOutOfTime:
-                if page_number > 0:  # a later page: the pages read stand, cut short
-                    log.warning("FHIR %s: out of time on page %d; paging stopped", call.key, page_number + 1)
-                    return resources, DEADLINE
-                raise
-            slowest = max(slowest, time.monotonic() - started)
-            page_number += 1
-            if not (first_page_held and page_number == 1):
-                resources.extend(_resources_of(bundle))  # one step: the waiting thread may copy the list
-            call.read_so_far = resources
-            next_href = _link_url(bundle, "next")
-            if next_href is None:
-                break
-            if enough is not None and enough(resources):
-                return resources, LOOK_BACK
-            if page_number >= self._page_limit:
-                return resources, PAGE_LIMIT
-            next_url = self._resolve_link(call, next_href)
-        return resources, None
-
-    def _resolve_link(self, call: _Call, href: str) -> str:
-        # A next link must stay on the server the token was issued for, not just
-        # on the allowlist: the token goes with it.
-        url = normalise_url(urljoin(call.base + "/", href))
-        if url is None or not is_under(url, call.base):
-            raise FhirNotAllowed("next-page link leaves the allowed FHIR server")
-        return url
-
-    def _get(self, call: _Call, url: str, *, expect: str, is_read: bool = False,
+    def _get(self, call: Call, url: str, *, expect: str, is_read: bool = False,
              is_next_page: bool = False) -> dict[str, Any] | None:
         """The parsed 200 body, checked to be an `expect` resource; None for a
         read that found nothing."""
@@ -360,7 +246,7 @@ class FhirClient:
                 return orjson.loads(cached)
         status, content = self._request(call, url)
         if status == 200:
-            body = _parse(content, expect)
+            body = parse_answer(content, expect)
             # Bytes, not the parsed body: each hit gets its own objects, so no
             # caller can alter what another request reads.
             self._cache.put(cache_key, content)
@@ -371,34 +257,36 @@ class FhirClient:
         if is_read and status in (404, 410):
             return None
         if is_next_page and status == 410:
-            raise _NextPageGone
+            raise NextPageGone
         words = f"the FHIR server answered {status}"
         if status >= 500:  # not 502/503/504 (retried in _request): 500 and the like rarely heal on retry
             raise FhirUnavailable(words, error_class=f"fhir-{status}", status=status)
         raise FhirBadResponse(words, error_class=f"fhir-{status}", status=status)
 
-    def _request(self, call: _Call, url: str) -> tuple[int, bytes]:
+    def _request(self, call: Call, url: str) -> tuple[int, bytes]:
         """One GET, retried on 429/502/503/504 and connection failures within the
         deadline: (status, body), the body read (bounded in time and size) for a 200
         only; no other answer's body is read, since the service never uses a server's text."""
         status: int | None = None
         error_class = "connection"
         for attempt in range(self._retries + 1):
-            remaining = call.deadline - time.monotonic()
+            remaining = call.deadline - self._clock()
             if remaining <= 0:
                 raise FhirOutOfTime("deadline exceeded", status=status)
             call.requests += 1
             retry_after = None
+            # The request's own deadline is on time.monotonic (transport.py), the call's on this client's clock.
+            ends = call.deadline if self._clock is time.monotonic else time.monotonic() + remaining
             try:
                 # Redirects are not followed: the target would escape the allowlist check.
-                with bounded_get(self._session, url, deadline=call.deadline, headers=call.headers) as response:
+                with bounded_get(self._session, url, deadline=ends, headers=call.headers) as response:
                     log.debug("FHIR %s: GET -> %s", call.key, response.status_code)
                     if response.status_code == 200:
-                        return 200, read_body(response, call.deadline, self._max_response_bytes)
+                        return 200, read_body(response, ends, self._max_response_bytes)
                     if response.status_code not in _RETRY_STATUSES:
                         return response.status_code, b""
                     status = response.status_code
-                    retry_after = _retry_after_seconds(response)
+                    retry_after = retry_after_seconds(response)
             except TooLarge:
                 raise FhirBadResponse(f"the FHIR server's answer is larger than the service accepts "
                                       f"({self._max_response_bytes} bytes)", error_class="too-large",
@@ -416,7 +304,7 @@ class FhirClient:
             if attempt == self._retries:
                 break
             pause = retry_after if retry_after is not None else _BACKOFF_SECONDS * 2 ** attempt
-            if time.monotonic() + pause >= call.deadline:
+            if self._clock() + pause >= call.deadline:
                 raise FhirOutOfTime(f"{problem}; retrying would pass the deadline", error_class=error_class,
                                     status=status)
             log.info("FHIR %s: %s; retrying in %.2f s", call.key, error_class, pause)
@@ -428,59 +316,3 @@ class FhirClient:
 def _refused(key: str) -> FetchResult:
     return FetchResult(key, [], error=FhirNotAllowed("FHIR server is not on the allowlist", key=key))
 
-
-def _parse(content: bytes, expect: str) -> dict[str, Any]:
-    try:
-        body = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        raise FhirBadResponse("the FHIR server answered with something that is not JSON", error_class="not-json",
-                              status=200) from None
-    resource_type = body.get("resourceType") if isinstance(body, dict) else None
-    if resource_type == "OperationOutcome":
-        raise FhirBadResponse("the FHIR server answered with an OperationOutcome", error_class="operation-outcome",
-                              status=200)
-    if resource_type != expect:
-        raise FhirBadResponse(f"the FHIR server's answer is not a {expect}", error_class="wrong-type", status=200)
-    if expect == "Bundle" and not isinstance(body.get("entry", []), list):
-        raise FhirBadResponse("the FHIR server's Bundle.entry is not a list", error_class="wrong-type", status=200)
-    return body
-
-
-def _link_url(bundle: dict[str, Any], relation: str) -> str | None:
-    links = bundle.get("link") if isinstance(bundle, dict) else None
-    for link in links if isinstance(links, list) else []:
-        url = link.get("url") if isinstance(link, dict) and link.get("relation") == relation else None
-        if isinstance(url, str) and url.strip():
-            return url
-    return None
-
-
-def _resources_of(bundle: dict[str, Any]) -> list[dict[str, Any]]:
-    """The entries' resources, without OperationOutcomes: a search reports
-    warnings as entries (search.mode "outcome") that are not patient data."""
-    resources = []
-    for entry in bundle.get("entry", []):
-        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
-            continue
-        search = entry.get("search")
-        if entry["resource"].get("resourceType") == "OperationOutcome" or \
-                (isinstance(search, dict) and search.get("mode") == "outcome"):
-            continue
-        resources.append(entry["resource"])
-    return resources
-
-
-def _retry_after_seconds(response: requests.Response) -> float | None:
-    """Retry-After in seconds: either delay-seconds or an HTTP date."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .bundles import reference_key
-from .client import LOOK_BACK, Enough, FetchResult, FhirClient
+from .client import FhirClient
+from .results import LOOK_BACK, Enough, FetchResult
 from .errors import FhirBadResponse, FhirError, FhirNotAllowed
 from .queries import Read, Search
 from .scopes import can_read
@@ -56,7 +57,7 @@ class KeyData:
     # The urn: fullUrls of a prefetch Bundle's resources kept, for references between them.
     full_urls: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     requests: int = 0
-    cut: str | None = None  # why a search was cut short: client.LOOK_BACK, PAGE_LIMIT or DEADLINE
+    cut: str | None = None  # why a search was cut short: results.LOOK_BACK, PAGE_LIMIT or DEADLINE
     elapsed_ms: float = 0.0
 
     @property
