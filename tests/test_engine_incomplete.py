@@ -125,15 +125,13 @@ def test_a_cut_that_asked_for_the_criterions_tests_makes_it_unknown(nct06462092)
 
 def test_the_published_schema_knows_every_reason_code_and_field():
     # card.extension["trial-eligibility"] is described in /openapi.json with additionalProperties false.
-    import json
-    from importlib import resources
-
     from cds_service.engine.model import CriterionResult, Evidence, Order, Role
+    from cds_service.hooks.openapi import component_schemas
 
-    schemas = json.loads(resources.files("cds_service.hooks").joinpath("openapi.json").read_bytes())[
-        "components"]["schemas"]
+    schemas = component_schemas()
     criterion = schemas["CriterionResult"]["properties"]
-    assert set(criterion["reasonCode"]["enum"]) == {w.value for w in Why}
+    assert schemas["CriterionResult"]["additionalProperties"] is False
+    assert set(schemas[criterion["reasonCode"]["$ref"].rsplit("/", 1)[1]]["enum"]) == {w.value for w in Why}
     full = CriterionResult("c", "exclusion", Result.UNKNOWN, "r", [Evidence("Observation/1", Role.DECISIVE)],
                            why=Why.STALE, order=Order("k", "s", "c", "d"), title="t", not_read=2).to_json()
     assert set(full) <= set(criterion) and "notRead" in full

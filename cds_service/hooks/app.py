@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from importlib import resources
 from typing import Any
 
 import orjson
@@ -27,6 +26,7 @@ from .auth import AuthError, Authenticator
 from .replay import ReplayStoreUnavailable, jti_store_for
 from .config import Settings
 from .discovery import SERVICE_ID
+from .openapi import openapi_document
 from .responses import ISSUE_TYPES, SECURITY_HEADERS, error_response, json_response, problems_response
 from .server_logging import configure_logging, event, exception_summary, hook_instance_logged, loggable_path
 from .service import TrialEligibilityService, log_event
@@ -211,7 +211,7 @@ def create_app(settings: Settings | None = None, *, client: FhirClient | None = 
         logging.getLogger("cds_service").warning(json.dumps(
             {"event": "startup", "warning": "no CDS_TRUSTED_CLIENTS: client JWTs are not checked"}))
     app.register_blueprint(api)
-    openapi = orjson.loads(resources.files(__package__).joinpath("openapi.json").read_bytes())
+    openapi = openapi_document(service.needs)  # generated from the wire models, once
     app.add_url_rule("/openapi.json", "openapi", lambda: json_response(openapi))
     if settings.cors_origins:
         CORS(app, resources={r"/cds-services*": {"origins": list(settings.cors_origins)}},

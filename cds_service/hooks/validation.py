@@ -23,9 +23,10 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..engine import FHIR_ID as ENGINE_FHIR_ID, error_message
+from .discovery import HOOK
+from .wire import UUID
 
 FHIR_ID = rf"^{ENGINE_FHIR_ID}$"
-UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 USER_ID = re.compile(rf"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/{ENGINE_FHIR_ID}$")
 
@@ -39,20 +40,31 @@ class Invalid(ValueError):
 
 
 class _Wire(BaseModel):
+    # What the descriptions and json_schema_extra add is for /openapi.json (hooks/openapi.py), which
+    # also leaves out the null that an optional field's None default would let through: the spec
+    # forbids it (CDS Hooks 2.0 §Use of JSON), though these models accept it.
     model_config = ConfigDict(extra="allow", frozen=True, str_strip_whitespace=False)
 
 
 class FhirAuthorization(_Wire):
+    """An OAuth 2.0 bearer token for the FHIR server (CDS Hooks 2.0 §FHIR Resource Access). Requires
+    `fhirServer`; `patient`, when given, must equal `context.patientId`. The token is used for the
+    FHIR calls of this request only and is never logged or stored."""
+
     access_token: str = Field(min_length=1, repr=False)  # never shown in reprs
     token_type: Literal["Bearer"]
-    expires_in: int = Field(ge=0)
-    scope: str = Field(min_length=1)
-    subject: str = Field(min_length=1)
+    expires_in: int = Field(ge=0, description="Lifetime of the token in seconds.")
+    scope: str = Field(min_length=1, description="Space-separated SMART scopes (v1 `user/Observation.read` or v2 "
+                       "`patient/Observation.rs`). Data the scopes do not allow reading is not fetched.")
+    subject: str = Field(min_length=1, description="The OAuth 2.0 client id of the CDS service.")
     patient: str | None = Field(default=None, pattern=FHIR_ID)
 
 
 class PatientViewContext(_Wire):
-    userId: str
+    """The patient-view hook context (cds-hooks-library patient-view 1.0)."""
+
+    userId: str = Field(json_schema_extra={"pattern": USER_ID.pattern}, examples=["Practitioner/example"],
+                        description="The user, as `[ResourceType]/[id]`.")
     patientId: str = Field(pattern=FHIR_ID)
     encounterId: str | None = Field(default=None, pattern=FHIR_ID)
 
@@ -65,13 +77,20 @@ class PatientViewContext(_Wire):
 
 
 class HookRequest(_Wire):
-    hook: str = Field(min_length=1)
-    hookInstance: str
-    fhirServer: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    """A CDS Hooks 2.0 service request for the patient-view hook. Unknown fields are tolerated."""
+
+    hook: str = Field(min_length=1, json_schema_extra={"enum": [HOOK]}, description=(
+        f"The hook that triggered the call. This service answers `{HOOK}` only; any other hook is 400."))
+    hookInstance: str = Field(json_schema_extra={"format": "uuid"}, description="A UUID for this particular hook call.")
+    fhirServer: str | None = Field(default=None, pattern=r"^https?://\S+$", json_schema_extra={"format": "uri"},
+                                   description="The base URL of the CDS Client's FHIR server. REQUIRED when "
+                                   "fhirAuthorization is present. Data is fetched from it only when it is on the "
+                                   "service's allowlist (CDS_ALLOWED_FHIR_SERVERS).")
     fhirAuthorization: FhirAuthorization | None = None
     context: PatientViewContext
-    prefetch: dict[str, Any] | None = None
-    extension: dict[str, Any] | None = None
+    prefetch: dict[str, Any] | None = None  # its keys are the service's: hooks/openapi.py describes them
+    extension: dict[str, Any] | None = Field(default=None, description=(
+        "CDS Hooks extensions (a pre-coordinated JSON object); tolerated and ignored."))
 
     @field_validator("hookInstance")
     @classmethod
@@ -99,6 +118,10 @@ class Coding(_Wire):
 
 
 class OverrideReason(_Wire):
+    """A reason, a non-empty userComment, or both (CDS Hooks 2.0 invariant cds-fb-3)."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": ["reason"]}, {"required": ["userComment"], "properties": {"userComment": {"minLength": 1}}}]})
     reason: Coding | None = None
     userComment: str | None = None
 
@@ -110,15 +133,18 @@ class OverrideReason(_Wire):
 
 
 class AcceptedSuggestion(_Wire):
-    id: str = Field(pattern=UUID)  # the suggestion's uuid
+    id: str = Field(pattern=UUID, json_schema_extra={"format": "uuid"}, description="The suggestion's `uuid`.")
 
 
 class FeedbackItem(_Wire):
-    card: str = Field(pattern=UUID)  # the card's uuid
+    """What the user did with one card. `acceptedSuggestions` is required when `outcome` is `accepted`."""
+
+    card: str = Field(pattern=UUID, json_schema_extra={"format": "uuid"}, description="The card's `uuid`.")
     outcome: Literal["accepted", "overridden"]
     acceptedSuggestions: list[AcceptedSuggestion] | None = None
     overrideReason: OverrideReason | None = None
-    outcomeTimestamp: str
+    outcomeTimestamp: str = Field(json_schema_extra={"format": "date-time"},
+                                  description="When the user acted (RFC 3339 §5.6, with a time zone).")
 
     @field_validator("outcomeTimestamp")
     @classmethod
@@ -139,7 +165,8 @@ class FeedbackItem(_Wire):
 
 
 class FeedbackRequest(_Wire):
-    feedback: list[FeedbackItem] = Field(max_length=100)  # required; [] is allowed (nothing to store)
+    feedback: list[FeedbackItem] = Field(max_length=100, description=(  # required; [] is allowed
+        "An empty list is accepted and stores nothing (CDS Hooks 2.0 feedback model: 0..*)."))
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
