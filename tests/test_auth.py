@@ -26,7 +26,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from cds_service.hooks.auth import AuthError, Authenticator, Client, TrustConfigError, load_trust_config
+from cds_service.hooks.auth import (AuthError, Authenticator, Client, TrustConfig, TrustConfigError, TrustedClient,
+                                     load_trust_config)
 from cds_service.hooks.replay import SqliteJtiStore
 
 NOW = 1_750_000_000.0
@@ -687,18 +688,55 @@ GOOD_CLIENT = {"iss": ISS_A, "jwks": JWKS_A}
     ({"clients": [{"iss": ISS_B, "jwks": {"keys": JWKS_B["keys"] * 2}}]}, ["clients[0]", "kid 'b-1'"]),
     ({"clients": [{"iss": ISS_B, "jku": [JKU_B], "tenants": []}]}, ["clients[0]", "tenants"]),
     ({"clients": [{"iss": ISS_B, "jku": [JKU_B], "jwks_file": "x"}]}, ["clients[0]", "jwks_file", "unknown"]),
-    ({"client": [GOOD_CLIENT]}, ["client", "unknown field"]),
+    ({"client": [GOOD_CLIENT]}, ["client: unknown field (allowed: algorithms, clients)"]),
     ("clients: [unclosed", ["not valid YAML"]),
     ("- just\n- a list\n", ["mapping"]),
+    ("", ["mapping"]),
+    # the place in the file, as precisely as it can be named
+    ({"algorithms": ["ES384", 5], "clients": [GOOD_CLIENT]}, ["algorithms[1]: 5 is not allowed"]),
+    ({"algorithms": "ES384", "clients": [GOOD_CLIENT]}, ["algorithms: Input should be a valid list"]),
+    ({"clients": "all"}, ["clients: Input should be a valid list"]),
+    ({"clients": [5]}, ["clients[0]: must be a mapping with iss and jku, jwks or jwksFile"]),
+    ({"clients": [{"iss": 5, "jku": [JKU_B]}]}, ["clients[0]: iss: Input should be a valid string"]),
+    ({"clients": [{"iss": " " + ISS_B, "jku": [JKU_B]}]}, ["clients[0] (iss ' https://ehr-b.example.com'): iss: has "
+                                                          "leading or trailing whitespace"]),
+    ({"clients": [{"iss": ISS_B, "jku": [JKU_B, 5]}]}, [f"clients[0] (iss '{ISS_B}'): jku[1]: 5 is not an https URL"]),
+    ({"clients": [{"iss": ISS_B, "jku": {"url": JKU_B}}]}, ["clients[0]", "jku: Input should be a valid list"]),
+    ({"clients": [{"iss": ISS_B, "jku": []}]}, ["clients[0]", "jwks/jwksFile hold no keys and there is no jku"]),
+    ({"clients": [{"iss": ISS_B, "jwks": {"keys": []}}]}, ["clients[0]", "hold no keys and there is no jku"]),
+    ({"clients": [{"iss": ISS_B, "jwks": [JWKS_B]}]}, ["clients[0]", "jwks: must be a JWK Set: {keys: [...]}"]),
+    ({"clients": [{"iss": ISS_B, "jwks": {"keys": ["b-1"]}}]}, ["clients[0]", "jwks.keys[0]: must be a JWK object"]),
+    ({"clients": [{"iss": ISS_B, "jwks": {"keys": [{**JWKS_B["keys"][0], "use": "enc"}]}}]},
+     ["clients[0]", "jwks.keys[0]: kid 'b-1': use 'enc' is not 'sig'"]),
+    ({"clients": [{"iss": ISS_B, "jku": [JKU_B], "tenants": ["main", ""]}]},
+     ["clients[0]", "tenants[1]: String should have at least 1 character"]),
+    ({"clients": [{"iss": ISS_B, "jwksFile": ""}]}, ["clients[0]", "jwksFile: must be a file name"]),
 ])
 def test_trust_config_errors(tmp_path, data, expected):
     path = _write(tmp_path, data)
     with pytest.raises(TrustConfigError) as info:
         load_trust_config(path)
     message = str(info.value)
-    assert message.startswith(str(path))
+    assert message.startswith(str(path)) and "\n" not in message  # one line, naming the file
     for part in expected:
         assert part in message, message
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("{", "jwksFile: {file} is not valid JSON"),
+    ("[]", "jwksFile: must be a JWK Set: {{keys: [...]}}"),
+    (json.dumps({"keys": [{**JWKS_T["keys"][0], "kty": "oct"}]}),
+     "jwksFile.keys[0]: kid 't-1': kty 'oct' is not allowed"),
+    (json.dumps(JWKS_B), "jwksFile.keys[0]: kid 'b-1' is used by another key of this issuer"),  # b-1 is inline too
+])
+def test_trust_config_jwks_file_errors(tmp_path, content, expected):
+    file = tmp_path / "keys" / "ehr.json"
+    file.parent.mkdir()
+    file.write_text(content)
+    path = _write(tmp_path, {"clients": [{"iss": ISS_B, "jwks": JWKS_B, "jwksFile": "keys/ehr.json"}]})
+    with pytest.raises(TrustConfigError) as info:
+        load_trust_config(path)
+    assert str(info.value).startswith(f"{path}: clients[0] (iss '{ISS_B}'): " + expected.format(file=file))
 
 
 def test_trust_config_unreadable_file(tmp_path):
@@ -714,9 +752,21 @@ def test_trust_config_json_and_defaults(tmp_path):
     path = _write(tmp_path, json.dumps({"clients": [{"iss": ISS_T, "jwksFile": "k.json"},
                                                     {"iss": ISS_B, "jku": JKU_B}]}), name="c.json")
     config = load_trust_config(path)
-    assert config.algorithms == ("ES384", "RS384")
-    assert set(config.clients[ISS_T].keys) == {"t-1"} and config.clients[ISS_T].tenants is None
-    assert config.clients[ISS_B].jku == (JKU_B,)
+    assert config == TrustConfig(algorithms=("ES384", "RS384"), clients={
+        ISS_T: TrustedClient(iss=ISS_T, jku=(), keys={"t-1": JWKS_T["keys"][0]}, tenants=None),
+        ISS_B: TrustedClient(iss=ISS_B, jku=(JKU_B,), keys={}, tenants=None)})
+
+
+def test_trust_config_loads_as_before(tmp_path):
+    (tmp_path / "t.json").write_text(json.dumps(JWKS_T))
+    path = _write(tmp_path, {"algorithms": ["ES256", "RS384", "EdDSA"], "clients": [
+        {"iss": ISS_A, "jwks": {"keys": JWKS_A["keys"][:2], "note": "members besides keys are ignored"},
+         "jwksFile": "t.json", "tenants": ["main", "annex"]},
+        {"iss": ISS_B, "jku": [JKU_B, JKU_B + "?v=2"], "jwks": JWKS_B}]})
+    assert load_trust_config(path) == TrustConfig(algorithms=("ES256", "RS384", "EdDSA"), clients={
+        ISS_A: TrustedClient(iss=ISS_A, jku=(), tenants=frozenset({"main", "annex"}),
+                             keys={"ec-1": JWKS_A["keys"][0], "rsa-1": JWKS_A["keys"][1], "t-1": JWKS_T["keys"][0]}),
+        ISS_B: TrustedClient(iss=ISS_B, jku=(JKU_B, JKU_B + "?v=2"), keys={"b-1": JWKS_B["keys"][0]}, tenants=None)})
 
 
 def test_public_base_url_validated(trust_file, store):
@@ -727,8 +777,10 @@ def test_public_base_url_validated(trust_file, store):
 
 def test_deploy_example_file_loads():
     example = Path(__file__).resolve().parents[1] / "deploy" / "trusted-clients.example.yaml"
-    config = load_trust_config(example)
-    assert config.algorithms == ("ES384", "RS384") and config.clients
+    iss = "https://fhir.hospital.example.org/api/FHIR/R4"
+    assert load_trust_config(example) == TrustConfig(algorithms=("ES384", "RS384"), clients={iss: TrustedClient(
+        iss=iss, jku=("https://fhir.hospital.example.org/api/epic/2019/Security/Open/PublicKeys/530013/530013",),
+        keys={}, tenants=frozenset({"hospital-main"}))})
 
 
 def test_sandbox_issuer_warns(tmp_path, auth_log):

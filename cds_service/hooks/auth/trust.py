@@ -1,5 +1,6 @@
 """The trusted-clients file: which issuers the service trusts, with their keys (inline, a
-file, or an allowlisted jku), algorithms and tenants, checked when it is read."""
+file, or an allowlisted jku), algorithms and tenants, checked when it is read (pydantic
+models of the file; a problem is one line naming its place in the file)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Annotated, Any, Callable, Mapping
 
 import jwt
 import yaml
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+                      model_validator)
+
+from ...engine import error_message, error_path
 
 
 log = logging.getLogger("cds_service.auth")
@@ -81,10 +86,105 @@ class TrustConfig:
     clients: Mapping[str, TrustedClient]  # by iss
 
 
-_TOP_FIELDS = {"algorithms", "clients"}
+# The file, as pydantic models: the loader turns them into the TrustConfig above.
 
 
-_CLIENT_FIELDS = {"iss", "jku", "jwks", "jwksFile", "tenants"}
+class _FileModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _algorithm(alg: Any) -> str:
+    if not isinstance(alg, str) or alg not in ASYMMETRIC_ALGORITHMS:
+        forbidden = isinstance(alg, str) and (alg.lower() == "none" or alg.upper().startswith("HS"))
+        raise ValueError(f"{alg!r} is not allowed: "
+                         + ("'none' and symmetric (HMAC) algorithms are forbidden by CDS Hooks; " if forbidden else "")
+                         + f"use asymmetric algorithms only ({', '.join(sorted(ASYMMETRIC_ALGORITHMS))})")
+    return alg
+
+
+def _https_url(url: Any) -> str:
+    if not isinstance(url, str) or not re.fullmatch(r"https://[^\s#]+", url):
+        raise ValueError(f"{url!r} is not an https URL")
+    return url
+
+
+def _jwk(key: Any) -> dict[str, Any]:
+    problem = jwk_problem(key)
+    if problem:
+        raise ValueError(problem)
+    return dict(key)
+
+
+def _mapping(what: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(f"must be {what}")
+        return value
+    return check
+
+
+class _JwkSet(BaseModel):
+    """A JWK Set of public signature keys, checked strictly (members besides `keys` are ignored)."""
+    keys: list[Annotated[dict[str, Any], BeforeValidator(_jwk)]]
+
+    _is_a_set = model_validator(mode="before")(_mapping("a JWK Set: {keys: [...]}"))
+
+
+def _read_jwks_file(name: Any, info: ValidationInfo) -> Any:
+    """A jwksFile's JWK Set, the file named relative to the trusted-clients file."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("must be a file name")
+    file = info.context["directory"] / name
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read {file} ({exc.strerror or type(exc).__name__})") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"{file} is not valid JSON") from None
+
+
+def _issuer(iss: str) -> str:
+    if not iss.strip():
+        raise ValueError("required, the issuer exactly as the CDS Client sends it")
+    if iss != iss.strip():
+        raise ValueError("has leading or trailing whitespace")
+    return iss
+
+
+class _Client(_FileModel):
+    iss: Annotated[str, AfterValidator(_issuer)]
+    # allowlisted JWK Set URLs: one or a list
+    jku: Annotated[list[Annotated[str, BeforeValidator(_https_url)]],
+                   BeforeValidator(lambda v: [] if v is None else [v] if isinstance(v, str) else v)] = []
+    jwks: _JwkSet | None = None
+    jwksFile: Annotated[_JwkSet, BeforeValidator(_read_jwks_file)] | None = None  # noqa: N815 - the file's name
+    tenants: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
+
+    _is_a_mapping = model_validator(mode="before")(_mapping("a mapping with iss and jku, jwks or jwksFile"))
+
+    @model_validator(mode="after")
+    def _has_keys(self) -> "_Client":
+        if not self.keys() and not self.jku:
+            raise ValueError("needs at least one of jku, jwks or jwksFile (where to find its public keys)"
+                             if not {"jku", "jwks", "jwksFile"} & self.model_fields_set
+                             else "jwks/jwksFile hold no keys and there is no jku")
+        return self
+
+    def keys(self) -> dict[str, Mapping[str, Any]]:
+        """Its public keys by kid, from jwks and jwksFile; a kid used twice is refused."""
+        keys: dict[str, Mapping[str, Any]] = {}
+        for where, jwks in (("jwks", self.jwks), ("jwksFile", self.jwksFile)):
+            for i, key in enumerate(jwks.keys if jwks is not None else ()):
+                if key["kid"] in keys:
+                    raise ValueError(f"{where}.keys[{i}]: kid {key['kid']!r} is used by another key of this issuer")
+                keys[key["kid"]] = key
+        return keys
+
+
+class _TrustFile(_FileModel):
+    algorithms: Annotated[list[Annotated[str, BeforeValidator(_algorithm)]], Field(min_length=1)] = \
+        list(DEFAULT_ALGORITHMS)
+    clients: Annotated[list[_Client], Field(min_length=1)]
 
 
 def load_trust_config(path: str | Path) -> TrustConfig:
@@ -100,101 +200,48 @@ def load_trust_config(path: str | Path) -> TrustConfig:
     except (ValueError, yaml.YAMLError) as exc:
         raise TrustConfigError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: "
                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-
-    def fail(where: str, message: str) -> TrustConfigError:
-        return TrustConfigError(f"{path}: {where}: {message}")
-
     if not isinstance(data, dict):
         raise TrustConfigError(f"{path}: must be a mapping with 'clients' (and optionally 'algorithms')")
-    unknown = sorted(set(map(str, data)) - _TOP_FIELDS)
-    if unknown:
-        raise fail(unknown[0], f"unknown field (allowed: {', '.join(sorted(_TOP_FIELDS))})")
-
-    algorithms = data.get("algorithms", list(DEFAULT_ALGORITHMS))
-    if not isinstance(algorithms, list) or not algorithms:
-        raise fail("algorithms", "must be a non-empty list, e.g. [ES384, RS384]")
-    for alg in algorithms:
-        if not isinstance(alg, str) or alg not in ASYMMETRIC_ALGORITHMS:
-            forbidden = isinstance(alg, str) and (alg.lower() == "none" or alg.upper().startswith("HS"))
-            raise fail("algorithms", f"{alg!r} is not allowed: "
-                       + ("'none' and symmetric (HMAC) algorithms are forbidden by CDS Hooks; "
-                          if forbidden else "")
-                       + f"use asymmetric algorithms only ({', '.join(sorted(ASYMMETRIC_ALGORITHMS))})")
-
-    clients_data = data.get("clients")
-    if not isinstance(clients_data, list) or not clients_data:
-        raise fail("clients", "must be a non-empty list of trusted CDS Clients")
+    try:
+        parsed = _TrustFile.model_validate(data, context={"directory": path.parent})
+    except ValidationError as exc:
+        raise TrustConfigError(f"{path}: {_problem(exc, data)}") from None
     clients: dict[str, TrustedClient] = {}
-    for index, entry in enumerate(clients_data):
-        where = f"clients[{index}]"
-        if not isinstance(entry, dict):
-            raise fail(where, "must be a mapping with iss and jku, jwks or jwksFile")
-        iss = entry.get("iss")
-        if isinstance(iss, str) and iss:
-            where = f"clients[{index}] (iss {iss!r})"
-        unknown = sorted(set(map(str, entry)) - _CLIENT_FIELDS)
-        if unknown:
-            raise fail(where, f"{unknown[0]}: unknown field (allowed: {', '.join(sorted(_CLIENT_FIELDS))})")
-        if not isinstance(iss, str) or not iss.strip():
-            raise fail(where, "iss: required, the issuer exactly as the CDS Client sends it")
-        if iss != iss.strip():
-            raise fail(where, "iss: has leading or trailing whitespace")
-        if iss in clients:
-            raise fail(where, "iss: the same issuer is listed twice")
-        if "sandbox.cds-hooks.org" in iss:
+    for index, client in enumerate(parsed.clients):
+        if client.iss in clients:
+            raise TrustConfigError(f"{path}: {_client_place(index, data)}: iss: the same issuer is listed twice")
+        if "sandbox.cds-hooks.org" in client.iss:
             log.warning(json.dumps({"event": "trust-config", "warning": "the CDS Hooks sandbox's private key is "
-                                    "public: never trust it in production", "iss": iss}))
-        if not any(entry.get(field) is not None for field in ("jku", "jwks", "jwksFile")):
-            raise fail(where, "needs at least one of jku, jwks or jwksFile (where to find its public keys)")
-
-        jku = entry.get("jku") or []
-        if isinstance(jku, str):
-            jku = [jku]
-        if not isinstance(jku, list):
-            raise fail(where, "jku: must be a list of https URLs")
-        for url in jku:
-            if not isinstance(url, str) or not re.fullmatch(r"https://[^\s#]+", url):
-                raise fail(where, f"jku: {url!r} is not an https URL")
-
-        keys: dict[str, Mapping[str, Any]] = {}
-        if entry.get("jwks") is not None:
-            _config_keys(entry["jwks"], keys, lambda m: fail(where, f"jwks: {m}"))
-        if entry.get("jwksFile") is not None:
-            name = entry["jwksFile"]
-            if not isinstance(name, str) or not name:
-                raise fail(where, "jwksFile: must be a file name")
-            file = (path.parent / name) if not Path(name).is_absolute() else Path(name)
-            try:
-                jwks = json.loads(file.read_text(encoding="utf-8"))
-            except OSError as exc:
-                raise fail(where, f"jwksFile: cannot read {file} ({exc.strerror or type(exc).__name__})") from None
-            except (ValueError, UnicodeDecodeError):
-                raise fail(where, f"jwksFile: {file} is not valid JSON") from None
-            _config_keys(jwks, keys, lambda m: fail(where, f"jwksFile {file}: {m}"))
-        if not keys and not jku:
-            raise fail(where, "jwks/jwksFile hold no keys and there is no jku")
-
-        tenants = entry.get("tenants")
-        if tenants is not None:
-            if (not isinstance(tenants, list) or not tenants
-                    or not all(isinstance(t, str) and t for t in tenants)):
-                raise fail(where, "tenants: must be a non-empty list of tenant strings (or be left out)")
-            tenants = frozenset(tenants)
-        clients[iss] = TrustedClient(iss=iss, jku=tuple(jku), keys=keys, tenants=tenants)
-    return TrustConfig(algorithms=tuple(algorithms), clients=clients)
+                                    "public: never trust it in production", "iss": client.iss}))
+        clients[client.iss] = TrustedClient(iss=client.iss, jku=tuple(client.jku), keys=client.keys(),
+                                            tenants=frozenset(client.tenants) if client.tenants is not None else None)
+    return TrustConfig(algorithms=tuple(parsed.algorithms), clients=clients)
 
 
-def _config_keys(jwks: Any, into: dict[str, Mapping[str, Any]], fail: Callable[[str], TrustConfigError]) -> None:
-    """Validate a configured JWK Set strictly and add its keys to `into` (by kid)."""
-    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
-        raise fail("must be a JWK Set: {keys: [...]}")
-    for i, key in enumerate(jwks["keys"]):
-        problem = jwk_problem(key)
-        if problem:
-            raise fail(f"keys[{i}]: {problem}")
-        if key["kid"] in into:
-            raise fail(f"keys[{i}]: kid {key['kid']!r} is used by another key of this issuer")
-        into[key["kid"]] = dict(key)
+def _client_place(index: int, data: dict) -> str:
+    """clients[1] (iss 'https://ehr.example.org'): the entry, by its issuer when it names one."""
+    iss = data["clients"][index].get("iss") if isinstance(data["clients"][index], dict) else None
+    return f"clients[{index}]" + (f" (iss {iss!r})" if isinstance(iss, str) and iss else "")
+
+
+def _problem(exc: ValidationError, data: dict) -> str:
+    """The first problem in one line, where it is in the file: an unknown field first (a
+    misspelt one also makes the field it meant look missing)."""
+    errors = exc.errors(include_url=False)
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = list(error["loc"])
+    places = []
+    if loc[:1] == ["clients"] and len(loc) > 1 and isinstance(loc[1], int):
+        places.append(_client_place(loc[1], data))
+        loc = loc[2:]
+    if loc:
+        places.append(error_path(loc))
+    if error["type"] == "extra_forbidden":
+        model = _Client if error["loc"][0] == "clients" else _TrustFile
+        message = f"unknown field (allowed: {', '.join(sorted(model.model_fields))})"
+    else:
+        message = error_message(error)
+    return ": ".join(places + [message])
 
 
 def jwk_problem(key: Any) -> str | None:
