@@ -256,3 +256,11 @@ def test_every_error_is_a_documented_operation_outcome(make_app):
         FhirOperationOutcome.model_validate(body)  # and valid FHIR R4B
         _response_schema(document, path, method, status, "application/fhir+json").validate(body)
     assert any(len(a.get_json()["issue"]) > 1 for *_, a, _ in errors)  # one issue per problem
+
+
+def test_every_issue_type_the_service_maps_a_status_to_is_a_fhir_issue_type():
+    from typing import get_args
+
+    from cds_service.hooks.responses import ISSUE_TYPES
+    assert set(ISSUE_TYPES.values()) <= set(get_args(wire.IssueType))
+    assert {"invalid", "not-found", "transient", "login"} <= set(get_args(wire.IssueType))

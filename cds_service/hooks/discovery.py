@@ -3,17 +3,16 @@ definitions, with the FHIR data it needs (fhir/needs.py) as prefetch templates."
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..engine import Trial
 from ..fhir.needs import DataNeed, data_needs
+from .wire import CdsService
 
 SERVICE_ID = "trial-eligibility"
 HOOK = "patient-view"
 __all__ = ["SERVICE_ID", "HOOK", "DataNeed", "data_needs", "service_description"]
 
 
-def service_description(trials: list[Trial], needs: list[DataNeed]) -> dict[str, Any]:
+def service_description(trials: list[Trial], needs: list[DataNeed]) -> CdsService:
     names = "; ".join(f"{t.id} ({t.definition.short_title})" for t in trials)
     required = ", ".join(dict.fromkeys(n.resource_type for n in needs if n.required))
     return {
