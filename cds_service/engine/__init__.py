@@ -10,7 +10,7 @@ from .evaluate import Trial, evaluate
 from .model import (CriterionResult, Evidence, Measured, Order, Result, Role, Status, TrialEvaluation, UpperLimit, Why,
                     shown_number, shown_recorded, shown_text)
 from .quantities import UnitBridge, UnitTable, is_ucum
-from .record import Cut, PatientRecord, type_and_id
+from .record import Cut, PatientRecord, code_element, type_and_id
 from .validation import FHIR_ID, error_message, error_path, is_fhir_id, validations_done
 from .rules.base import CodeLibrary, codeset_fields
 from .rules.readers import instant_rank, newest_first, raw_observation_rank, sorted_newest_first
@@ -25,5 +25,5 @@ __all__ = [
     "TrialDefinition", "RULE_KINDS", "CodeLibrary", "CodeSet", "CodeEntry", "Provenance", "canonical_system",
     "coding_key", "memo_coding_key", "codeset_fields", "UnitTable", "UnitBridge", "is_ucum",
     # reading FHIR dates and references as the engine does (data access uses the same rules)
-    "FHIR_ID", "is_fhir_id", "error_message", "error_path", "type_and_id", "instant_rank", "newest_first", "raw_observation_rank", "sorted_newest_first",
+    "FHIR_ID", "is_fhir_id", "error_message", "error_path", "type_and_id", "code_element", "instant_rank", "newest_first", "raw_observation_rank", "sorted_newest_first",
 ]

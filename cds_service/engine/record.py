@@ -18,7 +18,23 @@ import orjson
 from .codes import CODING_KEYS, CodeSet, memo_coding_key
 from .validation import InvalidResource, read_elements, validate, validate_serialized
 
-_INDEXED_TYPES = ("Observation", "Condition", "AllergyIntolerance", "DiagnosticReport")
+# Where a resource type keeps the code that classifies it, when not in `code` (Specimen.type,
+# MedicationRequest.medicationCodeableConcept): declared by the rule kinds that read such a
+# type (RuleModel.code_elements -> index_codes_at). Every type is indexed by it.
+_CODE_ELEMENTS: dict[str, str] = {}
+
+
+def index_codes_at(resource_type: str, element: str) -> None:
+    """Index resources of `resource_type` by the codes of `element` (a CodeableConcept)."""
+    if _CODE_ELEMENTS.get(resource_type, element) != element:
+        raise ValueError(f"{resource_type} is already indexed by {_CODE_ELEMENTS[resource_type]}, not {element}")
+    if element != "code":
+        _CODE_ELEMENTS[resource_type] = element
+
+
+def code_element(resource_type: str) -> str:
+    """The element whose codes classify a resource of this type (find() looks them up)."""
+    return _CODE_ELEMENTS.get(resource_type, "code")
 
 
 class Hit(NamedTuple):
@@ -132,8 +148,7 @@ class PatientRecord:
         self.cuts = tuple(cuts)  # searches cut short: what they may have left out
         self.by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
         # resource type -> (system, code) -> (resource, component index or None, position)
-        self._index: dict[str, dict[tuple[str, str], list[tuple[dict[str, Any], int | None, int]]]] = {
-            t: {} for t in _INDEXED_TYPES}
+        self._index: dict[str, dict[tuple[str, str], list[tuple[dict[str, Any], int | None, int]]]] = {}
         self._found: dict[tuple[str, int], tuple[CodeSet, list[Hit]]] = {}  # find() answers, by type and code set
         self._full_urls = dict(full_urls or {})
         self._by_reference: dict[str, dict[str, Any]] | None = None  # built on first resolve()
@@ -153,25 +168,23 @@ class PatientRecord:
         # that has components, each component's code (with the component's position).
         # A resource with `contained` is set aside (one key look-up a resource) and its contained
         # resources indexed after the loop: only charts that send them pay for them.
-        by_type, indexes = self.by_type, self._index
+        by_type, indexes, elsewhere = self.by_type, self._index, _CODE_ELEMENTS
         containers: list[tuple[int, dict[str, Any]]] = []
         for position, raw in enumerate(resources):
             try:
                 rtype = raw["resourceType"]
-                index = indexes[rtype]  # an indexed type: the usual case
-            except (KeyError, TypeError, IndexError):  # the Patient, another type, or not a resource
-                if isinstance(raw, dict) and isinstance(rtype := raw.get("resourceType"), str):
-                    by_type[rtype].append(raw)
-                    if rtype == "Patient" and self.patient_raw is None:
-                        self.patient_raw = raw
-                    if "contained" in raw:
-                        containers.append((position, raw))
-                continue
+                index = indexes[rtype]  # a type seen before in this record: the usual case
+            except (KeyError, TypeError, IndexError):  # a type first seen here, or not a resource
+                if not (isinstance(raw, dict) and isinstance(rtype := raw.get("resourceType"), str)):
+                    continue
+                index = indexes[rtype] = {}
+                if rtype == "Patient":
+                    self.patient_raw = raw  # the first Patient: later ones find the index made
             by_type[rtype].append(raw)
             if "contained" in raw:
                 containers.append((position, raw))
             try:
-                codings = raw["code"]["coding"]
+                codings = raw[elsewhere[rtype] if elsewhere and rtype in elsewhere else "code"]["coding"]
             except (KeyError, TypeError, IndexError):  # no code, or not a CodeableConcept
                 pass
             else:
@@ -211,16 +224,14 @@ class PatientRecord:
                     local[rid] = raw
                 self._container_of[id(raw)] = container
                 by_type[rtype].append(raw)  # a contained Patient is never the record's patient
-                index = indexes.get(rtype)
-                if index is not None:
-                    self._index_codes(index, raw, position + k * step)
+                self._index_codes(indexes.setdefault(rtype, {}), raw, position + k * step)
             self._contained[id(container)] = local
 
     @staticmethod
     def _index_codes(index: dict[tuple[str, str], list[tuple[dict[str, Any], int | None, float]]],
                      raw: dict[str, Any], position: float) -> None:
         """What the loop of _index_all does for one resource: its code and its components' codes."""
-        code = raw.get("code")
+        code = raw.get(code_element(raw["resourceType"]))
         if isinstance(code, dict):
             _index_codings(index, code.get("coding"), (raw, None, position))
         components = raw.get("component") if raw.get("resourceType") == "Observation" else None

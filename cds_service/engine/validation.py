@@ -12,17 +12,6 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 
-# Types the engine reads: the fhir.resources model of each.
-_MODEL_MODULES = {
-    "Patient": ("fhir.resources.R4B.patient", "Patient"),
-    "Observation": ("fhir.resources.R4B.observation", "Observation"),
-    "Condition": ("fhir.resources.R4B.condition", "Condition"),
-    "AllergyIntolerance": ("fhir.resources.R4B.allergyintolerance", "AllergyIntolerance"),
-    "DiagnosticReport": ("fhir.resources.R4B.diagnosticreport", "DiagnosticReport"),
-    "Specimen": ("fhir.resources.R4B.specimen", "Specimen"),
-}
-
-
 # The elements criteria read, per type: what every kind reads, and what rule kinds declare
 # besides (RuleModel.elements_read, added by read_also when the kind is defined). Only these
 # are validated: a malformed narrative or performer must not discard a valid lab value, and
@@ -43,27 +32,28 @@ _READ_ELEMENTS = {
                          "effectivePeriod", "conclusionCode", "conclusion", "specimen"},
     "Specimen": {"resourceType", "id", "type", "subject"},
 }
+# A type no list above names (one a rule kind adds): its id and the usual classifying
+# elements; the kind declares what else it reads (read_also).
+_COMMON_ELEMENTS = frozenset({"resourceType", "id", "status", "code", "subject", "patient"})
 
 
 _BIRTHSEX_URL = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex"
-_model_classes: dict[str, type] = {}
 
 
 def read_also(resource_type: str, elements: Iterable[str]) -> None:
     """Validate these elements of `resource_type` too (a rule kind reads them). Kinds are
     defined when the engine is imported, before anything is validated; should one come
     later, models validated without its elements are forgotten."""
-    if resource_type not in _READ_ELEMENTS:
-        raise ValueError(f"the engine does not read {resource_type} resources")
-    new = set(elements) - _READ_ELEMENTS[resource_type]
+    known = _READ_ELEMENTS.get(resource_type, _COMMON_ELEMENTS)
+    new = set(elements) - known
     if new:
-        _READ_ELEMENTS[resource_type] |= new
+        _READ_ELEMENTS[resource_type] = set(known) | new
         validate_serialized.cache_clear()
 
 
 def read_elements(raw: dict[str, Any]) -> dict[str, Any]:
     """The part of a resource the engine reads (what gets validated)."""
-    keep = _READ_ELEMENTS[raw["resourceType"]]
+    keep = _READ_ELEMENTS.get(raw["resourceType"], _COMMON_ELEMENTS)
     trimmed = {k: v for k, v in raw.items() if k in keep}
     if raw["resourceType"] == "Patient" and isinstance(trimmed.get("extension"), list):
         trimmed["extension"] = [e for e in trimmed["extension"]
@@ -73,15 +63,12 @@ def read_elements(raw: dict[str, Any]) -> dict[str, Any]:
     return trimmed
 
 
+@functools.lru_cache(maxsize=256)  # more than the FHIR R4B resource types (~150)
 def model_class(resource_type: str) -> type:
-    cls = _model_classes.get(resource_type)
-    if cls is None:
-        import importlib
+    """The fhir.resources R4B model of a resource type (imported on first use)."""
+    from fhir.resources.R4B import get_fhir_model_class
 
-        module, name = _MODEL_MODULES[resource_type]
-        cls = getattr(importlib.import_module(module), name)
-        _model_classes[resource_type] = cls
-    return cls
+    return get_fhir_model_class(resource_type)
 
 
 class InvalidResource(ValueError):

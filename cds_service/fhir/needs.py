@@ -17,7 +17,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ..engine import Trial, coding_key, instant_rank, newest_first, raw_observation_rank
+from ..engine import Trial, code_element, coding_key, instant_rank, newest_first, raw_observation_rank
 from .queries import Query, Read, Search
 
 
@@ -38,8 +38,20 @@ _KINDS = (
     _Kind("cytologyReports", "DiagnosticReport", False),
     _Kind("specimens", "Specimen", False),
 )
-_TYPES = {k.resource_type for k in _KINDS}
-_CODE_PARAM = {"Observation": "code", "Condition": "code", "DiagnosticReport": "code", "Specimen": "type"}
+# The search parameter for a type's classifying code, where it is not `code`.
+_CODE_PARAM = {"Specimen": "type"}
+
+
+def _kind_of(resource_type: str, latest_only: bool) -> _Kind:
+    """The query a resource type read with (latest_only) or without a look-back goes to. A
+    type no query above reads (one a new rule kind reads) gets one of its own: key
+    "procedures" for Procedure; not required (the hook answers without it, and what the
+    kind finds missing is its to say)."""
+    kind = next((k for k in _KINDS if k.resource_type == resource_type and k.latest_only in (None, latest_only)),
+                None)
+    if kind is None:
+        kind = _Kind(resource_type[0].lower() + resource_type[1:] + "s", resource_type, False)
+    return kind
 _SORTED_BY_DATE = {"Observation", "DiagnosticReport"}
 # What a search the service runs itself asks the server to include: a report's results and
 # specimen may be coded otherwise than the searches ask, or name no patient (a Specimen
@@ -67,7 +79,7 @@ class DataNeed:
             return False
         if self.codes is None:
             return True
-        concept = resource.get("type" if self.resource_type == "Specimen" else "code")
+        concept = resource.get(code_element(self.resource_type))
         codings = concept.get("coding") if isinstance(concept, dict) else None
         return any(isinstance(c, dict) and coding_key(c.get("system"), c.get("code")) in self.codes
                    for c in codings or ())
@@ -90,16 +102,15 @@ def data_needs(trials: Iterable[Trial], page_size: int = 100) -> list[DataNeed]:
     the codes criteria use when every code set is a list of exact codes; a set
     with prefixes (ICD-10-CM C50.*) cannot be written as a token search, so that
     type is fetched whole."""
+    kinds = {k.key: k for k in _KINDS}  # the usual queries first, in this order; then any a kind adds
     wanted: dict[str, set[tuple[str, str]] | None] = {}  # kind key -> codes (None: every resource of the type)
     lookback: dict[str, int] = {}  # latest-result kinds -> the longest look-back of the rules reading them
     for trial in trials:
         for criterion in trial.definition.criteria:
             days = criterion.rule.latest_within_days()
             for rtype, names in criterion.rule.reads().items():
-                if rtype not in _TYPES:
-                    raise ValueError(f"criterion {criterion.id} reads {rtype}, which the service does not fetch")
-                kind = next(k for k in _KINDS if k.resource_type == rtype
-                            and k.latest_only in (None, days is not None))
+                kind = _kind_of(rtype, days is not None)
+                kinds[kind.key] = kind
                 if kind.latest_only:  # only latest-result rules read it: it may stop at their look-back
                     lookback[kind.key] = max(days, lookback.get(kind.key, 0))
                 codes = _exact_codes(trial, names)
@@ -108,7 +119,7 @@ def data_needs(trials: Iterable[Trial], page_size: int = 100) -> list[DataNeed]:
                     codes = None if current is None or codes is None else current | codes
                 wanted[kind.key] = codes
     needs = []
-    for kind in _KINDS:
+    for kind in kinds.values():
         if kind.key not in wanted:
             continue
         if kind.resource_type == "Patient":
@@ -117,7 +128,7 @@ def data_needs(trials: Iterable[Trial], page_size: int = 100) -> list[DataNeed]:
         params: list[tuple[str, str]] = []
         codes = wanted[kind.key]
         if codes:
-            params.append((_CODE_PARAM[kind.resource_type], ",".join(f"{s}|{c}" for s, c in sorted(codes))))
+            params.append((_CODE_PARAM.get(kind.resource_type, "code"), ",".join(f"{s}|{c}" for s, c in sorted(codes))))
         sort = kind.resource_type in _SORTED_BY_DATE
         if sort:
             params.append(("_sort", "-date"))

@@ -17,7 +17,7 @@ from ..dates import FhirDate, age_range, age_range_at_death, parse_fhir_date
 from ..memo import remembered_by_identity
 from ..model import Evidence, Result, Why
 from ..quantities import UnitTable
-from ..record import PatientRecord
+from ..record import PatientRecord, index_codes_at
 from ..validation import InvalidResource, read_also
 
 
@@ -43,6 +43,8 @@ class RuleModel(DefinitionModel):
     # Elements of a resource type the kind reads beyond those every kind reads (engine/validation.py
     # _READ_ELEMENTS: ids, statuses, codes, dates, the usual value[x]): validated for it.
     elements_read: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    # Where a type the kind reads keeps its classifying code, when not in `code` (Specimen: `type`).
+    code_elements: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -56,6 +58,9 @@ class RuleModel(DefinitionModel):
         RULE_KIND_MODELS[kind] = cls
         for resource_type, elements in cls.elements_read.items():
             read_also(resource_type, elements)
+        for resource_type, element in cls.code_elements.items():
+            index_codes_at(resource_type, element)
+            read_also(resource_type, (element,))
 
     def latest_within_days(self) -> int | None:
         """For a rule decided by the latest result of each of its tests, within a

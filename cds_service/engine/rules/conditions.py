@@ -171,6 +171,7 @@ class _ConditionsDecide(RuleModel):
 
 class ConditionPresentRule(_ConditionsDecide):
     type: Literal["condition-present"]
+    code_elements = {"Specimen": "type"}  # a cytology specimen's kind
     label: str  # what is looked for, in words: "primary breast cancer"
     codes: list[str] = Field(min_length=1)
     # "History of" codes that count as the concept whatever their clinicalStatus (an excised
