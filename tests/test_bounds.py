@@ -366,7 +366,8 @@ def test_a_wait_that_ends_in_time_leaves_the_connection_alone(servers):
 
 
 def test_a_trickling_terminology_server_is_cut_off_and_a_huge_answer_refused(servers):
-    from cds_service.fhir.terminology import SUBSUMES, Question, TerminologyClient
+    from cds_service.fhir.terminology import TerminologyClient
+    from cds_service.fhir.terminology_questions import SUBSUMES, Question
 
     body = _trickled_body()
     trickle = TrickleServer(_json_head(len(body)), body)

@@ -21,6 +21,7 @@ from cds_service.fhir import gather as gather_module
 from cds_service.fhir.bundles import patient_groups_from_bytes, read_patient_file
 from cds_service.fhir.gather import gather
 from cds_service.fhir.needs import data_needs
+from cds_service.fhir.prefetch import usable_resources
 from cds_service.fhir.queries import PATIENT_TOKEN, Search
 from conftest import EHR
 from hookdata import demo, searchset
@@ -344,5 +345,5 @@ def test_a_file_does_not_guess_between_two_patients_linking_one_specimen():
 ])
 def test_a_prefetch_of_the_wrong_type_is_named_in_the_services_words_only(value, said):
     # The audit keeps why a prefetch key was not used; text the EHR put in resourceType is not repeated.
-    resources, foreign, why = gather_module._usable_resources(value, Search("Condition", {}), "p1")
+    resources, foreign, why = usable_resources(value, Search("Condition", {}), "p1")
     assert resources is None and why == said

@@ -7,33 +7,26 @@ Prefetch is never trusted to be complete (CDS Hooks 2.0 §Prefetch):
   Bundle (possibly empty)           -> use it; a next link -> fetch the next pages
   OperationOutcome, or a Bundle
   holding one, or not FHIR at all   -> not satisfied: fetch it
-Resources about another patient are dropped and counted, wherever they came from,
-and so is a resource a second query of the same type returned again (an EHR that
-ignores the code filter sends every Observation under both Observation keys).
-Whose a resource is, is read from its subject (or patient) reference in any form:
-"Patient/<id>", an absolute URL, a version, or a urn: fullUrl resolved in its Bundle.
-One that names no patient (a Specimen without subject, a result a server included
-with `_include`) is kept when a resource kept from the same response references it.
-One whose reference cannot be checked (a urn: not in its Bundle, an identifier only)
-is kept and counted as `unresolved`: the query asked for this patient's resources and
-nothing in it names another; dropping it could let a missing diagnosis pass an
-exclusion. Contained resources go with their container, whatever they say.
+(prefetch.py reads a prefetch value). Resources about another patient are dropped
+and counted, wherever they came from (ownership.py says whose a resource is), and so
+is a resource a second query of the same type returned again (an EHR that ignores
+the code filter sends every Observation under both Observation keys).
 """
 
 from __future__ import annotations
 
 import contextvars
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-from .bundles import reference_key
 from .client import FhirClient
-from .results import LOOK_BACK, Enough, FetchResult
 from .errors import FhirBadResponse, FhirError, FhirNotAllowed
+from .ownership import own_resources
+from .prefetch import next_link, usable_resources
 from .queries import Read, Search
+from .results import LOOK_BACK, Enough, FetchResult
 from .scopes import can_read
 
 PREFETCH = "prefetch"  # satisfied by prefetch
@@ -123,14 +116,14 @@ def gather(needs: Mapping[str, Read | Any], required: set[str], prefetch: Mappin
         if value is None:
             data.source = NO_DATA
             continue
-        resources, foreign, why = _usable_resources(value, query, patient_id, data)
+        resources, foreign, why = usable_resources(value, query, patient_id, data)
         if resources is None:
             data.detail = why
             to_fetch[key] = query
             continue
         data.source = PREFETCH
         data.resources, data.foreign = resources, foreign
-        if isinstance(value, dict) and value.get("resourceType") == "Bundle" and _next_link(value):
+        if isinstance(value, dict) and value.get("resourceType") == "Bundle" and next_link(value):
             if key in enough and enough[key](resources):  # the first page reaches far enough back
                 data.cut = LOOK_BACK
             else:
@@ -195,198 +188,6 @@ def _drop_included_repeats(keys: dict[str, KeyData], needs: Mapping[str, Any]) -
         data.resources = kept
 
 
-# Searched types whose `subject` names the patient (AllergyIntolerance has `patient`; the
-# Patient is checked by its id): the fast path of _usable_resources.
-_SUBJECT_TYPES = frozenset({"Observation", "Condition", "DiagnosticReport", "Specimen"})
-
-
-_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
-
-
-def _type_named(rtype: str) -> str:
-    """'a Patient' for a resourceType shaped like one; anything else an EHR put there is not
-    repeated (the audit keeps the service's words only)."""
-    if not _RESOURCE_TYPE.fullmatch(rtype):
-        return "a resource of another type"
-    return f"{'an' if rtype[0] in 'AEIOU' else 'a'} {rtype}"
-
-
-def _usable_resources(value: Any, query: Any, patient_id: str, data: KeyData | None = None
-                      ) -> tuple[list[dict[str, Any]] | None, int, str | None]:
-    """(this patient's resources of a prefetch value, how many were another
-    patient's, None), or (None, 0, why it cannot be used). One pass over a
-    Bundle's entries: this runs for every resource of every call. `data` gets
-    the count of resources kept unresolved and the urn: fullUrls of those kept."""
-    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
-        return None, 0, "prefetch value is not a FHIR resource"
-    rtype = value["resourceType"]
-    if rtype == "OperationOutcome":
-        return None, 0, "prefetch reported an error (OperationOutcome)"
-    if isinstance(query, Read):
-        if rtype != query.resource_type:
-            return None, 0, f"prefetch holds {_type_named(rtype)}, not a {query.resource_type}"
-        if value.get("id") != patient_id:
-            return None, 0, "prefetch holds another patient's record"
-        return [value], 0, None
-    if rtype != "Bundle":
-        return None, 0, f"prefetch holds {_type_named(rtype)}, not a search Bundle"
-    entries = value.get("entry", [])
-    if not isinstance(entries, list):
-        return None, 0, "prefetch Bundle.entry is not a list"
-    own_key = f"Patient/{patient_id}"
-    resources = []
-    keep = resources.append
-    # (place in `resources`, resource, fullUrl) of the entries whose patient needs a closer look
-    odd: list[tuple[int, dict[str, Any], str | None]] = []
-    for entry in entries:
-        # The usual entry, a Condition or Observation whose subject is "Patient/<id>" as nearly
-        # every EHR writes it, is settled by subscripts in a try block (free when nothing is
-        # raised); anything else (no subject, another patient, odd shapes, an OperationOutcome)
-        # takes the full checks.
-        try:
-            resource = entry["resource"]
-            if resource["subject"]["reference"] == own_key and resource.__class__ is dict \
-                    and resource["resourceType"] in _SUBJECT_TYPES:
-                keep(resource)
-                continue
-        except (KeyError, TypeError, IndexError):
-            pass
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict):
-            entry_type = resource.get("resourceType")
-            if entry_type == "OperationOutcome":
-                return None, 0, "prefetch Bundle holds an OperationOutcome"
-            if isinstance(entry_type, str):
-                full_url = entry.get("fullUrl")
-                odd.append((len(resources), resource, full_url if isinstance(full_url, str) else None))
-                keep(resource)  # in its place; taken out below if it is not this patient's
-    # urn: fullUrls (references between a Bundle's entries) are looked for only where a Bundle
-    # uses them: its first entry, or an entry that took the full checks (one pass more then).
-    first = entries[0].get("fullUrl") if entries and isinstance(entries[0], dict) else None
-    urns = (isinstance(first, str) and first.startswith("urn:")) or \
-        any(url is not None and url.startswith("urn:") for _, _, url in odd) or \
-        any(_urn_subject(r) for _, r, _ in odd)
-    full_urls = _urn_full_urls(entries) if urns else {}
-    if not odd:
-        if data is not None and full_urls:
-            data.full_urls = full_urls
-        return resources, 0, None
-    verdicts = _whose([(r, url) for _, r, url in odd], patient_id, own_key, full_urls, resources)
-    dropped = {i for i, r, _ in odd if verdicts[id(r)] is _FOREIGN}
-    kept = [r for i, r in enumerate(resources) if i not in dropped] if dropped else resources
-    if data is not None:
-        data.unresolved += sum(1 for v in verdicts.values() if v is _UNRESOLVED)
-        if full_urls:
-            dropped_ids = {id(resources[i]) for i in dropped}
-            data.full_urls = {url: r for url, r in full_urls.items() if id(r) not in dropped_ids}
-    return kept, len(dropped), None
-
-
-def _urn_subject(resource: dict[str, Any]) -> bool:
-    for name in _PATIENT_FIELDS:
-        value = resource.get(name)
-        if isinstance(value, dict):
-            ref = value.get("reference")
-            return isinstance(ref, str) and ref.startswith("urn:")
-    return False
-
-
-# Whose a resource is (_whose): this patient's, another's, this patient's as far as can be told
-# (the reference cannot be checked: kept and counted), or nobody's (it names no patient).
-_OWN, _FOREIGN, _UNRESOLVED, _NOBODY = "own", "foreign", "unresolved", "nobody"
-
-
-def _urn_full_urls(entries: list[Any]) -> dict[str, dict[str, Any]]:
-    """urn: fullUrl -> resource, for the entries of a Bundle that have one."""
-    out = {}
-    for entry in entries:
-        if isinstance(entry, dict):
-            url, resource = entry.get("fullUrl"), entry.get("resource")
-            if isinstance(url, str) and url.startswith("urn:") and isinstance(resource, dict):
-                out[url] = resource
-    return out
-
-
-def _whose(odd: list[tuple[dict[str, Any], str | None]], patient_id: str, own_key: str,
-           full_urls: dict[str, dict[str, Any]], kept: list[dict[str, Any]]) -> dict[int, str]:
-    """id(resource) -> _OWN, _FOREIGN or _UNRESOLVED for the resources the fast path could
-    not settle. One naming no patient is this patient's when a resource kept from the same
-    response references it (a report's specimen or result, a panel's member), else another's."""
-    verdicts: dict[int, str] = {}
-    nobody: list[tuple[dict[str, Any], str | None]] = []
-    for resource, full_url in odd:
-        verdict = _patient_of(resource, patient_id, own_key, full_urls)
-        if verdict is _NOBODY:
-            nobody.append((resource, full_url))
-        else:
-            verdicts[id(resource)] = verdict
-    if nobody:
-        unnamed = {id(r) for r, _ in nobody}
-        linked = _linked(r for r in kept if id(r) not in unnamed and verdicts.get(id(r), _OWN) is not _FOREIGN)
-        for resource, full_url in nobody:
-            rid = resource.get("id")
-            names = {full_url, reference_key(full_url)} if full_url else set()
-            if isinstance(rid, str) and rid:
-                names.add(f"{resource['resourceType']}/{rid}")
-            verdicts[id(resource)] = _OWN if names & linked else _FOREIGN
-    return verdicts
-
-
-def _patient_of(resource: dict[str, Any], patient_id: str, own_key: str,
-                full_urls: dict[str, dict[str, Any]]) -> str:
-    resource_type = resource.get("resourceType")
-    if resource_type == "Patient":
-        return _OWN if resource.get("id") == patient_id else _FOREIGN
-    for name in _PATIENT_FIELDS:
-        value = resource.get(name)
-        if value is None:
-            continue
-        reference = value.get("reference") if isinstance(value, dict) else None
-        if not isinstance(reference, str) or not reference:  # an identifier or display only
-            return _UNRESOLVED if isinstance(value, dict) else _FOREIGN
-        if reference.startswith("urn:"):
-            target = full_urls.get(reference)
-            if target is None:
-                return _UNRESOLVED
-            return _OWN if target.get("resourceType") == "Patient" and target.get("id") == patient_id \
-                else _FOREIGN
-        return _OWN if reference_key(reference) == own_key else _FOREIGN
-    return _NOBODY
-
-
-_PATIENT_FIELDS = ("subject", "patient")
-# Where a kept resource links to others that may name no patient of their own.
-_LINKS = ("result", "specimen", "hasMember", "derivedFrom")
-
-
-def _linked(resources: Iterable[dict[str, Any]]) -> set[str]:
-    """The references (as written, and as Type/id) that resources make through _LINKS."""
-    out: set[str] = set()
-    for resource in resources:
-        for name in _LINKS:
-            value = resource.get(name)
-            if value is None:
-                continue
-            for ref in value if isinstance(value, list) else (value,):
-                target = ref.get("reference") if isinstance(ref, dict) else None
-                if isinstance(target, str) and target and target[0] != "#":
-                    out.add(target)
-                    key = reference_key(target)
-                    if key:
-                        out.add(key)
-    return out
-
-
-def _next_link(bundle: dict[str, Any]) -> str | None:
-    links = bundle.get("link")
-    if not isinstance(links, list):
-        return None
-    for link in links:
-        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-            return link["url"]
-    return None
-
-
 def _fetch(keys: dict[str, KeyData], to_fetch: dict[str, Any], to_page: dict[str, dict[str, Any]],
            patient_id: str, access: FhirAccess | None, deadline: float, required: set[str],
            enough: Mapping[str, Enough]) -> None:
@@ -436,7 +237,7 @@ def _fetch(keys: dict[str, KeyData], to_fetch: dict[str, Any], to_page: dict[str
             data.detail = f"{data.detail}; not found on the FHIR server"
         else:
             data.source = FETCHED
-            data.resources, data.foreign, data.unresolved = _own(result.resources, patient_id)
+            data.resources, data.foreign, data.unresolved = own_resources(result.resources, patient_id)
     for key, result in paged.items():
         data = keys[key]
         _account(data, result)
@@ -444,7 +245,7 @@ def _fetch(keys: dict[str, KeyData], to_fetch: dict[str, Any], to_page: dict[str
             _missing(data, f"prefetch has more pages; fetching them failed: {_why(result.error)}")
         else:
             data.source = PREFETCH_PAGED
-            kept, foreign, unresolved = _own(result.resources, patient_id)
+            kept, foreign, unresolved = own_resources(result.resources, patient_id)
             data.resources, data.foreign = data.resources + kept, data.foreign + foreign
             data.unresolved += unresolved
     elapsed = (time.monotonic() - started) * 1000
@@ -499,20 +300,3 @@ def _why(error: FhirError) -> str:
         return "the FHIR server is not on the service's allowlist"
     return error.reason
 
-
-def _own(resources: Iterable[dict[str, Any]], patient_id: str) -> tuple[list[dict[str, Any]], int, int]:
-    """(the resources about this patient, how many were about another, how many of those
-    kept could not be checked): the same reading as a prefetch Bundle's (_whose), for a
-    fetched search's resources (no fullUrls: a urn: reference cannot be resolved)."""
-    own_key = f"Patient/{patient_id}"
-    resources = list(resources)
-    odd = []
-    for resource in resources:
-        subject = resource.get("subject")
-        if not (isinstance(subject, dict) and subject.get("reference") == own_key):  # as nearly every EHR writes it
-            odd.append((resource, None))
-    if not odd:
-        return resources, 0, 0
-    verdicts = _whose(odd, patient_id, own_key, {}, resources)
-    kept = [r for r in resources if verdicts.get(id(r), _OWN) in (_OWN, _UNRESOLVED)]
-    return kept, len(resources) - len(kept), sum(1 for v in verdicts.values() if v is _UNRESOLVED)
