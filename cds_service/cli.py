@@ -4,6 +4,7 @@
   cds-service serve [--host 127.0.0.1] [--port 8080] [--workers N] [--threads N]
   cds-service demo-request NAME [--as-of YYYY-MM-DD] [--fhir-server URL]
   cds-service harness --fhir-server URL [--service URL|none] [--mode private|shared]
+  cds-service clinical-reading [--output PATH]
 
 Exit status: 0 when the input was evaluated (whatever the eligibility), 2 for
 unreadable or non-FHIR input, input with no Patient resource, or bad arguments
@@ -90,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     hs.add_argument("--load-only", action="store_true", help="only load the gold patients (and keep them)")
     hs.add_argument("--keep", action="store_true", help="do not delete the loaded data afterwards")
     hs.add_argument("--only", nargs="*", help="patient ids or file names to run (default: all)")
+
+    cr = sub.add_parser("clinical-reading", help="write docs/clinical-reading.md: every shipped trial's criteria "
+                                                 "as the service reads them, from the trial definitions")
+    cr.add_argument("--output", type=Path, help="file to write (default: standard output)")
     return parser
 
 
@@ -167,7 +172,22 @@ def run_harness(args: argparse.Namespace) -> int:
                load_only=args.load_only, cleanup=not (args.keep or args.load_only), only=args.only)
 
 
-COMMANDS = {"evaluate": run_evaluate, "serve": run_serve, "demo-request": run_demo_request, "harness": run_harness}
+def run_clinical_reading(args: argparse.Namespace) -> int:
+    from .trials.reading import clinical_reading, load_readings
+
+    document = clinical_reading(load_trials().values(), load_readings())
+    if args.output is None:
+        sys.stdout.write(document)
+    else:
+        try:
+            args.output.write_text(document, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    return 0
+
+
+COMMANDS = {"evaluate": run_evaluate, "serve": run_serve, "demo-request": run_demo_request, "harness": run_harness,
+            "clinical-reading": run_clinical_reading}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

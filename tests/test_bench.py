@@ -1,5 +1,5 @@
 """The hook benchmark runs end to end (a few calls; its figures are not judged here:
-speed is measured by running it, see docs/benchmarks.md)."""
+speed is measured by running it, see bench/README.md)."""
 
 import subprocess
 import sys

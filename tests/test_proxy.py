@@ -404,7 +404,7 @@ def test_the_template_renderer_fills_every_placeholder_and_refuses_bad_values():
 
 def test_the_load_bench_runs_end_to_end_without_server_errors():
     """bench/load_bench.py for a second per run (its figures are not judged here:
-    speed is measured by running it, see docs/deployment.md, "Load")."""
+    speed is measured by running it, see bench/README.md)."""
     _nginx()
     if shutil.which("wrk") is None:
         pytest.skip("wrk not installed (apt-get install wrk): only bench/load_bench.py needs it")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 class FhirError(Exception):
     """A query that gave no data. `error_class` says what went wrong in a word the
-    service defines (docs/operations.md): `fhir-<status>` for an HTTP status the
+    service defines (docs/integration.md, "Errors"): `fhir-<status>` for an HTTP status the
     service cannot use (fhir-400, fhir-404, fhir-500, fhir-503 ...), `access-denied`
     (401/403), `timeout`, `too-large`, `not-json`, `operation-outcome` (a 200 holding
     one), `wrong-type`, `connection`, `request-failed`, `not-allowed`. `reason` is
