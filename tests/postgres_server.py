@@ -32,8 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.hooks import store as store_module
-from cds_service.hooks.store import DatabaseUrl
+from cds_service.hooks.store import DatabaseUrl, close_databases
 
 RUN_AS = "postgres"  # the user the cluster runs as when we are root
 
@@ -171,7 +170,7 @@ def postgres_url(request):
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
     yield with_search_path(base, schema)
-    store_module.close_databases()
+    close_databases()
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
 

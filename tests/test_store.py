@@ -10,11 +10,12 @@ import time
 
 import pytest
 
-from cds_service.hooks import store as store_module
 from cds_service.hooks.replay import (JTI_MIGRATIONS, DatabaseJtiStore, PostgresJtiStore, ReplayStoreUnavailable,
                                       SqliteJtiStore, jti_store_for)
 from cds_service.hooks.store import (STORE_MIGRATIONS, Connections, PostgresDatabase, SqliteDatabase, Store,
                                      database_for)
+from cds_service.hooks.store import postgres as postgres_backend
+from cds_service.hooks.store import sqlite as sqlite_backend
 from postgres_server import database, postgres_url, table_locked, terminate_sessions  # noqa: F401,F811
 
 NOW = 1_780_000_000
@@ -244,10 +245,10 @@ def test_each_thread_has_its_own_sqlite_connection_and_sees_committed_rows(tmp_p
 def test_a_forked_child_opens_its_own_sqlite_connection(tmp_path, monkeypatch):
     connections = Connections(tmp_path / "x.sqlite3")
     parent = connections.get()
-    monkeypatch.setattr(store_module.os, "getpid", lambda: -1)  # as if in a child after fork
+    monkeypatch.setattr(sqlite_backend.os, "getpid", lambda: -1)  # as if in a child after fork
     child = connections.get()
     assert child is not parent
-    assert parent in store_module._inherited  # kept, not closed: the parent may still be using the file
+    assert parent in sqlite_backend._inherited  # kept, not closed: the parent may still be using the file
     assert connections.get() is child
 
 
@@ -304,19 +305,19 @@ def test_a_forked_child_opens_its_own_postgres_pool(postgres_url, monkeypatch):
     db = PostgresDatabase(postgres_url)
     try:
         parent = db.pool()
-        monkeypatch.setattr(store_module.os, "getpid", lambda: -1)  # as if in a child after fork
+        monkeypatch.setattr(postgres_backend.os, "getpid", lambda: -1)  # as if in a child after fork
         child = db.pool()
-        assert child is not parent and parent in store_module._inherited and not parent.closed
+        assert child is not parent and parent in postgres_backend._inherited and not parent.closed
         assert db.pool() is child and db.rows("SELECT 1 AS one") == [{"one": 1}]
     finally:
         db.close()
         monkeypatch.undo()
-        store_module._inherited.remove(parent)
+        postgres_backend._inherited.remove(parent)
         parent.close()
 
 
 def test_the_pool_is_bounded_and_a_wait_for_it_is_bounded(postgres_url, monkeypatch):
-    monkeypatch.setattr(store_module, "POOL_TIMEOUT", 0.2)
+    monkeypatch.setattr(postgres_backend, "POOL_TIMEOUT", 0.2)
     db = PostgresDatabase(postgres_url, pool_size=2)
     try:
         with db.pool().connection(), db.pool().connection():
@@ -341,7 +342,7 @@ def test_connections_the_server_dropped_are_replaced_before_use(postgres_url, se
 
 def test_a_database_that_does_not_answer_fails_closed_within_the_statement_timeout(postgres_url, separate,
                                                                                   monkeypatch):
-    monkeypatch.setattr(store_module, "STATEMENT_TIMEOUT_MS", 300)
+    monkeypatch.setattr(postgres_backend, "STATEMENT_TIMEOUT_MS", 300)
     clock = Clock(time.time())
     jtis = DatabaseJtiStore(separate(postgres_url), clock=clock)
     with table_locked(postgres_url, "jti"):

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cds_service.hooks.config import ConfigError, Settings
 from cds_service.hooks.replay import PostgresJtiStore, SqliteJtiStore, jti_store_for
-from cds_service.hooks import store as store_module
+from cds_service.hooks.store import postgres as postgres_backend
 from cds_service.hooks.store import DatabaseUrl, PostgresDatabase
 from conftest import SECRETS
 from hookdata import demo
@@ -158,7 +158,7 @@ def test_without_postgres_binaries_the_tests_skip_locally_and_fail_under_ci(monk
 
 def test_feedback_the_database_could_not_take_is_a_503_and_is_taken_when_sent_again(
         make_app, postgres_url, monkeypatch, no_secrets_in_logs):
-    monkeypatch.setattr(store_module, "STATEMENT_TIMEOUT_MS", 300)
+    monkeypatch.setattr(postgres_backend, "STATEMENT_TIMEOUT_MS", 300)
     app = make_app(database=postgres_url)
     client = app.test_client()
     item = {"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": "2026-06-15T14:03:00Z"}
@@ -176,7 +176,7 @@ def test_feedback_the_database_could_not_take_is_a_503_and_is_taken_when_sent_ag
 
 def test_an_audit_row_the_database_could_not_take_is_logged_not_raised(make_app, postgres_url, monkeypatch,
                                                                         no_secrets_in_logs):
-    monkeypatch.setattr(store_module, "STATEMENT_TIMEOUT_MS", 300)
+    monkeypatch.setattr(postgres_backend, "STATEMENT_TIMEOUT_MS", 300)
     app = make_app(database=postgres_url)
     client = app.test_client()
     with table_locked(postgres_url, "hook_call"):
