@@ -17,10 +17,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 
 from cds_service.cards import CardContext, CardRenderer, find_empty_values, fit_summary, md_escape
+from cds_service.cards.templates import load_texts
 from cds_service.cards.text import unit_display
-from cds_service.engine import PatientRecord, evaluate
+from cds_service.engine import PatientRecord, Result, evaluate
 from cds_service.engine.model import shown_number, shown_recorded, shown_text
 from cds_service.fhir.bundles import patient_groups_from_bytes
 
@@ -653,24 +655,6 @@ def test_missing_template_file_is_named(tmp_path, missing):
         CardRenderer(folder)
 
 
-def test_missing_text_key_is_named(tmp_path):
-    folder = copy_templates(tmp_path)
-    text = (folder / "text.yaml").read_text(encoding="utf-8")
-    (folder / "text.yaml").write_text(text.replace("link:\n  label: Study page (ClinicalTrials.gov)\n", ""),
-                                      encoding="utf-8")
-    with pytest.raises(ValueError, match=r"text\.yaml.*link\.label"):
-        CardRenderer(folder)
-
-
-def test_override_reason_without_display_is_refused(tmp_path):
-    folder = copy_templates(tmp_path)
-    text = (folder / "text.yaml").read_text(encoding="utf-8")
-    (folder / "text.yaml").write_text(text.replace("      display: Already screened or referred\n", ""),
-                                      encoding="utf-8")
-    with pytest.raises(ValueError, match=r"text\.yaml.*reasons\[1\]\.display"):
-        CardRenderer(folder)
-
-
 @pytest.mark.parametrize("name, source, message", [
     ("summary.txt.j2", "{{ trail.nct_id }}", "unknown variable.*trail"),
     ("summary.txt.j2", "{% if status %}unclosed", "summary.txt.j2"),
@@ -685,12 +669,65 @@ def test_broken_templates_fail_at_construction(tmp_path, name, source, message):
         CardRenderer(folder)
 
 
-def test_text_template_with_unknown_variable_fails_at_construction(tmp_path):
+LINK = "link:\n  label: Study page (ClinicalTrials.gov)\n"
+SCREENED = "    - code: already-screened\n      display: Already screened or referred\n"
+
+
+@pytest.mark.parametrize("old, new, message", [
+    (LINK, "link:\n  text: Study page\n", "'link.label': Field required"),
+    (LINK, "", "'link': Field required"),
+    (LINK, "link: Study page\n", "'link': must be a mapping"),
+    ("label: Clinical trial screening", 'label: "  "', "'source.label': must be a non-empty string"),
+    ("label: Clinical trial screening", "label: 5", "'source.label': Input should be a valid string"),
+    ("{{ short_title }})", "{{ shorttitle }})", "'service_request.referral_reason': unknown variable(s) shorttitle; "
+                                               "available: nct_id, short_title, study_url, title"),
+    ('"Refer to the {{ nct_id }} study team"', '"Refer {{ order }}"',  # an order variable where there is no order
+     "'suggestions.referral.label': unknown variable(s) order; available: nct_id, short_title, study_url, title"),
+    ("{{ order }} (for", "{{ order } (for", "'suggestions.order.label': line 1: unexpected '}'"),
+    ('  review: "👁"\n', "", "'symbols': missing the symbol(s) for review"),
+    ('  review: "👁"\n', '  review: "👁"\n  maybe: "~"\n',
+     "'symbols': unknown result(s) maybe (the results: pass, fail, unknown, review, not-applicable)"),
+    (SCREENED, SCREENED.replace("      display: Already screened or referred\n", ""),
+     "'override_reasons.reasons[1].display': Field required"),
+    (SCREENED, SCREENED + "      note: why\n", "'override_reasons.reasons[1].note': Extra inputs are not permitted"),
+    (SCREENED, "    - already-screened\n", "'override_reasons.reasons[1]': must be a mapping"),
+    ("code: already-screened", "code: not-a-candidate",
+     "'override_reasons.reasons': repeats the code(s) not-a-candidate"),
+    ("  age: age\n", "  age: 5\n", "'short_names.age': Input should be a valid string"),
+    ("failed_names:\n", "footer: Screening by the study team\nfailed_names:\n",
+     "'footer': Extra inputs are not permitted"),
+])
+def test_a_bad_text_yaml_is_one_line_naming_the_key(tmp_path, old, new, message):
     folder = copy_templates(tmp_path)
     text = (folder / "text.yaml").read_text(encoding="utf-8")
-    (folder / "text.yaml").write_text(text.replace("{{ short_title }})", "{{ shorttitle }})"), encoding="utf-8")
-    with pytest.raises(ValueError, match=r"text\.yaml.*referral_reason.*shorttitle"):
+    assert old in text
+    (folder / "text.yaml").write_text(text.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(ValueError) as raised:
         CardRenderer(folder)
+    assert str(raised.value) == f"text.yaml: {message}"
+
+
+def test_text_yaml_that_is_not_yaml_is_one_line_with_the_line(tmp_path):
+    folder = copy_templates(tmp_path)
+    text = (folder / "text.yaml").read_text(encoding="utf-8")
+    (folder / "text.yaml").write_text(text.replace("source:\n", "source: [\n", 1), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"^text\.yaml: line \d+: not valid YAML: expected ',' or ']', but got ':'$"):
+        CardRenderer(folder)
+
+
+def test_the_shipped_texts_load_as_written():
+    data = yaml.safe_load((packaged_templates() / "text.yaml").read_text(encoding="utf-8"))
+    texts = load_texts((packaged_templates() / "text.yaml").read_text(encoding="utf-8"))
+    assert texts.templates() == {f"{section}.{key}": value for section in ("source", "link", "service_request")
+                                 for key, value in data[section].items()} | {
+        f"suggestions.{kind}.{key}": value for kind in ("order", "referral")
+        for key, value in data["suggestions"][kind].items()}
+    assert len(texts.templates()) == 10
+    assert texts.symbol_texts() == {r.value: data["symbols"][r.value] for r in Result}
+    assert list(texts.symbol_texts()) == [r.value for r in Result]
+    assert texts.override_codings() == [{"system": data["override_reasons"]["system"], **reason}
+                                        for reason in data["override_reasons"]["reasons"]]
+    assert (texts.short_names, texts.failed_names) == (data["short_names"], data["failed_names"])
 
 
 def test_packaged_templates_are_the_cards_folder():

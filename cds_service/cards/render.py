@@ -26,12 +26,11 @@ from typing import Any, Callable, Iterable
 
 import jinja2
 import jinja2.meta
-import yaml
 
 from ..engine import (FHIR_ID, CodeSet, CriterionResult, Evidence, Measured, Order, Result, Role, Status, Trial,
                       TrialEvaluation, UpperLimit, Why, is_fhir_id, shown_text)
-from .templates import (DETAIL_TEMPLATE, ORDER_VARS, SUMMARY_TEMPLATE, TEMPLATE_VARS, TEXT_FILE, TRIAL_VARS,
-                        CardEnvironment, jinja_error, lookup, name_map, nonempty_str, read_files, refuse_unknown)
+from .templates import (DETAIL_TEMPLATE, SUMMARY_TEMPLATE, TEMPLATE_VARS, TEXT_FILE, CardEnvironment, jinja_error,
+                        load_texts, read_files, refuse_unknown)
 from .text import RAW_HTML, find_empty_values, fit_summary, md_escape
 from .view import (RANK_DEFAULT, RANK_INELIGIBLE, TEXT_MEMO_SIZE, CriterionInfo, TrialInfo, criterion_title, distinct,
                    evidence_view)
@@ -45,18 +44,6 @@ MAX_DECISIVE_EVIDENCE = 2
 
 
 _REQUESTER = re.compile(rf"(Practitioner|PractitionerRole)/{FHIR_ID}")
-TEXT_TEMPLATES: dict[str, frozenset[str]] = {
-    "source.label": TRIAL_VARS,
-    "link.label": TRIAL_VARS,
-    "suggestions.order.label": ORDER_VARS,
-    "suggestions.order.description": ORDER_VARS,
-    "suggestions.referral.label": TRIAL_VARS,
-    "suggestions.referral.description": TRIAL_VARS,
-    "service_request.order_reason": ORDER_VARS,
-    "service_request.referral_text": TRIAL_VARS,
-    "service_request.referral_reason": TRIAL_VARS,
-    "service_request.referral_note": TRIAL_VARS,
-}
 
 
 @dataclass(frozen=True)
@@ -123,42 +110,13 @@ class CardRenderer:
         return template
 
     def _load_text(self, source: str) -> None:
-        try:
-            data = yaml.safe_load(source)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{TEXT_FILE}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{TEXT_FILE}: must be a mapping")
-        self._texts: dict[str, jinja2.Template] = {}
+        texts = load_texts(source)  # checked: every text there, each template's variables available to it
+        self._texts = {key: self._env.from_string(value) for key, value in texts.templates().items()}
         self._text_memo: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
-        for key, allowed in TEXT_TEMPLATES.items():
-            value = nonempty_str(lookup(data, key), key)
-            try:
-                undeclared = jinja2.meta.find_undeclared_variables(self._env.parse(value))
-                self._texts[key] = self._env.from_string(value)
-            except jinja2.TemplateError as exc:
-                raise ValueError(f"{TEXT_FILE}: '{key}': {jinja_error(exc)}") from None
-            refuse_unknown(f"{TEXT_FILE}: '{key}'", undeclared, allowed)
-        self._symbols = {r.value: nonempty_str(lookup(data, f"symbols.{r.value}"), f"symbols.{r.value}")
-                         for r in Result}
-        system = nonempty_str(lookup(data, "override_reasons.system"), "override_reasons.system")
-        reasons = lookup(data, "override_reasons.reasons")
-        if not isinstance(reasons, list) or not reasons:
-            raise ValueError(f"{TEXT_FILE}: 'override_reasons.reasons' must be a non-empty list")
-        self._override_reasons = []
-        for i, reason in enumerate(reasons):
-            key = f"override_reasons.reasons[{i}]"
-            if not isinstance(reason, dict):
-                raise ValueError(f"{TEXT_FILE}: '{key}' must be a mapping with code and display")
-            self._override_reasons.append({
-                "system": system,
-                "code": nonempty_str(reason.get("code"), f"{key}.code"),
-                "display": nonempty_str(reason.get("display"), f"{key}.display")})
-        codes = [r["code"] for r in self._override_reasons]
-        if len(set(codes)) != len(codes):
-            raise ValueError(f"{TEXT_FILE}: 'override_reasons.reasons' repeats a code")
-        self._short_names = name_map(data, "short_names")
-        self._failed_names = name_map(data, "failed_names")
+        self._symbols = texts.symbol_texts()
+        self._override_reasons = texts.override_codings()
+        self._short_names = dict(texts.short_names)
+        self._failed_names = dict(texts.failed_names)
 
     def _self_check(self) -> None:
         """Render sample cards of every status, so a template that breaks on some
