@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.alias_generators import to_camel
 
 from ..engine import (RULE_KINDS, CodeEntry, CodeLibrary, CodeSet, Provenance, Trial, TrialDefinition, UnitBridge,
-                      UnitTable, canonical_system, error_message, is_ucum)
+                      UnitTable, canonical_system, error_message, error_path, is_ucum)
 
 DATA_DIR = Path(__file__).parent
 DEFINITIONS_DIR = DATA_DIR / "definitions"
@@ -115,10 +115,7 @@ def _field_path(loc: Iterable[Any], data: Any) -> tuple[str | None, str]:
         # discriminated unions put the rule type in the path: rule.lab.analytes -> rule.analytes
         if len(loc) >= 2 and loc[0] == "rule" and loc[1] in RULE_KINDS:
             loc = [loc[0]] + loc[2:]
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return criterion, text or "(top level)"
+    return criterion, error_path(loc) or "(top level)"
 
 
 def _validation_message(path: Path, exc: ValidationError, data: Any) -> str:
