@@ -194,8 +194,8 @@ def test_a_search_out_of_time_while_paging_gives_a_card_from_the_pages_read(make
     older_anc = dict(page_one[0], id="anc-2026-05-20", effectiveDateTime="2026-05-20T08:00:00Z")
     release = threading.Event()
 
-    def page_two(_request):
-        release.wait(3.0)
+    def page_two(_request):  # held until the test ends (at most 30 s), far past the deadline
+        release.wait(30)
         return 200, {}, json.dumps(searchset(older_anc))
 
     # A mock of this test's own: the given-up request ends after the test, and must not land in another's.
@@ -210,7 +210,7 @@ def test_a_search_out_of_time_while_paging_gives_a_card_from_the_pages_read(make
         finally:
             release.set()
     card = card_of(response)
-    assert elapsed < 1.2
+    assert elapsed < 10  # answered at its 0.6 s deadline, not when page two would arrive
     evaluation = card["extension"]["trial-eligibility"]
     assert evaluation["status"] == "eligible", evaluation
     assert trial_result(card, "neutrophils")["result"] == "pass"
