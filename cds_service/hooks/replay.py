@@ -55,7 +55,7 @@ _REMEMBER = ("INSERT INTO jti (iss, jti, exp) VALUES (?, ?, ?) "
 
 
 class DatabaseJtiStore:
-    """The jti replay cache in a SQL database (store.py's SQLite or PostgreSQL).
+    """The jti replay cache in a SQL database (the store package's SQLite or PostgreSQL).
 
     A row lives until its token's `exp` plus the leeway (the longest the token
     is accepted); expired rows are purged every `purge_every` new entries."""
