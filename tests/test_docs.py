@@ -1,11 +1,12 @@
 """The documentation stays true: docs/clinical-reading.md is what the generator gives
 from the shipped trial definitions now, every relative link in the README and docs/
-points at a file that exists, and the README's quick start is what the Makefile and CI
-run."""
+points at a file that exists, the README's quick start is what the Makefile and CI
+run, and its dependency table covers every package pyproject.toml declares."""
 
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,12 @@ def test_quick_start_is_two_commands_the_makefile_and_ci_run():
 def test_readme_stays_short():
     lines = (ROOT / "README.md").read_text(encoding="utf-8").count("\n")
     assert lines <= 220, f"README.md has {lines} lines: put the detail in docs/"
+
+
+def test_readme_says_why_for_every_dependency():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    names = {re.match(r"[A-Za-z0-9._-]+", r).group().lower() for r in requirements}
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Dependencies", 1)[1].split("\n## ", 1)[0]
+    missing = sorted(n for n in names if n not in section.lower())
+    assert not missing, f"README.md's Dependencies table does not say why for: {missing}"
