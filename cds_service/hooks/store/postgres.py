@@ -23,6 +23,7 @@ MIGRATION_TIMEOUT_MS = 60000  # longest a start-up waits for another process's m
 #: Key of the PostgreSQL advisory lock held while the schema is created or migrated.
 MIGRATION_LOCK = 0x6364_735F_7363_686D  # "cds_schm"
 
+
 def is_postgres_url(value: object) -> bool:
     return isinstance(value, str) and value[:13].lower().startswith(POSTGRES_SCHEMES)
 
