@@ -52,11 +52,13 @@ def _kind_of(resource_type: str, latest_only: bool) -> _Kind:
     if kind is None:
         kind = _Kind(resource_type[0].lower() + resource_type[1:] + "s", resource_type, False)
     return kind
+
+
 _SORTED_BY_DATE = {"Observation", "DiagnosticReport"}
 # What a search the service runs itself asks the server to include: a report's results and
 # specimen may be coded otherwise than the searches ask, or name no patient (a Specimen
 # without subject is not found by Specimen?patient=), and the cytology reading follows the
-# links (fhir/gather.py keeps what an included resource needs). Not in prefetch templates
+# links (fhir/ownership.py keeps what an included resource needs). Not in prefetch templates
 # (queries.Search); a server that rejects them is searched again without (gather).
 _INCLUDES = {"DiagnosticReport": ("DiagnosticReport:result", "DiagnosticReport:specimen")}
 
