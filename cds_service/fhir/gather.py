@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from cachetools import LRUCache
+
 from .client import FhirClient
 from .errors import FhirBadResponse, FhirError, FhirNotAllowed
 from .ownership import own_resources
@@ -254,9 +256,8 @@ def _fetch(keys: dict[str, KeyData], to_fetch: dict[str, Any], to_page: dict[str
 
 
 # FHIR servers that answered a search with _include by 400 or 422 (not supported there): searched
-# without it from then on. Bounded: a service talks to a few servers.
-_REFUSES_INCLUDES: set[str] = set()
-_REFUSALS_KEPT = 64
+# without it from then on (keys; the values mean nothing). Bounded: a service talks to a few servers.
+_REFUSES_INCLUDES: LRUCache[str, bool] = LRUCache(maxsize=64)
 
 
 def _without_includes(query: Any) -> Any:
@@ -274,9 +275,7 @@ def _again_without_includes(fetched: dict[str, FetchResult], queries: Mapping[st
                and isinstance(result.error, FhirBadResponse) and result.error.status in (400, 422)}
     if not refused:
         return fetched
-    if len(_REFUSES_INCLUDES) >= _REFUSALS_KEPT:
-        _REFUSES_INCLUDES.clear()
-    _REFUSES_INCLUDES.add(access.base)
+    _REFUSES_INCLUDES[access.base] = True
     again = access.client.fetch(access.base, access.token, refused, patient_id, deadline, enough=enough)
     out = dict(fetched)
     for key, result in again.items():

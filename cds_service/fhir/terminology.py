@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable
 
 import orjson
 import requests
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from ..engine import PatientRecord, Trial
 from .allowlist import normalise_base
@@ -108,7 +108,9 @@ class TerminologyClient:
         self._owns_session = session is None
         self._session = session if session is not None else new_session(max_workers)
         self._headers = {"Accept": "application/fhir+json", "User-Agent": user_agent}
-        self._plans: dict[int, tuple[Trial, Plan]] = {}
+        # Each enabled trial's plan, by identity (the entry holds the trial, so its id is not
+        # reused); bounded, should a caller pass new Trial objects on every call.
+        self._plans: LRUCache[int, tuple[Trial, Plan]] = LRUCache(maxsize=64)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -120,10 +122,11 @@ class TerminologyClient:
             return len(self._cache)
 
     def _plan(self, trial: Trial) -> Plan:
-        kept = self._plans.get(id(trial))
-        if kept is None or kept[0] is not trial:
-            kept = self._plans[id(trial)] = (trial, plan(trial))  # holding the trial keeps its id
-        return kept[1]
+        with self._lock:
+            kept = self._plans.get(id(trial))
+            if kept is None or kept[0] is not trial:
+                kept = self._plans[id(trial)] = (trial, plan(trial))
+            return kept[1]
 
     def lookup(self, trials: Iterable[Trial], record: PatientRecord, deadline: float) -> Lookup:
         """Ask about the record's codings the trials' extensible sets lack, by
