@@ -31,10 +31,11 @@ import orjson
 from gunicorn.glogging import Logger as _GunicornBaseLogger
 from pythonjsonlogger.orjson import OrjsonFormatter
 
+from .wire import is_uuid
+
 #: The paths the access log names as they are; any other path is logged as "(other)":
 #: a client may put anything in a path, and the log must not repeat it.
 _KNOWN_PATH = re.compile(r"/(cds-services(/[A-Za-z0-9._-]{1,64}(/feedback)?)?|healthz|readyz|openapi\.json)")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 #: The hook call being served on this thread (or in this context), for every line logged meanwhile.
 _HOOK_INSTANCE: contextvars.ContextVar[str | None] = contextvars.ContextVar("hook_instance", default=None)
 
@@ -121,7 +122,7 @@ def hook_instance_logged(value: Any):
     """While serving a hook call: every line logged in this context names its hookInstance
     (only if it is the UUID it should be: no client text in logs). Threads started
     meanwhile inherit it only if they run in a copy of the context."""
-    token = _HOOK_INSTANCE.set(value if isinstance(value, str) and _UUID.fullmatch(value) else None)
+    token = _HOOK_INSTANCE.set(value if is_uuid(value) else None)
     try:
         yield
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from functools import partial
 from typing import Any
@@ -22,9 +21,9 @@ from .discovery import SERVICE_ID, DataNeed, data_needs, service_description
 from .responses import error_response, json_response, operation_outcome, problems_response
 from .store import Store
 from .validation import HookRequest, Invalid, parse_hook_request
+from .wire import is_uuid
 
 audit_log = logging.getLogger("cds_service.audit")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def log_event(**fields: Any) -> None:
@@ -63,7 +62,7 @@ class TrialEligibilityService:
         read_ms = _ms(started) - parse_ms
         # Logged even for invalid requests, but only if it is the UUID it should be: no client text in logs.
         hook_instance = body.get("hookInstance") if isinstance(body, dict) else None
-        hook_instance = hook_instance if isinstance(hook_instance, str) and _UUID.fullmatch(hook_instance) else None
+        hook_instance = hook_instance if is_uuid(hook_instance) else None
         try:
             request = parse_hook_request(body)
         except Invalid as exc:

@@ -20,6 +20,7 @@ writes their JSON Schema into /openapi.json (hooks/openapi.py).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, with_config
@@ -28,6 +29,13 @@ from typing_extensions import NotRequired, TypedDict
 from ..engine import Result, Role, Status, Why
 
 UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_UUID = re.compile(UUID.strip("^$"))
+
+
+def is_uuid(value: object) -> bool:
+    """Whether `value` is a UUID in its canonical text form (what the service logs of a
+    client's hookInstance: nothing else a client writes reaches a log)."""
+    return isinstance(value, str) and _UUID.fullmatch(value) is not None
 
 Text = Annotated[str, Field(min_length=1)]
 Uri = Annotated[str, Field(min_length=1, json_schema_extra={"format": "uri"})]
