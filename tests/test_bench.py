@@ -25,12 +25,19 @@ def test_hook_bench_runs_every_section():
     assert "(20 for the lab history" in every_page, every_page
 
 
-def test_memory_bench_measures_both_runs():
+def test_memory_bench_measures_the_growth_and_the_caches():
     done = subprocess.run([sys.executable, str(BENCH.with_name("memory_bench.py")), "--charts", "20"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert "20 distinct charts" in lines[0], done.stdout
-    assert lines[1].startswith("  identity memos off: +") and " MB" in lines[1], done.stdout
-    held = int(lines[2].split(", ")[1].split()[0].replace(",", ""))
-    assert lines[2].startswith("  identity memos on : +") and held > 0, done.stdout
+    assert "20 distinct charts" in lines[0] and lines[0].endswith(" MB"), done.stdout
+    validated = next(line for line in lines if "validate_serialized" in line)
+    assert int(validated.split(": ")[1].split()[0].replace(",", "")) > 20, validated  # each chart validated anew
+
+
+def test_cache_bench_measures_a_cache_with_and_without():
+    done = subprocess.run([sys.executable, str(BENCH.with_name("cache_bench.py")), "--pairs", "2", "rank-memo"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = next(line for line in done.stdout.splitlines() if line.startswith("rank-memo"))
+    assert len(row.split("|")) == 4, done.stdout  # the four hook_bench rows

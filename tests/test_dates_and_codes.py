@@ -5,8 +5,7 @@ import datetime as dt
 import pytest
 from fhir.resources.R4B.observation import Observation
 
-from cds_service.engine import codes as codes_module
-from cds_service.engine.codes import ICD10CM, LOINC, CodeEntry, CodeSet, coding_key, memo_coding_key
+from cds_service.engine.codes import ICD10CM, LOINC, CodeEntry, CodeSet, coding_key
 from cds_service.engine.dates import Recency, age_on, age_range, parse_fhir_date, recency
 from cds_service.engine.record import PatientRecord
 
@@ -95,27 +94,10 @@ def test_codes_match_by_system_and_code(system, code, matches):
     assert ICD.contains(coding_key(system, code)) is matches
 
 
-@pytest.mark.parametrize("system, code", [
-    (ICD10CM, "c79.32"), (" http://loinc.org ", " 2106-3 "), ("urn:oid:2.16.840.1.113883.6.1", "751-8"),
-    (None, "751-8"), (LOINC, None), (LOINC, ""), (["not", "a", "string"], "751-8"), (LOINC, {"code": 1}),
-])
-def test_remembered_coding_keys_are_the_coding_keys(system, code):
-    assert memo_coding_key(system, code) == coding_key(system, code)
-    assert memo_coding_key(system, code) == coding_key(system, code)  # second time from the memo
-
-
-def test_coding_key_memo_starts_afresh_when_full(monkeypatch):
-    monkeypatch.setattr(codes_module, "KEY_MEMO_SIZE", 3)
-    codes_module.CODING_KEYS.clear()
-    for i in range(10):
-        assert memo_coding_key(ICD10CM, f"C50.{i}") == (ICD10CM, f"C50{i}")
-        assert len(codes_module.CODING_KEYS) <= 3
-
-
-def test_prefix_answers_are_remembered_per_code_set():
+def test_prefix_matches_are_per_code_set():
     other = CodeSet("y", "y", [CodeEntry(ICD10CM, None, "C79", "secondary", "test")])
     key = coding_key(ICD10CM, "C79.81")
-    for _ in range(2):  # asked twice: the remembered answer must be the same, and per set
+    for _ in range(2):  # asked twice: the same answer, and per set
         assert ICD.contains(key) is False
         assert other.contains(key) is True
 
@@ -195,7 +177,7 @@ def _found_by_scanning(resources, resource_type, codes):
         for component, concept in concepts:
             codings = concept.get("coding") if isinstance(concept, dict) else None
             if isinstance(codings, list) and any(
-                    isinstance(c, dict) and codes.contains(memo_coding_key(c.get("system"), c.get("code")))
+                    isinstance(c, dict) and codes.contains(coding_key(c.get("system"), c.get("code")))
                     for c in codings):
                 found.append((position, component))
     return found

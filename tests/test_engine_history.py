@@ -118,11 +118,9 @@ def test_a_date_the_ranking_misreads_falls_back_to_reading_everything(nct0646209
     history = daily_history(40)
     expected = run_reading_everything(nct06462092, history)
     # A ranking that puts the oldest result first: its validated date disagrees, so all is read.
-    # Both ways a rank is read are misled: the memo of dateTime ranks, and the function.
     real = readers.raw_observation_rank
     future = readers.instant_rank(dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
     monkeypatch.setattr(readers, "raw_observation_rank", lambda raw: future if raw is history[-1] else real(raw))
-    monkeypatch.setitem(readers._DATETIME_RANKS, history[-1]["effectiveDateTime"], future)
     c = run(nct06462092, history)
     assert decision(c) == decision(expected)
     assert c.not_read == 0 and len(c.evidence) == 40

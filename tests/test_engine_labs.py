@@ -1,15 +1,12 @@
 """Lab criteria: latest valid result, windows, units, ULN, evidence."""
 
-import dataclasses
 import datetime as dt
 from decimal import Decimal
 
 import pytest
 
-from cds_service.engine import Result, Why, evaluate, memo
+from cds_service.engine import Result, Why, evaluate
 from cds_service.engine.model import Role
-from cds_service.engine.quantities import UnitTable
-from cds_service.engine.rules import labs
 from fhirbuild import LOINC, lab, patient
 
 AS_OF = dt.date(2026, 6, 15)
@@ -192,58 +189,3 @@ def test_codes_matched_by_code_not_display(nct06462092):
     local["code"]["coding"][0]["display"] = "Neutrophils [#/volume] in Blood by Automated count"
     c = run(nct06462092, local, criterion="neutrophils")
     assert (c.result, c.why) == (Result.UNKNOWN, Why.UNRECOGNISED_CODE)
-
-
-# -- judgements remembered between calls (rules/labs.py _judge) -------------------------------------
-
-def _variant(trial, criterion_id, **threshold):
-    """The trial with one criterion's first analyte failing at another threshold: new
-    analyte objects, the same unit table."""
-    criteria = list(trial.definition.criteria)
-    i = next(i for i, c in enumerate(criteria) if c.id == criterion_id)
-    rule = criteria[i].rule
-    first = rule.analytes[0]
-    analyte = first.model_copy(update={"fail_when": first.fail_when.model_copy(update=threshold)})
-    criteria[i] = criteria[i].model_copy(
-        update={"rule": rule.model_copy(update={"analytes": [analyte, *rule.analytes[1:]]})})
-    return dataclasses.replace(trial, definition=trial.definition.model_copy(update={"criteria": criteria}))
-
-
-def test_a_remembered_judgement_is_reused_only_for_the_same_result_analyte_and_units(nct06462092):
-    ok = lab("751-8", 2.4, "K/uL", "2026-06-10T08:00:00Z", id="anc-remembered")
-    # The same resource sent again (another chart open): the same validated model, judged once.
-    first = run(nct06462092, ok, criterion="neutrophils")
-    again = run(nct06462092, dict(ok), criterion="neutrophils")
-    assert first.result is again.result is Result.PASS
-    assert again.to_json() == first.to_json()
-    # Another value under the same id and date: other content, judged anew.
-    low = run(nct06462092, dict(ok, valueQuantity=dict(ok["valueQuantity"], value=0.9)), criterion="neutrophils")
-    assert low.result is Result.FAIL
-    # The same result under another analyte's threshold (ANC ≤ 3.0 fails): judged anew.
-    strict = run(_variant(nct06462092, "neutrophils", value=Decimal("3.0")), dict(ok), criterion="neutrophils")
-    assert strict.result is Result.FAIL and "<= 3.0" in strict.reason
-    # The same result and analyte under a unit table without the local spelling K/uL: judged anew.
-    bare = dataclasses.replace(nct06462092, units=UnitTable(bridges=nct06462092.units.bridges))
-    unknown = run(bare, dict(ok), criterion="neutrophils")
-    assert (unknown.result, unknown.why) == (Result.UNKNOWN, Why.UNIT_NOT_CONVERTIBLE)
-    assert run(nct06462092, dict(ok), criterion="neutrophils").to_json() == first.to_json()
-
-
-def test_what_a_remembered_judgement_shares_cannot_be_changed(nct06462092):
-    c = run(nct06462092, lab("1975-2", 0.8, "mg/dL", "2026-06-10", high=1.2), criterion="bilirubin")
-    ev = c.evidence[0]
-    assert ev.uln is not None and ev.ratio_to_uln == Decimal("0.67")
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        ev.uln.value = Decimal("99")
-    c = run(nct06462092, lab("751-8", 1500, "/mm3", "2026-06-10"), criterion="neutrophils")
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        c.evidence[0].converted.unit = "10*3/uL"
-
-
-def test_remembered_judgements_are_bounded(nct06462092, monkeypatch):
-    monkeypatch.setattr(memo, "IDENTITY_MEMO_SIZE", 8)
-    for i in range(30):
-        c = run(nct06462092, lab("718-7", 10 + i / 10, "g/dL", "2026-06-10"), criterion="hemoglobin")
-        value = Decimal(str(10 + i / 10))
-        assert c.result is Result.PASS and c.evidence[0].converted.value == value * 10  # g/dL -> g/L
-        assert len(labs._judge.entries) <= 8

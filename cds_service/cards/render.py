@@ -29,10 +29,10 @@ import jinja2.meta
 
 from ..engine import (FHIR_ID, CodeSet, CriterionResult, Evidence, Measured, Order, Result, Role, Status, Trial,
                       TrialEvaluation, UpperLimit, Why, is_fhir_id, shown_text)
-from .templates import (DETAIL_TEMPLATE, SUMMARY_TEMPLATE, TEMPLATE_VARS, TEXT_FILE, CardEnvironment, jinja_error,
+from .templates import (DETAIL_TEMPLATE, SUMMARY_TEMPLATE, TEMPLATE_VARS, TEXT_FILE, TRIAL_VARS, jinja_error,
                         load_texts, read_files, refuse_unknown)
 from .text import RAW_HTML, find_empty_values, fit_summary, md_escape
-from .view import (RANK_DEFAULT, RANK_INELIGIBLE, TEXT_MEMO_SIZE, CriterionInfo, TrialInfo, criterion_title, distinct,
+from .view import (RANK_DEFAULT, RANK_INELIGIBLE, CriterionInfo, TrialInfo, criterion_title, distinct,
                    evidence_view)
 
 INDICATOR = "info"
@@ -85,9 +85,10 @@ class CardRenderer:
                  new_uuid: Callable[[], str] = lambda: str(uuid.uuid4())):
         self.show_ineligible = show_ineligible
         self._new_uuid = new_uuid
-        self._trial_info: dict[tuple[str, str], TrialInfo] = {}  # built once per trial definition
+        # Built once per trial definition: its info, and its texts that use the trial's variables only.
+        self._trial_info: dict[tuple[str, str], tuple[TrialInfo, dict[str, str]]] = {}
         files = read_files(template_dir)
-        self._env = CardEnvironment(
+        self._env = jinja2.Environment(
             loader=jinja2.DictLoader({SUMMARY_TEMPLATE: files[SUMMARY_TEMPLATE],
                                       DETAIL_TEMPLATE: files[DETAIL_TEMPLATE]}),
             undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True,
@@ -112,7 +113,8 @@ class CardRenderer:
     def _load_text(self, source: str) -> None:
         texts = load_texts(source)  # checked: every text there, each template's variables available to it
         self._texts = {key: self._env.from_string(value) for key, value in texts.templates().items()}
-        self._text_memo: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+        self._trial_keys = frozenset(key for key, value in texts.templates().items()
+                                     if jinja2.meta.find_undeclared_variables(self._env.parse(value)) <= TRIAL_VARS)
         self._symbols = texts.symbol_texts()
         self._override_reasons = texts.override_codings()
         self._short_names = dict(texts.short_names)
@@ -124,7 +126,8 @@ class CardRenderer:
         info, evaluations = _samples()
         ctx = CardContext("sample", "Practitioner/sample", "sample")
         for evaluation in evaluations:
-            self._render(info, evaluation, ctx, show_ineligible=True, new_uuid=lambda: str(uuid.uuid4()))
+            self._render(info, self._trial_texts(info), evaluation, ctx, show_ineligible=True,
+                         new_uuid=lambda: str(uuid.uuid4()))
 
     # rendering ----------------------------------------------------------------
 
@@ -136,11 +139,11 @@ class CardRenderer:
         if evaluation.patient is not None and evaluation.patient != ctx.patient_id:
             raise ValueError(f"evaluation is for patient {evaluation.patient}, not {ctx.patient_id}")
         key = (trial.id, trial.definition.definition_version)
-        info = self._trial_info.get(key)
-        if info is None:
-            info = self._trial_info[key] = TrialInfo.of(trial)
-        return self._render(info, evaluation, ctx, show_ineligible=self.show_ineligible,
-                            new_uuid=self._new_uuid)
+        built = self._trial_info.get(key)
+        if built is None:
+            info = TrialInfo.of(trial)
+            built = self._trial_info[key] = (info, self._trial_texts(info))
+        return self._render(*built, evaluation, ctx, show_ineligible=self.show_ineligible, new_uuid=self._new_uuid)
 
     def render_all(self, results: Iterable[tuple[Trial, TrialEvaluation]], ctx: CardContext) -> list[dict]:
         """Cards for several trials, in the order given; trials without a card are left out."""
@@ -151,7 +154,7 @@ class CardRenderer:
                 cards.append(card)
         return cards
 
-    def _render(self, info: TrialInfo, evaluation: TrialEvaluation, ctx: CardContext, *,
+    def _render(self, info: TrialInfo, texts: dict[str, str], evaluation: TrialEvaluation, ctx: CardContext, *,
                 show_ineligible: bool, new_uuid: Callable[[], str]) -> dict | None:
         status = evaluation.status
         if status is Status.INELIGIBLE and not show_ineligible:
@@ -163,18 +166,17 @@ class CardRenderer:
         detail = self._file(DETAIL_TEMPLATE, view).strip()
         if RAW_HTML.search(detail):
             raise ValueError(f"{DETAIL_TEMPLATE}: the detail contains raw HTML")
-        tv = info.text_vars()
         card: dict[str, Any] = {"uuid": new_uuid(), "summary": summary, "indicator": INDICATOR}
         if detail:
             card["detail"] = detail
-        card["source"] = {"label": self._text("source.label", tv), "url": info.study_url,
+        card["source"] = {"label": texts["source.label"], "url": info.study_url,
                           "topic": {"system": TOPIC_SYSTEM, "code": info.nct_id, "display": info.short_title}}
-        suggestions = self._suggestions(info, evaluation, ctx, new_uuid)
+        suggestions = self._suggestions(info, texts, evaluation, ctx, new_uuid)
         if suggestions:
             card["suggestions"] = suggestions
             card["selectionBehavior"] = "any"
         card["overrideReasons"] = [dict(r) for r in self._override_reasons]
-        card["links"] = [{"label": self._text("link.label", tv), "url": info.study_url, "type": "absolute"}]
+        card["links"] = [{"label": texts["link.label"], "url": info.study_url, "type": "absolute"}]
         # What templates, texts and the request's context filled in is checked here; the
         # evaluation's JSON leaves out every field with nothing to say by construction (engine/model.py).
         empty = find_empty_values(card)
@@ -189,20 +191,17 @@ class CardRenderer:
         except jinja2.TemplateError as exc:
             raise ValueError(f"{name}: {jinja_error(exc)}") from None
 
+    def _trial_texts(self, info: TrialInfo) -> dict[str, str]:
+        variables = info.text_vars()
+        return {key: self._text(key, variables) for key in self._trial_keys}
+
     def _text(self, key: str, variables: dict[str, str]) -> str:
-        # A pure function of the key and the (trial and order) texts: rendered once each.
-        memo_key = (key, tuple(variables.items()))
-        text = self._text_memo.get(memo_key)
-        if text is not None:
-            return text
         try:
             text = " ".join(self._texts[key].render(variables).split())
         except jinja2.TemplateError as exc:
             raise ValueError(f"{TEXT_FILE}: '{key}': {jinja_error(exc)}") from None
         if not text:
             raise ValueError(f"{TEXT_FILE}: '{key}' rendered empty")
-        if len(self._text_memo) < TEXT_MEMO_SIZE:
-            self._text_memo[memo_key] = text
         return text
 
     # the template variables ------------------------------------------------------
@@ -261,7 +260,7 @@ class CardRenderer:
 
     # suggestions ------------------------------------------------------------------
 
-    def _suggestions(self, info: TrialInfo, evaluation: TrialEvaluation, ctx: CardContext,
+    def _suggestions(self, info: TrialInfo, texts: dict[str, str], evaluation: TrialEvaluation, ctx: CardContext,
                      new_uuid: Callable[[], str]) -> list[dict[str, Any]]:
         status = evaluation.status
         if status is Status.INELIGIBLE:
@@ -285,12 +284,11 @@ class CardRenderer:
                         "actions": [{"type": "create", "description": self._text("suggestions.order.description", ov),
                                      "resource": resource}]})
         referral = self._service_request(
-            ctx, code={"coding": [dict(REFERRAL_CODE)], "text": self._text("service_request.referral_text", tv)},
-            reason=self._text("service_request.referral_reason", tv),
-            note=self._text("service_request.referral_note", tv))
-        out.append({"label": self._text("suggestions.referral.label", tv), "uuid": new_uuid(),
+            ctx, code={"coding": [dict(REFERRAL_CODE)], "text": texts["service_request.referral_text"]},
+            reason=texts["service_request.referral_reason"], note=texts["service_request.referral_note"])
+        out.append({"label": texts["suggestions.referral.label"], "uuid": new_uuid(),
                     "isRecommended": status is Status.ELIGIBLE,
-                    "actions": [{"type": "create", "description": self._text("suggestions.referral.description", tv),
+                    "actions": [{"type": "create", "description": texts["suggestions.referral.description"],
                                  "resource": referral}]})
         return out
 

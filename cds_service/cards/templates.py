@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Mapping
+from typing import Annotated, Any, Iterator
 
 import jinja2
 import jinja2.meta
@@ -196,27 +196,6 @@ def load_texts(source: str) -> CardTexts:
         error = exc.errors(include_url=False)[0]
         message = "must be a mapping" if error["type"] == "model_type" else error_message(error)  # not our class name
         raise ValueError(f"{TEXT_FILE}: '{error_path(error['loc'])}': {message}") from None
-
-
-class CardEnvironment(jinja2.Environment):
-    """Jinja with `item.title` read as a key first. The template variables are
-    plain dicts, and Jinja's default (attribute first) raises and catches an
-    AttributeError for every `item.field` on a dict: a third of the detail's
-    rendering time."""
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if type(obj) is dict:  # noqa: E721 - the renderer's own view dicts; anything else as Jinja does it
-            try:
-                return obj[attribute]
-            except KeyError:
-                pass
-        return super().getattr(obj, attribute)
-
-    def make_globals(self, d: Mapping[str, Any] | None) -> dict[str, Any]:  # type: ignore[override]
-        # A plain dict rather than Jinja's ChainMap: every render copies the globals
-        # into its context, and copying a ChainMap was a tenth of the card's render
-        # time. The renderer never changes the globals after building its templates.
-        return {**self.globals, **(d or {})}
 
 
 def unknown_variables(used: set[str], allowed: frozenset[str]) -> str | None:

@@ -3,13 +3,11 @@ and the check that a card holds no empty value (CDS Hooks forbids them)."""
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any
 
 
 SUMMARY_LIMIT = 140  # CDS Hooks: "<140-character summary"
-MD_MEMO_SIZE = 8192  # escaped texts kept
 RAW_HTML = re.compile(r"<[A-Za-z/!?]")
 
 
@@ -70,12 +68,7 @@ def md_escape(value: Any) -> str:
     backslash-escaped, and & < > become entities, so no raw HTML can appear."""
     if value is None:
         return ""
-    return _md_escape_text(value if type(value) is str else str(value))  # noqa: E721 - exact str only
-
-
-@functools.lru_cache(maxsize=MD_MEMO_SIZE)  # titles, reasons and evidence lines recur on every card
-def _md_escape_text(text: str) -> str:
-    return _MD_SPECIAL.sub(_md_replacement, " ".join(text.split()))
+    return _MD_SPECIAL.sub(_md_replacement, " ".join(str(value).split()))
 
 
 def _md_replacement(match: re.Match[str]) -> str:
@@ -89,7 +82,6 @@ _MICRO = re.compile(r"(?:(?<=^)|(?<=[/.]))u(?=(?:L|mol|g|mL|IU|\[IU\])\b)")
 _CUBED = re.compile(r"(?<=[cdm]m)3\b")
 
 
-@functools.lru_cache(maxsize=1024)  # a handful of units, shown on every card
 def unit_display(unit: str) -> str:
     """A unit as a clinician reads it: `10*3/uL` → `×10³/µL`, `[IU]/L` → `IU/L`,
     `umol/L` → `µmol/L`, `/mm3` → `/mm³`. For the card's prose only: the

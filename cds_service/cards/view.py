@@ -3,16 +3,14 @@ with value, unit, date and source) and the order the checklist takes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable, Mapping
 
 
-from ..engine import (CodeSet, CriterionResult, Evidence, Measured, Result, Trial, memo_coding_key, shown_number,
+from ..engine import (CodeSet, CriterionResult, Evidence, Measured, Result, Trial, coding_key, shown_number,
                       shown_recorded)
 from .text import md_escape, unit_display
-
-TEXT_MEMO_SIZE = 4096  # rendered fixed texts kept (a few per trial and order)
 
 # Checklist order: what needs doing first. An ineligible card leads with what rules the patient out.
 ORDER_DEFAULT = (Result.UNKNOWN, Result.FAIL, Result.REVIEW, Result.PASS, Result.NOT_APPLICABLE)
@@ -32,22 +30,13 @@ class CriterionInfo:
     title: str
     card_note: str | None
     analytes: tuple[tuple[str, CodeSet], ...]  # lab analyte names and their codes, to label evidence
-    _labels: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
 
     def analyte_label(self, code: str | None) -> str | None:
-        """The name of the analyte a "system|code" belongs to (None if none): asked for
-        every decisive result of every card, so answers are kept (a few codes per criterion)."""
+        """The name of the analyte a "system|code" belongs to (None if none)."""
         if not self.analytes or not code or "|" not in code:
             return None
-        try:
-            return self._labels[code]
-        except KeyError:
-            pass
-        key = memo_coding_key(*code.split("|", 1))
-        label = next((name for name, codes in self.analytes if codes.contains(key)), None)
-        if len(self._labels) < TEXT_MEMO_SIZE:
-            self._labels[code] = label
-        return label
+        key = coding_key(*code.split("|", 1))
+        return next((name for name, codes in self.analytes if codes.contains(key)), None)
 
 
 @dataclass(frozen=True)
@@ -83,23 +72,6 @@ def distinct(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(v for v in values if v))
 
 
-# Converted values, ULNs and ratios are parts of lab judgements shared between calls (rules/labs.py):
-# their text (computed values: engine/model.py shown_number) is kept by the Decimal's identity (an entry
-# holds it, so the id is not reused meanwhile).
-_SHOWN: dict[int, tuple[Decimal, str]] = {}
-
-
-def shown_value(value: Decimal) -> str:
-    kept = _SHOWN.get(id(value))
-    if kept is not None and kept[0] is value:
-        return kept[1]
-    text = shown_number(value)
-    if len(_SHOWN) >= TEXT_MEMO_SIZE:
-        _SHOWN.clear()
-    _SHOWN[id(value)] = (value, text)
-    return text
-
-
 def evidence_view(e: Evidence, ci: CriterionInfo | None, several: bool, result: Result) -> dict[str, Any]:
     """One decisive piece of evidence: as recorded, plus the converted value only
     when it differs from what was recorded (number or unit), and `line`: the
@@ -115,10 +87,10 @@ def evidence_view(e: Evidence, ci: CriterionInfo | None, several: bool, result: 
         label = display  # a diagnosis or allergy: what was found is the evidence
     converted = None
     if e.converted is not None and differs(e.value, unit, e.converted):
-        converted = {"value": shown_value(e.converted.value), "unit": e.converted.unit}
+        converted = {"value": shown_number(e.converted.value), "unit": e.converted.unit}
     uln = None
     if e.uln is not None:
-        uln = {"value": shown_value(e.uln.value), "unit": e.uln.unit, "assumed": e.uln.assumed}
+        uln = {"value": shown_number(e.uln.value), "unit": e.uln.unit, "assumed": e.uln.assumed}
     date = e.date[:10] if e.date else None
 
     if several and label:
@@ -143,7 +115,7 @@ def evidence_view(e: Evidence, ci: CriterionInfo | None, several: bool, result: 
         "unit": unit,
         "converted": converted,
         "uln": uln,
-        "ratio_to_uln": shown_value(e.ratio_to_uln) if e.ratio_to_uln is not None else None,
+        "ratio_to_uln": shown_number(e.ratio_to_uln) if e.ratio_to_uln is not None else None,
         "date": date,
         "note": e.note,
         "line": " · ".join(map(md_escape, filter(None, (what, date, e.reference)))),

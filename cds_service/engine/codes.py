@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Iterable
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -52,28 +52,6 @@ def coding_key(system: str | None, code: str | None) -> tuple[str, str] | None:
     return system, code.strip()
 
 
-# (system, code) as sent -> coding_key(); read directly by the record's indexing loop.
-CODING_KEYS: dict[tuple[str, str], tuple[str, str] | None] = {}
-KEY_MEMO_SIZE = 65536  # distinct (system, code) pairs remembered; then the memo starts afresh
-
-
-def memo_coding_key(system: Any, code: Any) -> tuple[str, str] | None:
-    """coding_key, remembered: every chart open re-sends the same few hundred
-    codes, and normalising them was a third of indexing a record."""
-    if type(system) is not str or type(code) is not str:  # noqa: E721 - str subclasses may hash as they like
-        return coding_key(system, code)
-    pair = (system, code)
-    try:
-        return CODING_KEYS[pair]
-    except KeyError:
-        pass
-    key = coding_key(system, code)
-    if len(CODING_KEYS) >= KEY_MEMO_SIZE:
-        CODING_KEYS.clear()
-    CODING_KEYS[pair] = key
-    return key
-
-
 @dataclass(frozen=True)
 class CodeEntry:
     system: str
@@ -108,7 +86,8 @@ class CodeSet:
     value_set: str | None = None
     exact: frozenset[tuple[str, str]] = field(init=False)
     prefixes: tuple[tuple[str, str], ...] = field(init=False)
-    _answers: dict[tuple[str, str], bool] = field(init=False, repr=False, compare=False, default_factory=dict)
+    # The prefixes compiled into one look-up: system -> its prefixes, for one str.startswith.
+    _prefixes_of: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         exact, prefixes = set(), []
@@ -120,22 +99,18 @@ class CodeSet:
                 prefixes.append((system, normalize_code(system, e.prefix)))
         self.exact = frozenset(exact)
         self.prefixes = tuple(prefixes)
+        by_system: dict[str, list[str]] = {}
+        for system, prefix in self.prefixes:
+            by_system.setdefault(system, []).append(prefix)
+        self._prefixes_of = {system: tuple(p) for system, p in by_system.items()}
 
     def contains(self, key: tuple[str, str] | None) -> bool:
         if key is None:
             return False
         if key in self.exact:
             return True
-        if not self.prefixes:
-            return False
-        answer = self._answers.get(key)  # prefix answers remembered: the same codes come on every call
-        if answer is None:
-            system, code = key
-            answer = any(system == s and code.startswith(p) for s, p in self.prefixes)
-            if len(self._answers) >= KEY_MEMO_SIZE:
-                self._answers.clear()
-            self._answers[key] = answer
-        return answer
+        prefixes = self._prefixes_of.get(key[0])
+        return prefixes is not None and key[1].startswith(prefixes)
 
     def display_for(self, key: tuple[str, str]) -> str | None:
         system, code = key

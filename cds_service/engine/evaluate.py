@@ -145,7 +145,7 @@ def _cut_short(outcome: Outcome, criterion: Criterion, ctx: Context) -> Outcome:
 
     def cut_types(types: tuple[str, ...], out_of_order: bool) -> list[str]:
         return [t for t in types
-                if any(c.covers(t, ctx.library.union_of(reads[t]) if reads.get(t) else None) and
+                if any(c.covers(t, ctx.library.get(reads[t]) if reads.get(t) else None) and
                        (not out_of_order or not c.newest_first) for c in cuts)]
 
     missing, newer = cut_types(outcome.absence_of, False), False

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import functools
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -168,7 +167,6 @@ def shown_recorded(value: str | None) -> str | None:
 _LONG_DECIMAL = re.compile(r"(?<![\w.:])\d+\.\d{%d,}(?!\d|\.\d)" % (DISPLAY_PLACES + 1))
 
 
-@functools.lru_cache(maxsize=4096)  # reasons recur on every card
 def shown_text(text: str) -> str:
     """Prose (a reason) for people: every number in it with more than DISPLAY_PLACES
     decimals shown as a computed value ("ULN 20.51282051282051282051282051 umol/L" ->
@@ -178,7 +176,7 @@ def shown_text(text: str) -> str:
     return _LONG_DECIMAL.sub(lambda m: shown_number(m.group()), text)
 
 
-@dataclass(frozen=True, slots=True)  # frozen: a judgement memoised in rules/labs.py shares it between calls
+@dataclass(frozen=True, slots=True)
 class Measured:
     value: Decimal
     unit: str

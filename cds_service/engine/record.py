@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 
 import orjson
 
-from .codes import CODING_KEYS, CodeSet, memo_coding_key
+from .codes import CodeSet, coding_key
 from .validation import InvalidResource, read_elements, validate, validate_serialized
 
 # Where a resource type keeps the code that classifies it, when not in `code` (Specimen.type,
@@ -46,9 +46,6 @@ class Hit(NamedTuple):
     # Order of the resource in the input, to keep results stable: its index, or for a contained
     # resource a fraction between its container's and the next resource's.
     position: float = 0
-
-
-_new_tuple = tuple.__new__  # Hit(*fields) goes through a Python-level __new__: twice as slow
 
 
 def reference_of(raw: dict[str, Any], full_url: str | None = None) -> str:
@@ -121,16 +118,21 @@ class Cut:
 
 
 def _index_codings(index: dict[tuple[str, str], list[tuple[dict[str, Any], int | None, int]]], codings: Any,
-                   entry: tuple[dict[str, Any], int | None, int]) -> None:
-    """Add `entry` (resource, component, position) under each coding's key, once per key."""
+                   entry: tuple[dict[str, Any], int | None, int], keys: dict[tuple[str, str], Any]) -> None:
+    """Add `entry` (resource, component, position) under each coding's key, once per key.
+    `keys`: the record's codings as sent -> their keys, so that each distinct one is
+    normalised once (a chart repeats a few dozen codes over its results)."""
     if not isinstance(codings, list):
         return
-    keys = CODING_KEYS
     for coding in codings:
         try:
-            key = keys[(coding["system"], coding["code"])]  # a code seen before: no call
-        except (KeyError, TypeError, IndexError):  # new, incomplete, or not a Coding
-            key = memo_coding_key(coding.get("system"), coding.get("code")) if isinstance(coding, dict) else None
+            pair = (coding["system"], coding["code"])
+            key = keys.get(pair, pair)  # pair: not seen before in this record
+        except (KeyError, TypeError, IndexError):  # incomplete, or not a Coding
+            key = coding_key(coding.get("system"), coding.get("code")) if isinstance(coding, dict) else None
+        else:
+            if key is pair:
+                key = keys[pair] = coding_key(*pair)
         if key is not None:
             bucket = index.get(key)
             if bucket is None:
@@ -149,7 +151,7 @@ class PatientRecord:
         self.by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
         # resource type -> (system, code) -> (resource, component index or None, position)
         self._index: dict[str, dict[tuple[str, str], list[tuple[dict[str, Any], int | None, int]]]] = {}
-        self._found: dict[tuple[str, int], tuple[CodeSet, list[Hit]]] = {}  # find() answers, by type and code set
+        self._keys: dict[tuple[str, str], tuple[str, str] | None] = {}  # see _index_codings
         self._full_urls = dict(full_urls or {})
         self._by_reference: dict[str, dict[str, Any]] | None = None  # built on first resolve()
         self._models: dict[int, Any] = {}
@@ -168,7 +170,7 @@ class PatientRecord:
         # that has components, each component's code (with the component's position).
         # A resource with `contained` is set aside (one key look-up a resource) and its contained
         # resources indexed after the loop: only charts that send them pay for them.
-        by_type, indexes, elsewhere = self.by_type, self._index, _CODE_ELEMENTS
+        by_type, indexes, elsewhere, keys = self.by_type, self._index, _CODE_ELEMENTS, self._keys
         containers: list[tuple[int, dict[str, Any]]] = []
         for position, raw in enumerate(resources):
             try:
@@ -188,7 +190,7 @@ class PatientRecord:
             except (KeyError, TypeError, IndexError):  # no code, or not a CodeableConcept
                 pass
             else:
-                _index_codings(index, codings, (raw, None, position))
+                _index_codings(index, codings, (raw, None, position), keys)
             if rtype == "Observation" and "component" in raw:  # a panel's parts (blood pressure, ISH ratio)
                 components = raw["component"]
                 if isinstance(components, list):
@@ -197,7 +199,7 @@ class PatientRecord:
                             codings = part["code"]["coding"]
                         except (KeyError, TypeError, IndexError):
                             continue
-                        _index_codings(index, codings, (raw, i, position))
+                        _index_codings(index, codings, (raw, i, position), keys)
         if containers:
             self._index_contained(containers)
 
@@ -227,30 +229,24 @@ class PatientRecord:
                 self._index_codes(indexes.setdefault(rtype, {}), raw, position + k * step)
             self._contained[id(container)] = local
 
-    @staticmethod
-    def _index_codes(index: dict[tuple[str, str], list[tuple[dict[str, Any], int | None, float]]],
+    def _index_codes(self, index: dict[tuple[str, str], list[tuple[dict[str, Any], int | None, float]]],
                      raw: dict[str, Any], position: float) -> None:
         """What the loop of _index_all does for one resource: its code and its components' codes."""
         code = raw.get(code_element(raw["resourceType"]))
         if isinstance(code, dict):
-            _index_codings(index, code.get("coding"), (raw, None, position))
+            _index_codings(index, code.get("coding"), (raw, None, position), self._keys)
         components = raw.get("component") if raw.get("resourceType") == "Observation" else None
         if isinstance(components, list):
             for i, part in enumerate(components):
                 concept = part.get("code") if isinstance(part, dict) else None
                 if isinstance(concept, dict):
-                    _index_codings(index, concept.get("coding"), (raw, i, position))
+                    _index_codings(index, concept.get("coding"), (raw, i, position), self._keys)
 
     # -- look-ups -----------------------------------------------------------
 
     def find(self, resource_type: str, codes: CodeSet) -> list[Hit]:
         """Resources of a type (and Observation components) coded in `codes`,
-        each once, in record order. Answers are kept: several criteria ask for
-        the same code set."""
-        memo_key = (resource_type, id(codes))
-        kept = self._found.get(memo_key)
-        if kept is not None:
-            return list(kept[1])
+        each once, in record order."""
         index = self._index.get(resource_type) or {}
         entries: list[tuple[dict[str, Any], int | None, int]] = []
         buckets = 0
@@ -268,11 +264,8 @@ class PatientRecord:
         if buckets > 1:  # a resource may sit in several buckets; one bucket is in order, each entry once
             unique = {(position, -1 if component is None else component): (raw, component)
                       for raw, component, position in entries}
-            found = [_new_tuple(Hit, (raw, component, order[0])) for order, (raw, component) in sorted(unique.items())]
-        else:  # the index's entries are (raw, component, position): made Hits without a call each
-            found = [_new_tuple(Hit, entry) for entry in entries]
-        self._found[memo_key] = (codes, found)  # holding the set keeps its id from being reused
-        return list(found)
+            return [Hit(raw, component, order[0]) for order, (raw, component) in sorted(unique.items())]
+        return [Hit(*entry) for entry in entries]  # the index's entries are (raw, component, position)
 
     def resolve(self, reference: str | None, within: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """The resource of this record a literal reference names: "Type/id", an

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from ..engine import CodeSet, PatientRecord, Trial, codeset_fields, memo_coding_key
+from ..engine import CodeSet, PatientRecord, Trial, coding_key, codeset_fields
 
 # What a Question asks (its anchor's first element): a `<< root` intension, or a ValueSet.
 SUBSUMES = "subsumes"
@@ -128,7 +128,7 @@ def _add_concept(keys: dict[tuple[str, str], None], concept: Any) -> None:
     if isinstance(codings, list):
         for coding in codings:
             if isinstance(coding, dict):
-                key = memo_coding_key(coding.get("system"), coding.get("code"))
+                key = coding_key(coding.get("system"), coding.get("code"))
                 if key is not None:
                     keys[key] = None
 

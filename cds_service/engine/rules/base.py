@@ -12,9 +12,8 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, NamedTuple, Seque
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-from ..codes import CodeSet, memo_coding_key, union
+from ..codes import CodeSet, coding_key, union
 from ..dates import FhirDate, age_range, age_range_at_death, parse_fhir_date
-from ..memo import remembered_by_identity
 from ..model import Evidence, Result, Why
 from ..quantities import UnitTable
 from ..record import PatientRecord, index_codes_at
@@ -152,38 +151,23 @@ class CodeLibrary:
     def __init__(self, sets: Mapping[str, CodeSet]):
         self.sets = dict(sets)
         self._unions: dict[tuple[str, ...], CodeSet] = {}
-        # By the identity of a rule's list of names (rules are frozen definitions, their lists
-        # never change and live as long as the trial): every criterion asks on every call.
-        self._by_list: dict[int, tuple[Sequence[str], CodeSet]] = {}
-        self._everything: CodeSet | None = None
 
     def __contains__(self, name: str) -> bool:
         return name in self.sets
 
     def get(self, names: Sequence[str] | str) -> CodeSet:
-        """The union of the named sets; for a rule's own list of names (asked on every call)."""
-        kept = self._by_list.get(id(names))
-        if kept is not None and kept[0] is names:
-            return kept[1]
-        found = self.union_of(names)
-        if len(self._by_list) < 4096:  # the rules' lists: a few dozen per trial
-            self._by_list[id(names)] = (names, found)  # holding `names` keeps its id from being reused
-        return found
-
-    def everything(self) -> CodeSet:
-        """Every code the library knows: a record coded in none of them is unrecognised."""
-        if self._everything is None:
-            self._everything = self.union_of(tuple(sorted(self.sets)))
-        return self._everything
-
-    def union_of(self, names: Sequence[str] | str) -> CodeSet:
-        """The union of the named sets, for names not held by a rule (nothing kept by identity)."""
+        """The union of the named sets, built on first use: the names come from the trial's
+        definitions, so there is at most one union per list of names they hold."""
         key = (names,) if isinstance(names, str) else tuple(names)
         found = self._unions.get(key)
         if found is None:
             found = self.sets[key[0]] if len(key) == 1 else union("+".join(key), (self.sets[n] for n in key))
             self._unions[key] = found
         return found
+
+    def everything(self) -> CodeSet:
+        """Every code the library knows: a record coded in none of them is unrecognised."""
+        return self.get(tuple(sorted(self.sets)))
 
 
 FEMALE, MALE = "female", "male"
@@ -281,7 +265,6 @@ def _status_code(concept: Any, systems: set[str]) -> str | None:
     return None
 
 
-@remembered_by_identity
 def verification(resource: Any) -> str:
     """confirmed / unconfirmed / excluded (refuted or entered-in-error).
     A Condition or AllergyIntolerance without a verification status counts as
@@ -300,7 +283,6 @@ def verification(resource: Any) -> str:
 ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
 
 
-@remembered_by_identity
 def clinical_status(resource: Any) -> str:
     """The clinical status code; a resource without one is taken as active."""
     systems = _ALLERGY_CLIN_SYSTEMS if resource.get_resource_type() == "AllergyIntolerance" else _CLIN_SYSTEMS
@@ -309,7 +291,6 @@ def clinical_status(resource: Any) -> str:
 
 # -- dates ----------------------------------------------------------------
 
-@remembered_by_identity
 def observation_date(obs: Any) -> FhirDate | None:
     """effective[x] of an Observation or DiagnosticReport (Period: its start)."""
     if obs.effectiveDateTime is not None:
@@ -322,7 +303,6 @@ def observation_date(obs: Any) -> FhirDate | None:
     return None
 
 
-@remembered_by_identity
 def condition_date(cond: Any) -> FhirDate | None:
     if cond.onsetDateTime is not None:
         return parse_fhir_date(cond.onsetDateTime)
@@ -333,13 +313,12 @@ def condition_date(cond: Any) -> FhirDate | None:
 
 # -- evidence helpers -----------------------------------------------------
 
-@remembered_by_identity
 def matching_coding(concept: Any, codes: CodeSet) -> Any | None:
     """The first coding of a (validated) CodeableConcept that is in `codes`."""
     if concept is None:
         return None
     for coding in concept.coding or ():
-        if codes.contains(memo_coding_key(coding.system, coding.code)):
+        if codes.contains(coding_key(coding.system, coding.code)):
             return coding
     return None
 

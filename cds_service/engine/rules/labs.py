@@ -14,7 +14,6 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ..dates import FhirDate, Recency, recency
-from ..memo import remembered_by_identity
 from ..model import Evidence, Measured, Result, Role, UpperLimit, Why, shown_number
 from ..quantities import NotConvertible, UnitTable
 from .base import Context, Outcome, RuleModel, concept_label, observation_date
@@ -271,7 +270,6 @@ class _Judgement:
     ratio_to_uln: Decimal | None = None
 
 
-@remembered_by_identity  # the same result is judged again on every chart open
 def _judge(units: UnitTable, analyte: Analyte, resource: Any, source: Any) -> _Judgement:
     """Apply the threshold to one dated, fresh result: `source` is the part of the
     validated Observation `resource` carrying the value (the resource or a component)."""

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 from pydantic import Field, model_validator
 
-from ..codes import CodeSet, memo_coding_key
+from ..codes import CodeSet, coding_key
 from ..dates import FhirDate, Recency, days_before, recency
 from ..model import Evidence, Role, Why
 from .base import VALID_OBSERVATION_STATUSES, Context, RuleModel
@@ -43,12 +43,10 @@ class TextMentions(RuleModel):
 
     @functools.cached_property
     def names(self) -> Callable[[str], bool]:
-        """Whether a text names the concept: a pattern matches and no except pattern does.
-        Answers remembered (bounded): the same displays ("Glucose", "HGB") come on every chart."""
+        """Whether a text names the concept: a pattern matches and no except pattern does."""
         pattern, unless = _compiled(tuple(self.patterns)), _compiled(tuple(self.except_patterns))
         assert pattern is not None  # patterns has at least one
 
-        @functools.lru_cache(maxsize=4096)
         def names(text: str) -> bool:
             return pattern.search(text) is not None and not (unless is not None and unless.search(text))
 
@@ -78,7 +76,7 @@ def concept_coding_keys(concept: Any) -> list[tuple[str, str]]:
     codings = concept.get("coding") if isinstance(concept, dict) else None
     if not isinstance(codings, list):
         return []
-    keys = (memo_coding_key(c.get("system"), c.get("code")) for c in codings if isinstance(c, dict))
+    keys = (coding_key(c.get("system"), c.get("code")) for c in codings if isinstance(c, dict))
     return [key for key in keys if key is not None]
 
 
@@ -280,13 +278,14 @@ def newer_mention(ctx: "Context", mentions: TextMentions | None, decided_at: Fhi
 def any_of_names(mentions: Iterable[TextMentions]) -> Callable[[str], bool] | None:
     """A test of one text: may one of `mentions` name it? Their patterns in one
     expression, except patterns not applied (a pre-filter: each mentions still reads
-    for itself); answers remembered by text (a bounded memo), since the same test
-    names come on every chart. None when there are no mentions."""
+    for itself); answers remembered by text, since the same test names come on every
+    chart. None when there are no mentions."""
     pattern = _compiled(tuple(p for m in mentions for p in m.patterns))
     if pattern is None:
         return None
     search = pattern.search
 
+    # bench/cache_bench.py mentions-any-lru: without it the hook takes 1.24-1.37x at 100 other tests
     @functools.lru_cache(maxsize=8192)
     def names(text: str) -> bool:
         return search(text) is not None

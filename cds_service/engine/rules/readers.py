@@ -4,6 +4,7 @@ when read; the ranks that order them from the JSON alone; invalid records as evi
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from dataclasses import dataclass
 from operator import itemgetter
@@ -11,7 +12,6 @@ from typing import Any, Callable, Iterable
 
 from ..codes import CodeSet
 from ..dates import FhirDate, parse_fhir_date
-from ..memo import remembered_by_identity
 from ..model import Evidence, Role
 from ..validation import InvalidResource
 from .base import VALID_OBSERVATION_STATUSES, Context, coding_text, concept_label, matching_coding, observation_date
@@ -107,38 +107,30 @@ def unreadable_value(source: Any) -> str | None:
 
 # -- long result histories ----------------------------------------------------
 
-# effective[x] of an Observation as observation_date() reads it, each element with the
-# FHIR type the validated model gives it (built on first use, from the model itself).
-_date_types: dict[str, Any] = {}
 # The usual shape of a lab result's time: a full dateTime with seconds and an offset, as
 # FHIR's dateTime pattern allows them (no leap second). Such a string denotes one instant,
-# which datetime.fromisoformat reads exactly (and 30x faster than the FHIR type; checked
-# against it in tests/test_engine_history.py); every other shape goes through the FHIR type.
+# which datetime.fromisoformat reads exactly (checked against the FHIR type in
+# tests/test_engine_history.py); every other shape goes through the FHIR type.
+# bench/cache_bench.py --cold instant-regex: without it a chart's first call takes 1.24-1.28x at 1,000 history
 _INSTANT = re.compile(r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d"
                       r"(?:\.\d{1,9})?(?:Z|[+-](?:(?:0\d|1[0-3]):[0-5]\d|14:00))")
 
 
+@functools.lru_cache(maxsize=4)  # one per element: effectiveDateTime, effectiveInstant, start, end
 def _date_type(element: str) -> Any:
-    adapter = _date_types.get(element)
-    if adapter is None:
-        from pydantic import TypeAdapter
+    """The FHIR type of effective[x] (or a Period's start or end) as observation_date()
+    reads it, taken from the validated model itself."""
+    from pydantic import TypeAdapter
 
-        from ..validation import model_class
+    from ..validation import model_class
 
-        if element in ("start", "end"):
-            from fhir.resources.R4B.period import Period as owner
-        else:
-            owner = model_class("Observation")
-        adapter = _date_types[element] = TypeAdapter(owner.model_fields[element].annotation)
-    return adapter
+    if element in ("start", "end"):
+        from fhir.resources.R4B.period import Period as owner
+    else:
+        owner = model_class("Observation")
+    return TypeAdapter(owner.model_fields[element].annotation)
 
 
-_UNREAD = object()
-# Ranks by the element's text, one memo per element (a panel's results share their time; charts
-# are reopened). read_latest_results reads effectiveDateTime's memo directly: one look-up a result.
-_RANKS: dict[str, dict[str, int | None]] = {e: {} for e in ("effectiveDateTime", "effectiveInstant", "start", "end")}
-_DATETIME_RANKS = _RANKS["effectiveDateTime"]
-RANK_MEMO_SIZE = 65536
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _MICROSECOND = dt.timedelta(microseconds=1)
 
@@ -151,7 +143,6 @@ def instant_rank(instant: dt.datetime) -> int:
     return (instant - _EPOCH) // _MICROSECOND
 
 
-@remembered_by_identity
 def observation_rank(obs: Any) -> int | None:
     """instant_rank of a validated Observation's date (None when it has none)."""
     date = observation_date(obs)
@@ -178,17 +169,15 @@ def raw_observation_rank(raw: dict[str, Any]) -> int | None:
     period's start or end) through the same FHIR type. None when there is no date
     or it is not valid (such a result is read in full, and found undated or invalid)."""
     value, element = _raw_effective(raw)
-    if value is None:
-        return None
-    memo = _RANKS[element]
-    rank = memo.get(value, _UNREAD)
-    if rank is _UNREAD:
-        time = _read_time(element, value)
-        rank = instant_rank(time) if time is not None else None
-        if len(memo) >= RANK_MEMO_SIZE:
-            memo.clear()
-        memo[value] = rank
-    return rank
+    return None if value is None else _rank(element, value)
+
+
+# Ranks by the element and its text: a panel's results share their time, and charts are reopened.
+# bench/cache_bench.py rank-memo: without it the hook takes 1.18x at 100 history, 1.16-1.20x at 1,000
+@functools.lru_cache(maxsize=65536)
+def _rank(element: str, value: str) -> int | None:
+    time = _read_time(element, value)
+    return instant_rank(time) if time is not None else None
 
 
 def observation_date_of_raw(raw: dict[str, Any]) -> FhirDate | None:
@@ -261,14 +250,9 @@ def read_latest_results(ctx: Context, codes: CodeSet, usable: Callable[[Reading]
     validations, not thousands. Results are ranked by
     the time their JSON gives (raw_observation_rank); should a validated date
     ever differ from it, everything is read, as read_results does."""
-    hits = ctx.record.find("Observation", codes)
     undated, dated = [], []
-    ranks = _DATETIME_RANKS
-    for hit in hits:
-        try:  # the usual case, a dateTime ranked before: what raw_observation_rank would return
-            rank = ranks[hit[0]["effectiveDateTime"]]  # hit[0] is hit.raw, without the attribute call
-        except (KeyError, TypeError):  # none, not ranked yet, or not a string
-            rank = raw_observation_rank(hit.raw)
+    for hit in ctx.record.find("Observation", codes):
+        rank = raw_observation_rank(hit.raw)
         if rank is None:
             undated.append(hit)
         else:
