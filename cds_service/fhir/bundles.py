@@ -119,11 +119,12 @@ def reference_key(reference: Any) -> str | None:
 
 
 # Where each resource type keeps the patient it is about.
-_PATIENT_FIELDS = ("subject", "patient")
+# The elements by which a resource names its patient (AllergyIntolerance: patient; most: subject).
+PATIENT_FIELDS = ("subject", "patient")
 
 
 def patient_reference(resource: dict[str, Any]) -> str | None:
-    for name in _PATIENT_FIELDS:
+    for name in PATIENT_FIELDS:
         value = resource.get(name)
         if isinstance(value, dict):
             return value.get("reference") if isinstance(value.get("reference"), str) else None
@@ -283,7 +284,7 @@ def _resolve(ref: str, bundle: int | None, aliases: dict[Any, PatientGroup]) -> 
 
 
 def _names_a_subject(resource: dict[str, Any]) -> bool:
-    return any(isinstance(resource.get(name), dict) for name in _PATIENT_FIELDS)
+    return any(isinstance(resource.get(name), dict) for name in PATIENT_FIELDS)
 
 
 def _add(group: PatientGroup, entry: Entry) -> None:

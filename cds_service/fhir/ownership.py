@@ -15,13 +15,12 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from .bundles import reference_key
+from .bundles import PATIENT_FIELDS, reference_key
 
 # Whose a resource is (whose): this patient's, another's, this patient's as far as can be told
 # (the reference cannot be checked: kept and counted), or nobody's (it names no patient).
 OWN, FOREIGN, UNRESOLVED, NOBODY = "own", "foreign", "unresolved", "nobody"
 
-PATIENT_FIELDS = ("subject", "patient")
 # Where a kept resource links to others that may name no patient of their own.
 _LINKS = ("result", "specimen", "hasMember", "derivedFrom")
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from .ownership import FOREIGN, PATIENT_FIELDS, UNRESOLVED, whose
+from .bundles import PATIENT_FIELDS
+from .ownership import FOREIGN, UNRESOLVED, whose
 from .queries import Read
 
 if TYPE_CHECKING:
