@@ -32,8 +32,8 @@ from ..engine import (FHIR_ID, CodeSet, CriterionResult, Evidence, Measured, Ord
 from .templates import (DETAIL_TEMPLATE, SUMMARY_TEMPLATE, TEMPLATE_VARS, TEXT_FILE, TRIAL_VARS, jinja_error,
                         load_texts, read_files, refuse_unknown)
 from .text import RAW_HTML, find_empty_values, fit_summary, md_escape
-from .view import (RANK_DEFAULT, RANK_INELIGIBLE, CriterionInfo, TrialInfo, criterion_title, distinct,
-                   evidence_view)
+from .view import (RANK_DEFAULT, RANK_INELIGIBLE, CriterionInfo, CriterionView, TrialInfo, criterion_title,
+                   distinct, evidence_view)
 
 INDICATOR = "info"
 TOPIC_SYSTEM = "https://clinicaltrials.gov"
@@ -218,45 +218,37 @@ class CardRenderer:
         status = evaluation.status
         items = [self._item(info, c) for c in evaluation.criteria]
         rank = RANK_INELIGIBLE if status is Status.INELIGIBLE else RANK_DEFAULT
-        ordered = sorted(items, key=lambda item: rank[item["result"]])  # stable: definition order within
-        unknown = [i for i in items if i["result"] == "unknown"]
-        failed = [i for i in items if i["result"] == "fail"]
+        ordered = sorted(items, key=lambda item: rank[item.result])  # stable: definition order within
+        unknown = [i for i in items if i.result == "unknown"]
+        failed = [i for i in items if i.result == "fail"]
         return {
-            "trial": {"nct_id": info.nct_id, "short_title": info.short_title, "title": info.title,
-                      "study_url": info.study_url, "definition_version": info.definition_version},
+            "trial": info,  # nct_id, short_title, title, study_url, definition_version
             "status": status._value_,
             "as_of": evaluation.as_of.isoformat(),
             "patient_id": ctx.patient_id,
             "items": ordered,
             "missing": unknown,
-            "notes": [i for i in items if i["card_note"]],
-            "needs": distinct(i["short_name"] for i in unknown),
-            "fails": distinct(self._failed_names.get(i["id"], i["short_name"]) for i in failed),
+            "notes": [i for i in items if i.card_note],
+            "needs": distinct(i.short_name for i in unknown),
+            "fails": distinct(self._failed_names.get(i.id, i.short_name) for i in failed),
             "symbols": dict(self._symbols),
         }
 
-    def _item(self, info: TrialInfo, c: CriterionResult) -> dict[str, Any]:
+    def _item(self, info: TrialInfo, c: CriterionResult) -> CriterionView:
         ci = info.criteria.get(c.id)
         decisive = [e for e in c.evidence if e.role is Role.DECISIVE][:MAX_DECISIVE_EVIDENCE]
         several = len(decisive) > 1
         evidence = [evidence_view(e, ci, several, c.result) for e in decisive]
         result = c.result._value_
-        return {
-            "id": c.id,
-            "kind": c.kind,
-            "result": result,
-            "symbol": self._symbols[result],
-            "title": criterion_title(info, c),
-            "short_name": self._short_name(info, c),
-            "reason": shown_text(c.reason),  # no 28-digit numbers (engine/model.py)
-            "reason_code": c.why._value_ if c.why is not None else None,
-            "order": c.order.to_json() if c.order is not None else None,
-            "evidence": evidence,
+        return CriterionView(
+            id=c.id, kind=c.kind, result=result, symbol=self._symbols[result], title=criterion_title(info, c),
+            short_name=self._short_name(info, c),
+            reason=shown_text(c.reason),  # no 28-digit numbers (engine/model.py)
+            reason_code=c.why._value_ if c.why is not None else None, order=c.order, evidence=evidence,
             # Joined here, not by a loop in the template: Jinja's loop variable costs as
             # much as the rest of the checklist line.
-            "evidence_line": "; ".join(ev["line"] for ev in evidence) or None,
-            "card_note": ci.card_note if ci is not None else None,
-        }
+            evidence_line="; ".join(ev.line for ev in evidence) or None,
+            card_note=ci.card_note if ci is not None else None)
 
     # suggestions ------------------------------------------------------------------
 

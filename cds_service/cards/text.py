@@ -58,9 +58,9 @@ def find_empty_values(obj: Any, path: str = "$") -> list[str]:
     return found
 
 
-_MD_ESCAPES = {"\\": "\\\\", "`": "\\`", "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]", "#": "\\#",
-               "|": "\\|", "~": "\\~", "&": "&amp;", "<": "&lt;", ">": "&gt;"}
-_MD_SPECIAL = re.compile("[" + re.escape("".join(_MD_ESCAPES)) + "]")
+# Each character and what it becomes, as one translation table (one pass in C).
+_MD_ESCAPES = str.maketrans({"\\": "\\\\", "`": "\\`", "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]",
+                             "#": "\\#", "|": "\\|", "~": "\\~", "&": "&amp;", "<": "&lt;", ">": "&gt;"})
 
 
 def md_escape(value: Any) -> str:
@@ -68,11 +68,7 @@ def md_escape(value: Any) -> str:
     backslash-escaped, and & < > become entities, so no raw HTML can appear."""
     if value is None:
         return ""
-    return _MD_SPECIAL.sub(_md_replacement, " ".join(str(value).split()))
-
-
-def _md_replacement(match: re.Match[str]) -> str:
-    return _MD_ESCAPES[match.group()]
+    return " ".join(str(value).split()).translate(_MD_ESCAPES)
 
 
 _NO_BRACKETS = str.maketrans("", "", "[]")

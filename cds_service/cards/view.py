@@ -8,7 +8,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable, Mapping
 
 
-from ..engine import (CodeSet, CriterionResult, Evidence, Measured, Result, Trial, coding_key, shown_number,
+from ..engine import (CodeSet, CriterionResult, Evidence, Measured, Order, Result, Trial, coding_key, shown_number,
                       shown_recorded)
 from .text import md_escape, unit_display
 
@@ -72,14 +72,52 @@ def distinct(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(v for v in values if v))
 
 
-def evidence_view(e: Evidence, ci: CriterionInfo | None, several: bool, result: Result) -> dict[str, Any]:
+# What the templates read (cards/README.md): records with attributes, as Jinja reads `item.title`
+# first (on a dict, every such read raises and catches an AttributeError before the key is tried).
+
+@dataclass(slots=True)
+class EvidenceView:
+    """One decisive piece of evidence (`ev`)."""
+
+    reference: str
+    label: str | None
+    display: str | None
+    comparator: str | None
+    value: str | None
+    unit: str | None
+    converted: dict[str, str] | None  # value, unit
+    uln: dict[str, Any] | None  # value, unit, assumed
+    ratio_to_uln: str | None
+    date: str | None
+    note: str | None
+    line: str
+
+
+@dataclass(slots=True)
+class CriterionView:
+    """One criterion of the checklist (`item`)."""
+
+    id: str
+    kind: str
+    result: str
+    symbol: str
+    title: str
+    short_name: str
+    reason: str
+    reason_code: str | None
+    order: Order | None
+    evidence: list[EvidenceView]
+    evidence_line: str | None
+    card_note: str | None
+
+
+def evidence_view(e: Evidence, ci: CriterionInfo | None, several: bool, result: Result) -> EvidenceView:
     """One decisive piece of evidence: as recorded, plus the converted value only
     when it differs from what was recorded (number or unit), and `line`: the
     evidence as one Markdown-safe line (what was found, value as recorded,
     converted value, ULN · day · source). The line names the analyte when the
     criterion shows `several` pieces; else the display when that is short, or when
-    there is no value and the criterion is not met. Built here, not in the
-    template, because it runs for every evidence of every card (speed)."""
+    there is no value and the criterion is not met."""
     label = ci.analyte_label(e.code) if ci is not None else None
     display, unit = e.display, e.unit
     value = shown_recorded(e.value)  # numbers at the precision recorded (engine/model.py)
@@ -106,20 +144,11 @@ def evidence_view(e: Evidence, ci: CriterionInfo | None, several: bool, result: 
     if uln:
         limit = f"ULN {uln['value']} {unit_display(uln['unit'])}" + (" (assumed)" if uln["assumed"] else "")
         what = ", ".join(filter(None, (what, limit)))
-    return {
-        "reference": e.reference,
-        "label": label,
-        "display": display,
-        "comparator": e.comparator,
-        "value": value,
-        "unit": unit,
-        "converted": converted,
-        "uln": uln,
-        "ratio_to_uln": shown_number(e.ratio_to_uln) if e.ratio_to_uln is not None else None,
-        "date": date,
-        "note": e.note,
-        "line": " · ".join(map(md_escape, filter(None, (what, date, e.reference)))),
-    }
+    return EvidenceView(
+        reference=e.reference, label=label, display=display, comparator=e.comparator, value=value, unit=unit,
+        converted=converted, uln=uln,
+        ratio_to_uln=shown_number(e.ratio_to_uln) if e.ratio_to_uln is not None else None, date=date, note=e.note,
+        line=" · ".join(map(md_escape, filter(None, (what, date, e.reference)))))
 
 
 def differs(value: str | None, unit: str | None, converted: Measured) -> bool:
