@@ -64,12 +64,6 @@ def toggle(name: str):
     return register
 
 
-@toggle("rank-memo")
-def _rank_memo(app) -> Undo:
-    from cds_service.engine.rules import readers
-    return swap(readers, "_rank", readers._rank.__wrapped__)
-
-
 @toggle("instant-regex")
 def _instant_regex(app) -> Undo:
     import re
@@ -112,14 +106,11 @@ def _gc_freeze(app) -> Undo:
 
 
 def first_sight() -> None:
-    """Forget what a chart's first call leaves behind: its validated models and the
-    ranks of its results' times (the units it uses are common to every chart)."""
-    from cds_service.engine.rules import readers
+    """Forget what a chart's first call leaves behind: its validated models (the
+    units it uses are common to every chart)."""
     from cds_service.engine.validation import validate_serialized
 
     validate_serialized.cache_clear()
-    if hasattr(readers._rank, "cache_clear"):  # not while rank-memo takes the memo away
-        readers._rank.cache_clear()
 
 
 def _call(client, body: bytes, latencies: list[float], cold: bool = False) -> tuple[float, float]:

@@ -45,7 +45,7 @@ def test_every_cache_is_a_bounded_lru_cache():
                     sizes = [k.value for k in decorator.keywords if k.arg == "maxsize"] + decorator.args[:1]
                     assert sizes and not (isinstance(sizes[0], ast.Constant) and sizes[0].value is None), \
                         f"{where}: lru_cache without a maxsize"
-    assert "cds_service.engine.rules.readers._rank" in found  # the walk sees them
+    assert "cds_service.engine.quantities._parse" in found  # the walk sees them
 
 
 def _lru_caches():
@@ -83,7 +83,7 @@ def test_the_caches_never_change_an_evaluation(nct06462092):
     charts = list(_charts())
     assert len(charts) >= 100
     caches = list(_lru_caches())
-    assert {c.__name__ for c in caches} >= {"_rank", "_parse", "_factor", "validate_serialized"}
+    assert {c.__name__ for c in caches} >= {"_parse", "_factor", "validate_serialized"}
     _evaluations(nct06462092, charts[::-1])  # warm: answers from other charts and dates
     warm = _evaluations(nct06462092, charts)
     assert nct06462092.result_names is not None

@@ -159,9 +159,7 @@ class MemoFreezer:
     a full collection (of what is not frozen yet: cheap after the first), then
     gc.freeze() of what is left, the new models among it. Frozen objects are still
     freed when the memo drops them; what a freeze could keep for good is a cycle
-    of a request still in flight on another thread (~8 kB each). Kept for what
-    hook_bench.py measures after 300 charts: at 1,000 observations p95 12-20 ms
-    frozen, 74-104 ms not (a full collection of 54-85 ms every third call)."""
+    of a request still in flight on another thread (~8 kB each)."""
 
     def __init__(self, every: int = 256):
         self.every = every
@@ -182,8 +180,10 @@ class MemoFreezer:
 def settle_gc(app) -> None:
     """What a worker does to the cyclic GC once start-up is done: freeze what start-up
     built (trial definitions, models, templates: it lives as long as the worker), and
-    freeze the validated models as the memo gains them (MemoFreezer). bench/cache_bench.py
-    gc-freeze: with nothing frozen the hook takes 1.4x (CPU) to 2.4x (wall) at 1,000 history."""
+    freeze the validated models as the memo gains them (MemoFreezer). Kept for what
+    bench/hook_bench.py measures after 300 charts, at 1,000 observations: p95 17-23 ms so,
+    91-103 ms with start-up frozen only, 150-182 ms with nothing frozen (a full collection
+    of 70-145 ms every third or fourth call); the p50 rows do not move."""
     freezer = MemoFreezer()
 
     @app.after_request

@@ -285,7 +285,7 @@ def any_of_names(mentions: Iterable[TextMentions]) -> Callable[[str], bool] | No
         return None
     search = pattern.search
 
-    # bench/cache_bench.py mentions-any-lru: without it the hook takes 1.24-1.37x at 100 other tests
+    # bench/cache_bench.py mentions-any-lru: without it the hook takes 1.18-1.27x at 100 other tests
     @functools.lru_cache(maxsize=8192)
     def names(text: str) -> bool:
         return search(text) is not None

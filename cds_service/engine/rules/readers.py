@@ -111,15 +111,16 @@ def unreadable_value(source: Any) -> str | None:
 # FHIR's dateTime pattern allows them (no leap second). Such a string denotes one instant,
 # which datetime.fromisoformat reads exactly (checked against the FHIR type in
 # tests/test_engine_history.py); every other shape goes through the FHIR type.
-# bench/cache_bench.py --cold instant-regex: without it a chart's first call takes 1.24-1.28x at 1,000 history
+# bench/cache_bench.py instant-regex: without it the hook takes 1.22x at 100 history, 1.25x at 1,000
 _INSTANT = re.compile(r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d"
                       r"(?:\.\d{1,9})?(?:Z|[+-](?:(?:0\d|1[0-3]):[0-5]\d|14:00))")
 
 
-@functools.lru_cache(maxsize=4)  # one per element: effectiveDateTime, effectiveInstant, start, end
+@functools.lru_cache(maxsize=4)  # a table built on first use: one per element (a TypeAdapter takes ~60 µs)
 def _date_type(element: str) -> Any:
     """The FHIR type of effective[x] (or a Period's start or end) as observation_date()
-    reads it, taken from the validated model itself."""
+    reads it, taken from the validated model itself: effectiveDateTime, effectiveInstant,
+    start or end."""
     from pydantic import TypeAdapter
 
     from ..validation import model_class
@@ -169,14 +170,7 @@ def raw_observation_rank(raw: dict[str, Any]) -> int | None:
     period's start or end) through the same FHIR type. None when there is no date
     or it is not valid (such a result is read in full, and found undated or invalid)."""
     value, element = _raw_effective(raw)
-    return None if value is None else _rank(element, value)
-
-
-# Ranks by the element and its text: a panel's results share their time, and charts are reopened.
-# bench/cache_bench.py rank-memo: without it the hook takes 1.18x at 100 history, 1.16-1.20x at 1,000
-@functools.lru_cache(maxsize=65536)
-def _rank(element: str, value: str) -> int | None:
-    time = _read_time(element, value)
+    time = _read_time(element, value) if value is not None else None
     return instant_rank(time) if time is not None else None
 
 
