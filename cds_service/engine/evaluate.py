@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Callable, Iterable, Mapping
 
@@ -23,10 +23,6 @@ class Trial:
     definition: TrialDefinition
     library: CodeLibrary
     units: UnitTable
-    # Trials extended by with_extra_codes(), by what was added: identity memos elsewhere key on
-    # the CodeSet objects, so one chart reopened must get the same extended sets again.
-    _extended: dict[frozenset[tuple[str, frozenset[tuple[str, str]]]], "Trial"] = field(
-        default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def id(self) -> str:
@@ -40,8 +36,7 @@ class Trial:
         """This trial with more members in some of its named code sets: (system, code)
         keys a terminology server said belong to the set (its intension or ValueSet).
         The shipped members all stay. Names the trial does not use, and keys a set
-        already holds, are left out; when nothing is left, the trial itself. The same
-        additions give the same Trial (and CodeSet objects) again, while remembered."""
+        already holds, are left out; when nothing is left, the trial itself."""
         added = []
         for name, keys in extra.items():
             codeset = self.library.sets.get(name)
@@ -52,17 +47,10 @@ class Trial:
                 added.append((name, new))
         if not added:
             return self
-        memo_key = frozenset(added)
-        extended = self._extended.get(memo_key)
-        if extended is None:
-            sets = dict(self.library.sets)
-            for name, keys in added:
-                sets[name] = _with_members(sets[name], keys)
-            extended = Trial(definition=self.definition, library=CodeLibrary(sets), units=self.units)
-            if len(self._extended) >= EXTENDED_TRIALS_KEPT:
-                self._extended.clear()
-            self._extended[memo_key] = extended
-        return extended
+        sets = dict(self.library.sets)
+        for name, keys in added:
+            sets[name] = _with_members(sets[name], keys)
+        return Trial(definition=self.definition, library=CodeLibrary(sets), units=self.units)
 
     @cached_property
     def result_names(self) -> Callable[[str], bool] | None:
@@ -72,11 +60,6 @@ class Trial:
     @cached_property
     def _names_used(self) -> frozenset[str]:
         return frozenset(n for c in self.definition.criteria for n in c.rule.codeset_names())
-
-
-# Distinct sets of terminology-server additions remembered per trial (about one per chart whose
-# codes the shipped sets lack); then the memo starts afresh.
-EXTENDED_TRIALS_KEPT = 256
 
 
 def _with_members(codeset: CodeSet, keys: frozenset[tuple[str, str]]) -> CodeSet:
