@@ -233,6 +233,9 @@ class LatestResults:
     not_read: int = 0
 
 
+_UNRANKED = object()
+
+
 def read_latest_results(ctx: Context, codes: CodeSet, usable: Callable[[Reading], bool]) -> LatestResults:
     """Observations coded in `codes`, read newest first and only as far as a
     latest-result rule needs: every result without a readable date, and the dated
@@ -245,8 +248,17 @@ def read_latest_results(ctx: Context, codes: CodeSet, usable: Callable[[Reading]
     the time their JSON gives (raw_observation_rank); should a validated date
     ever differ from it, everything is read, as read_results does."""
     undated, dated = [], []
+    # The results of one panel share their time, and several criteria read a panel's tests:
+    # each distinct effectiveDateTime of the record is ranked once per evaluation.
+    ranks = ctx.memo.setdefault("rank-of-effectiveDateTime", {})
     for hit in ctx.record.find("Observation", codes):
-        rank = raw_observation_rank(hit.raw)
+        when = hit.raw.get("effectiveDateTime")
+        if type(when) is str:  # noqa: E721 - the usual case: the rank is that text's alone
+            rank = ranks.get(when, _UNRANKED)
+            if rank is _UNRANKED:
+                rank = ranks[when] = raw_observation_rank(hit.raw)
+        else:
+            rank = raw_observation_rank(hit.raw)
         if rank is None:
             undated.append(hit)
         else:
