@@ -131,6 +131,18 @@ def _trial_text(criterion: str) -> str:
        rule: {type: lab, lookbackDays: 14, order: nowhere, analytes: [{name: ANC, codes: [absolute-neutrophil-count], failWhen: {comparator: "<", value: 2, unit: "10*9/L"}}]}
      """, "order 'nowhere' is not defined"),
     ("""\
+     - id: her2
+       kind: inclusion
+       title: t
+       protocolText: p
+       interpretation: i
+       rule: {type: her2-status, require: positive, orderWhenNone: no-such-order, ihcCodes: [her2-ihc],
+              ishCodes: [her2-ish], ihcNegativeScoreCodes: [her2-ihc-score-negative],
+              ihcEquivocalScoreCodes: [her2-ihc-score-equivocal], ihcPositiveScoreCodes: [her2-ihc-score-positive],
+              negativeValueCodes: [result-negative], positiveValueCodes: [result-positive],
+              equivocalValueCodes: [result-equivocal]}
+     """, "criterion 'her2': order 'no-such-order' is not defined"),
+    ("""\
      - id: anc
        kind: exclusion
        title: t

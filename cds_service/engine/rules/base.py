@@ -81,13 +81,15 @@ class RuleModel(DefinitionModel):
         of the trial (mentions.unrecognised_results): none unless a kind reads them."""
         return []
 
-    def orders(self) -> list[str]:
-        """Keys of the trial's `orders` this rule may suggest (checked when the trial loads)."""
-        return []
-
     def default_order(self) -> str | None:
         """The order an orderable unknown suggests unless the outcome names another (Outcome.order)."""
         return None
+
+    def orders(self) -> list[str]:
+        """Keys of the trial's `orders` this rule may suggest (checked when the trial loads):
+        its default order; a kind whose outcomes name others adds them."""
+        default = self.default_order()
+        return [default] if default else []
 
     def units_used(self) -> list[str]:
         """UCUM units the rule's definition writes (checked when the trial loads)."""

@@ -65,11 +65,11 @@ class Her2Rule(RuleModel):
     def result_mentions(self) -> list[TextMentions]:
         return [self.mentions] if self.mentions is not None else []
 
-    def orders(self) -> list[str]:
-        return [o for o in (self.order, self.order_when_none) if o]
-
     def default_order(self) -> str | None:
         return self.order  # an IHC 2+ awaits its ISH; no result at all names order_when_none itself
+
+    def orders(self) -> list[str]:
+        return super().orders() + ([self.order_when_none] if self.order_when_none else [])
 
     def reads(self) -> dict[str, list[str]]:
         return {"Observation": self.ihc_codes + self.interpretation_codes + self.ish_codes + self.ish_numeric_codes,

@@ -84,9 +84,6 @@ class LabRule(RuleModel):
     def unit_bridges(self) -> list[str]:
         return [a.conversions for a in self.analytes if a.conversions]
 
-    def orders(self) -> list[str]:
-        return [self.order] if self.order else []
-
     def default_order(self) -> str | None:
         return self.order
 

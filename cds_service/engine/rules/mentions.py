@@ -235,7 +235,7 @@ def newest_unrecognised_result(ctx: "Context", mentions: TextMentions, since: dt
     for texts, results in unrecognised_results(ctx, since):
         if (floor is not None and results[0][0] <= floor) or (newest is not None and results[0][0] <= newest[0]):
             break  # groups come newest first: the rest hold nothing newer
-        if not names_any(mentions, texts):
+        if not any(map(mentions.names, texts)):
             continue
         for rank, raw in results:
             if (floor is not None and rank <= floor) or (newest is not None and rank <= newest[0]):
@@ -291,11 +291,6 @@ def any_of_names(mentions: Iterable[TextMentions]) -> Callable[[str], bool] | No
         return search(text) is not None
 
     return names
-
-
-def names_any(mentions: TextMentions, texts: tuple[str, ...]) -> bool:
-    """Whether one of `texts` names what `mentions` names."""
-    return any(map(mentions.names, texts))
 
 
 def mention_reason(mention: tuple[Evidence, Why], what: str) -> str:

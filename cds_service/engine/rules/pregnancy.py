@@ -77,9 +77,6 @@ class PregnancyRule(RuleModel):
     def units_used(self) -> list[str]:
         return [t.unit for t in self.quantitative_tests]
 
-    def orders(self) -> list[str]:
-        return [self.order] if self.order else []
-
     def default_order(self) -> str | None:
         return self.order
 
