@@ -1,6 +1,8 @@
-"""Small socket helpers the server tests share."""
+"""Small socket and process helpers the server tests share."""
 
+import signal
 import socket
+import subprocess
 
 
 def free_port() -> int:
@@ -20,3 +22,15 @@ def dechunk(body: bytes) -> bytes:
             break
         out, body = out + body[:size], body[size + 2:]
     return out
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a server the test started: SIGTERM (a graceful shutdown), then SIGKILL if it
+    has not exited within `timeout` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

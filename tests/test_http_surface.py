@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hookdata import demo
-from netutil import free_port, dechunk
+from netutil import dechunk, free_port, stop
 
 EXE = Path(sys.executable).parent / "cds-service"
 SERVICE = "/cds-services/trial-eligibility"
@@ -49,13 +49,7 @@ def server(tmp_path_factory):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.2)
     yield {"port": port, "base": base, "proc": proc, "log": log}
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop(proc)
 
 
 def exchange(server, data: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cds_service.demo import DEMO_PATIENTS, RECORDED_AS_OF, hook_request
-from netutil import free_port, dechunk
+from netutil import dechunk, free_port, stop
 
 DEMO_DIR = Path(__file__).parents[1] / "cds_service" / "demo" / "hook-requests"
 EXE = Path(sys.executable).parent / "cds-service"
@@ -52,11 +52,7 @@ def server(tmp_path_factory):
         proc.kill()
         pytest.fail(f"server did not start: {proc.communicate()[1][-2000:]}")
     yield base, proc
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop(proc, timeout=15)
 
 
 def test_serve_answers_discovery_and_hooks_over_http(server):
