@@ -11,7 +11,7 @@ from .codes import CodeEntry, CodeSet, coding_key
 from .definition import AppliesTo, Criterion, TrialDefinition
 from .model import CriterionResult, Result, TrialEvaluation, Why
 from .quantities import UnitTable
-from .record import PatientRecord
+from .record import Cut, PatientRecord
 from .rules.base import CodeLibrary, Context, Outcome
 from .rules.mentions import any_of_names
 
@@ -117,7 +117,8 @@ def _evaluate_criterion(trial: Trial, criterion: Criterion, ctx: Context) -> Cri
 
 def _cut_short(outcome: Outcome, criterion: Criterion, ctx: Context) -> Outcome:
     """The outcome, or unknown (incomplete-data) if what it rests on may be among
-    what a FHIR search cut short (page limit, deadline, look-back) left out: resources of
+    what a FHIR search cut short (page limit, deadline, look-back) left out, or what an
+    optional query never obtained (Cut.not_obtained): resources of
     which it found none, or the newest results of its tests when the search's
     pages did not come newest first (a newer result would settle the latter). Called
     only when some search was cut (ctx.record.cuts)."""
@@ -126,10 +127,11 @@ def _cut_short(outcome: Outcome, criterion: Criterion, ctx: Context) -> Outcome:
         return outcome
     reads = criterion.rule.reads()
 
+    def cuts_of(t: str) -> list[Cut]:
+        return [c for c in cuts if c.covers(t, ctx.library.get(reads[t]) if reads.get(t) else None)]
+
     def cut_types(types: tuple[str, ...], out_of_order: bool) -> list[str]:
-        return [t for t in types
-                if any(c.covers(t, ctx.library.get(reads[t]) if reads.get(t) else None) and
-                       (not out_of_order or not c.newest_first) for c in cuts)]
+        return [t for t in types if any(not out_of_order or not c.newest_first for c in cuts_of(t))]
 
     missing, newer = cut_types(outcome.absence_of, False), False
     if not missing:
@@ -140,6 +142,10 @@ def _cut_short(outcome: Outcome, criterion: Criterion, ctx: Context) -> Outcome:
                 return replace(outcome, reason=f"{outcome.reason} (older results were not fetched: the FHIR "
                                                "search was cut short)")
             return outcome
+    if not newer and all(c.not_obtained for t in missing for c in cuts_of(t)):
+        return Outcome(Result.UNKNOWN, f"{outcome.reason}, but {', '.join(missing)} data was not obtained (not "
+                       "prefetched, and not fetched): it cannot be ruled out", outcome.evidence,
+                       why=Why.INCOMPLETE_DATA, not_read=outcome.not_read)
     how = ("was cut short (page or time limit) and not in date order: a newer result may be missing" if newer
            else "was cut short (page or time limit): it cannot be ruled out")
     return Outcome(Result.UNKNOWN, f"{outcome.reason}, but the FHIR server's answer for {', '.join(missing)} {how}",

@@ -109,6 +109,9 @@ class Cut:
     resource_type: str
     codes: frozenset[tuple[str, str]] | None = None
     newest_first: bool = False
+    # Not cut but never made: the data was neither prefetched nor fetched (an optional query
+    # with no FHIR server to ask, a scope that does not allow it, a failed request).
+    not_obtained: bool = False
 
     def covers(self, resource_type: str, codes: CodeSet | None) -> bool:
         """Whether resources of `resource_type` in `codes` (None: any) may be among the missing."""

@@ -14,7 +14,7 @@ from flask import Response
 from ..cards import CardContext, CardRenderer
 from ..engine import Cut, PatientRecord, Trial, evaluate, newest_first
 from ..fhir.client import FhirClient
-from ..fhir.gather import FhirAccess, gather
+from ..fhir.gather import MISSING, FhirAccess, gather
 from ..fhir.terminology import TerminologyClient
 from .config import Settings
 from .discovery import SERVICE_ID, DataNeed, data_needs, service_description
@@ -100,6 +100,10 @@ class TrialEligibilityService:
         # search asked for newest first and the server did not sort, the newest may be missing too.
         cuts = [Cut(n.resource_type, n.codes, n.newest_first and newest_first(gathered.keys[n.key].resources))
                 for n in self.needs if gathered.keys[n.key].truncated]
+        # An optional query that could not be made (not prefetched; no FHIR server, scope or answer): a
+        # criterion that found none of its resources cannot conclude there are none.
+        cuts += [Cut(n.resource_type, n.codes, not_obtained=True)
+                 for n in self.needs if not n.required and gathered.keys[n.key].source == MISSING]
         record = PatientRecord(gathered.resources(), gathered.full_urls(), cuts=cuts)
         trials = self.trials
         if self.terminology is not None:  # members the server finds extend the sets; the shipped ones stay
