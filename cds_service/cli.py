@@ -1,6 +1,6 @@
 """The `cds-service` command.
 
-  cds-service evaluate --trial NCT06462092 [--as-of YYYY-MM-DD] [--format json|text] FILE
+  cds-service evaluate [--trial NCT06462092[,NCT...]|all] [--as-of YYYY-MM-DD] [--format json|text] FILE
   cds-service serve [--host 127.0.0.1] [--port 8080] [--workers N] [--threads N]
   cds-service demo-request NAME [--as-of YYYY-MM-DD] [--fhir-server URL]
   cds-service harness --fhir-server URL [--service URL|none] [--mode private|shared]
@@ -13,7 +13,9 @@ traceback).
 
 `evaluate` evaluates each Patient resource of the file with the resources that
 reference it; every evaluation carries `patient` (the Patient's id, else its
-fullUrl, else `#n`, its place among the file's patients). Resources whose
+fullUrl, else `#n`, its place among the file's patients), against each trial
+asked for (default: the bundled trials that are enrolling, as the service).
+One patient and one trial give one JSON object, more a list. Resources whose
 patient is not in the file (a reference to an absent Patient, a `urn:uuid`
 that does not resolve in its own Bundle, as in concatenated Bundles) are not
 evaluated: stderr says how many were skipped and why, with counts and reasons
@@ -38,7 +40,7 @@ from .harness import HarnessError
 from .hooks.auth import TrustConfigError, load_trust_config
 from .hooks.config import ConfigError
 from .report import text_report
-from .trials import DefinitionError, load_trial, load_trials
+from .trials import DefinitionError, enrolling_trials, load_trial, load_trials
 
 
 class UsageError(Exception):
@@ -60,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate the patients in a FHIR file against a trial")
     ev.add_argument("file", metavar="FILE", help="FHIR Bundle (collection, searchset, transaction), a single "
                                                  "resource, or NDJSON; '-' reads standard input")
-    ev.add_argument("--trial", help="NCT id of a bundled trial (default: the only bundled trial)")
-    ev.add_argument("--trial-file", type=Path, help="a trial definition file instead of a bundled trial")
+    ev.add_argument("--trial", help="NCT ids of bundled trials, comma-separated, or 'all' (default: the bundled "
+                                    "trials that are recruiting or not yet recruiting)")
+    ev.add_argument("--trial-file", type=Path, action="append",
+                    help="a trial definition file instead of a bundled trial (may be repeated)")
     ev.add_argument("--as-of", type=_date, help="evaluation date (default: today)")
     ev.add_argument("--format", choices=("json", "text"), default="json")
 
@@ -98,17 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _trial(args: argparse.Namespace) -> Trial:
-    if args.trial_file is not None:
-        return load_trial(args.trial_file)
-    trials = load_trials()
+def _trials(args: argparse.Namespace) -> list[Trial]:
+    if args.trial_file:
+        if args.trial is not None:
+            raise UsageError("give --trial or --trial-file, not both")
+        return [load_trial(path) for path in args.trial_file]
     if args.trial is None:
-        if len(trials) != 1:
-            raise UsageError(f"give --trial: one of {', '.join(trials)}")
-        return next(iter(trials.values()))
-    if args.trial not in trials:
-        raise UsageError(f"unknown trial {args.trial}; available: {', '.join(trials)}")
-    return trials[args.trial]
+        enrolling = list(enrolling_trials().values())
+        if not enrolling:
+            raise UsageError(f"no bundled trial is enrolling; give --trial: one of {', '.join(load_trials())}, or all")
+        return enrolling
+    trials = load_trials()
+    if args.trial.strip() == "all":
+        return list(trials.values())
+    wanted = [t.strip() for t in args.trial.split(",") if t.strip()]
+    unknown = [t for t in wanted if t not in trials]
+    if unknown or not wanted:
+        raise UsageError(f"unknown trial {', '.join(unknown) or repr(args.trial)}; available: {', '.join(trials)}")
+    return [trials[t] for t in dict.fromkeys(wanted)]
 
 
 def _read(file: str) -> bytes:
@@ -121,21 +132,23 @@ def _read(file: str) -> bytes:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    trial = _trial(args)
+    trials = _trials(args)
     grouping = read_patient_file(_read(args.file))
     for line in grouping.skipped_lines():  # counts and reasons only: no reference, no name
         print(f"cds-service: {line}", file=sys.stderr)
     as_of = args.as_of or dt.date.today()
-    evaluations: list[TrialEvaluation] = []
+    evaluations: list[tuple[Trial, TrialEvaluation]] = []
     for g in grouping.groups:
-        evaluation = evaluate(trial, PatientRecord(g.resources, g.full_urls), as_of)
-        if evaluation.patient is None:  # a Patient without id
-            evaluation = dataclasses.replace(evaluation, patient=g.label)
-        evaluations.append(evaluation)
+        record = PatientRecord(g.resources, g.full_urls)
+        for trial in trials:
+            evaluation = evaluate(trial, record, as_of)
+            if evaluation.patient is None:  # a Patient without id
+                evaluation = dataclasses.replace(evaluation, patient=g.label)
+            evaluations.append((trial, evaluation))
     if args.format == "text":
-        sys.stdout.write("\n".join(text_report(e, trial) for e in evaluations))
+        sys.stdout.write("\n".join(text_report(e, trial) for trial, e in evaluations))
     else:
-        payload = [e.to_json() for e in evaluations]
+        payload = [e.to_json() for _, e in evaluations]
         document = payload[0] if len(payload) == 1 else payload
         sys.stdout.buffer.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
     return 0

@@ -118,6 +118,31 @@ def test_trial_file_option(capsys):
     assert code == 0 and json.loads(out)["trial"] == "TEST-0002"
 
 
+def test_several_trials_give_one_evaluation_per_patient_and_trial(capsys):
+    files = [str(HERE / "trials" / name) for name in ("TEST-0002.yaml", "TEST-0003.yaml")]
+    code, out, _ = run_cli(capsys, "evaluate", "--trial-file", files[0], "--trial-file", files[1],
+                           "--as-of", "2026-06-15", str(BASELINE))
+    assert code == 0 and [e["trial"] for e in json.loads(out)] == ["TEST-0002", "TEST-0003"]
+    code, out, _ = run_cli(capsys, "evaluate", "--trial-file", files[0], "--trial-file", files[1], "--format",
+                           "text", "--as-of", "2026-06-15", str(BASELINE))
+    assert code == 0 and "TEST-0002" in out and "TEST-0003" in out
+
+
+@pytest.mark.parametrize("trial", ["all", "NCT06462092", "NCT06462092, NCT06462092"])
+def test_trial_accepts_a_list_of_ids_or_all(capsys, trial):
+    code, out, _ = run_cli(capsys, "evaluate", "--trial", trial, "--as-of", "2026-06-15", str(BASELINE))
+    evaluations = json.loads(out)
+    evaluations = evaluations if isinstance(evaluations, list) else [evaluations]
+    assert code == 0 and "NCT06462092" in [e["trial"] for e in evaluations]
+    assert len(evaluations) == len({e["trial"] for e in evaluations})  # each trial once
+
+
+def test_trial_and_trial_file_together_are_refused(capsys):
+    code, _, err = run_cli(capsys, "evaluate", "--trial", "NCT06462092", "--trial-file",
+                           str(HERE / "trials" / "TEST-0002.yaml"), str(BASELINE))
+    assert code == 2 and "not both" in err
+
+
 def test_console_script_never_prints_a_traceback(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"resourceType": ')

@@ -219,3 +219,14 @@ def test_load_trials_selects_and_rejects_unknown_ids():
     assert list(load_trials(only=["NCT06462092"])) == ["NCT06462092"]
     with pytest.raises(DefinitionError, match="unknown trial"):
         load_trials(only=["NCT00000000"])
+
+
+def test_only_enrolling_trials_are_evaluated_unless_named(tmp_path):
+    # A completed trial's card would send clinicians to a study that no longer enrols.
+    from cds_service.trials import enrolling_trials, load_trials
+
+    for name, status in (("TEST-0002.yaml", "Completed"), ("TEST-0003.yaml", "Not yet recruiting")):
+        text = (HERE / "trials" / name).read_text()
+        (tmp_path / name).write_text(text.replace("status: Not yet recruiting", f"status: {status}"))
+    assert list(enrolling_trials(tmp_path)) == ["TEST-0003"]
+    assert sorted(load_trials(tmp_path, only=["TEST-0002", "TEST-0003"])) == ["TEST-0002", "TEST-0003"]

@@ -21,7 +21,7 @@ from ..cards import CardRenderer
 from ..demo import hook_request
 from ..fhir.client import FhirClient
 from ..fhir.terminology import TerminologyClient
-from ..trials import load_trials
+from ..trials import enrolling_trials, load_trials
 from .auth import AuthError, Authenticator
 from .replay import ReplayStoreUnavailable, jti_store_for
 from .config import Settings
@@ -165,7 +165,7 @@ def readyz():
 def create_app(settings: Settings | None = None, *, client: FhirClient | None = None) -> Flask:
     settings = settings or Settings.from_env()
     configure_logging()
-    trials = list(load_trials(only=settings.trials or None).values())
+    trials = list((load_trials(only=settings.trials) if settings.trials else enrolling_trials()).values())
     client = client or FhirClient(settings.allowed_fhir_servers, page_limit=settings.fhir_page_limit,
                                   cache_ttl=settings.fhir_cache_ttl, cache_bytes=settings.fhir_cache_bytes,
                                   max_response_bytes=settings.fhir_max_response_bytes)

@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="forbid", populate_by_name=True, case_sensitive=True,
                                       enable_decoding=False)  # lists are comma-separated, not JSON
 
-    trials: Listed = _setting((), "CDS_TRIALS")  # NCT ids to evaluate; empty = every bundled trial
+    trials: Listed = _setting((), "CDS_TRIALS")  # NCT ids to evaluate; empty = the bundled trials enrolling
     # FHIR base URLs the service may call; empty = prefetch only
     allowed_fhir_servers: Annotated[Listed, AfterValidator(_http_urls)] = _setting((), "CDS_ALLOWED_FHIR_SERVERS")
     show_ineligible: Flag = _setting(False, "CDS_SHOW_INELIGIBLE")  # also return a card for ineligible patients

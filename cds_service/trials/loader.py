@@ -199,6 +199,17 @@ def load_trial(path: Path, codesets: dict[str, CodeSet] | None = None, units: Un
     return Trial(definition=definition, library=CodeLibrary(codesets), units=units)
 
 
+#: Registry statuses of a trial that is screening patients: without CDS_TRIALS the service
+#: evaluates only these (a completed or suspended trial's card would send a clinician to a
+#: study team that no longer enrols). CDS_TRIALS, the CLI's --trial and tests name others.
+ENROLLING = ("Recruiting", "Not yet recruiting")
+
+
+def enrolling_trials(directory: Path = DEFINITIONS_DIR) -> dict[str, Trial]:
+    """The bundled trials whose registry status is one of ENROLLING."""
+    return {tid: t for tid, t in load_trials(directory).items() if t.definition.status in ENROLLING}
+
+
 def load_trials(directory: Path = DEFINITIONS_DIR, only: Iterable[str] | None = None) -> dict[str, Trial]:
     """Every trial file in a directory, keyed by NCT id (optionally only some)."""
     codesets, units = load_codesets(), load_units()
