@@ -230,3 +230,37 @@ def test_only_enrolling_trials_are_evaluated_unless_named(tmp_path):
         (tmp_path / name).write_text(text.replace("status: Not yet recruiting", f"status: {status}"))
     assert list(enrolling_trials(tmp_path)) == ["TEST-0003"]
     assert sorted(load_trials(tmp_path, only=["TEST-0002", "TEST-0003"])) == ["TEST-0002", "TEST-0003"]
+
+
+def test_applies_to_may_list_several_groups(tmp_path):
+    # NCT01325207's contraception item: women aged 55 or younger, and men; not women over 55.
+    import datetime as dt
+
+    from cds_service.engine import Result, evaluate
+    from cds_service.trials import load_trial
+    from fhirbuild import patient
+
+    source = (HERE / "trials" / "TEST-0003.yaml").read_text()
+    source += textwrap.indent(textwrap.dedent("""\
+        - id: contraception
+          kind: exclusion
+          title: Willing to use effective contraception
+          protocolText: "Women of childbearing potential and sexually active males must commit to contraception."
+          interpretation: Review for women aged 55 or younger and for men; not applicable to women over 55.
+          appliesTo: [{sex: female, maxAge: 55}, {sex: male}]
+          rule: {type: review, prompt: "confirm contraception"}
+    """), "  ")
+    path = tmp_path / "trial.yaml"
+    path.write_text(source)
+    trial = load_trial(path)
+    as_of = dt.date(2026, 6, 15)
+
+    def result(birth_date, gender):
+        evaluation = evaluate(trial, [patient(birth_date, gender)], as_of)
+        return next(c for c in evaluation.criteria if c.id == "contraception")
+
+    assert result("1980-01-01", "female").result is Result.REVIEW
+    assert result("1950-01-01", "male").result is Result.REVIEW
+    assert result("1990-01-01", None).result is Result.REVIEW  # sex unknown: applies
+    older = result("1960-01-01", "female")
+    assert older.result is Result.NOT_APPLICABLE and older.reason == "applies up to age 55; patient is 66"

@@ -8,9 +8,9 @@ not code, and adding a kind is adding its module.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from .model import Order
 from .rules import RULE_KIND_MODELS  # importing the package registers every kind
@@ -31,6 +31,15 @@ class AppliesTo(DefinitionModel):
     max_age: int | None = Field(default=None, ge=0)
 
 
+def _one_or_more(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
+# `appliesTo` is one group of patients, or a list of groups: the criterion concerns a patient
+# in any of them (NCT01325207's contraception: women aged 55 or younger, and men).
+AppliesToAny = Annotated[list[AppliesTo], BeforeValidator(_one_or_more), Field(min_length=1)]
+
+
 class OrderDefinition(DefinitionModel):
     system: str = Field(min_length=1)
     code: str = Field(min_length=1)
@@ -47,7 +56,7 @@ class Criterion(DefinitionModel):
     title: str = Field(min_length=1)
     protocol_text: str = Field(min_length=1)  # verbatim from the protocol
     interpretation: str = Field(min_length=1)  # how the product reads it
-    applies_to: AppliesTo | None = None
+    applies_to: AppliesToAny | None = None
     card_note: str | None = None  # a reading clinicians must see on the card, in one line
     rule: Rule
 

@@ -152,8 +152,20 @@ def _cut_short(outcome: Outcome, criterion: Criterion, ctx: Context) -> Outcome:
                    outcome.evidence, why=Why.INCOMPLETE_DATA, orderable=newer, not_read=outcome.not_read)
 
 
-def _outside(applies: AppliesTo, ctx: Context) -> str | None:
-    """Why the criterion does not concern this patient, or None if it does (or may)."""
+def _outside(groups: list[AppliesTo], ctx: Context) -> str | None:
+    """Why the criterion concerns none of its groups of patients, or None if it concerns
+    (or may concern) the patient. Of several groups, the reason given is that of the first
+    whose sex is the patient's (its age is what rules the patient out)."""
+    reasons = []
+    for applies in groups:
+        reason = _outside_group(applies, ctx)
+        if reason is None:
+            return None
+        reasons.append((applies.sex is not None and applies.sex == ctx.sex, reason))
+    return next((reason for same_sex, reason in reasons if same_sex), reasons[0][1])
+
+
+def _outside_group(applies: AppliesTo, ctx: Context) -> str | None:
     if applies.sex is not None and ctx.sex is not None and ctx.sex != applies.sex:
         return f"applies to {applies.sex} patients only"
     if applies.max_age is None and applies.min_age is None:

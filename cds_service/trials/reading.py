@@ -55,9 +55,12 @@ def _system(uri: str) -> str:
 
 
 def _applies_to(criterion) -> str | None:
-    who = criterion.applies_to
-    if who is None:
+    if criterion.applies_to is None:
         return None
+    return " and ".join(_group(who) for who in criterion.applies_to)
+
+
+def _group(who) -> str:
     words = {"female": "women", "male": "men"}.get(who.sex or "", "patients")
     if who.min_age is not None and who.max_age is not None:
         return f"{words} aged {who.min_age} to {who.max_age}"
