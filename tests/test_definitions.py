@@ -237,11 +237,9 @@ def test_applies_to_may_list_several_groups(tmp_path):
     import datetime as dt
 
     from cds_service.engine import Result, evaluate
-    from cds_service.trials import load_trial
     from fhirbuild import patient
 
-    source = (HERE / "trials" / "TEST-0003.yaml").read_text()
-    source += textwrap.indent(textwrap.dedent("""\
+    trial = _with_criterion(tmp_path, """\
         - id: contraception
           kind: exclusion
           title: Willing to use effective contraception
@@ -249,10 +247,7 @@ def test_applies_to_may_list_several_groups(tmp_path):
           interpretation: Review for women aged 55 or younger and for men; not applicable to women over 55.
           appliesTo: [{sex: female, maxAge: 55}, {sex: male}]
           rule: {type: review, prompt: "confirm contraception"}
-    """), "  ")
-    path = tmp_path / "trial.yaml"
-    path.write_text(source)
-    trial = load_trial(path)
+    """)
     as_of = dt.date(2026, 6, 15)
 
     def result(birth_date, gender):
@@ -264,3 +259,61 @@ def test_applies_to_may_list_several_groups(tmp_path):
     assert result("1990-01-01", None).result is Result.REVIEW  # sex unknown: applies
     older = result("1960-01-01", "female")
     assert older.result is Result.NOT_APPLICABLE and older.reason == "applies up to age 55; patient is 66"
+
+
+def _with_criterion(tmp_path, criterion: str):
+    """TEST-0003 with one more criterion (YAML, as under `criteria:`)."""
+    from cds_service.trials import load_trial
+
+    path = tmp_path / "trial.yaml"
+    path.write_text((HERE / "trials" / "TEST-0003.yaml").read_text()
+                    + textwrap.indent(textwrap.dedent(criterion), "  "))
+    return load_trial(path)
+
+
+def test_a_diagnosis_to_review_only(tmp_path):
+    # NCT01325207: brain metastases are allowed "as long as they do not require active treatment
+    # or have been treated": a current one is for a clinician to review, a resolved one is not current.
+    import datetime as dt
+
+    from cds_service.engine import Result, evaluate
+    from fhirbuild import ICD10CM as ICD10, PATIENT_REF, SNOMED, concept, patient
+
+    trial = _with_criterion(tmp_path, """\
+        - id: brain-metastases
+          kind: inclusion
+          title: Brain metastases treated or not requiring treatment
+          protocolText: "Patients can have concomitant brain metastases as long as they do not require active treatment or have been treated."
+          interpretation: A current brain metastasis gives review; none passes.
+          rule:
+            type: condition-absent
+            label: brain metastasis
+            reviewCodes: [brain-metastasis]
+            reviewPrompt: confirm treated, or not requiring active treatment
+    """)
+
+    def result(*codings, status="active"):
+        condition = {"resourceType": "Condition", "id": "c1", "subject": PATIENT_REF, "code": concept(*codings),
+                     "clinicalStatus": concept(("http://terminology.hl7.org/CodeSystem/condition-clinical", status))}
+        evaluation = evaluate(trial, [patient(), condition], dt.date(2026, 6, 15))
+        return next(c for c in evaluation.criteria if c.id == "brain-metastases")
+
+    current = result((ICD10, "C79.31"))
+    assert current.result is Result.REVIEW
+    assert current.reason.endswith("recorded: confirm treated, or not requiring active treatment")
+    assert result(("http://hospital.example.org/dx", "BM1"), (SNOMED, "94225005")).result is Result.REVIEW
+    assert result((ICD10, "C79.31"), status="resolved").result is Result.PASS
+    assert result((ICD10, "C79.32")).result is Result.PASS  # leptomeningeal, not brain
+    assert evaluate(trial, [patient()], dt.date(2026, 6, 15)).criteria[-1].result is Result.PASS
+
+
+def test_condition_absent_needs_something_to_find(tmp_path):
+    with pytest.raises(Exception, match="give failCodes, reviewCodes or both"):
+        _with_criterion(tmp_path, """\
+            - id: nothing
+              kind: exclusion
+              title: Nothing
+              protocolText: "x"
+              interpretation: x
+              rule: {type: condition-absent, label: nothing}
+        """)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..codes import CodeSet
 from ..model import Evidence, Result, Role, Why
@@ -305,10 +305,17 @@ class ConditionPresentRule(_ConditionsDecide):
 class ConditionAbsentRule(_ConditionsDecide):
     type: Literal["condition-absent"]
     label: str  # "HIV infection or primary immunodeficiency"
-    fail_codes: list[str] = Field(min_length=1)
-    review_codes: list[str] = []
+    fail_codes: list[str] = []
+    review_codes: list[str] = []  # current ones give review (NCT01325207's brain metastases: review only)
+    review_prompt: str = "a clinician's call"  # what the reviewer is asked, after "<diagnosis> recorded: "
     inactive_result: Literal["fail", "review", "pass"] = "review"
     mentions: TextMentions | None = None
+
+    @model_validator(mode="after")
+    def _something_to_find(self) -> "ConditionAbsentRule":
+        if not self.fail_codes and not self.review_codes:
+            raise ValueError("give failCodes, reviewCodes or both")
+        return self
 
     @cached_property
     def _conditions_read(self) -> list[str]:
@@ -348,7 +355,7 @@ class ConditionAbsentRule(_ConditionsDecide):
             return decided(Result.REVIEW, f"{_label(inactive[0])} recorded as {inactive[0].clinical}: "
                            "a clinician's call", [f.evidence for f in inactive], everything)
         if to_review:
-            return decided(Result.REVIEW, f"{_label(to_review[0])} recorded: a clinician's call",
+            return decided(Result.REVIEW, f"{_label(to_review[0])} recorded: {self.review_prompt}",
                            [f.evidence for f in to_review], everything)
         if self.mentions is not None:
             named = unread_mentions(ctx, "Condition", ctx.codes(self._conditions_read), self.mentions)
