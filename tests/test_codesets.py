@@ -137,7 +137,8 @@ def test_every_code_is_well_formed_for_its_system(sets):
         for e in cs.entries:
             code = e.code or ""
             if e.prefix is not None:
-                ok = e.system == ICD10CM and re.fullmatch(r"[A-Z][0-9]([0-9A-Z](\.?[0-9A-Z]{0,4})?)?", e.prefix)
+                form = _PREFIX_FORMS.get(e.system)
+                ok = form is not None and re.fullmatch(form, e.prefix)
             elif e.system == SNOMED:
                 # concept ids: a Verhoeff check digit, partition 00 (core) or 10 (extension)
                 ok = code.isdigit() and 6 <= len(code) <= 18 and _verhoeff_ok(code) and code[-3:-1] in ("00", "10")
@@ -154,10 +155,20 @@ def test_every_code_is_well_formed_for_its_system(sets):
     assert not bad, bad[:10]
 
 
-def test_prefix_entries_are_icd10cm_only(sets):
-    """A prefix match means "every code under this category": it only makes sense for ICD-10-CM."""
+# A prefix match means "every code under this category": it only makes sense for systems whose
+# codes are built character by character (ICD-10-CM categories, ICD-10-PCS sections) or numbered
+# in ranges that a leading part names (CPT 774xx, HCPCS G600x); never for SNOMED CT, LOINC or RxNorm.
+_PREFIX_FORMS = {
+    ICD10CM: r"[A-Z][0-9]([0-9A-Z](\.?[0-9A-Z]{0,4})?)?",
+    "http://www.cms.gov/Medicare/Coding/ICD10": r"[0-9A-HJ-NP-Z]{1,6}",  # ICD-10-PCS: no I or O
+    "http://www.ama-assn.org/go/cpt": r"[0-9]{3,4}",
+    "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets": r"[A-V][0-9]{2,3}",
+}
+
+
+def test_prefix_entries_are_in_hierarchical_or_ranged_systems_only(sets):
     for name, cs in sets.items():
-        assert all(e.system == ICD10CM for e in cs.entries if e.prefix is not None), name
+        assert all(e.system in _PREFIX_FORMS for e in cs.entries if e.prefix is not None), name
 
 
 def test_intension_roots_are_members_of_their_own_sets(sets):

@@ -57,9 +57,12 @@ def test_a_type_no_kind_read_before_is_indexed_validated_and_fetched_without_edi
                             _procedure("80146002", "appendectomy")])
     assert [h.raw["id"] for h in record.find("Procedure", radiotherapy)] == ["rt1"]
     assert record.patient_raw["id"] == "p1"
-    # validated on the common elements (what the kind reads besides, it declares: elements_read)
-    trimmed = read_elements(_procedure("108290001", "rt1"))
-    assert set(trimmed) == {"resourceType", "id", "status", "subject", "code"}
+    # validated on the common elements and what kinds reading it declare (elements_read); never the rest
+    raw = _procedure("108290001", "rt1")
+    trimmed = read_elements(raw)
+    declared = {e for kind in RULE_KIND_MODELS.values() for e in kind.elements_read.get("Procedure", ())}
+    assert set(trimmed) == {"resourceType", "id", "status", "subject", "code"} | (declared & set(raw))
+    assert "note" not in trimmed
     assert validate("Procedure", trimmed).code.coding[0].code == "108290001"
     # fetched: a query of its own, restricted to the kind's codes, not required
     rule = SimpleNamespace(reads=lambda: {"Procedure": ["radiotherapy"]}, latest_within_days=lambda: None)
