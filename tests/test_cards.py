@@ -305,12 +305,25 @@ def test_ineligible_card_lists_failing_before_unknown(renderer_all, nct06462092)
     assert "ANC: no valid result" in items[3]
 
 
-def test_render_all_skips_trials_without_a_card(renderer, nct06462092, g001):
-    ineligible = evaluate_gold(nct06462092, "g011")
-    ctx = CardContext("g001")
-    cards = renderer.render_all([(nct06462092, g001), (nct06462092, g001)], ctx)
-    assert len(cards) == 2
-    assert renderer.render_all([(nct06462092, ineligible)], CardContext("g011")) == []
+def test_render_all_shows_eligible_first_and_keeps_trials_without_a_card_for_the_audit(renderer, nct06462092,
+                                                                                         g001, g066):
+    # One patient's evaluations against three trials (here: one trial, the evaluations relabelled).
+    needs_data = dataclasses.replace(g066, patient="g001")
+    ineligible = dataclasses.replace(evaluate_gold(nct06462092, "g011"), patient="g001")
+    rendered = renderer.render_all([(nct06462092, needs_data), (nct06462092, ineligible), (nct06462092, g001)],
+                                   CardContext("g001"))
+    assert [evaluation for _, evaluation, _ in rendered] == [g001, needs_data, ineligible]
+    assert [card is None for _, _, card in rendered] == [False, False, True]
+
+
+def test_a_test_two_cards_need_is_suggested_once(renderer, nct06462092, g066):
+    # Two trials missing the same blood count (here: one trial twice): one order, on the first card.
+    first, second = (card for _, _, card in renderer.render_all([(nct06462092, g066), (nct06462092, g066)],
+                                                                  ctx_for(g066)))
+    orders = [[s["actions"][0]["resource"]["code"]["coding"][0]["code"] for s in card["suggestions"]]
+              for card in (first, second)]
+    assert orders == [["57021-8", "3457005"], ["3457005"]]  # CBC once; each card keeps its referral
+    assert "ANC" in second["detail"] and second["detail"].count("?") == first["detail"].count("?")
 
 
 # -- identifiers -----------------------------------------------------------------------------------

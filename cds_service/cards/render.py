@@ -41,6 +41,8 @@ SNOMED = "http://snomed.info/sct"
 LAB_CATEGORY = {"system": SNOMED, "code": "108252007", "display": "Laboratory procedure"}
 REFERRAL_CODE = {"system": SNOMED, "code": "3457005", "display": "Patient referral"}
 MAX_DECISIVE_EVIDENCE = 2
+#: The order of cards in one answer, by the trial's status (ineligible: shown only with show_ineligible).
+CARD_ORDER = {Status.ELIGIBLE: 0, Status.NEEDS_DATA: 1, Status.INELIGIBLE: 2}
 
 
 _REQUESTER = re.compile(rf"(Practitioner|PractitionerRole)/{FHIR_ID}")
@@ -131,9 +133,11 @@ class CardRenderer:
 
     # rendering ----------------------------------------------------------------
 
-    def render(self, trial: Trial, evaluation: TrialEvaluation, ctx: CardContext) -> dict | None:
+    def render(self, trial: Trial, evaluation: TrialEvaluation, ctx: CardContext, *,
+               offered: set[tuple[str, str]] | None = None) -> dict | None:
         """The card for one trial, or None when there is nothing to show
-        (ineligible, unless show_ineligible)."""
+        (ineligible, unless show_ineligible). `offered`: orders (system, code) earlier cards
+        of the same answer suggest; this card does not suggest them again, and adds its own."""
         if evaluation.trial != trial.id:
             raise ValueError(f"evaluation is for trial {evaluation.trial}, not {trial.id}")
         if evaluation.patient is not None and evaluation.patient != ctx.patient_id:
@@ -143,19 +147,24 @@ class CardRenderer:
         if built is None:
             info = TrialInfo.of(trial)
             built = self._trial_info[key] = (info, self._trial_texts(info))
-        return self._render(*built, evaluation, ctx, show_ineligible=self.show_ineligible, new_uuid=self._new_uuid)
+        return self._render(*built, evaluation, ctx, show_ineligible=self.show_ineligible, new_uuid=self._new_uuid,
+                            offered=offered)
 
-    def render_all(self, results: Iterable[tuple[Trial, TrialEvaluation]], ctx: CardContext) -> list[dict]:
-        """Cards for several trials, in the order given; trials without a card are left out."""
-        cards = []
-        for trial, evaluation in results:
-            card = self.render(trial, evaluation, ctx)
-            if card is not None:
-                cards.append(card)
-        return cards
+    def render_all(self, results: Iterable[tuple[Trial, TrialEvaluation]], ctx: CardContext
+                   ) -> list[tuple[Trial, TrialEvaluation, dict | None]]:
+        """Each trial's evaluation with its card (None: no card), in the order the cards
+        are shown: the trials the patient may qualify for first, then those that need data,
+        each group in the order given. A test two trials need is suggested once, on the
+        first card that needs it (the EHR shows the cards together: two suggestions would be
+        two orders); the later card still lists what is missing."""
+        offered: set[tuple[str, str]] = set()
+        ranked = sorted(results, key=lambda result: CARD_ORDER[result[1].status])
+        return [(trial, evaluation, self.render(trial, evaluation, ctx, offered=offered))
+                for trial, evaluation in ranked]
 
     def _render(self, info: TrialInfo, texts: dict[str, str], evaluation: TrialEvaluation, ctx: CardContext, *,
-                show_ineligible: bool, new_uuid: Callable[[], str]) -> dict | None:
+                show_ineligible: bool, new_uuid: Callable[[], str],
+                offered: set[tuple[str, str]] | None = None) -> dict | None:
         status = evaluation.status
         if status is Status.INELIGIBLE and not show_ineligible:
             return None
@@ -171,7 +180,7 @@ class CardRenderer:
             card["detail"] = detail
         card["source"] = {"label": texts["source.label"], "url": info.study_url,
                           "topic": {"system": TOPIC_SYSTEM, "code": info.nct_id, "display": info.short_title}}
-        suggestions = self._suggestions(info, texts, evaluation, ctx, new_uuid)
+        suggestions = self._suggestions(info, texts, evaluation, ctx, new_uuid, set() if offered is None else offered)
         if suggestions:
             card["suggestions"] = suggestions
             card["selectionBehavior"] = "any"
@@ -253,7 +262,7 @@ class CardRenderer:
     # suggestions ------------------------------------------------------------------
 
     def _suggestions(self, info: TrialInfo, texts: dict[str, str], evaluation: TrialEvaluation, ctx: CardContext,
-                     new_uuid: Callable[[], str]) -> list[dict[str, Any]]:
+                     new_uuid: Callable[[], str], offered: set[tuple[str, str]]) -> list[dict[str, Any]]:
         status = evaluation.status
         if status is Status.INELIGIBLE:
             return []  # nothing to order or refer: a criterion already rules the patient out
@@ -261,8 +270,9 @@ class CardRenderer:
         out = []
         orders: dict[tuple[str, str], tuple[Order, list[CriterionResult]]] = {}
         for c in evaluation.criteria:
-            if c.result is Result.UNKNOWN and c.order is not None:
+            if c.result is Result.UNKNOWN and c.order is not None and (c.order.system, c.order.code) not in offered:
                 orders.setdefault((c.order.system, c.order.code), (c.order, []))[1].append(c)
+        offered.update(orders)
         for order, criteria in orders.values():
             ov = dict(tv, order=order.display,
                       criteria=", ".join(distinct(self._short_name(info, c) for c in criteria)),

@@ -118,8 +118,7 @@ class TrialEligibilityService:
         context = CardContext(patient_id=patient_id, user_id=request.context.userId,
                               encounter_id=request.context.encounterId)
         cards, audited = [], []
-        for trial, evaluation in evaluations:
-            card = self.renderer.render(trial, evaluation, context)
+        for trial, evaluation, card in self.renderer.render_all(evaluations, context):
             entry = {"trial": trial.id, "definitionVersion": trial.definition.definition_version,
                      "status": evaluation.status.value}
             if card is not None:
