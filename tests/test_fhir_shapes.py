@@ -158,6 +158,22 @@ def test_includes_are_asked_by_the_service_but_not_in_prefetch_templates(nct0646
     assert all(not n.query.includes for key, n in needs.items() if key not in ("cytologyReports", "patient"))
 
 
+def test_a_prescription_search_includes_the_medication_it_references():
+    # FHIR R4's MedicationRequest?code= reads medicationCodeableConcept only: a prescription coded by
+    # reference is found only by fetching the type whole with its Medication (which names no patient).
+    from cds_service.fhir.ownership import own_resources
+
+    search = Search("MedicationRequest", includes=("MedicationRequest:medication",))
+    assert search.relative_url("p1").endswith("&_include=MedicationRequest:medication")
+    request = {"resourceType": "MedicationRequest", "id": "rx1", "status": "active", "intent": "order",
+               "subject": {"reference": "Patient/p1"}, "medicationReference": {"reference": "Medication/m1"}}
+    medication = {"resourceType": "Medication", "id": "m1",
+                  "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "194000"}]}}
+    unrelated = {"resourceType": "Medication", "id": "m2"}
+    kept, foreign, _ = own_resources([request, medication, unrelated], "p1")
+    assert [r["id"] for r in kept] == ["rx1", "m1"] and foreign == 1
+
+
 @pytest.mark.parametrize("bad", ["DiagnosticReport", "diagnosticReport:result", "DiagnosticReport:result&x=1",
                                  "*", "DiagnosticReport:result:observation"])
 def test_an_include_that_is_not_one_is_refused(bad):

@@ -58,9 +58,12 @@ _SORTED_BY_DATE = {"Observation", "DiagnosticReport"}
 # What a search the service runs itself asks the server to include: a report's results and
 # specimen may be coded otherwise than the searches ask, or name no patient (a Specimen
 # without subject is not found by Specimen?patient=), and the cytology reading follows the
-# links (fhir/ownership.py keeps what an included resource needs). Not in prefetch templates
-# (queries.Search); a server that rejects them is searched again without (gather).
-_INCLUDES = {"DiagnosticReport": ("DiagnosticReport:result", "DiagnosticReport:specimen")}
+# links; a medication given by reference (medicationReference) is coded in a Medication, which
+# names no patient (fhir/ownership.py keeps what an included resource needs). Not in prefetch
+# templates (queries.Search); a server that rejects them is searched again without (gather).
+_INCLUDES = {"DiagnosticReport": ("DiagnosticReport:result", "DiagnosticReport:specimen"),
+             **{t: (f"{t}:medication",) for t in ("MedicationRequest", "MedicationStatement",
+                                                   "MedicationAdministration")}}
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ be told.
 Whose a resource is, is read from its subject (or patient) reference in any form:
 "Patient/<id>", an absolute URL, a version, or a urn: fullUrl resolved in its Bundle.
 One that names no patient (a Specimen without subject, a result a server included
-with `_include`) is this patient's when a resource kept from the same response
+with `_include`, a Medication a prescription references) is this patient's when a resource kept from the same response
 references it. One whose reference cannot be checked (a urn: not in its Bundle, an
 identifier only) is kept and counted as `unresolved`: the query asked for this
 patient's resources and nothing in it names another; dropping it could let a missing
@@ -22,7 +22,7 @@ from .bundles import PATIENT_FIELDS, reference_key
 OWN, FOREIGN, UNRESOLVED, NOBODY = "own", "foreign", "unresolved", "nobody"
 
 # Where a kept resource links to others that may name no patient of their own.
-_LINKS = ("result", "specimen", "hasMember", "derivedFrom")
+_LINKS = ("result", "specimen", "hasMember", "derivedFrom", "medicationReference")
 
 
 def whose(odd: list[tuple[dict[str, Any], str | None]], patient_id: str, own_key: str,
