@@ -52,9 +52,16 @@ class Analyte(RuleModel):
     conversions: str | None = None  # key of the analyte's unit bridges in units.yaml
     fail_when: Threshold
     fallback_uln: FallbackUln | None = None
+    valid_range: tuple[Decimal, Decimal] | None = None  # [low, high] possible in failWhen's unit; outside: unread
     # The analyte's names, for results whose codes no set of the trial holds (a local lab code
     # alone): one newer than the deciding result makes the analyte unknown (see mentions.newer_mention).
     mentions: TextMentions | None = None
+
+    @model_validator(mode="after")
+    def _range_in_unit(self) -> "Analyte":
+        if self.valid_range and (self.fail_when.unit is None or self.valid_range[0] >= self.valid_range[1]):
+            raise ValueError("validRange needs an absolute failWhen (value, unit) and low < high")
+        return self
 
 
 class LabRule(RuleModel):
@@ -283,6 +290,11 @@ def _judge(units: UnitTable, analyte: Analyte, resource: Any, source: Any) -> _J
             return _Judgement(Result.UNKNOWN, f"{name}: unit '{q.unit or q.code}' cannot be converted to "
                               f"{rule.unit}", Why.UNIT_NOT_CONVERTIBLE)
         converted = Measured(compared, rule.unit)
+        bounds = analyte.valid_range
+        if bounds and not bounds[0] <= compared <= bounds[1]:
+            return _Judgement(Result.UNKNOWN, f"{name} sent as {format(value, 'f')} '{q.unit or q.code}' is "
+                              f"{_computed(compared)} {rule.unit}, outside the possible {bounds[0]}-{bounds[1]} "
+                              f"{rule.unit}: cannot be read", Why.UNINTERPRETABLE, converted)
         limit, limit_text = rule.value, f"{format(rule.value, 'f')} {rule.unit}"
         shown = f"{q.comparator or ''}{_computed(compared)} {rule.unit}"
     else:
