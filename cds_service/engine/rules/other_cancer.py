@@ -140,8 +140,10 @@ class OtherCancerRule(RuleModel):
             return self._noted(f, Result.FAIL, what, f.clinical)
         if f.clinical == "active" and not in_remission:
             if abated is None:
-                state = "active" if recorded else "no clinical status (read as active)"
-                return self._noted(f, Result.FAIL, what, state)
+                if not recorded:  # an encounter diagnosis of a cancer treated long ago looks the same: not a fail
+                    return self._noted(f, Result.REVIEW, what, "no clinical status: confirm whether active, and "
+                                       f"if not, {years} years in complete remission, off therapy")
+                return self._noted(f, Result.FAIL, what, "active")
             if recorded:  # FHIR (con-4): an abated condition is not active; the record contradicts itself
                 return self._noted(f, Result.REVIEW, what, "recorded active with an abatement: confirm")
         elif f.clinical not in _PAST and not (f.clinical == "active" and in_remission):
