@@ -17,27 +17,9 @@ from ..dates import FhirDate, Recency, recency
 from ..model import Evidence, Measured, Result, Role, UpperLimit, Why, shown_number
 from ..quantities import NotConvertible, UnitTable
 from .base import Context, Outcome, RuleModel, concept_label, observation_date
+from .lab_limits import ConditionalLimit, ConditionalLimits, Threshold, condition_reads, limit_units
 from .mentions import TextMentions, newer_mention, recorded_with
 from .readers import Reading, has_invalid, read_latest_results, unreadable_value
-
-Comparator = Literal["<", "<=", ">", ">="]
-
-
-class Threshold(RuleModel):
-    """The values that rule the patient out: `value comparator threshold`."""
-
-    comparator: Comparator
-    value: Decimal | None = None
-    unit: str | None = None
-    uln_multiple: Decimal | None = Field(default=None, gt=0)
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> "Threshold":
-        if (self.value is None) == (self.uln_multiple is None):
-            raise ValueError("give either value (with unit) or ulnMultiple")
-        if self.value is not None and not self.unit:
-            raise ValueError("an absolute threshold needs a unit")
-        return self
 
 
 class FallbackUln(RuleModel):
@@ -56,6 +38,7 @@ class Analyte(RuleModel):
     # The analyte's names, for results whose codes no set of the trial holds (a local lab code
     # alone): one newer than the deciding result makes the analyte unknown (see mentions.newer_mention).
     mentions: TextMentions | None = None
+    conditional_limit: ConditionalLimit | None = None  # the limit when a diagnosis is known (lab_limits.py)
 
     @model_validator(mode="after")
     def _range_in_unit(self) -> "Analyte":
@@ -74,7 +57,7 @@ class LabRule(RuleModel):
         return self.lookback_days  # the latest result of each analyte within it decides
 
     def reads(self) -> dict[str, list[str]]:
-        return {"Observation": [n for a in self.analytes for n in a.codes]}
+        return {"Observation": [n for a in self.analytes for n in a.codes]} | condition_reads(self.analytes)
 
     def result_mentions(self) -> list[TextMentions]:
         return [a.mentions for a in self.analytes if a.mentions is not None]
@@ -86,7 +69,7 @@ class LabRule(RuleModel):
                 out.append(a.fail_when.unit)
             if a.fallback_uln:
                 out.append(a.fallback_uln.unit)
-        return out
+        return out + limit_units(self.analytes)
 
     def unit_bridges(self) -> list[str]:
         return [a.conversions for a in self.analytes if a.conversions]
@@ -98,18 +81,19 @@ class LabRule(RuleModel):
         return [(a.name, a.codes) for a in self.analytes]
 
     def evaluate(self, ctx: Context) -> Outcome:
-        outcomes = [_evaluate_analyte(ctx, a, self.lookback_days) for a in self.analytes]
+        limits = ConditionalLimits(ctx)  # the diagnoses that change a limit, each read once
+        outcomes = [_evaluate_analyte(ctx, a, self.lookback_days, limits) for a in self.analytes]
         evidence = [e for o in outcomes for e in o.evidence]
         # Every outcome rests on the newest results: see evaluate._cut_short.
         rests = {"not_read": sum(o.not_read for o in outcomes), "newest_of": ("Observation",)}
         failed = [o for o in outcomes if o.result is Result.FAIL]
         if failed:
-            return Outcome(Result.FAIL, "; ".join(o.reason for o in failed), evidence, **rests)
+            return limits.settled(Outcome(Result.FAIL, "; ".join(o.reason for o in failed), evidence, **rests), outcomes)
         unknown = [o for o in outcomes if o.result is Result.UNKNOWN]
         if unknown:
-            return Outcome(Result.UNKNOWN, "; ".join(o.reason for o in unknown), evidence,
-                           why=unknown[0].why, orderable=True, **rests)
-        return Outcome(Result.PASS, "; ".join(o.reason for o in outcomes), evidence, **rests)
+            return limits.settled(Outcome(Result.UNKNOWN, "; ".join(o.reason for o in unknown), evidence,
+                                          why=unknown[0].why, orderable=True, **rests), outcomes)
+        return limits.settled(Outcome(Result.PASS, "; ".join(o.reason for o in outcomes), evidence, **rests), outcomes)
 
 
 # -- one analyte ----------------------------------------------------------
@@ -127,9 +111,9 @@ def _has_number(reading: Reading) -> bool:
     return q is not None and q.value is not None
 
 
-def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int) -> Outcome:
+def _evaluate_analyte(ctx: Context, analyte: Analyte, lookback_days: int, limits: ConditionalLimits) -> Outcome:
     found = read_latest_results(ctx, ctx.codes(analyte.codes), _has_number)
-    outcome = _decide(ctx, analyte, lookback_days, found.readings, found.ignored)
+    outcome = _decide(ctx, analyte, lookback_days, found.readings, found.ignored, limits)
     outcome.not_read = found.not_read
     if analyte.mentions is not None and (outcome.result is not Result.UNKNOWN or outcome.why in _SILENT):
         newer = newer_mention(ctx, analyte.mentions, outcome.decided_at, lookback_days)
@@ -156,7 +140,7 @@ _SILENT = (Why.NO_DATA, Why.STALE)
 
 
 def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[Reading],
-            ignored: list[Evidence]) -> Outcome:
+            ignored: list[Evidence], limits: ConditionalLimits) -> Outcome:
     name = analyte.name
     dated: list[_Candidate] = []
     undated: list[_Candidate] = []
@@ -215,7 +199,8 @@ def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[R
                                    [c.evidence for c in undated] + [e for e in ignored if e is not newest.evidence],
                                    Why.UNINTERPRETABLE)
         same_time = [latest] + [c for c in dated[1:] if c.date.sort_key() == latest_key]
-        judged = [(c, _judge(ctx.units, analyte, c.resource, c.source)) for c in same_time]
+        judged = [(c, limits.judge(analyte, lambda rule: _judge(ctx.units, analyte, c.resource, c.source, rule)))
+                  for c in same_time]
         outcomes = {j.result for _, j in judged}
         for c, j in judged:
             ev = c.evidence
@@ -274,10 +259,10 @@ class _Judgement:
     ratio_to_uln: Decimal | None = None
 
 
-def _judge(units: UnitTable, analyte: Analyte, resource: Any, source: Any) -> _Judgement:
+def _judge(units: UnitTable, analyte: Analyte, resource: Any, source: Any, rule: Threshold) -> _Judgement:
     """Apply the threshold to one dated, fresh result: `source` is the part of the
     validated Observation `resource` carrying the value (the resource or a component)."""
-    q, name, rule = source.valueQuantity, analyte.name, analyte.fail_when
+    q, name = source.valueQuantity, analyte.name
     unit = units.ucum_of(q.code, q.unit, q.system)
     if unit is None:
         return _Judgement(Result.UNKNOWN, f"{name}: result has no unit", Why.UNIT_NOT_CONVERTIBLE)
