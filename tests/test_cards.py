@@ -326,6 +326,22 @@ def test_a_test_two_cards_need_is_suggested_once(renderer, nct06462092, g066):
     assert "ANC" in second["detail"] and second["detail"].count("?") == first["detail"].count("?")
 
 
+def test_an_imaging_order_is_not_a_laboratory_procedure(renderer):
+    # TEST-0004's LVEF criterion suggests a transthoracic echocardiogram when no LVEF is recorded.
+    from cds_service.trials import load_trial
+
+    trial = load_trial(Path(__file__).parent / "trials" / "TEST-0004.yaml")
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1970-01-01"}
+    evaluation = evaluate(trial, [patient], dt.date(2026, 6, 15))
+    card = renderer.render(trial, evaluation, CardContext("p1"))
+    categories = {s["actions"][0]["resource"]["code"]["coding"][0]["code"]:
+                  s["actions"][0]["resource"].get("category", [{}])[0].get("coding", [{}])[0].get("display")
+                  for s in card["suggestions"]}
+    assert categories["433236007"] == "Imaging" and categories["57021-8"] == "Laboratory procedure"
+    lvef = next(c for c in card["extension"]["trial-eligibility"]["criteria"] if c["id"] == "lvef")
+    assert lvef["order"]["category"] == "imaging"
+
+
 # -- identifiers -----------------------------------------------------------------------------------
 
 def test_uuids_are_unique_across_cards_and_suggestions(renderer, nct06462092, g001, g066):

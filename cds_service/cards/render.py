@@ -38,7 +38,10 @@ from .view import (RANK_DEFAULT, RANK_INELIGIBLE, CriterionInfo, CriterionView, 
 INDICATOR = "info"
 TOPIC_SYSTEM = "https://clinicaltrials.gov"
 SNOMED = "http://snomed.info/sct"
-LAB_CATEGORY = {"system": SNOMED, "code": "108252007", "display": "Laboratory procedure"}
+# ServiceRequest.category of a suggested order, by Order.category (None: a laboratory test); the
+# codes of FHIR R4's ServiceRequest category example value set (SNOMED CT).
+ORDER_CATEGORIES = {None: {"system": SNOMED, "code": "108252007", "display": "Laboratory procedure"},
+                    "imaging": {"system": SNOMED, "code": "363679005", "display": "Imaging"}}
 REFERRAL_CODE = {"system": SNOMED, "code": "3457005", "display": "Patient referral"}
 MAX_DECISIVE_EVIDENCE = 2
 #: The order of cards in one answer, by the trial's status (ineligible: shown only with show_ineligible).
@@ -280,7 +283,7 @@ class CardRenderer:
             resource = self._service_request(
                 ctx, code={"coding": [{"system": order.system, "code": order.code, "display": order.display}],
                            "text": order.display},
-                reason=self._text("service_request.order_reason", ov), category=LAB_CATEGORY)
+                reason=self._text("service_request.order_reason", ov), category=ORDER_CATEGORIES[order.category])
             out.append({"label": self._text("suggestions.order.label", ov), "uuid": new_uuid(),
                         "isRecommended": True,
                         "actions": [{"type": "create", "description": self._text("suggestions.order.description", ov),

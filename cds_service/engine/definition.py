@@ -45,9 +45,10 @@ class OrderDefinition(DefinitionModel):
     code: str = Field(min_length=1)
     display: str = Field(min_length=1)
     source: str
+    category: Literal["imaging"] | None = None  # not a laboratory test (the default): the draft order says so
 
     def as_order(self, key: str) -> Order:
-        return Order(key=key, system=self.system, code=self.code, display=self.display)
+        return Order(key=key, system=self.system, code=self.code, display=self.display, category=self.category)
 
 
 class Criterion(DefinitionModel):

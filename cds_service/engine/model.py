@@ -74,10 +74,11 @@ class Order:
     system: str
     code: str
     display: str
+    category: str | None = None  # what kind of order: None is a laboratory test; "imaging" (an echocardiogram)
 
     def to_json(self) -> dict[str, Any]:
         return {name: value for name, value in (("key", self.key), ("system", self.system), ("code", self.code),
-                                                ("display", self.display)) if value}
+                                                ("display", self.display), ("category", self.category)) if value}
 
 
 def _plain(value: Any) -> Any:
