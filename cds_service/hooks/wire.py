@@ -105,6 +105,7 @@ class Order(TypedDict):
     system: Text
     code: Text
     display: Text
+    category: NotRequired[Literal["imaging"]]  # absent: a laboratory test
 
 
 @written
