@@ -326,6 +326,14 @@ def test_a_test_two_cards_need_is_suggested_once(renderer, nct06462092, g066):
     assert "ANC" in second["detail"] and second["detail"].count("?") == first["detail"].count("?")
 
 
+def test_an_evaluation_stopped_at_its_first_fail_has_no_card(renderer_all, nct06462092):
+    ineligible = evaluate_gold(nct06462092, "g011")
+    partial = dataclasses.replace(ineligible, criteria=ineligible.criteria[:3], complete=False)
+    with pytest.raises(ValueError, match="stopped at its first failing criterion"):
+        renderer_all.render(nct06462092, partial, ctx_for(partial))
+    assert renderer_all.render(nct06462092, ineligible, ctx_for(ineligible)) is not None
+
+
 def test_an_imaging_order_is_not_a_laboratory_procedure(renderer):
     # TEST-0004's LVEF criterion suggests a transthoracic echocardiogram when no LVEF is recorded.
     from cds_service.trials import load_trial

@@ -119,3 +119,28 @@ def test_real_shapes_patient(case, nct06462092):
     evaluation = evaluate_file(nct06462092, GOLD / "real-shapes" / case["file"], REAL_AS_OF)
     differences = _differences(case, evaluation)
     assert not differences, f"{case['file']}: {case['description']}\n  " + "\n  ".join(differences)
+
+
+# -- evaluating only until a criterion fails (the service, when ineligible trials show no card) --
+
+@pytest.mark.parametrize("case", CASES, ids=[c["file"].removesuffix(".json") for c in CASES])
+def test_evaluating_until_ineligible_gives_the_same_status(case, trials):
+    groups = patient_groups_from_bytes((GOLD / "patients" / case["file"]).read_bytes())
+    record = PatientRecord(groups[0].resources, groups[0].full_urls)
+    for trial in trials.values():
+        full = evaluate(trial, record, AS_OF)
+        partial = evaluate(trial, record, AS_OF, until_ineligible=True)
+        assert partial.status is full.status
+        assert partial.criteria == full.criteria[:len(partial.criteria)]  # the same results, in order
+        stopped = len(partial.criteria) < len(full.criteria)
+        assert partial.complete is not stopped and (not stopped or partial.criteria[-1].result.value == "fail")
+        if full.status.value != "ineligible":
+            assert partial.complete and partial.to_json() == full.to_json()
+
+
+def test_a_her2_negative_patient_is_read_against_the_her2_positive_trial_only_until_her2(trials):
+    groups = patient_groups_from_bytes((GOLD / "patients" / "g001-baseline-eligible.json").read_bytes())
+    partial = evaluate(trials["NCT01325207"], PatientRecord(groups[0].resources, groups[0].full_urls), AS_OF,
+                       until_ineligible=True)
+    assert [c.id for c in partial.criteria] == ["alive", "breast-cancer", "her2-positive"]
+    assert partial.status.value == "ineligible" and partial.to_json()["complete"] is False

@@ -171,6 +171,8 @@ class CardRenderer:
         status = evaluation.status
         if status is Status.INELIGIBLE and not show_ineligible:
             return None
+        if not evaluation.complete:
+            raise ValueError(f"the evaluation of {info.nct_id} stopped at its first failing criterion: it has no card")
         view = self._view(info, evaluation, ctx)
         summary = fit_summary(self._file(SUMMARY_TEMPLATE, view))
         if not summary:

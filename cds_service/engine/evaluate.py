@@ -80,17 +80,27 @@ def _with_members(codeset: CodeSet, keys: frozenset[tuple[str, str]]) -> CodeSet
                    intension=codeset.intension, value_set=codeset.value_set)
 
 
-def evaluate(trial: Trial, record: PatientRecord | Iterable[dict[str, Any]], as_of: dt.date) -> TrialEvaluation:
-    """Pure: the same record and date always give the same evaluation."""
+def evaluate(trial: Trial, record: PatientRecord | Iterable[dict[str, Any]], as_of: dt.date, *,
+             until_ineligible: bool = False) -> TrialEvaluation:
+    """Pure: the same record and date always give the same evaluation. `until_ineligible`:
+    stop at the first criterion that fails, since the trial is then ineligible whatever the
+    rest say (complete=False); for an answer that shows no card for an ineligible trial, where
+    several trials are screened and most patients fail one of them early (HER2 status)."""
     if not isinstance(record, PatientRecord):
         record = PatientRecord(record)
     ctx = Context(record=record, as_of=as_of, library=trial.library, units=trial.units,
                   result_names=trial.result_names)
-    results = [_evaluate_criterion(trial, criterion, ctx) for criterion in trial.definition.criteria]
+    results = []
+    complete = True
+    for criterion in trial.definition.criteria:
+        results.append(_evaluate_criterion(trial, criterion, ctx))
+        if until_ineligible and results[-1].result is Result.FAIL:
+            complete = len(results) == len(trial.definition.criteria)
+            break
     patient_id = record.patient_raw.get("id") if record.patient_raw else None
     return TrialEvaluation(trial=trial.id, definition_version=trial.definition.definition_version,
                            patient=patient_id if isinstance(patient_id, str) else None, as_of=as_of,
-                           criteria=results)
+                           criteria=results, complete=complete)
 
 
 def _evaluate_criterion(trial: Trial, criterion: Criterion, ctx: Context) -> CriterionResult:

@@ -295,6 +295,9 @@ class TrialEvaluation:
     patient: str | None
     as_of: dt.date
     criteria: list[CriterionResult]
+    # False: evaluated only until a criterion failed (evaluate(..., until_ineligible=True)): the
+    # status is final (ineligible), the criteria after that one were not read.
+    complete: bool = True
 
     @property
     def status(self) -> Status:
@@ -319,4 +322,6 @@ class TrialEvaluation:
         out["status"] = self.status._value_
         if self.criteria:
             out["criteria"] = [c.to_json() for c in self.criteria]
+        if not self.complete:
+            out["complete"] = False
         return out

@@ -112,7 +112,9 @@ class TrialEligibilityService:
             sources["terminology"] = lookup.audit
             trials = [lookup.for_trial(trial) for trial in trials]
             timings["terminology"] = _ms(asked)
-        evaluations = [(trial, evaluate(trial, record, as_of)) for trial in trials]
+        # Without cards for ineligible trials, a trial is read only until a criterion rules the patient out.
+        until_ineligible = not self.settings.show_ineligible
+        evaluations = [(trial, evaluate(trial, record, as_of, until_ineligible=until_ineligible)) for trial in trials]
         timings["evaluate"] = _ms(mark) - timings.get("terminology", 0.0)
         mark = time.monotonic()
         context = CardContext(patient_id=patient_id, user_id=request.context.userId,
