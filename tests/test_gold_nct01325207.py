@@ -65,3 +65,98 @@ def test_gold_patient(case, nct01325207):
     evaluation = evaluate_file(nct01325207, SET / case["file"], AS_OF)
     differences = _differences(case, evaluation)
     assert not differences, f"{case['file']}: {case['description']}\n  " + "\n  ".join(differences)
+
+
+# -- both trials at once, through the service -----------------------------------------------------------
+# The same clinic sees both: breast-cancer LM fits NCT06462092 (HER2-negative) or NCT01325207
+# (HER2-positive) by HER2 status. Each patient's whole record goes in as prefetch, every key the two
+# trials' queries need, as an EHR would send it (a prescription's referenced Medication included).
+
+BOTH = ("NCT06462092", "NCT01325207")
+ISH_ORDER, IHC_ORDER = ("http://loinc.org", "96893-3"), ("http://loinc.org", "18474-7")
+
+
+def _prefetch(bundle: dict, trials) -> dict:
+    from cds_service.fhir.needs import data_needs
+
+    resources = [e["resource"] for e in bundle["entry"]]
+    by_ref = {f"{r['resourceType']}/{r['id']}": r for r in resources}
+    prefetch = {}
+    for need in data_needs(trials):
+        matches = [r for r in resources if need.selects(r)]
+        if need.key == "patient":
+            prefetch["patient"] = matches[0]
+            continue
+        included = [by_ref[ref] for ref in (r.get("medicationReference", {}).get("reference") for r in matches)
+                    if ref in by_ref]
+        prefetch[need.key] = {"resourceType": "Bundle", "type": "searchset", "total": len(matches),
+                              "entry": [{"resource": r, "search": {"mode": "match"}} for r in matches]
+                              + [{"resource": r, "search": {"mode": "include"}} for r in included]}
+    return prefetch
+
+
+def _call(make_app, trials, path: Path, **settings) -> list[dict]:
+    import json
+    import uuid
+
+    bundle = json.loads(path.read_text(encoding="utf-8"))
+    patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
+            "context": {"userId": "Practitioner/onc-1", "patientId": patient["id"]},
+            "prefetch": _prefetch(bundle, [trials[t] for t in BOTH])}
+    app = make_app(trials=BOTH, **settings)
+    response = app.test_client().post("/cds-services/trial-eligibility", json=body)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["cards"]
+
+
+def _evaluation(card: dict) -> dict:
+    return card["extension"]["trial-eligibility"]
+
+
+def _orders(card: dict) -> list[tuple[str, str]]:
+    """The tests a card suggests ordering (its referral, SNOMED 3457005, left out)."""
+    return [(c["system"], c["code"]) for s in card.get("suggestions", []) for a in s["actions"]
+            for c in a["resource"]["code"]["coding"] if c["code"] != "3457005"]
+
+
+def _case(prefix: str) -> Path:
+    (path,) = SET.glob(f"{prefix}-*.json")
+    return path
+
+
+def test_her2_negative_lm_patient_gets_the_first_trials_card_only(make_app, trials):
+    g001 = GOLD / "patients" / "g001-baseline-eligible.json"
+    cards = _call(make_app, trials, g001)
+    assert [(_evaluation(c)["trial"], _evaluation(c)["status"]) for c in cards] == [("NCT06462092", "eligible")]
+    shown = {_evaluation(c)["trial"]: _evaluation(c) for c in _call(make_app, trials, g001, show_ineligible=True)}
+    assert shown["NCT01325207"]["status"] == "ineligible"
+    results = {c["id"]: c["result"] for c in shown["NCT01325207"]["criteria"]}
+    assert results["her2-positive"] == "fail"
+
+
+def test_her2_positive_lm_patient_gets_the_second_trials_card_only(make_app, trials):
+    # On IV trastuzumab, prescribed by medicationReference: the Medication comes in the prefetch as an include.
+    (case,) = [c for c in CASES if c["file"].endswith("-trastuzumab-active-reference.json")]
+    cards = _call(make_app, trials, SET / case["file"])
+    assert [(_evaluation(c)["trial"], _evaluation(c)["status"]) for c in cards] == [("NCT01325207", "eligible")]
+    drugs = next(c for c in _evaluation(cards[0])["criteria"] if c["id"] == "cns-chemotherapy")
+    assert drugs["result"] == "pass" and drugs["evidence"], drugs  # read from the included Medication
+    shown = {_evaluation(c)["trial"]: _evaluation(c)
+             for c in _call(make_app, trials, SET / case["file"], show_ineligible=True)}
+    results = {c["id"]: c["result"] for c in shown["NCT06462092"]["criteria"]}
+    assert shown["NCT06462092"]["status"] == "ineligible" and results["her2-negative"] == "fail"
+
+
+def test_her2_unknown_lm_patient_gets_two_needs_data_cards_and_one_her2_order(make_app, trials):
+    (case,) = [c for c in CASES if c["file"].endswith("-her2-none.json")]
+    cards = _call(make_app, trials, SET / case["file"])
+    assert [(_evaluation(c)["trial"], _evaluation(c)["status"]) for c in cards] == [
+        ("NCT06462092", "needs-data"), ("NCT01325207", "needs-data")]  # needs-data cards in trial order
+    for card, her2 in zip(cards, ("her2-negative", "her2-positive")):
+        result = next(c for c in _evaluation(card)["criteria"] if c["id"] == her2)
+        assert result["result"] == "unknown" and result["reasonCode"] == "no-data"
+    suggested = [order for card in cards for order in _orders(card)]
+    assert suggested.count(IHC_ORDER) == 1 and IHC_ORDER in _orders(cards[0])  # once, on the first card
+    assert ISH_ORDER not in suggested
+    assert "HER2" in cards[1]["detail"]  # the later card still says what is missing
