@@ -13,11 +13,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/cds-service serve --host 127.0.0.1 --port 8080
+run: $(STAMP)  # the demo: also the completed NCT01325207 (the service's default is the enrolling trials only)
+	CDS_TRIALS=NCT06462092,NCT01325207 $(BIN)/cds-service serve --host 127.0.0.1 --port 8080
 
 demo: $(STAMP)
-	$(BIN)/cds-service evaluate --as-of 2026-06-15 --format text cds_service/demo/patients.json
+	$(BIN)/cds-service evaluate --trial all --as-of 2026-06-15 --format text cds_service/demo/patients.json
 
 test: $(STAMP)
 	$(BIN)/pytest

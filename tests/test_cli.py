@@ -137,6 +137,31 @@ def test_trial_accepts_a_list_of_ids_or_all(capsys, trial):
     assert len(evaluations) == len({e["trial"] for e in evaluations})  # each trial once
 
 
+def test_make_demo_prints_every_demo_patient_against_both_trials(capsys):
+    # The Makefile's `demo` recipe as it is (--trial all: the completed NCT01325207 too).
+    makefile = (HERE.parent / "Makefile").read_text(encoding="utf-8")
+    line = re.search(r"^demo:.*\n\t\$\(BIN\)/cds-service (.*)\n", makefile, re.M).group(1)
+    args = [str(HERE.parent / a) if a.endswith(".json") else a for a in line.split()]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0 and err == ""
+    found = re.findall(r"^(NCT\d+) — .*\nPatient (\S+) · as of 2026-06-15 · status: (\S+)", out, re.M)
+    assert {(patient, trial): status for trial, patient, status in found} == {
+        ("g001", "NCT06462092"): "ELIGIBLE", ("g001", "NCT01325207"): "INELIGIBLE",
+        ("g012", "NCT06462092"): "NEEDS-DATA", ("g012", "NCT01325207"): "NEEDS-DATA",
+        ("g066", "NCT06462092"): "NEEDS-DATA", ("g066", "NCT01325207"): "INELIGIBLE",
+        ("g011", "NCT06462092"): "INELIGIBLE", ("g011", "NCT01325207"): "NEEDS-DATA",  # no KPS, no LVEF
+        ("g201", "NCT06462092"): "INELIGIBLE", ("g201", "NCT01325207"): "ELIGIBLE",
+    }
+
+
+@pytest.mark.parametrize("name", ["her2-positive", "her2-positive-eligible"])
+def test_demo_request_names_each_demo_patient(capsys, name):
+    from cds_service.demo import DEMO_PATIENTS
+
+    code, out, _ = run_cli(capsys, "demo-request", name, "--as-of", "2026-06-15")
+    assert code == 0 and json.loads(out)["context"]["patientId"] == DEMO_PATIENTS[name]
+
+
 def test_trial_and_trial_file_together_are_refused(capsys):
     code, _, err = run_cli(capsys, "evaluate", "--trial", "NCT06462092", "--trial-file",
                            str(HERE / "trials" / "TEST-0002.yaml"), str(BASELINE))

@@ -4,6 +4,7 @@
 import datetime as dt
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,8 +20,15 @@ import pytest
 from cds_service.demo import DEMO_PATIENTS, RECORDED_AS_OF, hook_request
 from netutil import dechunk, free_port, stop
 
-DEMO_DIR = Path(__file__).parents[1] / "cds_service" / "demo" / "hook-requests"
+ROOT = Path(__file__).parents[1]
+DEMO_DIR = ROOT / "cds_service" / "demo" / "hook-requests"
 EXE = Path(sys.executable).parent / "cds-service"
+
+
+def make_run_trials() -> str:
+    """The trials `make run` serves (its CDS_TRIALS): the demo enables the completed second trial."""
+    recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M).group(1)
+    return re.search(r"\bCDS_TRIALS=(\S+)", recipe).group(1)
 
 
 def http(method, url, body=None):
@@ -37,7 +45,8 @@ def http(method, url, body=None):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = free_port()
-    env = dict(os.environ, CDS_DATA_DIR=str(tmp_path_factory.mktemp("data")), CDS_EVALUATION_DATE="2026-06-15")
+    env = dict(os.environ, CDS_DATA_DIR=str(tmp_path_factory.mktemp("data")), CDS_EVALUATION_DATE="2026-06-15",
+               CDS_TRIALS=make_run_trials())  # as `make run` serves the demo
     proc = subprocess.Popen([str(EXE), "serve", "--port", str(port), "--workers", "2"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -55,16 +64,46 @@ def server(tmp_path_factory):
     stop(proc, timeout=15)
 
 
+# What each shipped demo request gives when served as `make run` serves it (both trials): one
+# card per trial the patient is eligible for or needs data for, eligible first; ineligible: none.
+DEMO_CARDS = {
+    "eligible": [("NCT06462092", "eligible")],  # HER2 IHC 1+: NCT01325207 (HER2-positive) fails
+    "her2-equivocal": [("NCT06462092", "needs-data"), ("NCT01325207", "needs-data")],  # IHC 2+, no ISH
+    "stale-anc": [("NCT06462092", "needs-data")],  # IHC 1+ again
+    # IHC 3+ fails NCT06462092; for NCT01325207 every recorded criterion passes, but there is no KPS
+    # (or ECOG) in the last 30 days and no LVEF: unknown, so needs data (an echocardiogram is offered).
+    "her2-positive": [("NCT01325207", "needs-data")],
+    "her2-positive-eligible": [("NCT01325207", "eligible")],  # HER2-positive: fails NCT06462092
+}
+
+
+def test_make_run_serves_the_demo_with_both_trials_and_production_defaults_stay_enrolling():
+    from cds_service.trials import enrolling_trials, load_trials
+
+    assert make_run_trials().split(",") == ["NCT06462092", "NCT01325207"]
+    assert load_trials()["NCT01325207"].definition.status == "Completed" and "NCT01325207" not in enrolling_trials()
+    recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert "--trial all" in recipe
+
+
 def test_serve_answers_discovery_and_hooks_over_http(server):
     base, _ = server
     status, body = http("GET", f"{base}/cds-services")
     assert status == 200 and body["services"][0]["id"] == "trial-eligibility"
-    for name, expected in (("eligible", "eligible"), ("her2-equivocal", "needs-data"), ("her2-positive", None)):
+    assert set(DEMO_CARDS) == set(DEMO_PATIENTS)
+    for name, expected in DEMO_CARDS.items():
         request = json.loads((DEMO_DIR / f"{name}.json").read_text())
         status, body = http("POST", f"{base}/cds-services/trial-eligibility", request)
         assert status == 200
-        statuses = [c["extension"]["trial-eligibility"]["status"] for c in body["cards"]]
-        assert statuses == ([expected] if expected else [])
+        cards = [(c["extension"]["trial-eligibility"]["trial"], c["extension"]["trial-eligibility"]["status"])
+                 for c in body["cards"]]
+        assert cards == expected, name
+    request = json.loads((DEMO_DIR / "her2-positive-eligible.json").read_text())
+    card = http("POST", f"{base}/cds-services/trial-eligibility", request)[1]["cards"][0]
+    results = {r["id"]: r["result"] for r in card["extension"]["trial-eligibility"]["criteria"]}
+    assert set(results.values()) == {"pass", "review"}  # every computable criterion passes
+    assert {k for k, v in results.items() if v == "review"} == {
+        "life-expectancy", "ommaya-reservoir", "significant-illness", "contraception"}
     status, body = http("GET", f"{base}/readyz")
     assert status == 200 and body["status"] == "ready"
 
@@ -148,7 +187,14 @@ def test_demo_prefetch_holds_what_each_query_returns():
             sent += [f"{r['resourceType']}/{r['id']}" for r in resources]
         assert len(sent) == len(set(sent)), name
     labs = [e["resource"]["id"] for e in hook_request("eligible")["prefetch"]["labResults"]["entry"]]
-    assert "g001-anc-1" in labs and "g001-her2-1" not in labs and "g001-wbc-1" not in labs
+    assert "g001-anc-1" in labs and "g001-wbc-1" in labs and "g001-her2-1" not in labs  # WBC: NCT01325207's
+    assert "g001-er-1" not in labs and "g001-er-1" not in str(hook_request("eligible")["prefetch"])  # no query's
+    # The bundled trials' queries, whether or not a site enables them: the second trial's radiotherapy and
+    # medications are in the prefetch of the patient who has them.
+    second = hook_request("her2-positive-eligible")["prefetch"]
+    assert [e["resource"]["id"] for e in second["procedures"]["entry"]] == ["g201-rt-1"]
+    assert [e["resource"]["id"] for e in second["medicationRequests"]["entry"]] == ["g201-medrx-1"]
+    assert second["medicationStatements"]["entry"] == [] and second["medicationAdministrations"]["entry"] == []
 
 
 def test_demo_request_shifts_dates_to_the_requested_day():
@@ -240,7 +286,9 @@ def test_each_worker_freezes_start_up_and_the_models_it_validates(tmp_path):
         assert validations_done() - first >= 256  # enough for one freeze
         # (The frozen count itself can fall: objects frozen at start-up are still freed when they die.)
         # A model validated before the freeze is frozen; one validated after it is not (yet).
-        old = next(r for r in PatientRecord(_resources(charts[0])).all_of("Observation"))
+        # (The ANC: a lab the served trial reads; the prefetch also holds labs only other bundled trials read.)
+        old = next(r for r in PatientRecord(_resources(charts[0])).all_of("Observation")
+                   if r["id"].startswith("g001-anc-1"))
         record = PatientRecord(_resources(charts[0]))
         assert not tracked(record.model(old))
         fresh = next(_distinct_charts(1, start=len(charts)))

@@ -30,6 +30,7 @@ DEMO_PATIENTS = {  # request name -> patient id in patients.json
     "her2-equivocal": "g012",
     "stale-anc": "g066",
     "her2-positive": "g011",
+    "her2-positive-eligible": "g201",
 }
 _DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})(T.*)?$")
 
