@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .engine import Evidence, Result, Role, Trial, TrialEvaluation, shown_number, shown_recorded, shown_text
+from .trials.reading import SYSTEM_NAMES
 
 MARKS = {Result.PASS: "✔", Result.FAIL: "✘", Result.UNKNOWN: "?", Result.REVIEW: "👁",
          Result.NOT_APPLICABLE: "–"}
@@ -39,7 +40,8 @@ def text_report(evaluation: TrialEvaluation, trial: Trial) -> str:
         tag = f" [{c.why.value}]" if c.why else ""
         lines.append(f"  {MARKS[c.result]} {c.id:<{width}}  {c.result.value:<14} {shown_text(c.reason)}{tag}")
         if c.order is not None:
-            lines.append(f"      → order: {c.order.display} (LOINC {c.order.code})")
+            lines.append(f"      → order: {c.order.display} ({SYSTEM_NAMES.get(c.order.system, c.order.system)} "
+                         f"{c.order.code})")
         for e in c.evidence:
             if e.role is not Role.IGNORED or c.result is Result.UNKNOWN:
                 lines.append(f"      {'•' if e.role is Role.DECISIVE else '·'} {evidence_line(e)}")

@@ -313,3 +313,11 @@ def test_text_report_shows_numbers_at_the_precision_recorded(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "evaluate", "--as-of", "2026-06-15", str(path))  # the JSON keeps it all
     bilirubin = next(c for c in json.loads(out)["criteria"] if c["id"] == "bilirubin")
     assert bilirubin["evidence"][0]["uln"]["value"].startswith("20.5128205128")
+
+
+def test_the_text_report_names_each_order_by_its_code_system(capsys):
+    demo = Path(__file__).parents[1] / "cds_service" / "demo" / "patients.json"
+    code, out, _ = run_cli(capsys, "evaluate", "--trial", "NCT01325207", "--as-of", "2026-06-15", "--format", "text",
+                           str(demo))
+    assert code == 0 and "→ order: Transthoracic echocardiography (SNOMED CT 433236007)" in out
+    assert "(LOINC 433236007)" not in out
