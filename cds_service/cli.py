@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     hs.add_argument("--mode", choices=("private", "shared"), default="private",
                     help="private: stable ids (a server of your own); shared: new ids and a unique identifier "
                          "per run, for public servers such as https://hapi.fhir.org/baseR4")
-    hs.add_argument("--gold", type=Path, default=Path("tests/gold"), help="gold set directory (default tests/gold)")
+    hs.add_argument("--gold", type=Path, default=Path("tests/gold"),
+                    help="gold set: a directory with expectations.yaml and patients/ (default tests/gold), or an "
+                         "expectations file X.yaml whose patients are in X/ (e.g. tests/gold/nct01325207.yaml)")
     hs.add_argument("--load-only", action="store_true", help="only load the gold patients (and keep them)")
     hs.add_argument("--keep", action="store_true", help="do not delete the loaded data afterwards")
     hs.add_argument("--only", nargs="*", help="patient ids or file names to run (default: all)")

@@ -41,7 +41,8 @@ def test_gold_set_is_large_and_complete(nct01325207):
     files = sorted(p.name for p in SET.glob("*.json"))
     assert files == sorted(c["file"] for c in CASES), "every patient file has exactly one case"
     assert len({c["patient"] for c in CASES}) == len(CASES)
-    keys = {"file", "patient", "description", "status", "criteria", "reasons", "orders", "pendingEngine"}
+    keys = {"file", "patient", "description", "status", "criteria", "reasons", "orders", "pendingEngine",
+            "prefetchOnly"}
     for case in CASES:
         criteria = case["criteria"]
         assert list(criteria) == criterion_ids, case["file"]  # every criterion, in the trial's order
@@ -160,3 +161,112 @@ def test_her2_unknown_lm_patient_gets_two_needs_data_cards_and_one_her2_order(ma
     assert suggested.count(IHC_ORDER) == 1 and IHC_ORDER in _orders(cards[0])  # once, on the first card
     assert ISH_ORDER not in suggested
     assert "HER2" in cards[1]["detail"]  # the later card still says what is missing
+
+
+# -- the harness: this gold set loaded into a FHIR server, the hook called without prefetch ---------------
+
+def test_harness_reads_a_gold_set_from_its_expectations_file():
+    from cds_service.harness import load_gold_set
+
+    gold = load_gold_set(GOLD / "nct01325207.yaml")
+    assert (gold.as_of, gold.trial, len(gold.cases)) == (AS_OF, "NCT01325207", len(CASES))
+    assert all(c.file.is_file() for c in gold.cases)
+    assert [c.patient for c in gold.cases if c.pending] == [c["patient"] for c in CASES if c.get("pendingEngine")]
+    first = load_gold_set(GOLD)  # the directory form, as before
+    assert first.trial == "NCT06462092" and all(c.file.parent == GOLD / "patients" for c in first.cases)
+    shapes = load_gold_set(GOLD / "real-shapes.yaml")  # X.yaml with its patients in X/
+    assert all(c.file.is_file() for c in shapes.cases)
+
+
+def _one_case_set(tmp_path, prefix: str, **changes) -> Path:
+    """A gold file holding one case of this set (its patient copied), with changes."""
+    import shutil
+
+    (case,) = [dict(c, **changes) for c in CASES if c["patient"] == prefix]
+    (tmp_path / "one").mkdir()
+    shutil.copy(SET / case["file"], tmp_path / "one")
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump(dict(EXPECTATIONS, patients=[case])), encoding="utf-8")
+    return path
+
+
+def _mocked_run(gold: Path, card: dict | None) -> tuple[int, str]:
+    import io
+    import json
+
+    import responses
+
+    from cds_service.harness import run
+    from test_harness import FHIR, SERVICE, _created, _on_transaction
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add(responses.GET, f"{FHIR}/metadata", json={"resourceType": "CapabilityStatement"})
+        mock.add_callback(responses.POST, FHIR, callback=_on_transaction(
+            lambda tx: (200, {"resourceType": "Bundle", "type": "transaction-response"})
+            if tx["entry"][0]["request"]["method"] == "DELETE" else
+            (200, _created(tx))))
+        if card is not None:
+            mock.add(responses.POST, f"{SERVICE}/cds-services/trial-eligibility", json={"cards": [card]})
+        out = io.StringIO()
+        code = run(FHIR, service=SERVICE, gold_dir=gold, mode="private", out=out)
+    return code, out.getvalue()
+
+
+def _card_for(case: dict, **criteria) -> dict:
+    results = dict(case["criteria"], **criteria)
+    return {"summary": "s", "indicator": "info", "source": {"label": "l"}, "extension": {"trial-eligibility": {
+        "trial": "NCT01325207", "status": _status_of(set(results.values())),
+        "criteria": [{"id": cid, "result": r, **({"reasonCode": case.get("reasons", {})[cid]}
+                                                 if cid in case.get("reasons", {}) else {})}
+                     for cid, r in results.items()]}}}
+
+
+def test_harness_compares_the_gold_sets_own_trial(tmp_path):
+    gold = _one_case_set(tmp_path, "h002")  # KPS 50: ineligible
+    (case,) = yaml.safe_load(gold.read_text())["patients"]
+    code, report = _mocked_run(gold, _card_for(case))
+    assert code == 0 and "1/1 as expected" in report, report
+    code, report = _mocked_run(gold, _card_for(case, **{"performance-status": "pass"}))
+    assert code == 1 and "performance-status=pass" in report, report
+
+
+def test_harness_reports_a_pending_case_and_fails_once_it_is_right(tmp_path):
+    gold = _one_case_set(tmp_path, "h002", pendingEngine="engine: reads KPS 50 as passing")
+    (case,) = yaml.safe_load(gold.read_text())["patients"]
+    code, report = _mocked_run(gold, _card_for(case, **{"performance-status": "pass"}))  # the known gap
+    assert code == 0 and "[pending: engine: reads KPS 50 as passing]" in report, report
+    assert "0/1 as expected, 1 pending (known engine gaps)" in report
+    code, report = _mocked_run(gold, _card_for(case))  # the gap closed: the mark must go
+    assert code == 1 and "un-mark it" in report, report
+
+
+def test_harness_does_not_run_a_prefetch_only_case(tmp_path):
+    (case,) = [c for c in CASES if c.get("prefetchOnly")]
+    gold = _one_case_set(tmp_path, case["patient"])
+    code, report = _mocked_run(gold, None)
+    assert code == 0 and f"{case['patient']}: not run (prefetch only: " in report, report
+    assert "loading 0 gold patients" in report
+
+
+# Against a real HAPI server (tests/hapi/): Procedures with performedPeriod and performedDateTime, a
+# MedicationRequest coded by medicationReference (the service's _include brings the Medication), a
+# MedicationStatement with a contained Medication, a MedicationAdministration, a conditional ALT limit.
+HAPI_CASES = ("baseline-eligible", "rt-ended-13-days", "rt-ended-14-days", "capecitabine-active",
+              "trastuzumab-active-reference", "capecitabine-statement-contained", "temozolomide-administered",
+              "alt-3x-liver-met")
+
+
+@pytest.mark.parametrize("mode", ["private", "shared"])
+def test_harness_on_some_of_this_gold_set_against_hapi(hapi, mode):
+    import io
+
+    from cds_service.harness import run
+
+    only = [c["file"].removesuffix(".json") for c in CASES if c["file"][5:-5] in HAPI_CASES]
+    assert len(only) == len(HAPI_CASES)
+    out = io.StringIO()
+    code = run(hapi, service=None, gold_dir=GOLD / "nct01325207.yaml", mode=mode, only=only, out=out)
+    report = out.getvalue()
+    print(report)
+    assert code == 0, report
+    assert f"{len(only)}/{len(only)} as expected" in report
