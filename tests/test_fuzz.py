@@ -62,7 +62,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 EVALUATION_DATE = dt.date(2026, 6, 15)
 SERVICE = "/cds-services/trial-eligibility"
 FEEDBACK = f"{SERVICE}/feedback"
-CRITERIA = 16  # NCT06462092, the one bundled trial
+CRITERIA = {trial.id: len(trial.definition.criteria) for trial in load_trials().values()}  # every one, every card
 # Generated examples per test; schemathesis adds the document's examples and its
 # coverage cases (355 more requests for the service call, 238 for feedback, 30 for
 # the GETs). Drawing a nested JSON body costs 10-40 ms, far more than the call. Two
@@ -95,9 +95,9 @@ class ClosingClient(FlaskClient):
 
 
 def _app(directory, **overrides):
-    """Like conftest's make_app, but with no FHIR server and shared by a whole module."""
+    """Like conftest's make_app, but with no FHIR server, every bundled trial, and shared by a whole module."""
     options = dict(database=directory / "cds.sqlite3", evaluation_date=EVALUATION_DATE, allowed_fhir_servers=(),
-                   trusted_clients=None)
+                   trusted_clients=None, trials=tuple(load_trials()))  # every bundled trial, the completed one too
     options.update(overrides)
     app = create_app(Settings(**options))
     app.test_client_class = ClosingClient
@@ -163,7 +163,7 @@ def check_cards(answer) -> None:
             assert card["selectionBehavior"] in ("at-most-one", "any")
         assert all(reason["display"] for reason in card.get("overrideReasons", []))
         evaluation = card["extension"]["trial-eligibility"]
-        assert len(evaluation["criteria"]) == CRITERIA
+        assert len(evaluation["criteria"]) == CRITERIA[evaluation["trial"]]
         for criterion in evaluation["criteria"]:
             assert criterion["kind"] in ("inclusion", "exclusion")
             assert criterion["result"] in ("pass", "fail", "unknown", "review", "not-applicable")
@@ -577,7 +577,7 @@ def test_malformed_fhir_in_prefetch_never_breaks_the_service(prefetch_client, mu
     assert response.status_code in ((200, 412) if may_412 else (200,)), body[:500]
     if response.status_code == 200:
         cards = json.loads(body)["cards"]
-        assert len(cards) == 1  # show_ineligible: one card per trial, whatever the data
+        assert len(cards) == len(CRITERIA)  # show_ineligible: one card per trial, whatever the data
         evaluation = cards[0]["extension"]["trial-eligibility"]  # its 16 criteria checked above
         assert evaluation.get("patient", PATIENT_ID) == PATIENT_ID  # absent when the Patient is null
         assert evaluation["asOf"] == EVALUATION_DATE.isoformat()
