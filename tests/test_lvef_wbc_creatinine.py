@@ -68,7 +68,8 @@ def test_a_reported_comparator_decides_only_what_it_can():
     ({"value": 55}, "unit-not-convertible", "has no unit"),  # 0.55 or 55? never guessed
     ({"value": 0.55}, "unit-not-convertible", "has no unit"),
     ({"value": 55, "unit": "percent"}, "unit-not-convertible", "cannot be converted"),  # not UCUM
-    ({"value": 55, "unit": "{ratio}", "system": UCUM, "code": "{ratio}"}, "unit-not-convertible", "cannot be converted"),
+    # UCUM: an annotation alone is the unity 1, so 55 {ratio} is 5,500 %
+    ({"value": 55, "unit": "{ratio}", "system": UCUM, "code": "{ratio}"}, "uninterpretable-value", "is 5500 %"),
     ({"value": 0.55, "unit": "%", "system": UCUM, "code": "%"}, "uninterpretable-value", "outside the possible 1-100 %"),
     ({"value": 55, "unit": "1", "system": UCUM, "code": "1"}, "uninterpretable-value", "is 5500 %"),
 ])
@@ -232,3 +233,13 @@ def test_a_valid_range_needs_an_absolute_threshold_and_low_below_high(tmp_path, 
     path.write_text(text.replace(old, new))
     with pytest.raises(DefinitionError, match=message):
         load_trial(path)
+
+
+@pytest.mark.parametrize("unit", ["1", "{1}", "{ratio}", "{fraction}"])
+def test_a_fraction_under_unity_or_an_annotation_alone_is_converted(unit):
+    # UCUM §2.4.4: an annotation standing alone is the unity 1, as "1" is.
+    def lvef(value):
+        return judge("lvef", echo(None, None, valueQuantity={"value": value, "unit": unit, "system": UCUM,
+                                                              "code": unit}))
+
+    assert lvef(0.50).result is Result.FAIL and lvef(0.51).result is Result.PASS

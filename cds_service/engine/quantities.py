@@ -43,11 +43,16 @@ class NotConvertible(ValueError):
 
 # Parsing a unit and asking pint for a factor take ~0.1-1 ms: units and pairs of units are remembered,
 # failures included. bench/cache_bench.py ucum-lru: without them the hook takes 3.0x at 100, 1.3x at 1,000
+# A UCUM annotation standing alone ("{ratio}", "{1}", "{cells}") is the unity 1 (UCUM §2.4.4);
+# ucumvert reads it as a unit of its own. Attached to a unit ("10*3{cells}/uL") it already reads right.
+_ANNOTATION_ALONE = re.compile(r"\{[^{}]*\}")
+
+
 @functools.lru_cache(maxsize=4096)
 def _parse(unit: str):
     """The pint quantity of a UCUM unit; None when it is not one."""
     try:
-        return _ucum().from_ucum(unit)
+        return _ucum().from_ucum("1" if _ANNOTATION_ALONE.fullmatch(unit) else unit)
     except Exception:  # ucumvert raises its own parse errors and pint's
         return None
 
