@@ -466,6 +466,34 @@ def test_a_scope_that_cannot_read_what_is_missing_gives_412_without_a_call(clien
 
 
 @responses.activate
+@pytest.mark.parametrize("granted", [False, True])
+def test_the_second_trials_resource_types_are_fetched_only_as_the_token_allows(make_app, granted):
+    # NCT01325207 reads Procedures and medications (optional keys). Absent from prefetch, they are
+    # fetched if the token's scopes allow it; if not, nothing is concluded from their absence.
+    client = make_app(trials=("NCT06462092", "NCT01325207")).test_client()
+    request = authorized(without(demo("her2-positive-eligible"), "procedures", "medicationRequests"))
+    if granted:
+        request["fhirAuthorization"]["scope"] += " user/Procedure.read user/MedicationRequest.read"
+        responses.get(re.compile(re.escape(EHR) + r"/(Procedure|MedicationRequest)\?.*"), json=searchset())
+    card = card_of(post(client, request))
+    assert card["extension"]["trial-eligibility"]["trial"] == "NCT01325207"
+    radiotherapy, drugs = (trial_result(card, c) for c in ("radiotherapy-recency", "cns-chemotherapy"))
+    if granted:
+        assert sorted(call.request.url.split("?")[0].rsplit("/", 1)[1] for call in responses.calls) == [
+            "MedicationRequest", "Procedure"]
+        assert "_include=MedicationRequest:medication" in next(
+            c.request.url for c in responses.calls if "MedicationRequest" in c.request.url)
+        assert radiotherapy["result"] == drugs["result"] == "pass"
+        assert card["extension"]["trial-eligibility"]["status"] == "eligible"
+    else:
+        assert len(responses.calls) == 0
+        for result in (radiotherapy, drugs):
+            assert result["result"] == "unknown" and result["reasonCode"] == "incomplete-data"
+            assert "data was not obtained" in result["reason"]
+        assert card["extension"]["trial-eligibility"]["status"] == "needs-data"
+
+
+@responses.activate
 def test_smart_v2_wildcard_scope_allows_the_fetch(client):
     request = authorized(without(demo("eligible"), "observations"))
     observations = demo("eligible")["prefetch"]["observations"]
