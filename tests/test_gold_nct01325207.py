@@ -270,3 +270,18 @@ def test_harness_on_some_of_this_gold_set_against_hapi(hapi, mode):
     print(report)
     assert code == 0, report
     assert f"{len(only)}/{len(only)} as expected" in report
+
+
+def test_the_gold_files_are_what_the_generator_writes(tmp_path):
+    # tests/gold/generator/cases.py is where a case is changed; the files are its output, committed.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gold_generate", GOLD / "generator" / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    generate.main(tmp_path / "nct01325207")
+    assert (tmp_path / "nct01325207.yaml").read_text() == (GOLD / "nct01325207.yaml").read_text()
+    written = sorted(p.name for p in (tmp_path / "nct01325207").glob("*.json"))
+    assert written == sorted(p.name for p in SET.glob("*.json"))
+    for name in written:
+        assert (tmp_path / "nct01325207" / name).read_text() == (SET / name).read_text(), name
