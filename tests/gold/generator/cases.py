@@ -234,18 +234,21 @@ OTHER = cc((SCT, "363406005", "Malignant neoplasm of colon (disorder)"), (ICD, "
                                                                                          "unspecified"))
 
 
+def colon_cancer(p, clinical, *, onset, abated):
+    """The other cancer of the remission-window cases: colon cancer, past since `abated`."""
+    p.condition("other", OTHER, "Colon adenocarcinoma", clinical=clinical, onset=onset, abatement=abated)
+
+
 @case("other-cancer-remission-2y", "Colon cancer (SNOMED+C18.9) in remission, abated 2024-06-15 (2 years) -> under "
       "3 years: fails", {"other-cancer": "fail"})
 def _(p):
-    p.condition("other", OTHER, "Colon adenocarcinoma", clinical="remission", onset="2023-02-01",
-                abatement="2024-06-15")
+    colon_cancer(p, "remission", onset="2023-02-01", abated="2024-06-15")
 
 
 @case("other-cancer-remission-4y", "Colon cancer in remission, abated 2022-06-10 (4 years) -> 3 years or more: review",
       {"other-cancer": "review"})
 def _(p):
-    p.condition("other", OTHER, "Colon adenocarcinoma", clinical="remission", onset="2021-01-10",
-                abatement="2022-06-10")
+    colon_cancer(p, "remission", onset="2021-01-10", abated="2022-06-10")
 
 
 @case("other-cancer-active-undotted", "Active papillary thyroid cancer coded by undotted ICD-10-CM C73 and a local "
@@ -792,27 +795,25 @@ def _(p):
 @case("other-cancer-exactly-3y", "Colon cancer in remission, abated 2023-06-15 (the same calendar day 3 years earlier) "
       "-> counts as 3 years: review", {"other-cancer": "review"})
 def _(p):
-    p.condition("other", OTHER, "Colon adenocarcinoma", clinical="remission", onset="2022-01-10",
-                abatement="2023-06-15")
+    colon_cancer(p, "remission", onset="2022-01-10", abated="2023-06-15")
 
 
 @case("other-cancer-3y-minus-a-day", "Colon cancer resolved, abated 2023-06-16 (a day short of 3 years) -> fails",
       {"other-cancer": "fail"})
 def _(p):
-    p.condition("other", OTHER, "Colon adenocarcinoma", clinical="resolved", onset="2022-01-10",
-                abatement="2023-06-16")
+    colon_cancer(p, "resolved", onset="2022-01-10", abated="2023-06-16")
 
 
 @case("other-cancer-abated-year-2023", "Colon cancer resolved, abatementDateTime '2023' -> some of its days are 3 "
       "years back: review", {"other-cancer": "review"})
 def _(p):
-    p.condition("other", OTHER, "Colon adenocarcinoma", clinical="resolved", onset="2021", abatement="2023")
+    colon_cancer(p, "resolved", onset="2021", abated="2023")
 
 
 @case("other-cancer-abated-year-2024", "Colon cancer resolved, abatementDateTime '2024' -> every day under 3 years: "
       "fails", {"other-cancer": "fail"})
 def _(p):
-    p.condition("other", OTHER, "Colon adenocarcinoma", clinical="resolved", onset="2022", abatement="2024")
+    colon_cancer(p, "resolved", onset="2022", abated="2024")
 
 
 @case("other-cancer-provisional", "Active lung cancer (C34.90), verificationStatus provisional -> review, never "
