@@ -131,17 +131,16 @@ def _cut_short(outcome: Outcome, criterion: Criterion, ctx: Context) -> Outcome:
     optional query never obtained (Cut.not_obtained): resources of
     which it found none, or the newest results of its tests when the search's
     pages did not come newest first (a newer result would settle the latter). Called
-    only when some search was cut (ctx.record.cuts)."""
-    cuts = ctx.record.cuts
+    only when some search was cut or not made (ctx.record.cuts)."""
     if not (outcome.absence_of or outcome.newest_of):
         return outcome
     reads = criterion.rule.reads()
-
-    def cuts_of(t: str) -> list[Cut]:
-        return [c for c in cuts if c.covers(t, ctx.library.get(reads[t]) if reads.get(t) else None)]
+    covering: dict[str, list[Cut]] = {  # each type the outcome rests on -> the cuts that may hide some of it
+        t: [c for c in ctx.record.cuts if c.covers(t, ctx.library.get(reads[t]) if reads.get(t) else None)]
+        for t in {*outcome.absence_of, *outcome.newest_of}}
 
     def cut_types(types: tuple[str, ...], out_of_order: bool) -> list[str]:
-        return [t for t in types if any(not out_of_order or not c.newest_first for c in cuts_of(t))]
+        return [t for t in types if any(not out_of_order or not c.newest_first for c in covering[t])]
 
     missing, newer = cut_types(outcome.absence_of, False), False
     if not missing:
@@ -152,7 +151,7 @@ def _cut_short(outcome: Outcome, criterion: Criterion, ctx: Context) -> Outcome:
                 return replace(outcome, reason=f"{outcome.reason} (older results were not fetched: the FHIR "
                                                "search was cut short)")
             return outcome
-    if not newer and all(c.not_obtained for t in missing for c in cuts_of(t)):
+    if not newer and all(c.not_obtained for t in missing for c in covering[t]):
         return Outcome(Result.UNKNOWN, f"{outcome.reason}, but {', '.join(missing)} data was not obtained (not "
                        "prefetched, and not fetched): it cannot be ruled out", outcome.evidence,
                        why=Why.INCOMPLETE_DATA, not_read=outcome.not_read)
