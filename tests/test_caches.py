@@ -8,6 +8,8 @@ import importlib
 import pkgutil
 from pathlib import Path
 
+import pytest
+
 import cds_service.cards
 import cds_service.demo
 import cds_service.engine
@@ -65,7 +67,7 @@ def _clear_all(trial, caches):
 
 
 def _charts():
-    for path in sorted(GOLD.glob("*.json")):
+    for path in sorted(GOLD.glob("*.json")) + sorted((GOLD.parent / "nct01325207").glob("*.json")):
         yield from patient_groups_from_bytes(path.read_bytes())
     yield from patient_groups_from_bytes((Path(cds_service.demo.__file__).parent / "patients.json").read_bytes())
 
@@ -79,15 +81,17 @@ def _evaluations(trial, charts, before_each=lambda: None):
     return out
 
 
-def test_the_caches_never_change_an_evaluation(nct06462092):
-    charts = list(_charts())
-    assert len(charts) >= 100
+@pytest.mark.parametrize("trial_id", ["NCT06462092", "NCT01325207"])
+def test_the_caches_never_change_an_evaluation(trials, trial_id):
+    trial = trials[trial_id]
+    charts = list(_charts())  # both gold sets and the demo patients
+    assert len(charts) >= 240
     caches = list(_lru_caches())
     assert {c.__name__ for c in caches} >= {"_parse", "_factor", "validate_serialized"}
-    _evaluations(nct06462092, charts[::-1])  # warm: answers from other charts and dates
-    warm = _evaluations(nct06462092, charts)
-    assert nct06462092.result_names is not None
-    cold = _evaluations(nct06462092, charts, lambda: _clear_all(nct06462092, caches))
+    _evaluations(trial, charts[::-1])  # warm: answers from other charts and dates
+    warm = _evaluations(trial, charts)
+    assert trial.result_names is not None
+    cold = _evaluations(trial, charts, lambda: _clear_all(trial, caches))
     assert warm == cold
 
 

@@ -206,7 +206,7 @@ def test_creatinine_siblings_count_and_post_dialysis_or_urine_draws_do_not():
     assert judge("creatinine", lab("38483-4", 2.0, "mg/dL", high=1.1)).result is Result.FAIL
     post = lab("11041-1", 0.9, "mg/dL", "2026-06-10T09:00:00Z", high=1.1)
     post["code"]["coding"][0]["display"] = "Creatinine [Mass/volume] in Serum or Plasma --post dialysis"
-    urine = lab("2161-8", 90, "mg/dL", "2026-06-10T09:00:00Z")
+    urine = lab("2161-8", 0.5, "mg/dL", "2026-06-10T09:00:00Z")  # newer, and would pass if it were read
     urine["code"]["coding"][0]["display"] = "Creatinine [Mass/volume] in Urine"
     c = judge("creatinine", lab(CREAT, 2.0, "mg/dL", high=1.1), post, urine)
     assert c.result is Result.FAIL

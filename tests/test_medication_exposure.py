@@ -297,6 +297,12 @@ def test_fail_codes_fail_and_an_unknown_then_outranks_a_review():
 
     assert outcome(request(XELODA_500)).result is Result.FAIL
     assert outcome(request(medicationReference={"reference": "Medication/9"})).result is Result.UNKNOWN
+    # With failCodes, an unknown outranks a review: the unreadable record may be a failing agent.
+    rule = _rule(failCodes=["cns-penetrant-chemotherapy"], reviewCodes=["endocrine-therapy"],
+                 allowedCodes=["trastuzumab"])
+    assert outcome(request((RXNORM, "10324", "tamoxifen"))).result is Result.REVIEW
+    assert outcome(request((RXNORM, "10324", "tamoxifen")),
+                   request(medicationReference={"reference": "Medication/9"})).result is Result.UNKNOWN
     # review only: an unknown does not hide a fail, so the review stands (TEST-0008)
     c = judge(request(XELODA_500), request(medicationReference={"reference": "Medication/9"}))
     assert c.result is Result.REVIEW

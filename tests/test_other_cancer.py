@@ -60,18 +60,27 @@ def test_breast_cancer_inside_the_c5_range_is_not_another_cancer(code):
 
 
 @pytest.mark.parametrize("code, system", [
-    ("C79.31", ICD10CM),  # brain metastasis: the trial's own cancer spread
-    ("C7931", ICD10CM),
-    ("C79.32", ICD10CM),  # leptomeningeal
     ("C44.91", ICD10CM),  # basal cell carcinoma of skin, inside the C4 range
     ("C44.42", ICD10CM),  # squamous cell carcinoma of skin of scalp and neck
-    ("D06.9", ICD10CM),  # carcinoma in situ of the cervix
-    ("254701007", SNOMED),  # basal cell carcinoma of skin
     ("Z85.3", ICD10CM),  # personal history of breast cancer
     ("Z85.828", ICD10CM),  # personal history of other (non-melanoma) skin cancer, inside Z85
 ])
-def test_exempt_cancers_pass(code, system):
-    assert judge(cancer(code, system)).result is Result.PASS
+def test_exempt_cancers_inside_the_ranges_pass_as_exempt(code, system):
+    c = judge(cancer(code, system))
+    assert c.result is Result.PASS and c.reason == "no other cancer recorded"
+    assert c.evidence[0].role.value == "ignored" and "exempt" in c.evidence[0].note
+
+
+@pytest.mark.parametrize("code, system", [
+    ("C79.31", ICD10CM),  # brain metastasis (the trial's own cancer spread): C77-C7B are not in the set
+    ("C7931", ICD10CM),
+    ("C79.32", ICD10CM),  # leptomeningeal
+    ("D06.9", ICD10CM),  # carcinoma in situ of the cervix: outside C00-C96
+    ("254701007", SNOMED),  # basal cell carcinoma of skin: not among the cancer set's SNOMED codes
+])
+def test_exempt_diagnoses_outside_the_cancer_set_are_no_other_cancer(code, system):
+    c = judge(cancer(code, system))
+    assert c.result is Result.PASS and c.reason == "no other cancer recorded"
 
 
 def test_the_library_holds_the_exempt_codes_inside_the_cancer_ranges():

@@ -118,10 +118,11 @@ CARD = TypeAdapter(wire.Card)
 
 
 def _patients() -> list[tuple[str, PatientRecord, dt.date]]:
-    """Every gold patient (both sets, each on its own date) and every demo patient."""
+    """Every gold patient (every set, each on its own date) and every demo patient."""
     import yaml
     out = []
-    for folder, expectations in (("patients", "expectations.yaml"), ("real-shapes", "real-shapes.yaml")):
+    for folder, expectations in (("patients", "expectations.yaml"), ("real-shapes", "real-shapes.yaml"),
+                                 ("nct01325207", "nct01325207.yaml")):
         as_of = dt.date.fromisoformat(yaml.safe_load((GOLD / expectations).read_text(encoding="utf-8"))["asOf"])
         for path in sorted((GOLD / folder).glob("*.json")):
             for group in patient_groups_from_bytes(path.read_bytes()):
