@@ -128,13 +128,22 @@ def test_several_trials_give_one_evaluation_per_patient_and_trial(capsys):
     assert code == 0 and "TEST-0002" in out and "TEST-0003" in out
 
 
-@pytest.mark.parametrize("trial", ["all", "NCT06462092", "NCT06462092, NCT06462092"])
-def test_trial_accepts_a_list_of_ids_or_all(capsys, trial):
+@pytest.mark.parametrize("trial, expected", [
+    ("all", ["NCT01325207", "NCT06462092"]),  # every bundled trial, the completed one too, in file order
+    ("NCT06462092", ["NCT06462092"]),
+    ("NCT06462092, NCT06462092", ["NCT06462092"]),  # each trial once
+    ("NCT01325207,NCT06462092", ["NCT01325207", "NCT06462092"]),
+])
+def test_trial_accepts_a_list_of_ids_or_all(capsys, trial, expected):
     code, out, _ = run_cli(capsys, "evaluate", "--trial", trial, "--as-of", "2026-06-15", str(BASELINE))
     evaluations = json.loads(out)
     evaluations = evaluations if isinstance(evaluations, list) else [evaluations]
-    assert code == 0 and "NCT06462092" in [e["trial"] for e in evaluations]
-    assert len(evaluations) == len({e["trial"] for e in evaluations})  # each trial once
+    assert code == 0 and [e["trial"] for e in evaluations] == expected
+
+
+def test_without_trial_the_enrolling_trials_are_evaluated(capsys):
+    code, out, _ = run_cli(capsys, "evaluate", "--as-of", "2026-06-15", str(BASELINE))
+    assert code == 0 and json.loads(out)["trial"] == "NCT06462092"  # NCT01325207 is Completed
 
 
 def test_make_demo_prints_every_demo_patient_against_both_trials(capsys):

@@ -174,8 +174,10 @@ def test_harness_reads_a_gold_set_from_its_expectations_file():
     assert [c.patient for c in gold.cases if c.pending] == [c["patient"] for c in CASES if c.get("pendingEngine")]
     first = load_gold_set(GOLD)  # the directory form, as before
     assert first.trial == "NCT06462092" and all(c.file.parent == GOLD / "patients" for c in first.cases)
+    assert len(first.cases) == len(yaml.safe_load((GOLD / "expectations.yaml").read_text())["patients"])
     shapes = load_gold_set(GOLD / "real-shapes.yaml")  # X.yaml with its patients in X/
     assert all(c.file.is_file() for c in shapes.cases)
+    assert len(shapes.cases) == len(yaml.safe_load((GOLD / "real-shapes.yaml").read_text())["patients"]) > 0
 
 
 def _one_case_set(tmp_path, prefix: str, **changes) -> Path:
