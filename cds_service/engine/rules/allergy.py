@@ -70,7 +70,7 @@ class AllergyRule(RuleModel):
                 nka.append(ev)
             elif silent_set and matching_coding(allergy.code, silent_set) is not None:
                 ev.role, ev.note = Role.IGNORED, "says nothing about drug allergy"
-            elif self.mentions is not None and (named := named_by_text(raw.get("code"), self.mentions, None,
+            elif self.mentions is not None and (named := named_by_text(ctx, raw.get("code"), self.mentions, None,
                                                                        None)) is not None:
                 ev.role, ev.display = Role.DECISIVE, named[0]
                 ev.note = ("code not in the study-drug code sets; its text names a study drug or its class"

@@ -191,6 +191,25 @@ class Context:
     def codes(self, names: Sequence[str] | str) -> CodeSet:
         return self.library.get(names)
 
+    def names(self, mentions: Any) -> Callable[[str], bool]:
+        """`mentions.names` (a TextMentions), each distinct text searched once per evaluation: a
+        chart repeats its texts (one with 128 Procedures holds 39 distinct ones), and each search
+        tries every pattern."""
+        key = ("names", id(mentions))
+        named = self.memo.get(key)
+        if named is None:
+            answers: dict[str, bool] = {}
+            search = mentions.names
+
+            def named(text: str) -> bool:
+                answer = answers.get(text)
+                if answer is None:
+                    answer = answers[text] = search(text)
+                return answer
+
+            self.memo[key] = named
+        return named
+
     @cached_property
     def patient(self) -> Any | None:
         try:

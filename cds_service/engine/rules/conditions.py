@@ -139,7 +139,7 @@ def _site_named(ctx: Context, raw: dict[str, Any], site_rule: SiteDependentCodes
     known = ctx.codes(mentions.other_codes) if mentions.other_codes else None
     sites = raw.get("bodySite")
     for site in sites if isinstance(sites, list) else ():
-        named = named_by_text(site, mentions, None, known)
+        named = named_by_text(ctx, site, mentions, None, known)
         if named is not None:
             return named[0], named[2]
     return None

@@ -164,7 +164,7 @@ class MedicationExposureRule(RuleModel):
             elif self.mentions is None:
                 return None
             else:
-                mention = next((m for m in (named_by_text(c, self.mentions, read, sets.known) for c in concepts)
+                mention = next((m for m in (named_by_text(ctx, c, self.mentions, read, sets.known) for c in concepts)
                                 if m is not None), None)
                 if mention is None:
                     return None

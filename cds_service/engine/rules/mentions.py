@@ -94,12 +94,12 @@ def concept_texts(concept: Any) -> tuple[str, ...]:
     return tuple(texts)
 
 
-def named_by_text(concept: Any, mentions: TextMentions, read: CodeSet | None,
+def named_by_text(ctx: "Context", concept: Any, mentions: TextMentions, read: CodeSet | None,
                   known: CodeSet | None) -> tuple[str, list[tuple[str, str]], Why] | None:
     """(the text, the coding keys, UNRECOGNISED_CODE or TEXT_ONLY) when a raw
     CodeableConcept has no coding in `read` nor in `known`, and a text or coding
     display that names the concept; None otherwise."""
-    names = mentions.names
+    names = ctx.names(mentions)
     named = next((text for text in concept_texts(concept) if names(text)), None)
     if named is None:
         return None
@@ -134,7 +134,7 @@ def unread_mentions(ctx: "Context", resource_type: str, read: CodeSet, mentions:
     known = ctx.codes(mentions.other_codes) if mentions.other_codes else None
     found: list[tuple[Evidence, Why]] = []
     for raw in ctx.record.all_of(resource_type):
-        named = named_by_text(raw.get(element), mentions, read, known)
+        named = named_by_text(ctx, raw.get(element), mentions, read, known)
         if named is not None and not _raw_excluded(raw) and (keep is None or keep(raw)):
             found.append((mention_evidence(ctx, raw, named), named[2]))
     return found
@@ -235,7 +235,7 @@ def newest_unrecognised_result(ctx: "Context", mentions: TextMentions, since: dt
     for texts, results in unrecognised_results(ctx, since):
         if (floor is not None and results[0][0] <= floor) or (newest is not None and results[0][0] <= newest[0]):
             break  # groups come newest first: the rest hold nothing newer
-        if not any(map(mentions.names, texts)):
+        if not any(map(ctx.names(mentions), texts)):
             continue
         for rank, raw in results:
             if (floor is not None and rank <= floor) or (newest is not None and rank <= newest[0]):
@@ -247,7 +247,7 @@ def newest_unrecognised_result(ctx: "Context", mentions: TextMentions, since: dt
     if newest is None:
         return None
     _, raw, date = newest
-    named = named_by_text(raw.get("code"), mentions, None, None)  # a text names it: never None here
+    named = named_by_text(ctx, raw.get("code"), mentions, None, None)  # a text names it: never None here
     assert named is not None
     evidence = mention_evidence(ctx, raw, named)
     evidence.date = date.text

@@ -87,7 +87,7 @@ class ProcedureRecencyRule(RuleModel):
                                                           _coded_in(raw.get("category"), categories))
             named = None
             if not coded and self.mentions is not None:
-                named = named_by_text(raw.get("code"), self.mentions, codes, known)
+                named = named_by_text(ctx, raw.get("code"), self.mentions, codes, known)
             if coded or named is not None:
                 seen.append(self._read(ctx, raw, codes, categories, named))
         return self._decide(seen, ctx.as_of)
