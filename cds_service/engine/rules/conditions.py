@@ -14,7 +14,7 @@ from ..model import Evidence, Result, Role, Why
 from ..validation import InvalidResource
 from .base import (ACTIVE_CLINICAL, CONFIRMED, EXCLUDED, UNCONFIRMED, Context, Outcome, RuleModel, clinical_status,
                    coding_text, concept_in, concept_label, condition_date, matching_coding, verification)
-from .mentions import TextMentions, concept_coding_keys, mention_reason, named_by_text, recorded_with, unread_mentions
+from .mentions import TextMentions, coded_in, mention_reason, named_by_text, recorded_with, unread_mentions
 from .readers import has_invalid, invalid_evidence
 from .cytology import Cytology, CytologyFindings, read_cytology
 
@@ -45,10 +45,6 @@ def find_conditions(ctx: Context, code_names: list[str], *, unless: CodeSet | No
     return found, ignored
 
 
-def _coded_in(raw: dict[str, Any], codes: CodeSet) -> bool:
-    return any(codes.contains(key) for key in concept_coding_keys(raw.get("code")))
-
-
 def find_conditions_until(ctx: Context, code_names: list[str],
                           decides: Callable[[FoundCondition], bool] | None = None, *, unless: CodeSet | None = None
                           ) -> tuple[list[FoundCondition], list[Evidence], int]:
@@ -64,7 +60,7 @@ def find_conditions_until(ctx: Context, code_names: list[str],
     deciding = 0
     hits = ctx.record.find("Condition", codes)
     if unless is not None:
-        hits = [hit for hit in hits if not _coded_in(hit.raw, unless)]
+        hits = [hit for hit in hits if not coded_in(hit.raw.get("code"), unless)]
     for i, hit in enumerate(hits):
         if decides is not None and deciding >= DECIDING_CONDITIONS_LISTED:
             return found, ignored, len(hits) - i
@@ -78,7 +74,7 @@ def find_conditions_until(ctx: Context, code_names: list[str],
         ver, clin = verification(cond), clinical_status(cond)
         ev = Evidence(reference=ctx.record.reference(hit.raw), code=coding_text(coding) if coding else None,
                       display=concept_label(cond.code, coding), date=date.text if date else None,
-                      status=f"{clin}/{_ver_text(cond, ver)}")
+                      status=f"{clin}/{ver_text(cond, ver)}")
         if ver == EXCLUDED:
             ev.role, ev.note = Role.IGNORED, "refuted or entered in error; ignored"
             ignored.append(ev)
@@ -92,7 +88,8 @@ def find_conditions_until(ctx: Context, code_names: list[str],
     return found, ignored, 0
 
 
-def _ver_text(cond: Any, ver: str) -> str:
+def ver_text(cond: Any, ver: str) -> str:
+    """A Condition's verification status as recorded (its first code), for evidence and reasons."""
     if cond.verificationStatus is None:
         return "no verification status"
     for c in cond.verificationStatus.coding or ():
@@ -273,7 +270,7 @@ class ConditionPresentRule(_ConditionsDecide):
                            "confirm it is current", [f.evidence for f in inactive], everything)
         if unconfirmed:
             return decided(Result.UNKNOWN, f"{_label(unconfirmed[0])} is not confirmed "
-                           f"({_ver_text(unconfirmed[0].model, UNCONFIRMED)})",
+                           f"({ver_text(unconfirmed[0].model, UNCONFIRMED)})",
                            [f.evidence for f in unconfirmed], everything, Why.DIAGNOSIS_UNCONFIRMED)
         if nonspecific:
             return decided(Result.UNKNOWN, f"only a nonspecific code ({_label(nonspecific[0])}): confirm "

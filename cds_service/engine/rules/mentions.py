@@ -80,6 +80,11 @@ def concept_coding_keys(concept: Any) -> list[tuple[str, str]]:
     return [key for key in keys if key is not None]
 
 
+def coded_in(concept: Any, codes: CodeSet) -> bool:
+    """Whether a raw CodeableConcept has a coding in `codes`."""
+    return any(codes.contains(key) for key in concept_coding_keys(concept))
+
+
 def concept_texts(concept: Any) -> tuple[str, ...]:
     """The texts of a raw CodeableConcept: its text, then each coding's display."""
     if not isinstance(concept, dict):

@@ -24,7 +24,7 @@ from ..codes import CodeSet, coding_key
 from ..dates import FhirDate, age_on, parse_fhir_date
 from ..model import Evidence, Result, Role, Why
 from .base import UNCONFIRMED, Context, Outcome, RuleModel, concept_label
-from .conditions import FoundCondition, decided, find_conditions_until
+from .conditions import FoundCondition, decided, find_conditions_until, ver_text
 from .mentions import TextMentions, concept_coding_keys, mention_reason, unread_mentions
 from .readers import has_invalid
 
@@ -127,7 +127,7 @@ class OtherCancerRule(RuleModel):
     def _by_status(self, ctx: Context, f: FoundCondition, what: str, in_remission: bool) -> _Judged:
         years = self.remission_years
         if f.verification == UNCONFIRMED:
-            status = _status_text(f)
+            status = ver_text(f.model, f.verification)
             f.evidence.note = f"not confirmed ({status}): never rules out"
             return _Judged(f, Result.REVIEW, what, f"not confirmed ({status})")
         recorded = f.model.clinicalStatus is not None
@@ -197,14 +197,6 @@ def _name(f: FoundCondition, key: tuple[str, str]) -> str:
             f.evidence.display = label
             return f"{label} ({coding.code})" if label else coding.code
     return f.evidence.display or key[1]  # pragma: no cover - the key came from these codings
-
-
-def _status_text(f: FoundCondition) -> str:
-    ver = f.model.verificationStatus
-    for coding in (ver.coding or ()) if ver is not None else ():
-        if coding.code:
-            return coding.code
-    return "unconfirmed"
 
 
 def _abatement(cond: Any) -> FhirDate | str | None:

@@ -28,7 +28,7 @@ from ..model import Evidence, Result, Role, Why
 from ..validation import InvalidResource
 from .base import Context, Outcome, RuleModel, coding_text, concept_label, matching_coding
 from .conditions import decided
-from .mentions import TextMentions, concept_coding_keys, named_by_text, recorded_with
+from .mentions import TextMentions, coded_in, named_by_text, recorded_with
 from .readers import invalid_evidence
 
 _IGNORED_STATUSES = frozenset({"entered-in-error", "not-done"})
@@ -82,9 +82,9 @@ class ProcedureRecencyRule(RuleModel):
         categories = ctx.codes(self.category_codes) if self.category_codes else None
         known = ctx.codes(self.mentions.other_codes) if self.mentions and self.mentions.other_codes else None
         seen: list[_Seen] = []
+        by_code = {id(hit.raw) for hit in ctx.record.find("Procedure", codes)}  # the record's index
         for raw in ctx.record.all_of("Procedure"):
-            coded = _coded_in(raw.get("code"), codes) or (categories is not None and
-                                                          _coded_in(raw.get("category"), categories))
+            coded = id(raw) in by_code or (categories is not None and coded_in(raw.get("category"), categories))
             named = None
             if not coded and self.mentions is not None:
                 named = named_by_text(ctx, raw.get("code"), self.mentions, codes, known)
@@ -184,10 +184,6 @@ class ProcedureRecencyRule(RuleModel):
                       + (f": {self.note}" if self.note else ""))
             return decided(Result.PASS, reason, [latest.evidence], everything, absence_of=("Procedure",))
         return decided(Result.PASS, f"no {label} recorded", [], everything, absence_of=("Procedure",))
-
-
-def _coded_in(concept: Any, codes: CodeSet) -> bool:
-    return any(codes.contains(key) for key in concept_coding_keys(concept))
 
 
 def _performed(proc: Any) -> tuple[FhirDate | None, FhirDate | None, FhirDate | None]:
