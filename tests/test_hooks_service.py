@@ -771,6 +771,22 @@ def test_gather_keeps_only_this_patients_resources_in_a_prefetch_bundle():
     assert data.foreign == 3 and data.source == "prefetch"
 
 
+def test_gather_reads_the_subject_of_any_type_a_kind_adds():
+    from cds_service.fhir.gather import gather
+    from cds_service.fhir.queries import Search
+
+    def resource(rtype, rid, patient):
+        return {"resourceType": rtype, "id": rid, "subject": {"reference": f"Patient/{patient}"}}
+
+    bundle = searchset(resource("Procedure", "a", "p1"), resource("Procedure", "b", "p2"),
+                       resource("MedicationRequest", "c", "p1"), resource("OperationOutcome", "d", "p1"))
+    gathered = gather({"procedures": Search("Procedure")}, set(), {"procedures": bundle}, "p1", None, 0.0)
+    assert gathered.keys["procedures"].source == "missing"  # an OperationOutcome: the prefetch is not used
+    del bundle["entry"][-1]
+    data = gather({"procedures": Search("Procedure")}, set(), {"procedures": bundle}, "p1", None, 0.0).keys["procedures"]
+    assert [r["id"] for r in data.resources] == ["a", "c"] and data.foreign == 1
+
+
 def test_gather_keeps_a_resource_two_queries_of_its_type_returned_once():
     from cds_service.fhir.gather import gather
     from cds_service.fhir.queries import Search

@@ -21,10 +21,10 @@ from .queries import Read
 if TYPE_CHECKING:
     from .gather import KeyData
 
-# Searched types whose `subject` names the patient (AllergyIntolerance has `patient`; the
-# Patient is checked by its id): the fast path of usable_resources.
-_SUBJECT_TYPES = frozenset({"Observation", "Condition", "DiagnosticReport", "Specimen"})
 
+
+# Types a subject does not make this patient's: an error, and a Patient (checked by its id).
+_NOT_BY_SUBJECT = frozenset({"OperationOutcome", "Patient"})
 
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 
@@ -65,14 +65,16 @@ def usable_resources(value: Any, query: Any, patient_id: str, data: KeyData | No
     # (place in `resources`, resource, fullUrl) of the entries whose patient needs a closer look
     odd: list[tuple[int, dict[str, Any], str | None]] = []
     for entry in entries:
-        # The usual entry, a Condition or Observation whose subject is "Patient/<id>" as nearly
-        # every EHR writes it, is settled by subscripts in a try block (free when nothing is
-        # raised); anything else (no subject, another patient, odd shapes, an OperationOutcome)
-        # takes the full checks.
+        # The usual entry, a resource of any type whose subject is "Patient/<id>" as nearly every
+        # EHR writes it (a Condition, an Observation, a Procedure, a MedicationRequest), is settled
+        # by subscripts in a try block (free when nothing is raised); anything else (no subject,
+        # another patient, odd shapes, an OperationOutcome or a Patient naming the patient) takes the
+        # full checks.
         try:
             resource = entry["resource"]
+            rtype = resource["resourceType"]
             if resource["subject"]["reference"] == own_key and resource.__class__ is dict \
-                    and resource["resourceType"] in _SUBJECT_TYPES:
+                    and rtype.__class__ is str and rtype not in _NOT_BY_SUBJECT:
                 keep(resource)
                 continue
         except (KeyError, TypeError, IndexError):
