@@ -158,13 +158,17 @@ def test_includes_are_asked_by_the_service_but_not_in_prefetch_templates(nct0646
     assert all(not n.query.includes for key, n in needs.items() if key not in ("cytologyReports", "patient"))
 
 
-def test_a_prescription_search_includes_the_medication_it_references():
+def test_a_prescription_search_includes_the_medication_it_references(trials):
     # FHIR R4's MedicationRequest?code= reads medicationCodeableConcept only: a prescription coded by
     # reference is found only by fetching the type whole with its Medication (which names no patient).
     from cds_service.fhir.ownership import own_resources
 
-    search = Search("MedicationRequest", includes=("MedicationRequest:medication",))
-    assert search.relative_url("p1").endswith("&_include=MedicationRequest:medication")
+    searches = {n.resource_type: n.query for n in data_needs([trials["NCT01325207"]])}
+    for rtype in ("MedicationRequest", "MedicationStatement", "MedicationAdministration"):
+        assert searches[rtype].includes == (f"{rtype}:medication",) and searches[rtype].params == (("_count", "100"),)
+        assert searches[rtype].relative_url("p1").endswith(f"&_include={rtype}:medication")
+        assert "_include" not in searches[rtype].prefetch_template()
+    assert not searches["Procedure"].includes
     request = {"resourceType": "MedicationRequest", "id": "rx1", "status": "active", "intent": "order",
                "subject": {"reference": "Patient/p1"}, "medicationReference": {"reference": "Medication/m1"}}
     medication = {"resourceType": "Medication", "id": "m1",

@@ -66,7 +66,8 @@ def test_a_type_no_kind_read_before_is_indexed_validated_and_fetched_without_edi
     assert "note" not in trimmed
     assert validate("Procedure", trimmed).code.coding[0].code == "108290001"
     # fetched: a query of its own, restricted to the kind's codes, not required
-    rule = SimpleNamespace(reads=lambda: {"Procedure": ["radiotherapy"]}, latest_within_days=lambda: None)
+    rule = SimpleNamespace(reads=lambda: {"Procedure": ["radiotherapy"]}, latest_within_days=lambda: None,
+                           includes=lambda: {})
     trial = SimpleNamespace(definition=SimpleNamespace(criteria=[SimpleNamespace(id="rt", rule=rule)]),
                             library=SimpleNamespace(sets={"radiotherapy": radiotherapy}))
     (need,) = data_needs([trial])

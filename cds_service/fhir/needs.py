@@ -55,15 +55,6 @@ def _kind_of(resource_type: str, latest_only: bool) -> _Kind:
 
 
 _SORTED_BY_DATE = {"Observation", "DiagnosticReport"}
-# What a search the service runs itself asks the server to include: a report's results and
-# specimen may be coded otherwise than the searches ask, or name no patient (a Specimen
-# without subject is not found by Specimen?patient=), and the cytology reading follows the
-# links; a medication given by reference (medicationReference) is coded in a Medication, which
-# names no patient (fhir/ownership.py keeps what an included resource needs). Not in prefetch
-# templates (queries.Search); a server that rejects them is searched again without (gather).
-_INCLUDES = {"DiagnosticReport": ("DiagnosticReport:result", "DiagnosticReport:specimen"),
-             **{t: (f"{t}:medication",) for t in ("MedicationRequest", "MedicationStatement",
-                                                   "MedicationAdministration")}}
 
 
 @dataclass(frozen=True)
@@ -110,9 +101,15 @@ def data_needs(trials: Iterable[Trial], page_size: int = 100) -> list[DataNeed]:
     kinds = {k.key: k for k in _KINDS}  # the usual queries first, in this order; then any a kind adds
     wanted: dict[str, set[tuple[str, str]] | None] = {}  # kind key -> codes (None: every resource of the type)
     lookback: dict[str, int] = {}  # latest-result kinds -> the longest look-back of the rules reading them
+    # Resource type -> the _include values the rules reading it declare (RuleModel.includes), in order:
+    # asked by the service's own searches, not in prefetch templates (queries.Search); a server that
+    # rejects them is searched again without (gather); fhir/ownership.py keeps what they bring.
+    includes: dict[str, dict[str, None]] = {}
     for trial in trials:
         for criterion in trial.definition.criteria:
             days = criterion.rule.latest_within_days()
+            for rtype, values in criterion.rule.includes().items():
+                includes.setdefault(rtype, {}).update(dict.fromkeys(values))
             for rtype, names in criterion.rule.reads().items():
                 kind = _kind_of(rtype, days is not None)
                 kinds[kind.key] = kind
@@ -139,7 +136,7 @@ def data_needs(trials: Iterable[Trial], page_size: int = 100) -> list[DataNeed]:
             params.append(("_sort", "-date"))
         params.append(("_count", str(page_size)))
         keys = frozenset(k for k in (coding_key(s, c) for s, c in codes) if k is not None) if codes else None
-        search = Search(kind.resource_type, tuple(params), includes=_INCLUDES.get(kind.resource_type, ()))
+        search = Search(kind.resource_type, tuple(params), includes=tuple(includes.get(kind.resource_type, ())))
         needs.append(DataNeed(kind.key, kind.resource_type, search, kind.required, sort, keys,
                               lookback.get(kind.key)))
     return needs

@@ -76,6 +76,12 @@ class RuleModel(DefinitionModel):
         the code sets that select its resources (an empty list: all of that type)."""
         return {}
 
+    def includes(self) -> dict[str, tuple[str, ...]]:
+        """What a search of each type the rule reads should bring with it (FHIR `_include`
+        values): resources its readings follow references to, which the search's own codes
+        cannot select (a report's results and specimen, a prescription's Medication)."""
+        return {}
+
     def result_mentions(self) -> list[Any]:
         """The names (TextMentions) the rule looks for among Observations coded in no set
         of the trial (mentions.unrecognised_results): none unless a kind reads them."""

@@ -200,6 +200,11 @@ class ConditionPresentRule(_ConditionsDecide):
                     "Specimen": self.cytology.specimen_type_codes}
         return out
 
+    def includes(self) -> dict[str, tuple[str, ...]]:
+        # The cytology reading follows a report to its results and specimen, which may be coded
+        # otherwise than the search asks, or name no patient (a Specimen without subject).
+        return {"DiagnosticReport": ("DiagnosticReport:result", "DiagnosticReport:specimen")} if self.cytology else {}
+
     def _main_codes(self) -> list[str]:
         return self.codes
 

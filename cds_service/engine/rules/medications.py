@@ -96,6 +96,9 @@ class MedicationExposureRule(RuleModel):
         # medicationCodeableConcept, so a search by code would miss medicationReference-coded ones.
         return {t: [] for t in MEDICATION_TYPES}
 
+    def includes(self) -> dict[str, tuple[str, ...]]:
+        return {t: (f"{t}:medication",) for t in MEDICATION_TYPES}  # the Medication medicationReference names
+
     def evaluate(self, ctx: Context) -> Outcome:
         sets = _Sets(ctx.codes(self.fail_codes) if self.fail_codes else None,
                      ctx.codes(self.review_codes) if self.review_codes else None,
