@@ -182,22 +182,21 @@ def test_diagnoses_cut_short_by_the_page_limit_cannot_rule_out_an_exclusion(make
 
 
 @pytest.mark.parametrize("cytology_sent, expected", [(True, "fail"), (False, "unknown")])
-def test_an_optional_query_never_obtained_cannot_rule_a_patient_out(client, cytology_sent, expected):
+def test_an_optional_query_never_obtained_cannot_rule_a_patient_out(make_app, cytology_sent, expected):
     # No leptomeningeal diagnosis, and no CSF cytology sent: with the cytology reports and
-    # specimens prefetched (empty), the inclusion fails and there is no card; without them and
-    # no FHIR server to ask, "no cytology recorded" is not known, so the card asks for the data.
+    # specimens prefetched (empty), the inclusion fails (no card unless ineligible ones are shown);
+    # without them and no FHIR server to ask, "no cytology recorded" is not known.
     request = demo("eligible")
     conditions = request["prefetch"]["conditions"]
     conditions["entry"] = [e for e in conditions["entry"] if e["resource"]["id"] != "g001-lm-1"]
     if not cytology_sent:
         request = without(without(request, "cytologyReports"), "specimens")
-    response = post(client, request)
-    if expected == "fail":
-        assert response.status_code == 200 and response.get_json()["cards"] == []
-        return
-    lm = trial_result(card_of(response), "leptomeningeal-metastases")
-    assert lm["result"] == "unknown" and lm["reasonCode"] == "incomplete-data"
-    assert "DiagnosticReport data was not obtained" in lm["reason"]
+    cards = post(make_app().test_client(), request).get_json()["cards"]
+    assert [c["extension"]["trial-eligibility"]["status"] for c in cards] == ([] if expected == "fail" else ["needs-data"])
+    lm = trial_result(card_of(post(make_app(show_ineligible=True).test_client(), request)), "leptomeningeal-metastases")
+    assert lm["result"] == expected
+    if expected == "unknown":
+        assert lm["reasonCode"] == "incomplete-data" and "DiagnosticReport data was not obtained" in lm["reason"]
 
 
 def test_a_search_out_of_time_while_paging_gives_a_card_from_the_pages_read(make_app):

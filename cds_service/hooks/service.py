@@ -17,7 +17,7 @@ from ..fhir.client import FhirClient
 from ..fhir.gather import MISSING, FhirAccess, gather
 from ..fhir.terminology import TerminologyClient
 from .config import Settings
-from .discovery import SERVICE_ID, DataNeed, data_needs, service_description
+from .discovery import HOOK, SERVICE_ID, DataNeed, data_needs, service_description
 from .responses import error_response, json_response, operation_outcome, problems_response
 from .store import Store
 from .validation import HookRequest, Invalid, parse_hook_request
@@ -67,9 +67,9 @@ class TrialEligibilityService:
             request = parse_hook_request(body)
         except Invalid as exc:
             return self._finish(hook_instance, started, problems_response(400, "invalid", exc.problems), "invalid")
-        if request.hook != "patient-view":
+        if request.hook != HOOK:
             return self._finish(request.hookInstance, started,
-                                error_response(400, "not-supported", f"service '{self.id}' answers the patient-view "
+                                error_response(400, "not-supported", f"service '{self.id}' answers the {HOOK} "
                                                f"hook, not '{request.hook}'", "hook"), "invalid")
         return self._evaluate(request, started, {"read": read_ms, "parse": parse_ms})
 
@@ -96,14 +96,17 @@ class TrialEligibilityService:
             return self._finish(request.hookInstance, started, json_response(body, 412, "application/fhir+json"),
                                 "precondition-failed", sources=sources, timings=timings)
         mark = time.monotonic()
-        # A search cut short (page limit, deadline, look-back): what it did not return may exist. If the
-        # search asked for newest first and the server did not sort, the newest may be missing too.
-        cuts = [Cut(n.resource_type, n.codes, n.newest_first and newest_first(gathered.keys[n.key].resources))
-                for n in self.needs if gathered.keys[n.key].truncated]
-        # An optional query that could not be made (not prefetched; no FHIR server, scope or answer): a
-        # criterion that found none of its resources cannot conclude there are none.
-        cuts += [Cut(n.resource_type, n.codes, not_obtained=True)
-                 for n in self.needs if not n.required and gathered.keys[n.key].source == MISSING]
+        cuts = []
+        for n in self.needs:
+            data = gathered.keys[n.key]
+            if data.source == MISSING:
+                # An optional query that could not be made (not prefetched; no FHIR server, scope or answer;
+                # a required one answered 412 above): finding none of its resources shows nothing.
+                cuts.append(Cut(n.resource_type, n.codes, not_obtained=True))
+            elif data.truncated:
+                # A search cut short (page limit, deadline, look-back): what it did not return may exist. If
+                # the search asked for newest first and the server did not sort, the newest may be missing too.
+                cuts.append(Cut(n.resource_type, n.codes, n.newest_first and newest_first(data.resources)))
         record = PatientRecord(gathered.resources(), gathered.full_urls(), cuts=cuts)
         trials = self.trials
         if self.terminology is not None:  # members the server finds extend the sets; the shipped ones stay
