@@ -23,7 +23,7 @@ from ..model import Evidence, Result, Role, Why
 from .base import CONFIRMED, Context, Outcome, RuleModel
 from .conditions import FoundCondition, find_conditions
 from .mentions import TextMentions, mention_reason, unread_mentions
-from .readers import has_invalid
+from .readers import is_invalid
 
 if TYPE_CHECKING:
     from .labs import Analyte
@@ -119,14 +119,15 @@ def _read(ctx: Context, limit: ConditionalLimit) -> _Diagnosis:
             f.evidence.note = f"not confirmed, so not {limit.label}; it may be"
             unsure.append((f.evidence, Why.DIAGNOSIS_UNCONFIRMED,
                            f"{_named(f)} is recorded as {f.evidence.status}, not confirmed"))
-    if has_invalid(ignored):
-        bad = next(e for e in ignored if has_invalid([e]))
+    invalid = [e for e in ignored if is_invalid(e)]
+    if invalid:
+        bad = invalid[0]
         unsure.append((bad, Why.INVALID_RESOURCE, f"{bad.reference} may be {limit.label} but is not valid FHIR"))
     if not known and limit.mentions is not None:
         for evidence, why in unread_mentions(ctx, "Condition", ctx.codes(limit.condition_codes), limit.mentions):
             evidence.role = Role.SUPPORTING  # decisive only where it leaves a result unknown
             unsure.append((evidence, why, f"{mention_reason((evidence, why), limit.label)} ({evidence.reference})"))
-    return _Diagnosis(known, unsure, not_current, [e for e in ignored if not has_invalid([e])])
+    return _Diagnosis(known, unsure, not_current, [e for e in ignored if not is_invalid(e)])
 
 
 @dataclass(slots=True)

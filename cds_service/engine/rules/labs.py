@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from ..dates import FhirDate, Recency, recency
 from ..model import Evidence, Measured, Result, Role, UpperLimit, Why, shown_number
 from ..quantities import NotConvertible, UnitTable
-from .base import Context, Outcome, RuleModel, concept_label, observation_date
+from .base import Context, Outcome, RuleModel, concept_label
 from .lab_limits import ConditionalLimit, ConditionalLimits, Threshold, condition_reads, limit_units
 from .mentions import TextMentions, newer_mention, recorded_with
 from .readers import Reading, has_invalid, read_latest_results, unreadable_value
@@ -98,14 +98,6 @@ class LabRule(RuleModel):
 
 # -- one analyte ----------------------------------------------------------
 
-@dataclass(slots=True)
-class _Candidate:
-    resource: Any  # the validated Observation
-    source: Any  # the resource or its component carrying the value
-    date: FhirDate | None
-    evidence: Evidence
-
-
 def _has_number(reading: Reading) -> bool:
     q = reading.source.valueQuantity
     return q is not None and q.value is not None
@@ -142,8 +134,8 @@ _SILENT = (Why.NO_DATA, Why.STALE)
 def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[Reading],
             ignored: list[Evidence], limits: ConditionalLimits) -> Outcome:
     name = analyte.name
-    dated: list[_Candidate] = []
-    undated: list[_Candidate] = []
+    dated: list[Reading] = []
+    undated: list[Reading] = []
     no_value = 0
     unreadable: list[Reading] = []  # resulted, but what was sent is not a number (see readers.unreadable_value)
     for r in readings:
@@ -162,8 +154,7 @@ def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[R
             ignored.append(ev)
             continue
         ev.value, ev.unit, ev.comparator = format(q.value, "f"), q.unit or q.code, q.comparator
-        cand = _Candidate(r.resource, r.source, r.date, ev)
-        (dated if r.date is not None else undated).append(cand)
+        (dated if r.date is not None else undated).append(r)
 
     if dated:
         if len(dated) > 1:
@@ -199,7 +190,7 @@ def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[R
                                    [c.evidence for c in undated] + [e for e in ignored if e is not newest.evidence],
                                    Why.UNINTERPRETABLE)
         same_time = [latest] + [c for c in dated[1:] if c.date.sort_key() == latest_key]
-        judged = [(c, limits.judge(analyte, lambda rule: _judge(ctx.units, analyte, c.resource, c.source, rule)))
+        judged = [(c, limits.judge(analyte, lambda rule: _judge(ctx.units, analyte, c.date, c.source, rule)))
                   for c in same_time]
         outcomes = {j.result for _, j in judged}
         for c, j in judged:
@@ -236,13 +227,13 @@ def _decide(ctx: Context, analyte: Analyte, lookback_days: int, readings: list[R
     return Outcome(Result.UNKNOWN, f"{name}: no valid result", ignored, Why.NO_DATA)
 
 
-def _note_older(older: list[_Candidate]) -> None:
+def _note_older(older: list[Reading]) -> None:
     for c in older:
         c.evidence.role = Role.SUPPORTING
         c.evidence.note = c.evidence.note or "older result; not used"
 
 
-def _collect(latest: _Candidate, older: list[_Candidate], undated: list[_Candidate],
+def _collect(latest: Reading, older: list[Reading], undated: list[Reading],
              ignored: list[Evidence]) -> list[Evidence]:
     return [latest.evidence] + [c.evidence for c in older] + [c.evidence for c in undated] + ignored
 
@@ -259,9 +250,9 @@ class _Judgement:
     ratio_to_uln: Decimal | None = None
 
 
-def _judge(units: UnitTable, analyte: Analyte, resource: Any, source: Any, rule: Threshold) -> _Judgement:
+def _judge(units: UnitTable, analyte: Analyte, date: FhirDate | None, source: Any, rule: Threshold) -> _Judgement:
     """Apply the threshold to one dated, fresh result: `source` is the part of the
-    validated Observation `resource` carrying the value (the resource or a component)."""
+    validated Observation carrying the value (the resource or a component), `date` its date."""
     q, name = source.valueQuantity, analyte.name
     unit = units.ucum_of(q.code, q.unit, q.system)
     if unit is None:
@@ -280,7 +271,7 @@ def _judge(units: UnitTable, analyte: Analyte, resource: Any, source: Any, rule:
             return _Judgement(Result.UNKNOWN, f"{name} sent as {format(value, 'f')} '{q.unit or q.code}' is "
                               f"{_computed(compared)} {rule.unit}, outside the possible {bounds[0]}-{bounds[1]} "
                               f"{rule.unit}: cannot be read", Why.UNINTERPRETABLE, converted)
-        limit, limit_text = rule.value, f"{format(rule.value, 'f')} {rule.unit}"
+        limit, limit_text = rule.value, rule.text
         shown = f"{q.comparator or ''}{_computed(compared)} {rule.unit}"
     else:
         uln = _upper_limit(units, analyte, source, unit)
@@ -288,12 +279,10 @@ def _judge(units: UnitTable, analyte: Analyte, resource: Any, source: Any, rule:
             return uln
         ratio = _ratio(value, uln.value)
         limit = rule.uln_multiple * uln.value
-        limit_text = f"{format(rule.uln_multiple, 'f')} × ULN {shown_number(uln.value)} {uln.unit}" + \
-                     (" (assumed ULN)" if uln.assumed else "")
+        limit_text = f"{rule.text} {shown_number(uln.value)} {uln.unit}" + (" (assumed ULN)" if uln.assumed else "")
         shown = f"{q.comparator or ''}{format(value, 'f')} {unit} ({q.comparator or ''}{ratio} × ULN)"
         compared = value
     verdict = classify(compared, q.comparator, rule.comparator, limit)
-    date = observation_date(resource)
     when = date.day_text if date else "undated"
     if verdict is None:
         return _Judgement(Result.UNKNOWN, f"{name} reported as {q.comparator}{format(value, 'f')}: cannot "

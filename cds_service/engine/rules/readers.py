@@ -24,8 +24,13 @@ def invalid_evidence(ctx: Context, raw: dict[str, Any], exc: InvalidResource) ->
     return Evidence(reference=ctx.record.reference(raw), role=Role.IGNORED, note=f"{INVALID_NOTE}: {exc}")
 
 
+def is_invalid(evidence: Evidence) -> bool:
+    """Whether the evidence is a record skipped as not valid FHIR (invalid_evidence)."""
+    return evidence.role is Role.IGNORED and (evidence.note or "").startswith(INVALID_NOTE)
+
+
 def has_invalid(evidence: Iterable[Evidence]) -> bool:
-    return any(e.role is Role.IGNORED and (e.note or "").startswith(INVALID_NOTE) for e in evidence)
+    return any(map(is_invalid, evidence))
 
 
 @dataclass(slots=True)
