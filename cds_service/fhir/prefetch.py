@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from .bundles import PATIENT_FIELDS
+from .bundles import patient_reference
 from .ownership import FOREIGN, UNRESOLVED, whose
 from .queries import Read
 
@@ -111,12 +111,7 @@ def usable_resources(value: Any, query: Any, patient_id: str, data: KeyData | No
 
 
 def _urn_subject(resource: dict[str, Any]) -> bool:
-    for name in PATIENT_FIELDS:
-        value = resource.get(name)
-        if isinstance(value, dict):
-            ref = value.get("reference")
-            return isinstance(ref, str) and ref.startswith("urn:")
-    return False
+    return (patient_reference(resource) or "").startswith("urn:")
 
 
 def _urn_full_urls(entries: list[Any]) -> dict[str, dict[str, Any]]:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..engine import FHIR_ID as ENGINE_FHIR_ID, error_message
 from .discovery import HOOK
-from .wire import UUID
+from .wire import UUID, Uuid
 
 FHIR_ID = rf"^{ENGINE_FHIR_ID}$"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -133,13 +133,13 @@ class OverrideReason(_Wire):
 
 
 class AcceptedSuggestion(_Wire):
-    id: str = Field(pattern=UUID, json_schema_extra={"format": "uuid"}, description="The suggestion's `uuid`.")
+    id: Annotated[Uuid, Field(description="The suggestion's `uuid`.")]
 
 
 class FeedbackItem(_Wire):
     """What the user did with one card. `acceptedSuggestions` is required when `outcome` is `accepted`."""
 
-    card: str = Field(pattern=UUID, json_schema_extra={"format": "uuid"}, description="The card's `uuid`.")
+    card: Annotated[Uuid, Field(description="The card's `uuid`.")]
     outcome: Literal["accepted", "overridden"]
     acceptedSuggestions: list[AcceptedSuggestion] | None = None
     overrideReason: OverrideReason | None = None
