@@ -21,11 +21,12 @@ from .. import __version__
 from ..fhir.needs import DataNeed
 from ..fhir.queries import Read
 from .discovery import HOOK, SERVICE_ID
+from .responses import FHIR_JSON
 from .validation import FeedbackRequest, HookRequest
 from .wire import CdsServiceResponse, DiscoveryResponse, FeedbackResult, Health, OperationOutcome, Readiness
 
 REF = "#/components/schemas/{model}"
-JSON, FHIR_JSON = "application/json", "application/fhir+json"
+JSON = "application/json"
 REQUESTS = (HookRequest, FeedbackRequest)
 RESPONSES = (CdsServiceResponse, DiscoveryResponse, FeedbackResult, Health, Readiness, OperationOutcome)
 

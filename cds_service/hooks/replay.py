@@ -1,6 +1,6 @@
 """The replay (jti) stores: where the authenticator remembers each token's jti
 until the token expires, so that a token cannot be replayed (CDS Hooks 2.0
-§Trusting CDS Clients; auth.py re-exports these names).
+§Trusting CDS Clients).
 
 CDS_JTI_STORE chooses one (config.py resolves "database"):
 
@@ -16,9 +16,10 @@ import math
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol
 
 from .store import Database, SqliteDatabase, is_postgres_url, postgres_database
+from .store.migrations import Migrations
 
 
 class ReplayStoreUnavailable(Exception):
@@ -33,7 +34,7 @@ class JtiStore(Protocol):
 
 # --------------------------------------------------------------------------- in a SQL database
 
-JTI_MIGRATIONS: Sequence[tuple[int, Sequence[str]]] = (
+JTI_MIGRATIONS: Migrations = (
     (1, (
         """CREATE TABLE IF NOT EXISTS jti (
             iss TEXT NOT NULL,

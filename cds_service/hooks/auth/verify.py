@@ -21,8 +21,6 @@ from .trust import (EC_CURVES, MIN_RSA_BITS, OKP_CURVES, AuthError, Client, Trus
 
 log = logging.getLogger("cds_service.auth")
 
-
-
 MAX_TOKEN_CHARS = 16 * 1024
 MAX_JTI_CHARS = 256
 REQUIRED_CLAIMS = ("exp", "iat", "jti", "aud", "iss")
@@ -31,36 +29,6 @@ REQUIRED_CLAIMS = ("exp", "iat", "jti", "aud", "iss")
 DEFAULT_MAX_LIFETIME = 3600.0
 
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-
-
-
-
-
-
-
-
-# --------------------------------------------------------------------------- trusted clients
-
-
-
-
-
-
-
-
-
-
-
-
-
-# --------------------------------------------------------------------------- remote JWK Sets
-
-
-
-
-
-# --------------------------------------------------------------------------- the authenticator
-
 
 
 def _text(value: Any, limit: int = 256) -> str | None:

@@ -15,7 +15,6 @@ from werkzeug.exceptions import ServiceUnavailable
 
 from .database import database_for
 from .migrations import Migrations
-from .sqlite import SqliteDatabase
 
 log = logging.getLogger("cds_service.store")
 
@@ -101,7 +100,6 @@ class Store:
         # SQLite: WAL + NORMAL survives a crash of the process: enough for the audit. Feedback is
         # acknowledged to the EHR, so it is written durably (FULL; synced before the 200).
         self.db = database_for(target, synchronous="NORMAL")
-        self.path = self.db.path if isinstance(self.db, SqliteDatabase) else None
         self.db.migrate("store", STORE_MIGRATIONS)
 
     def ping(self) -> None:

@@ -14,13 +14,11 @@ from typing import Any, Iterator, Sequence
 from .migrations import Migrations, migrate
 
 
-def open_database(path: Path, schema: str = "") -> None:
-    """Create the file (and the tables of `schema`, if any), in WAL mode so workers can share it."""
+def open_database(path: Path) -> None:
+    """Create the file in WAL mode, so workers can share it (migrations make the tables)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with closing(connect(path)) as db:
         db.execute("PRAGMA journal_mode=WAL")
-        if schema:
-            db.executescript(schema)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -79,7 +77,6 @@ class SqliteDatabase:
     """A SQLite file: a connection per thread and process for ordinary work at
     `synchronous` (None: SQLite's default), another for durable work at FULL."""
 
-    dialect = "sqlite"
     types = {"id": "INTEGER PRIMARY KEY", "json": "TEXT"}
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
 
