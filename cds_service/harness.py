@@ -98,11 +98,6 @@ def load_gold_set(gold: Path) -> GoldSet:
     return GoldSet(dt.date.fromisoformat(data["asOf"]), data.get("trial", "NCT06462092"), cases)
 
 
-def load_gold(gold_dir: Path) -> tuple[dt.date, list[GoldCase]]:
-    gold = load_gold_set(gold_dir)
-    return gold.as_of, gold.cases
-
-
 # -- writing to the FHIR server ---------------------------------------------------
 
 def _walk_references(node: Any, rewrite: Callable[[str], str]) -> None:
@@ -253,7 +248,7 @@ def quieted(logger_name: str, level: int):
 class HookCaller:
     """Calls the patient-view hook of a running service, or of one built in process."""
 
-    def __init__(self, service: str | None, fhir_server: str, as_of: dt.date, trial: str = "NCT06462092"):
+    def __init__(self, service: str | None, fhir_server: str, as_of: dt.date, trial: str):
         self.fhir_server = fhir_server
         self._client = None
         self._url = None
@@ -326,10 +321,10 @@ def _as_pending(outcome: Outcome) -> Outcome:
 
 def run(fhir_server: str, *, service: str | None = None, gold_dir: Path, mode: str = "private",
         load_only: bool = False, cleanup: bool = True, only: Iterable[str] | None = None,
-        out=sys.stdout, trial: str | None = None) -> int:
+        out=sys.stdout) -> int:
     """Exit status 0 when every case is as expected (a pendingEngine case as it was known to be)."""
     gold = load_gold_set(gold_dir)
-    as_of, cases, trial = gold.as_of, gold.cases, trial or gold.trial
+    as_of, cases, trial = gold.as_of, gold.cases, gold.trial
     if only:
         wanted = set(only)
         cases = [c for c in cases if c.patient in wanted or c.file.stem in wanted]

@@ -18,7 +18,7 @@ import requests
 
 from cds_service.fhir.client import FhirClient
 from cds_service.fhir.queries import Read, Search
-from cds_service.harness import FhirWriter, load_gold, run
+from cds_service.harness import FhirWriter, load_gold_set, run
 
 GOLD = Path(__file__).parent / "gold"
 LOINC = "http://loinc.org"
@@ -227,7 +227,7 @@ def test_cytology_report_search_includes_its_result_and_a_specimen_without_subje
 
 
 def test_harness_on_the_gold_set(hapi, capsys):
-    as_of, cases = load_gold(GOLD)
+    cases = load_gold_set(GOLD).cases
     out = io.StringIO()
     code = run(hapi, service=None, gold_dir=GOLD, mode="private", out=out)
     report = out.getvalue()
@@ -250,7 +250,7 @@ def test_harness_shared_mode_leaves_nothing_behind(hapi):
     code = run(hapi, service=None, gold_dir=GOLD, mode="shared", out=out)
     report = out.getvalue()
     assert code == 0, report
-    _, cases = load_gold(GOLD)
+    cases = load_gold_set(GOLD).cases
     assert f"{len(cases)}/{len(cases)} as expected" in report
     created = int(report.split("cleanup: deleted ")[1].split(" of ")[0])
     assert f"cleanup: deleted {created} of {created} resources created\n" in report and created > len(cases)
