@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .engine import Evidence, Result, Role, Trial, TrialEvaluation, shown_number, shown_recorded, shown_text
-from .trials.reading import SYSTEM_NAMES
+from .engine import (Evidence, Result, Role, Trial, TrialEvaluation, shown_number, shown_recorded, shown_text,
+                     system_name)
 
 MARKS = {Result.PASS: "✔", Result.FAIL: "✘", Result.UNKNOWN: "?", Result.REVIEW: "👁",
          Result.NOT_APPLICABLE: "–"}
@@ -40,8 +40,7 @@ def text_report(evaluation: TrialEvaluation, trial: Trial) -> str:
         tag = f" [{c.why.value}]" if c.why else ""
         lines.append(f"  {MARKS[c.result]} {c.id:<{width}}  {c.result.value:<14} {shown_text(c.reason)}{tag}")
         if c.order is not None:
-            lines.append(f"      → order: {c.order.display} ({SYSTEM_NAMES.get(c.order.system, c.order.system)} "
-                         f"{c.order.code})")
+            lines.append(f"      → order: {c.order.display} ({system_name(c.order.system)} {c.order.code})")
         for e in c.evidence:
             if e.role is not Role.IGNORED or c.result is Result.UNKNOWN:
                 lines.append(f"      {'•' if e.role is Role.DECISIVE else '·'} {evidence_line(e)}")

@@ -4,7 +4,7 @@ per-criterion evaluation. No Flask, no network, no clock.
 Outer layers import from here only (tests/test_engine_purity.py checks it): the
 names below are the engine's public API; its modules are its own business."""
 
-from .codes import CodeEntry, CodeSet, Provenance, canonical_system, coding_key
+from .codes import CodeEntry, CodeSet, Provenance, canonical_system, coding_key, system_name
 from .definition import RULE_KINDS, TrialDefinition
 from .evaluate import Trial, evaluate
 from .model import (CriterionResult, Evidence, Measured, Order, Result, Role, Status, TrialEvaluation, UpperLimit, Why,
@@ -23,7 +23,7 @@ __all__ = [
     "Why", "shown_number", "shown_recorded", "shown_text",
     # trial definitions, code sets and units (read by the loader, the terminology client, the data needs)
     "TrialDefinition", "RULE_KINDS", "CodeLibrary", "CodeSet", "CodeEntry", "Provenance", "canonical_system",
-    "coding_key", "codeset_fields", "UnitTable", "UnitBridge", "is_ucum",
+    "coding_key", "codeset_fields", "system_name", "UnitTable", "UnitBridge", "is_ucum",
     # reading FHIR dates and references as the engine does (data access uses the same rules)
     "FHIR_ID", "is_fhir_id", "error_message", "error_path", "type_and_id", "code_element", "instant_rank", "newest_first", "raw_observation_rank", "sorted_newest_first",
 ]

@@ -11,6 +11,14 @@ ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 UCUM = "http://unitsofmeasure.org"
 
+# The systems' names, as people read them (reports, the clinical reading).
+_SYSTEM_NAMES = {LOINC: "LOINC", SNOMED: "SNOMED CT", ICD10CM: "ICD-10-CM", RXNORM: "RxNorm", UCUM: "UCUM"}
+
+
+def system_name(uri: str) -> str:
+    """A code system's name ("SNOMED CT"), or its URI when it has none."""
+    return _SYSTEM_NAMES.get(uri, uri)
+
 # Systems whose codes arrive with and without punctuation ("C79.32" / "C7932"):
 # compare them without dots, upper-cased.
 _DOTLESS_SYSTEMS = {ICD10CM, "http://hl7.org/fhir/sid/icd-10"}

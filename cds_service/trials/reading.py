@@ -13,18 +13,11 @@ from typing import Iterable, NamedTuple
 
 import yaml
 
-from ..engine import CodeSet, Trial
+from ..engine import CodeSet, Trial, system_name
 
 READING_FILE = Path(__file__).with_name("reading.yaml")
 COMMAND = "cds-service clinical-reading --output docs/clinical-reading.md"
 
-SYSTEM_NAMES = {
-    "http://loinc.org": "LOINC",
-    "http://snomed.info/sct": "SNOMED CT",
-    "http://hl7.org/fhir/sid/icd-10-cm": "ICD-10-CM",
-    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
-    "http://unitsofmeasure.org": "UCUM",
-}
 
 # Markdown that plain text must not turn into: emphasis, code, links, HTML tags, table cells.
 _INLINE = re.compile(r"([\\`*_\[\]|~])|<(?=[A-Za-z/!?])")
@@ -48,10 +41,6 @@ def text(value: str) -> str:
     """Plain text as Markdown that shows it as written, on one line."""
     value = _INLINE.sub(lambda m: "\\" + (m.group(1) or "<"), " ".join(value.split()))
     return "\\" + value if _BLOCK_START.match(value) else value
-
-
-def _system(uri: str) -> str:
-    return SYSTEM_NAMES.get(uri, uri)
 
 
 def _applies_to(criterion) -> str | None:
@@ -82,7 +71,7 @@ def _criterion(trial: Trial, criterion) -> list[str]:
         lines += [f"On the card: {text(criterion.card_note)}", ""]
     orders = [trial.definition.orders[key] for key in dict.fromkeys(rule.orders())]
     if orders:
-        lines += ["Orders it may suggest: " + "; ".join(f"{_system(o.system)} {o.code} {text(o.display)}"
+        lines += ["Orders it may suggest: " + "; ".join(f"{system_name(o.system)} {o.code} {text(o.display)}"
                                                        for o in orders) + ".", ""]
     names = list(dict.fromkeys(rule.codeset_names()))
     if names:
@@ -117,12 +106,12 @@ def _codeset(codeset: CodeSet, readers: list[str]) -> list[str]:
     codes = sum(e.code is not None for e in codeset.entries)
     prefixes = len(codeset.entries) - codes
     unconfirmed = sum(not e.confirmed for e in codeset.entries)
-    systems = ", ".join(dict.fromkeys(_system(e.system) for e in codeset.entries))
+    systems = ", ".join(dict.fromkeys(system_name(e.system) for e in codeset.entries))
     size = f"{codes} code{'s' * (codes != 1)}" + (f" and {prefixes} prefix{'es' * (prefixes != 1)}" if prefixes else "")
     lines = [f'<a id="{_anchor(codeset.name)}"></a>', f"### `{codeset.name}`", "", text(codeset.title), "",
              f"- {size} ({systems})" + (f", {unconfirmed} not confirmed" if unconfirmed else "")
              + f"; read by {', '.join(readers)}"]
-    meaning = [f"{_system(system)} << {code}" for system, code in codeset.intension]
+    meaning = [f"{system_name(system)} << {code}" for system, code in codeset.intension]
     if codeset.value_set:
         meaning.append(f"ValueSet {codeset.value_set}")
     if meaning:
