@@ -8,7 +8,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable, Mapping
 
 
-from ..engine import (CodeSet, CriterionResult, Evidence, Measured, Order, Result, Trial, coding_key, shown_number,
+from ..engine import (CodeSet, CriterionResult, Evidence, Order, Result, Trial, coding_key, shown_number,
                       shown_recorded)
 from .text import md_escape, unit_display
 
@@ -123,9 +123,12 @@ def evidence_view(e: Evidence, ci: CriterionInfo | None, several: bool, result: 
     value = shown_recorded(e.value)  # numbers at the precision recorded (engine/model.py)
     if label is None and value in (None, ""):
         label = display  # a diagnosis or allergy: what was found is the evidence
-    converted = None
-    if e.converted is not None and differs(e.value, unit, e.converted):
-        converted = {"value": shown_number(e.converted.value), "unit": e.converted.unit}
+    unit_shown = unit_display(unit) if unit else ""
+    converted = converted_shown = None
+    if e.converted is not None:
+        converted_shown = unit_display(e.converted.unit)
+        if differs(e.value, unit_shown, e.converted.value, converted_shown):
+            converted = {"value": shown_number(e.converted.value), "unit": e.converted.unit}
     uln = None
     if e.uln is not None:
         uln = {"value": shown_number(e.uln.value), "unit": e.uln.unit, "assumed": e.uln.assumed}
@@ -138,8 +141,8 @@ def evidence_view(e: Evidence, ci: CriterionInfo | None, several: bool, result: 
     else:
         name = ""
     comparator = e.comparator or ""  # "<0.2 mg/dL": the comparator stays with the value, converted too
-    measured = f"{comparator}{value}{' ' + unit_display(unit) if unit else ''}" if value else ""
-    shown = f"(= {comparator}{converted['value']} {unit_display(converted['unit'])})" if converted else ""
+    measured = f"{comparator}{value}{' ' + unit_shown if unit else ''}" if value else ""
+    shown = f"(= {comparator}{converted['value']} {converted_shown})" if converted else ""
     what = " ".join(filter(None, (name, measured, shown)))  # the parts that say something
     if uln:
         limit = f"ULN {uln['value']} {unit_display(uln['unit'])}" + (" (assumed)" if uln["assumed"] else "")
@@ -151,11 +154,11 @@ def evidence_view(e: Evidence, ci: CriterionInfo | None, several: bool, result: 
         line=" · ".join(map(md_escape, filter(None, (what, date, e.reference)))))
 
 
-def differs(value: str | None, unit: str | None, converted: Measured) -> bool:
+def differs(value: str | None, unit_shown: str, converted: Decimal, converted_unit_shown: str) -> bool:
     # Compared as shown: "IU/L" and "[IU]/L", "10^9/L" and "10*9/L" read the same on the card.
-    if unit_display(unit or "") != unit_display(converted.unit):
+    if unit_shown != converted_unit_shown:
         return True
     try:
-        return value is None or Decimal(value) != converted.value
+        return value is None or Decimal(value) != converted
     except (InvalidOperation, ValueError):
         return True
