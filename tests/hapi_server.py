@@ -9,12 +9,13 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import requests
+
+from netutil import free_port  # tests/ is on sys.path: as a script and under pytest
 
 HAPI_DIR = Path(__file__).parent / "hapi"
 
@@ -22,12 +23,6 @@ HAPI_DIR = Path(__file__).parent / "hapi"
 def java_tools_missing() -> str | None:
     missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
     return f"{' and '.join(missing)} not installed" if missing else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # Pages of 2: every gold patient's Observation and Condition searches span several

@@ -21,7 +21,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -34,13 +33,9 @@ import pytest
 
 from cds_service.hooks.store import DatabaseUrl, close_databases
 
+from netutil import free_port  # tests/ is on sys.path: as a script and under pytest
+
 RUN_AS = "postgres"  # the user the cluster runs as when we are root
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def binaries() -> Path | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cds_service.cli import main
+from makefile import recipe
 
 HERE = Path(__file__).parent
 GOLD = HERE / "gold" / "patients"
@@ -148,8 +149,7 @@ def test_without_trial_the_enrolling_trials_are_evaluated(capsys):
 
 def test_make_demo_prints_every_demo_patient_against_both_trials(capsys):
     # The Makefile's `demo` recipe as it is (--trial all: the completed NCT01325207 too).
-    makefile = (HERE.parent / "Makefile").read_text(encoding="utf-8")
-    line = re.search(r"^demo:.*\n\t\$\(BIN\)/cds-service (.*)\n", makefile, re.M).group(1)
+    (line,) = [line.removeprefix("$(BIN)/cds-service ") for line in recipe("demo")]
     args = [str(HERE.parent / a) if a.endswith(".json") else a for a in line.split()]
     code, out, err = run_cli(capsys, *args)
     assert code == 0 and err == ""

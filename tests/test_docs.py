@@ -14,6 +14,7 @@ import pytest
 from cds_service.cli import main
 from cds_service.trials import load_trials
 from cds_service.trials.reading import COMMAND, clinical_reading, load_readings, text
+from makefile import recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 CLINICAL_READING = ROOT / "docs" / "clinical-reading.md"
@@ -89,17 +90,10 @@ def _quick_start() -> list[str]:
     return [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
 
 
-def _recipe(target: str) -> list[str]:
-    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    body = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", makefile, re.M)
-    assert body, f"the Makefile has no {target} target"
-    return [line.strip() for line in body.group(1).splitlines()]
-
-
 def test_quick_start_is_two_commands_the_makefile_and_ci_run():
     assert _quick_start() == ["make run", "make test"]
-    assert any("cds-service serve" in line for line in _recipe("run"))
-    assert any(line.startswith("$(BIN)/pytest") for line in _recipe("test"))
+    assert any("cds-service serve" in line for line in recipe("run"))
+    assert any(line.startswith("$(BIN)/pytest") for line in recipe("test"))
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert "make test" in ci, ".ci/run must run the README's test command"
 

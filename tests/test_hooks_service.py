@@ -823,3 +823,12 @@ def test_an_ehr_ignoring_the_code_filter_gets_each_result_once_on_the_card(make_
     assert card["detail"].count("Observation/g001-anc-1") == 1
     audit = app.extensions["trial_eligibility"].store.hook_calls()[-1]["data_sources"]
     assert audit["observations"]["repeated"] == len(everything) and audit["observations"]["resources"] == 0
+
+
+def test_the_service_evaluates_the_enrolling_trials_unless_trials_are_named(make_app):
+    # NCT01325207 is Completed: by default not evaluated (no card for the patient it suits); named, it is.
+    request = demo("her2-positive-eligible")
+    default = post(make_app().test_client(), request).get_json()["cards"]
+    named = post(make_app(trials=("NCT06462092", "NCT01325207")).test_client(), request).get_json()["cards"]
+    assert default == []  # NCT06462092: HER2-positive, ineligible
+    assert [c["extension"]["trial-eligibility"]["trial"] for c in named] == ["NCT01325207"]

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cds_service.demo import DEMO_PATIENTS, RECORDED_AS_OF, hook_request
+from makefile import recipe
 from netutil import dechunk, free_port, stop
 
 ROOT = Path(__file__).parents[1]
@@ -27,8 +28,7 @@ EXE = Path(sys.executable).parent / "cds-service"
 
 def make_run_trials() -> str:
     """The trials `make run` serves (its CDS_TRIALS): the demo enables the completed second trial."""
-    recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M).group(1)
-    return re.search(r"\bCDS_TRIALS=(\S+)", recipe).group(1)
+    return re.search(r"\bCDS_TRIALS=(\S+)", " ".join(recipe("run"))).group(1)
 
 
 def http(method, url, body=None):
@@ -82,8 +82,7 @@ def test_make_run_serves_the_demo_with_both_trials_and_production_defaults_stay_
 
     assert make_run_trials().split(",") == ["NCT06462092", "NCT01325207"]
     assert load_trials()["NCT01325207"].definition.status == "Completed" and "NCT01325207" not in enrolling_trials()
-    recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M).group(1)
-    assert "--trial all" in recipe
+    assert "--trial all" in " ".join(recipe("demo"))
 
 
 def test_serve_answers_discovery_and_hooks_over_http(server):
@@ -322,8 +321,7 @@ def test_plain_gunicorn_serves_the_worker_app(tmp_path, config):
                 time.sleep(0.3)
         assert status == 200 and body["services"][0]["id"] == "trial-eligibility"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        stop(proc)
 
 
 @pytest.mark.parametrize("preload", [True, False])

@@ -20,7 +20,8 @@ import uuid
 from pathlib import Path
 
 from cds_service.hooks.store import Store
-from postgres_server import database, free_port, postgres_url  # noqa: F401,F811  (fixtures)
+from netutil import free_port
+from postgres_server import database, postgres_url  # noqa: F401,F811  (fixtures)
 
 EXE = Path(sys.executable).parent / "cds-service"
 WRITERS = 6

@@ -20,7 +20,8 @@ from cds_service.hooks.store import postgres as postgres_backend
 from cds_service.hooks.store import DatabaseUrl, PostgresDatabase
 from conftest import SECRETS
 from hookdata import demo
-from postgres_server import free_port, postgres_url, table_locked  # noqa: F401,F811  (postgres_url: a fixture)
+from netutil import free_port
+from postgres_server import postgres_url, table_locked  # noqa: F401,F811  (postgres_url: a fixture)
 
 URL = "postgresql://cds:s3cret-pw@db.example.org:5432/cds"
 SERVICE = "/cds-services/trial-eligibility"
