@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_gold import _differences, _status_of, evaluate_file
+from test_gold import _differences, _real_param, _status_of, evaluate_file
 
 GOLD = Path(__file__).parent / "gold"
 SET = GOLD / "nct01325207"
@@ -26,12 +26,6 @@ CASES = EXPECTATIONS["patients"]
 @pytest.fixture(scope="module")
 def nct01325207(trials):
     return trials["NCT01325207"]
-
-
-def _param(case):
-    pending = case.get("pendingEngine")
-    marks = [pytest.mark.xfail(strict=True, reason=pending)] if pending else []
-    return pytest.param(case, id=case["file"].removesuffix(".json"), marks=marks)
 
 
 def test_gold_set_is_large_and_complete(nct01325207):
@@ -61,7 +55,7 @@ def test_gold_patient_ids_differ_from_the_first_trials():
     assert not first & {c["patient"] for c in CASES}
 
 
-@pytest.mark.parametrize("case", [_param(c) for c in CASES])
+@pytest.mark.parametrize("case", [_real_param(c) for c in CASES])
 def test_gold_patient(case, nct01325207):
     evaluation = evaluate_file(nct01325207, SET / case["file"], AS_OF)
     differences = _differences(case, evaluation)
