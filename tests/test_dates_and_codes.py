@@ -234,3 +234,18 @@ def test_a_fhir_id_is_read_one_way_everywhere(value, ok):
     # The hook request's ids, the card's links and the FHIR client's searches all use this one reading.
     from cds_service.engine import is_fhir_id
     assert is_fhir_id(value) is ok
+
+
+def test_a_union_matches_what_its_sets_match(trials):
+    # Joined from the sets' own look-ups (not normalised again): the same as one set of all their entries.
+    from cds_service.engine.codes import union
+
+    sets = [s for trial in trials.values() for s in trial.library.sets.values()]
+    joined = union("all", sets)
+    built = CodeSet(name="all", title="all", entries=[e for s in sets for e in s.entries],
+                    intension=tuple(r for s in sets for r in s.intension))
+    assert (joined.exact, joined.prefixes, joined.entries, joined.intension) == \
+        (built.exact, built.prefixes, built.entries, built.intension)
+    for key in [("http://hl7.org/fhir/sid/icd-10-cm", "C50911"), ("http://loinc.org", "751-8"),
+                ("http://hl7.org/fhir/sid/icd-10-cm", "Q99"), ("http://loinc.org", "0-0")]:
+        assert joined.contains(key) == built.contains(key) == any(s.contains(key) for s in sets)

@@ -105,10 +105,12 @@ class CodeSet:
                 exact.add((system, normalize_code(system, e.code)))
             if e.prefix is not None:
                 prefixes.append((system, normalize_code(system, e.prefix)))
-        self.exact = frozenset(exact)
-        self.prefixes = tuple(prefixes)
+        self._index(frozenset(exact), tuple(prefixes))
+
+    def _index(self, exact: frozenset[tuple[str, str]], prefixes: tuple[tuple[str, str], ...]) -> None:
+        self.exact, self.prefixes = exact, prefixes
         by_system: dict[str, list[str]] = {}
-        for system, prefix in self.prefixes:
+        for system, prefix in prefixes:
             by_system.setdefault(system, []).append(prefix)
         self._prefixes_of = {system: tuple(p) for system, p in by_system.items()}
 
@@ -134,10 +136,11 @@ class CodeSet:
 
 
 def union(name: str, sets: Iterable[CodeSet]) -> CodeSet:
-    entries: list[CodeEntry] = []
-    intension: list[tuple[str, str]] = []
-    for s in sets:
-        entries.extend(s.entries)
-        intension.extend(s.intension)
-    return CodeSet(name=name, title=name, entries=entries, intension=tuple(intension))
+    """The sets as one, joined from what each already holds: their entries are not normalised
+    again (a trial extended by a terminology server builds its unions on every call)."""
+    sets = list(sets)
+    joined = CodeSet(name=name, title=name, entries=[], intension=tuple(r for s in sets for r in s.intension))
+    joined.entries = [e for s in sets for e in s.entries]
+    joined._index(frozenset().union(*(s.exact for s in sets)), tuple(p for s in sets for p in s.prefixes))
+    return joined
 
