@@ -770,6 +770,19 @@ def test_gather_keeps_only_this_patients_resources_in_a_prefetch_bundle():
     assert data.foreign == 3 and data.source == "prefetch"
 
 
+def test_a_blank_next_link_is_no_next_page():
+    # As the FHIR client reads a search's pages (answers.link_url): no URL, no more pages.
+    from cds_service.fhir.gather import gather
+    from cds_service.fhir.queries import Search
+
+    own = {"resourceType": "Observation", "id": "a", "subject": {"reference": "Patient/p1"}}
+    bundle = searchset(own)
+    bundle["link"] = [{"relation": "next", "url": "  "}]
+    data = gather({"observations": Search("Observation")}, {"observations"}, {"observations": bundle}, "p1", None,
+                  0.0).keys["observations"]
+    assert data.source == "prefetch" and [r["id"] for r in data.resources] == ["a"] and not data.truncated
+
+
 def test_gather_reads_the_subject_of_any_type_a_kind_adds():
     from cds_service.fhir.gather import gather
     from cds_service.fhir.queries import Search

@@ -26,7 +26,8 @@ from cachetools import LRUCache
 from .client import FhirClient
 from .errors import FhirBadResponse, FhirError, FhirNotAllowed
 from .ownership import own_resources
-from .prefetch import next_link, usable_resources
+from .answers import link_url
+from .prefetch import usable_resources
 from .queries import Read, Search
 from .results import LOOK_BACK, Enough, FetchResult
 from .scopes import can_read
@@ -125,7 +126,7 @@ def gather(needs: Mapping[str, Read | Any], required: set[str], prefetch: Mappin
             continue
         data.source = PREFETCH
         data.resources, data.foreign = resources, foreign
-        if isinstance(value, dict) and value.get("resourceType") == "Bundle" and next_link(value):
+        if value.get("resourceType") == "Bundle" and link_url(value, "next"):  # value: usable, so a resource
             if key in enough and enough[key](resources):  # the first page reaches far enough back
                 data.cut = LOOK_BACK
             else:

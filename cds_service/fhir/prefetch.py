@@ -123,14 +123,3 @@ def _urn_full_urls(entries: list[Any]) -> dict[str, dict[str, Any]]:
             if isinstance(url, str) and url.startswith("urn:") and isinstance(resource, dict):
                 out[url] = resource
     return out
-
-
-def next_link(bundle: dict[str, Any]) -> str | None:
-    """A prefetch Bundle's next link: more pages of the search exist."""
-    links = bundle.get("link")
-    if not isinstance(links, list):
-        return None
-    for link in links:
-        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-            return link["url"]
-    return None
