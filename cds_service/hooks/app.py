@@ -124,8 +124,8 @@ def call_service(service_id: str):
     body, error, parse_ms = _json_body()
     if error is not None:
         return error
-    with hook_instance_logged(body.get("hookInstance") if isinstance(body, dict) else None):
-        return _service().call(body, started, parse_ms)
+    with hook_instance_logged(body.get("hookInstance") if isinstance(body, dict) else None) as hook_instance:
+        return _service().call(body, started, parse_ms, hook_instance)
 
 
 @api.post("/cds-services/<service_id>/feedback")

@@ -121,10 +121,11 @@ def configure_logging() -> None:
 def hook_instance_logged(value: Any):
     """While serving a hook call: every line logged in this context names its hookInstance
     (only if it is the UUID it should be: no client text in logs). Threads started
-    meanwhile inherit it only if they run in a copy of the context."""
-    token = _HOOK_INSTANCE.set(value if is_uuid(value) else None)
+    meanwhile inherit it only if they run in a copy of the context. Yields it (None if not a UUID)."""
+    checked = value if is_uuid(value) else None
+    token = _HOOK_INSTANCE.set(checked)
     try:
-        yield
+        yield checked
     finally:
         _HOOK_INSTANCE.reset(token)
 

@@ -21,7 +21,6 @@ from .discovery import HOOK, SERVICE_ID, DataNeed, data_needs, service_descripti
 from .responses import error_response, json_response, operation_outcome, problems_response
 from .store import Store
 from .validation import HookRequest, Invalid, parse_hook_request
-from .wire import is_uuid
 
 audit_log = logging.getLogger("cds_service.audit")
 
@@ -55,14 +54,12 @@ class TrialEligibilityService:
         for trial in self.trials:
             self.renderer.render(trial, evaluate(trial, record, self.settings.today()), context)
 
-    def call(self, body: Any, started: float, parse_ms: float) -> Response:
+    def call(self, body: Any, started: float, parse_ms: float, hook_instance: str | None) -> Response:
         """`body` is the parsed request, `started` when the route was entered (so the
         time until now is what reading and parsing the body took), `parse_ms` what
-        the JSON parse alone took."""
+        the JSON parse alone took, `hook_instance` its hookInstance if that is the UUID
+        it should be (logged even for invalid requests, but no client text in logs)."""
         read_ms = _ms(started) - parse_ms
-        # Logged even for invalid requests, but only if it is the UUID it should be: no client text in logs.
-        hook_instance = body.get("hookInstance") if isinstance(body, dict) else None
-        hook_instance = hook_instance if is_uuid(hook_instance) else None
         try:
             request = parse_hook_request(body)
         except Invalid as exc:
