@@ -157,21 +157,22 @@ class MedicationExposureRule(RuleModel):
         """What one medication record says, or None when it names no agent the criterion reads
         (nor may name one)."""
         concepts, via = _concepts(ctx, raw)
-        evidence = Evidence(reference=ctx.record.reference(raw))
-        listed = why = None
+        listed = why = coding = mention = None
         if concepts is not None:
             listed, coding = _listed(concepts, sets)
-            if coding is not None:
-                evidence.code, evidence.display = f"{coding[0]}|{coding[1]}", coding[2]
-                evidence.display = evidence.display or next((t for c in concepts for t in concept_texts(c)), None)
-            elif self.mentions is None:
-                return None
-            else:
+            if coding is None:
+                if self.mentions is None:
+                    return None  # another medication (most records): no evidence made for it
                 mention = next((m for m in (named_by_text(ctx, c, self.mentions, read, sets.known) for c in concepts)
                                 if m is not None), None)
                 if mention is None:
                     return None
-                evidence.display, why = mention[0], mention[2]
+        evidence = Evidence(reference=ctx.record.reference(raw))
+        if coding is not None:
+            evidence.code = f"{coding[0]}|{coding[1]}"
+            evidence.display = coding[2] or next((t for c in concepts for t in concept_texts(c)), None)
+        elif mention is not None:
+            evidence.display, why = mention[0], mention[2]
         try:
             model = ctx.record.model(raw)
         except InvalidResource as exc:
