@@ -83,8 +83,13 @@ def test_every_setting_is_read_from_its_variable(env, expected):
 
 
 def test_every_setting_has_one_variable_and_one_default(monkeypatch):
-    variables = {name: field.validation_alias for name, field in Settings.model_fields.items()}
-    assert all(v == "CDS_" + n.upper() for n, v in variables.items()), variables
+    variables = {field.validation_alias for field in Settings.model_fields.values()}
+    # each one documented for integrators, in the configuration table's first column
+    rows = [line.split("|")[1] for line in (Path(__file__).parents[1] / "docs" / "integration.md").read_text(
+        encoding="utf-8").splitlines() if line.startswith("| `CDS_")]
+    documented = {v for cell in rows for v in re.findall(r"`(CDS_[A-Z_]+)`", cell)}
+    assert variables <= documented, sorted(variables - documented)
+    assert "CDS_FHIR_DEADLINE" in variables and len(variables) == len(Settings.model_fields)
     # Settings(...) is what the caller says: the environment is read by from_env only.
     monkeypatch.setenv("CDS_FHIR_DEADLINE", "9")
     assert Settings() == Settings.from_env({}) and Settings().fhir_deadline == 3.0

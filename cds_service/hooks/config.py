@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Mapping
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AfterValidator, AliasGenerator, BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from ..engine import error_message
@@ -68,65 +68,60 @@ Listed = Annotated[tuple[str, ...], BeforeValidator(_listed)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 
 
-def _setting(default: Any, variable: str, **checks: Any) -> Any:
-    return Field(default, validation_alias=variable, **checks)
-
-
-def _number(default: Any, variable: str, minimum: float) -> Any:
-    """A number of at least `minimum` (nan compares false with everything: it would disable the check it sets)."""
-    return Field(default, validation_alias=variable, ge=minimum, allow_inf_nan=False)
-
-
 # Values not echoed in an error: a URL there may hold a password or a token.
 _UNECHOED = frozenset({"CDS_DATABASE", "CDS_JTI_STORE", "CDS_TERMINOLOGY_SERVER"})
 
 
 class Settings(BaseSettings):
+    # Each setting's variable is CDS_ and its name in capitals. Numbers are refused as nan or inf (nan
+    # compares false with everything: it would disable the check a minimum sets).
     model_config = SettingsConfigDict(frozen=True, extra="forbid", populate_by_name=True, case_sensitive=True,
-                                      enable_decoding=False)  # lists are comma-separated, not JSON
+                                      enable_decoding=False,  # lists are comma-separated, not JSON
+                                      allow_inf_nan=False,
+                                      alias_generator=AliasGenerator(validation_alias=lambda name: f"CDS_{name.upper()}"))
 
-    trials: Listed = _setting((), "CDS_TRIALS")  # NCT ids to evaluate; empty = the bundled trials enrolling
+    trials: Listed = ()  # NCT ids to evaluate; empty = the bundled trials enrolling
     # FHIR base URLs the service may call; empty = prefetch only
-    allowed_fhir_servers: Annotated[Listed, AfterValidator(_http_urls)] = _setting((), "CDS_ALLOWED_FHIR_SERVERS")
-    show_ineligible: Flag = _setting(False, "CDS_SHOW_INELIGIBLE")  # also return a card for ineligible patients
-    data_dir: Path = _setting(Path(".cds-data"), "CDS_DATA_DIR")  # feedback and audit database
+    allowed_fhir_servers: Annotated[Listed, AfterValidator(_http_urls)] = ()
+    show_ineligible: Flag = False  # also return a card for ineligible patients
+    data_dir: Path = Path(".cds-data")  # feedback and audit database
     # PostgreSQL connections per worker process, at most
-    database_pool_size: int = _number(DEFAULT_POOL_SIZE, "CDS_DATABASE_POOL_SIZE", 1)
+    database_pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1)
     # A SQLite file (default data_dir / "cds-service.sqlite3") or a postgresql:// URL (as a DatabaseUrl,
     # with this host's data dir and pool size: declared after them).
-    database: Path | str | None = _setting(None, "CDS_DATABASE")
-    fhir_deadline: float = _number(3.0, "CDS_FHIR_DEADLINE", 0.1)  # seconds for all FHIR requests of one hook call
-    fhir_page_limit: int = _number(20, "CDS_FHIR_PAGE_LIMIT", 1)
-    fhir_page_size: int = _number(100, "CDS_FHIR_PAGE_SIZE", 1)  # _count of the searches
-    fhir_cache_ttl: float = _number(60.0, "CDS_FHIR_CACHE_TTL", 0.0)
+    database: Path | str | None = None
+    fhir_deadline: float = Field(3.0, ge=0.1)  # seconds for all FHIR requests of one hook call
+    fhir_page_limit: int = Field(20, ge=1)
+    fhir_page_size: int = Field(100, ge=1)  # _count of the searches
+    fhir_cache_ttl: float = Field(60.0, ge=0.0)
     # the FHIR answer cache's bound in bytes (replaces CDS_FHIR_CACHE_SIZE)
-    fhir_cache_bytes: int = _number(64 * 1024 * 1024, "CDS_FHIR_CACHE_BYTES", 0)
+    fhir_cache_bytes: int = Field(64 * 1024 * 1024, ge=0)
     # a larger FHIR answer is refused (too-large)
-    fhir_max_response_bytes: int = _number(20 * 1024 * 1024, "CDS_FHIR_MAX_RESPONSE_BYTES", 1024)
-    cors_origins: Listed = _setting((), "CDS_CORS_ORIGINS")  # browser EHR origins allowed to call the service
-    card_templates: Path | None = _setting(None, "CDS_CARD_TEMPLATES")  # directory with edited card templates
+    fhir_max_response_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    cors_origins: Listed = ()  # browser EHR origins allowed to call the service
+    card_templates: Path | None = None  # directory with edited card templates
     # fixed evaluation date (demos, re-runs); default today
-    evaluation_date: Annotated[dt.date | None, BeforeValidator(_iso_date)] = _setting(None, "CDS_EVALUATION_DATE")
-    max_request_bytes: int = _number(20 * 1024 * 1024, "CDS_MAX_REQUEST_BYTES", 1024)
+    evaluation_date: Annotated[dt.date | None, BeforeValidator(_iso_date)] = None
+    max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     # the service's external base URL, for the JWT `aud` check
-    public_base_url: Annotated[str | None, BeforeValidator(_stripped)] = _setting(None, "CDS_PUBLIC_BASE_URL")
+    public_base_url: Annotated[str | None, BeforeValidator(_stripped)] = None
     # CDS clients whose JWTs are accepted; None = no authentication (needs public_base_url: declared after it)
-    trusted_clients: Path | None = _setting(None, "CDS_TRUSTED_CLIENTS")
-    jwt_leeway: float = _number(60.0, "CDS_JWT_LEEWAY", 0.0)  # seconds of clock skew allowed on exp / nbf / iat
-    jwt_max_lifetime: float = _number(DEFAULT_MAX_LIFETIME, "CDS_JWT_MAX_LIFETIME", 60.0)  # longest exp − iat, s
+    trusted_clients: Path | None = None
+    jwt_leeway: float = Field(60.0, ge=0.0)  # seconds of clock skew allowed on exp / nbf / iat
+    jwt_max_lifetime: float = Field(DEFAULT_MAX_LIFETIME, ge=60.0)  # longest exp − iat, s
     # Where seen JWT ids are kept: "database" (resolved: "sqlite", a file beside a SQLite database, or the
     # PostgreSQL database's URL), "sqlite", a postgresql:// URL or a redis:// URL.
-    jti_store: str = _setting("database", "CDS_JTI_STORE")
+    jti_store: str = "database"
     # An optional FHIR terminology server for codes the shipped code sets lack (None = off).
-    terminology_server: Annotated[str | None, BeforeValidator(_stripped)] = _setting(None, "CDS_TERMINOLOGY_SERVER")
+    terminology_server: Annotated[str | None, BeforeValidator(_stripped)] = None
     # seconds for its lookups in one call, within the FHIR deadline
-    terminology_timeout: float = _number(1.0, "CDS_TERMINOLOGY_TIMEOUT", 0.01)
-    terminology_cache_ttl: float = _number(3600.0, "CDS_TERMINOLOGY_CACHE_TTL", 0.0)  # s an answer (yes or no) is kept
-    terminology_cache_size: int = _number(10000, "CDS_TERMINOLOGY_CACHE_SIZE", 1)  # answers kept
+    terminology_timeout: float = Field(1.0, ge=0.01)
+    terminology_cache_ttl: float = Field(3600.0, ge=0.0)  # s an answer (yes or no) is kept
+    terminology_cache_size: int = Field(10000, ge=1)  # answers kept
     # server lookups one call may make (cached answers are free)
-    terminology_max_lookups: int = _number(32, "CDS_TERMINOLOGY_MAX_LOOKUPS", 0)
+    terminology_max_lookups: int = Field(32, ge=0)
     # Plain gunicorn only: serve beyond loopback without CDS_TRUSTED_CLIENTS (never in production).
-    insecure_no_auth: Flag = _setting(False, "CDS_INSECURE_NO_AUTH")
+    insecure_no_auth: Flag = False
 
     def __init__(self, **settings: Any) -> None:
         try:
